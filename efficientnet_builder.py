@@ -1,0 +1,529 @@
+"""EfficientNet-B0..B7 and L2 in Keras 3, with the student's model noise (dropout, stoch. depth).
+
+Paper: "Self-training with Noisy Student improves ImageNet classification", Sec. 2 ("Noising
+Student": model noise = dropout + stochastic depth) and Sec. 3.1 ("Noise": survival probability
+0.8 for the final layer with the linear decay rule, dropout 0.5 on the final layer for B7/L2).
+Architecture: EfficientNet (Tan & Le, 2019) as defined by the authors' code (block strings,
+(width, depth, resolution, dropout) table, round_filters / round_repeats; see
+../shared/REFERENCE.md, "EfficientNet"), plus the reference's small-image variant for 32 px inputs.
+
+The model takes float32 images in [0, 255] (shape (H, W, C), C = 1 or 3), normalises them inside
+with constant dataset mean/std, and returns logits. `model(x, training=True)` applies dropout,
+stochastic depth and batch-statistics BN; `set_noise(model, False)` switches dropout and stochastic
+depth off without touching BN. `save_model_dir` / `load_model_dir` are the one way to write and
+read "the model in this model dir" (model.json + tf.train.Checkpoint with `model` and `ema_model`).
+
+Run as a script to print parameters and FLOPs (multiply-adds of one image, B = 1e9):
+
+    python efficientnet_builder.py --model_names=efficientnet-b0,efficientnet-b4
+    python efficientnet_builder.py --model_names=efficientnet-b0 --small_image --image_size=32 \
+        --num_channels=1 --num_classes=10
+
+prints one row per model: model, resolution, parameters (all weights, BN moving statistics
+included, as keras' count_params), trainable parameters, FLOPs.
+"""
+
+import dataclasses
+import inspect
+import json
+import math
+import os
+import re
+
+from absl import flags
+from absl import logging
+import keras
+from keras import layers
+from keras import ops
+import tensorflow as tf
+
+from data import UserError, run_main, write_json
+
+MODEL_CONFIG_FILE = "model.json"
+
+# (width, depth, resolution, dropout), from the reference efficientnet_builder.py.
+_PARAMS = {
+    "efficientnet-b0": (1.0, 1.0, 224, 0.2),
+    "efficientnet-b1": (1.0, 1.1, 240, 0.2),
+    "efficientnet-b2": (1.1, 1.2, 260, 0.3),
+    "efficientnet-b3": (1.2, 1.4, 300, 0.3),
+    "efficientnet-b4": (1.4, 1.8, 380, 0.4),
+    "efficientnet-b5": (1.6, 2.2, 456, 0.4),
+    "efficientnet-b6": (1.8, 2.6, 528, 0.5),
+    "efficientnet-b7": (2.0, 3.1, 600, 0.5),
+    "efficientnet-l2": (4.3, 5.3, 800, 0.5),
+}
+
+# r: repeats, k: kernel, s: strides, e: expand ratio, i/o: input/output filters, se: SE ratio.
+BLOCK_STRINGS = (
+    "r1_k3_s11_e1_i32_o16_se0.25",
+    "r2_k3_s22_e6_i16_o24_se0.25",
+    "r2_k5_s22_e6_i24_o40_se0.25",
+    "r3_k3_s22_e6_i40_o80_se0.25",
+    "r3_k5_s11_e6_i80_o112_se0.25",
+    "r4_k5_s22_e6_i112_o192_se0.25",
+    "r1_k3_s11_e6_i192_o320_se0.25",
+)
+# The reference's small-image model (32 px): blocks 2 and 3 keep the resolution, so after the
+# stride-2 stem and the stride-2 blocks 4 and 6 a 32 px image ends in a 4x4 map.
+SMALL_IMAGE_STRIDE_1 = (1, 2)   # 0-based indices into BLOCK_STRINGS
+
+BN_MOMENTUM = 0.99
+BN_EPSILON = 1e-3
+DEPTH_DIVISOR = 8
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+
+# ---------------------------------------------------------------------------------------------
+# The architecture as data: block strings -> scaled per-block specs (shared by the builder and
+# the analytic parameter count).
+
+@dataclasses.dataclass(frozen=True)
+class BlockArgs:
+    """One stage of the network, as written in a block string."""
+    num_repeat: int
+    kernel_size: int
+    strides: int
+    expand_ratio: int
+    input_filters: int
+    output_filters: int
+    se_ratio: float = 0.0
+    id_skip: bool = True
+
+
+def decode_block_string(block_string):
+    """'r1_k3_s11_e1_i32_o16_se0.25' -> BlockArgs (square strides; 'noskip' drops the skip)."""
+    options = {}
+    for op in block_string.split("_"):
+        if op == "noskip":
+            continue
+        match = re.fullmatch(r"([a-z]+)([0-9.]+)", op)
+        if not match:
+            raise ValueError(f"bad block string {block_string!r}: cannot read {op!r}")
+        options[match.group(1)] = match.group(2)
+    missing = {"r", "k", "s", "e", "i", "o"} - set(options)
+    if missing:
+        raise ValueError(f"bad block string {block_string!r}: missing {sorted(missing)}")
+    strides = options["s"]
+    if len(strides) != 2 or strides[0] != strides[1]:
+        raise ValueError(f"bad block string {block_string!r}: strides must be a pair like s22")
+    return BlockArgs(
+        num_repeat=int(options["r"]), kernel_size=int(options["k"]), strides=int(strides[0]),
+        expand_ratio=int(options["e"]), input_filters=int(options["i"]),
+        output_filters=int(options["o"]), se_ratio=float(options.get("se", 0.0)),
+        id_skip="noskip" not in block_string.split("_"))
+
+
+def round_filters(filters, width, divisor=DEPTH_DIVISOR):
+    """Channels scaled by `width`, rounded to a multiple of 8, never more than 10% down."""
+    scaled = filters * width
+    new_filters = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    if new_filters < 0.9 * scaled:
+        new_filters += divisor
+    return int(new_filters)
+
+
+def round_repeats(repeats, depth):
+    """Blocks per stage scaled by `depth`, rounded up."""
+    return int(math.ceil(depth * repeats))
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+    """One MBConv block of the scaled network."""
+    name: str
+    input_filters: int
+    output_filters: int
+    expand_ratio: int
+    kernel_size: int
+    strides: int
+    se_filters: int          # 0: no squeeze-and-excitation
+    residual: bool           # identity skip (stride 1 and in == out)
+    drop_rate: float         # stochastic depth drop probability (residual blocks only)
+
+    @property
+    def expanded_filters(self):
+        return self.input_filters * self.expand_ratio
+
+
+def efficientnet_params(model_name):
+    """(width, depth, resolution, dropout) of a named model; UserError for unknown names."""
+    if model_name not in _PARAMS:
+        raise UserError(f"unknown model name {model_name!r}; expected one of {', '.join(_PARAMS)}")
+    return _PARAMS[model_name]
+
+
+def block_specs(width, depth, small_image=False, stochastic_depth_rate=0.2,
+                block_strings=BLOCK_STRINGS):
+    """The scaled MBConv blocks, in order, with their stochastic depth rates.
+
+    Block idx (0-based) of N gets drop rate stochastic_depth_rate * idx / N, as the reference
+    (efficientnet_model.Model.call: `drop_rate *= float(idx) / len(self._blocks)`); N counts all
+    blocks, the rate is used only by residual blocks.
+    """
+    # NOTE: the paper (Sec. 3.1) says survival 0.8 "for the final layer"; the reference's 0-based
+    # rule, followed here, gives the last block 1 - 0.2 * (N - 1) / N (0.8125 for B0, N = 16).
+    stages = [decode_block_string(s) for s in block_strings]
+    if small_image:
+        stages = [dataclasses.replace(a, strides=1) if i in SMALL_IMAGE_STRIDE_1 else a
+                  for i, a in enumerate(stages)]
+    stages = [dataclasses.replace(a, input_filters=round_filters(a.input_filters, width),
+                                  output_filters=round_filters(a.output_filters, width),
+                                  num_repeat=round_repeats(a.num_repeat, depth))
+              for a in stages]
+    num_blocks = sum(a.num_repeat for a in stages)
+    blocks = []
+    for stage, args in enumerate(stages):
+        for j in range(args.num_repeat):
+            input_filters = args.input_filters if j == 0 else args.output_filters
+            strides = args.strides if j == 0 else 1
+            residual = (args.id_skip and strides == 1 and input_filters == args.output_filters)
+            se_filters = (max(1, int(input_filters * args.se_ratio))
+                          if 0 < args.se_ratio <= 1 else 0)
+            suffix = chr(ord("a") + j) if j < 26 else f"_{j}"
+            blocks.append(Block(
+                name=f"block{stage + 1}{suffix}", input_filters=input_filters,
+                output_filters=args.output_filters, expand_ratio=args.expand_ratio,
+                kernel_size=args.kernel_size, strides=strides, se_filters=se_filters,
+                residual=residual,
+                drop_rate=stochastic_depth_rate * len(blocks) / num_blocks if residual else 0.0))
+    return blocks
+
+
+def count_params_analytic(model_name="efficientnet-b0", num_classes=1000, num_channels=3,
+                          width=None, depth=None, trainable_only=False):
+    """Parameters of build_model(...) without building it: all weights (BN moving statistics
+    included, like keras count_params) or, with trainable_only, the trainable ones.
+
+    Mirrors build_model layer by layer; tests check it against built models, and use it for the
+    big ones (L2 has 480M parameters).
+    """
+    table_width, table_depth, _, _ = efficientnet_params(model_name)
+    width = table_width if width is None else width
+    depth = table_depth if depth is None else depth
+    bn = 2 if trainable_only else 4   # gamma, beta (+ moving mean, moving variance) per channel
+    stem = round_filters(32, width)
+    total = 3 * 3 * num_channels * stem + bn * stem
+    blocks = block_specs(width, depth)
+    for b in blocks:
+        expanded = b.expanded_filters
+        if b.expand_ratio != 1:
+            total += b.input_filters * expanded + bn * expanded
+        total += b.kernel_size * b.kernel_size * expanded + bn * expanded
+        if b.se_filters:
+            total += (expanded * b.se_filters + b.se_filters) + (b.se_filters * expanded + expanded)
+        total += expanded * b.output_filters + bn * b.output_filters
+    head = round_filters(1280, width)
+    total += blocks[-1].output_filters * head + bn * head
+    total += head * num_classes + num_classes
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers.
+
+def _conv_init():
+    # N(0, sqrt(2 / fan_out)), fan_out = kh * kw * out_channels (depthwise: kh * kw): the
+    # reference conv_kernel_initializer, a plain (untruncated) normal.
+    # A fresh instance per layer: an unseeded Keras 3 initializer instance fixes its seed at
+    # construction and would give every layer of the same shape identical values.
+    return keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
+
+
+def _dense_init():
+    # U(-1/sqrt(num_classes), +1/sqrt(num_classes)): the reference dense_kernel_initializer.
+    return keras.initializers.VarianceScaling(1.0 / 3.0, "fan_out", "uniform")
+
+
+class Normalize(keras.layers.Layer):
+    """(x - mean) / std with constant per-channel mean/std (0-255 scale); no weights."""
+
+    def __init__(self, mean, std, **kwargs):
+        super().__init__(**kwargs)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+
+    def call(self, images):
+        mean = ops.convert_to_tensor(self.mean, dtype=images.dtype)
+        std = ops.convert_to_tensor(self.std, dtype=images.dtype)
+        return (images - mean) / std
+
+    def get_config(self):
+        return {**super().get_config(), "mean": self.mean, "std": self.std}
+
+
+class StochasticDepth(keras.layers.Layer):
+    """Drops a residual branch for whole examples: x / keep * Bernoulli(keep), training only.
+
+    `noise_enabled` (Python bool, read in call(); see set_noise) switches it off.
+    """
+
+    def __init__(self, rate, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"stochastic depth rate must be in [0, 1), got {rate}")
+        self.rate = float(rate)
+        self.seed = seed
+        self.noise_enabled = True
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, x, training=False):
+        if not training or not self.noise_enabled or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        shape = (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
+        mask = ops.floor(keep + keras.random.uniform(shape, seed=self.seed_generator,
+                                                      dtype=x.dtype))
+        return x / keep * mask
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+class NoiseDropout(keras.layers.Dropout):
+    """keras Dropout that set_noise can switch off (Python bool `noise_enabled`)."""
+
+    def __init__(self, rate, **kwargs):
+        super().__init__(rate, **kwargs)
+        self.noise_enabled = True
+
+    def call(self, inputs, training=False):
+        if not self.noise_enabled:
+            return inputs
+        return super().call(inputs, training=training)
+
+
+def _conv(filters, kernel_size, strides=1, name=None):
+    return layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False,
+                         kernel_initializer=_conv_init(), name=name)
+
+
+def _bn(name):
+    # NOTE: plain Keras BN, statistics per replica under tf.distribute; the reference uses
+    # cross-replica BN on TPU (keras BatchNormalization(synchronized=True) would be the equivalent).
+    return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
+
+
+def _mbconv(x, b):
+    """Mobile inverted bottleneck: [expand 1x1] -> depthwise kxk -> SE -> project 1x1 (+ skip)."""
+    inputs = x
+    n = b.name
+    if b.expand_ratio != 1:
+        x = _conv(b.expanded_filters, 1, name=f"{n}_expand_conv")(x)
+        x = _bn(f"{n}_expand_bn")(x)
+        x = layers.Activation("swish", name=f"{n}_expand_activation")(x)
+    x = layers.DepthwiseConv2D(b.kernel_size, strides=b.strides, padding="same", use_bias=False,
+                               depthwise_initializer=_conv_init(), name=f"{n}_dwconv")(x)
+    x = _bn(f"{n}_bn")(x)
+    x = layers.Activation("swish", name=f"{n}_activation")(x)
+    if b.se_filters:
+        # Squeeze to the block INPUT width * 0.25 (reference); the only convs with biases.
+        se = layers.GlobalAveragePooling2D(keepdims=True, name=f"{n}_se_squeeze")(x)
+        se = layers.Conv2D(b.se_filters, 1, activation="swish", kernel_initializer=_conv_init(),
+                           name=f"{n}_se_reduce")(se)
+        se = layers.Conv2D(b.expanded_filters, 1, activation="sigmoid",
+                           kernel_initializer=_conv_init(), name=f"{n}_se_expand")(se)
+        x = layers.Multiply(name=f"{n}_se_excite")([x, se])
+    x = _conv(b.output_filters, 1, name=f"{n}_project_conv")(x)
+    x = _bn(f"{n}_project_bn")(x)
+    if b.residual:
+        x = StochasticDepth(b.drop_rate, name=f"{n}_drop")(x)
+        x = layers.Add(name=f"{n}_add")([x, inputs])
+    return x
+
+
+def _normalisation_constants(num_channels, mean, std):
+    # NOTE: the reference is RGB only; other channel counts default to the average ImageNet
+    # mean/std (callers pass the dataset's own mean/std, data.DATASETS).
+    if mean is None:
+        mean = IMAGENET_MEAN if num_channels == 3 else (sum(IMAGENET_MEAN) / 3,) * num_channels
+    if std is None:
+        std = IMAGENET_STD if num_channels == 3 else (sum(IMAGENET_STD) / 3,) * num_channels
+    mean, std = tuple(mean), tuple(std)
+    if len(mean) != num_channels or len(std) != num_channels:
+        raise UserError(f"mean {mean} and std {std} need one value per channel "
+                        f"(num_channels={num_channels})")
+    if min(std) <= 0:
+        raise UserError(f"std {std} must be positive")
+    return mean, std
+
+
+def build_model(model_name="efficientnet-b0", num_classes=1000, image_size=None, num_channels=3,
+                small_image=False, width=None, depth=None, dropout_rate=None,
+                stochastic_depth_rate=0.2, mean=None, std=None, name=None):
+    """An EfficientNet as a functional keras.Model: float32 [0, 255] (H, W, C) images -> logits.
+
+    None means the table value for width, depth, image_size (= resolution) and dropout_rate;
+    mean/std default to ImageNet RGB on the 0-255 scale (for num_channels != 3, their average).
+    Rates of 0 remove dropout / stochastic depth.
+    """
+    table_width, table_depth, resolution, table_dropout = efficientnet_params(model_name)
+    width = table_width if width is None else float(width)
+    depth = table_depth if depth is None else float(depth)
+    image_size = resolution if image_size is None else int(image_size)
+    dropout_rate = table_dropout if dropout_rate is None else float(dropout_rate)
+    stochastic_depth_rate = 0.2 if stochastic_depth_rate is None else float(stochastic_depth_rate)
+    mean, std = _normalisation_constants(num_channels, mean, std)
+
+    inputs = keras.Input((image_size, image_size, num_channels), dtype="float32", name="images")
+    # TF 'same' padding also for stride 2, as the reference (keras.applications pads symmetrically
+    # and uses 'valid'); parameter counts are the same.
+    x = Normalize(mean, std, name="normalize")(inputs)
+    x = _conv(round_filters(32, width), 3, strides=2, name="stem_conv")(x)
+    x = _bn("stem_bn")(x)
+    x = layers.Activation("swish", name="stem_activation")(x)
+    for block in block_specs(width, depth, small_image, stochastic_depth_rate):
+        x = _mbconv(x, block)
+    x = _conv(round_filters(1280, width), 1, name="top_conv")(x)
+    x = _bn("top_bn")(x)
+    x = layers.Activation("swish", name="top_activation")(x)
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = NoiseDropout(dropout_rate, name="top_dropout")(x)
+    logits = layers.Dense(num_classes, kernel_initializer=_dense_init(), name="predictions")(x)
+    return keras.Model(inputs, logits, name=name or model_name)
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
+
+
+def set_noise(model, enabled):
+    """Switches dropout and stochastic depth on/off (BN untouched); returns the layers switched.
+
+    The switch is a Python attribute read in call(): a tf.function traced before the switch keeps
+    the old behaviour; trace a separate function for each setting.
+    """
+    switched = 0
+    for layer in _all_layers(model):
+        if isinstance(layer, (StochasticDepth, NoiseDropout)):
+            layer.noise_enabled = bool(enabled)
+            switched += 1
+    return switched
+
+
+def count_flops(model):
+    """Multiply-adds of one image in the convolutions and dense layers.
+
+    Normalisation, BN, activations, pooling, the SE gating product and the residual sums are not
+    counted (the usual convention behind the published 0.39B for B0).
+    """
+    total = 0
+    for layer in _all_layers(model):
+        if isinstance(layer, layers.DepthwiseConv2D):
+            _, h, w, _ = layer.output.shape
+            kh, kw, cin, multiplier = layer.kernel.shape
+            total += h * w * kh * kw * cin * multiplier
+        elif isinstance(layer, layers.Conv2D):
+            _, h, w, _ = layer.output.shape
+            kh, kw, cin, cout = layer.kernel.shape
+            total += h * w * kh * kw * cin * cout
+        elif isinstance(layer, layers.Dense):
+            cin, cout = layer.kernel.shape
+            total += cin * cout
+    return int(total)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model dirs.
+
+def save_model_dir(model_dir, config, model, ema_model=None, step=0):
+    """Writes model.json (config) and <model_dir>/ckpt-<step>; returns the checkpoint path.
+
+    For tools and tests; main.py writes the same layout through its own CheckpointManager.
+    """
+    tf.io.gfile.makedirs(model_dir)
+    write_json(os.path.join(model_dir, MODEL_CONFIG_FILE), config)
+    checkpoint = tf.train.Checkpoint(model=model, ema_model=ema_model or model,
+                                     step=tf.Variable(step, dtype=tf.int64))
+    manager = tf.train.CheckpointManager(checkpoint, model_dir, max_to_keep=None,
+                                         checkpoint_name="ckpt")
+    return manager.save(checkpoint_number=step)
+
+
+def load_model_dir(model_dir, use_ema=True):
+    """(model, config) of the model in `model_dir`: built from model.json, weights from the latest
+    checkpoint's `ema_model` (use_ema) or `model`. UserError if anything is missing/mismatched."""
+    if not tf.io.gfile.isdir(model_dir):
+        raise UserError(f"model dir {model_dir} does not exist")
+    config_path = os.path.join(model_dir, MODEL_CONFIG_FILE)
+    if not tf.io.gfile.exists(config_path):
+        raise UserError(f"{config_path} is missing (not a model dir written by main.py?)")
+    try:
+        with tf.io.gfile.GFile(config_path) as f:
+            config = json.load(f)
+    except (OSError, ValueError, tf.errors.OpError) as e:
+        raise UserError(f"{config_path}: cannot read ({e})") from e
+    checkpoint_path = tf.train.latest_checkpoint(model_dir)
+    if checkpoint_path is None:
+        raise UserError(f"no checkpoint in model dir {model_dir}")
+    build_args = set(inspect.signature(build_model).parameters)
+    model = build_model(**{k: v for k, v in config.items() if k in build_args})
+    key = "ema_model" if use_ema else "model"
+    try:   # shape mismatches raise ValueError in read(), missing weights fail the assertion
+        status = tf.train.Checkpoint(**{key: model}).read(checkpoint_path)
+        status.expect_partial().assert_existing_objects_matched()
+    except (AssertionError, ValueError) as e:
+        raise UserError(f"{checkpoint_path}: `{key}` does not match {config_path} "
+                        f"({str(e).splitlines()[0]})") from e
+    logging.info("loaded %s (%s) from %s", config.get("model_name"), key, checkpoint_path)
+    return model, config
+
+
+# ---------------------------------------------------------------------------------------------
+# Script: parameters and FLOPs table.
+
+def define_flags():
+    """The script's flags; defined only when run as a script, so that importing this module
+    from main.py (which has its own --image_size, --num_classes, ...) does not clash."""
+    flags.DEFINE_list("model_names", ["efficientnet-b0"],
+                      f"Comma-separated model names to report; any of {', '.join(_PARAMS)}.")
+    flags.DEFINE_bool("small_image", False,
+                      "Small-image variant (blocks 2 and 3 stride 1), for 32 px inputs.")
+    flags.DEFINE_integer("image_size", None,
+                         "Input size in pixels; default: each model's resolution.")
+    flags.DEFINE_integer("num_channels", 3, "Input channels (1 for Fashion-MNIST, 3 for RGB).")
+    flags.DEFINE_integer("num_classes", 1000, "Output classes.")
+    flags.DEFINE_float("width", None, "Width coefficient override; default: the table value.")
+    flags.DEFINE_float("depth", None, "Depth coefficient override; default: the table value.")
+
+
+def model_summary(**build_kwargs):
+    """{'model', 'resolution', 'params', 'trainable_params', 'flops'} of one built model."""
+    model = build_model(**build_kwargs)
+    return {"model": build_kwargs["model_name"], "resolution": model.input_shape[1],
+            "params": model.count_params(),
+            "trainable_params": sum(int(math.prod(w.shape)) for w in model.trainable_weights),
+            "flops": count_flops(model)}
+
+
+def format_table(rows):
+    lines = [f"{'model':<18}{'resolution':>11}{'params':>16}{'trainable':>16}{'FLOPs':>10}"]
+    for r in rows:
+        lines.append(f"{r['model']:<18}{r['resolution']:>11}"
+                     f"{r['params']:>16,}{r['trainable_params']:>16,}{r['flops'] / 1e9:>9.2f}B")
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    FLAGS = flags.FLAGS
+    for name in FLAGS.model_names:
+        efficientnet_params(name)   # fail fast on a bad name
+    rows = []
+    for name in FLAGS.model_names:
+        logging.info("building %s", name)
+        rows.append(model_summary(
+            model_name=name, num_classes=FLAGS.num_classes, image_size=FLAGS.image_size,
+            num_channels=FLAGS.num_channels, small_image=FLAGS.small_image,
+            width=FLAGS.width, depth=FLAGS.depth))
+        keras.backend.clear_session()
+    print(format_table(rows))
+
+
+if __name__ == "__main__":
+    define_flags()
+    run_main(main)

@@ -1,0 +1,389 @@
+"""Tests for efficientnet_builder.py: architecture against keras.applications and the published
+sizes, the model noise (dropout, stochastic depth), the small-image variant, model dirs.
+
+Big models: B0..B4 are built; B5..B7 and L2 (480M parameters, ~2 GB of float32 weights, a few
+seconds each but too much memory for a shared test machine) are checked with
+count_params_analytic, which is proven equal to the built models for B0..B4 and scaled-down ones.
+"""
+
+import gzip
+import math
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+
+import efficientnet_builder as eb
+from data import UserError
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+FASHION_MNIST_TEST = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
+
+# A scaled-down family for fast tests: 32 px, 1 channel, 10 classes.
+TINY = dict(model_name="efficientnet-b0", num_classes=10, image_size=32, num_channels=1,
+            small_image=True, width=0.25, depth=0.5)
+
+# Published parameter counts (EfficientNet paper Table 2; Noisy Student paper for L2), in millions.
+PUBLISHED_PARAMS_M = {"efficientnet-b0": 5.3, "efficientnet-b1": 7.8, "efficientnet-b2": 9.2,
+                      "efficientnet-b3": 12, "efficientnet-b4": 19, "efficientnet-b5": 30,
+                      "efficientnet-b6": 43, "efficientnet-b7": 66, "efficientnet-l2": 480}
+
+
+def fashion_mnist_images(n):
+    """The first n Fashion-MNIST test images, zero-padded to 32, float32 [0, 255], (n, 32, 32, 1)."""
+    with gzip.open(FASHION_MNIST_TEST, "rb") as f:
+        data = np.frombuffer(f.read(16 + n * 28 * 28), np.uint8, offset=16)
+    images = data.reshape(n, 28, 28, 1).astype(np.float32)
+    return np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
+
+
+@pytest.fixture(scope="module")
+def b0():
+    keras.utils.set_random_seed(0)
+    return eb.build_model("efficientnet-b0")
+
+
+def weight_shapes(model):
+    """{layer name: [weight shapes]} of layers with weights (keras' Normalization excluded)."""
+    return {layer.name: [tuple(w.shape) for w in layer.weights] for layer in model.layers
+            if layer.weights and not isinstance(layer, keras.layers.Normalization)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Architecture.
+
+def test_decode_block_string():
+    args = eb.decode_block_string("r2_k5_s22_e6_i24_o40_se0.25")
+    assert args == eb.BlockArgs(num_repeat=2, kernel_size=5, strides=2, expand_ratio=6,
+                                input_filters=24, output_filters=40, se_ratio=0.25, id_skip=True)
+    assert not eb.decode_block_string("r1_k3_s11_e1_i32_o16_noskip").id_skip
+    assert eb.decode_block_string("r1_k3_s11_e1_i32_o16").se_ratio == 0.0
+    for bad in ["r1_k3_s12_e1_i32_o16", "r1_k3_e1_i32_o16", "r1_kx_s11_e1_i32_o16"]:
+        with pytest.raises(ValueError, match="bad block string"):
+            eb.decode_block_string(bad)
+
+
+def test_round_filters_and_repeats():
+    assert eb.round_filters(35.0, 1.0) == 32      # 35 -> 32 is within 10%
+    assert eb.round_filters(35.9, 1.0) == 40      # 35.9 -> 32 would lose > 10%: +8
+    assert eb.round_filters(16, 0.25) == 8        # minimum 8
+    # Head widths of the family (keras.applications / the papers; L2's 5504 features).
+    heads = {"b0": 1280, "b1": 1280, "b2": 1408, "b3": 1536, "b4": 1792, "b5": 2048,
+             "b6": 2304, "b7": 2560, "l2": 5504}
+    for name, head in heads.items():
+        width = eb.efficientnet_params(f"efficientnet-{name}")[0]
+        assert eb.round_filters(1280, width) == head, name
+    assert eb.round_repeats(4, 3.1) == 13 and eb.round_repeats(1, 5.3) == 6
+    assert len(eb.block_specs(1.0, 1.0)) == 16 and len(eb.block_specs(2.0, 3.1)) == 55
+
+
+def test_import_defines_no_flags():
+    """main.py has its own --image_size, --num_classes...: the script's flags must not clash."""
+    assert "model_names" not in flags.FLAGS and "num_channels" not in flags.FLAGS
+
+
+def test_unknown_model_name_is_a_user_error():
+    with pytest.raises(UserError, match="efficientnet-b9"):
+        eb.efficientnet_params("efficientnet-b9")
+    with pytest.raises(UserError, match="one value per channel"):
+        eb.build_model(**TINY, mean=(1.0, 2.0, 3.0))
+
+
+@pytest.mark.parametrize("index", [0, 1, 2, 3])
+def test_architecture_equals_keras_applications(index, b0):
+    """Same layers with the same weight shapes as keras.applications.EfficientNetB<index>.
+
+    keras' model also has a Rescaling + Normalization(axis=-1) input layer whose non-trainable
+    mean (3), variance (3) and count (1) make 7 extra parameters (B0: 5,330,571 = 5,330,564 + 7);
+    ours normalises with constants and has no such weights.
+    """
+    name = f"efficientnet-b{index}"
+    ours = b0 if index == 0 else eb.build_model(name)
+    reference = getattr(keras.applications, f"EfficientNetB{index}")(weights=None, classes=1000)
+    (normalization,) = [l for l in reference.layers if isinstance(l, keras.layers.Normalization)]
+    assert normalization.count_params() == 7
+    assert ours.count_params() == reference.count_params() - 7
+    if index == 0:
+        assert reference.count_params() == 5_330_571
+    assert weight_shapes(ours) == weight_shapes(reference)
+    # Residual connections (keras: `id_skip and strides == 1 and filters_in == filters_out`) and
+    # their stochastic depth rates (keras: drop_connect_rate 0.2 * b / blocks, 0-based b).
+    # keras has no drop layer where the rate is 0.
+    ref_add = {l.name[:-len("_add")] for l in reference.layers if l.name.endswith("_add")}
+    ref_drop = {l.name[:-len("_drop")]: l.rate for l in reference.layers
+                if l.name.endswith("_drop")}
+    our_add = {l.name[:-len("_add")] for l in ours.layers if l.name.endswith("_add")}
+    our_drop = {l.name[:-len("_drop")]: l.rate for l in ours.layers
+                if isinstance(l, eb.StochasticDepth)}
+    assert our_add == ref_add and set(our_drop) == our_add
+    for block, rate in our_drop.items():
+        assert rate == pytest.approx(ref_drop.get(block, 0.0), abs=1e-12), block
+    assert ours.get_layer("top_dropout").rate == eb.efficientnet_params(name)[3]
+    # The analytic count used for the big models agrees with the built model.
+    assert eb.count_params_analytic(name) == ours.count_params()
+    trainable = sum(math.prod(w.shape) for w in ours.trainable_weights)
+    assert eb.count_params_analytic(name, trainable_only=True) == trainable
+
+
+def test_analytic_params_equal_built_models():
+    """count_params_analytic == the built model for B4 and for scaled-down / 1-channel variants."""
+    for kwargs in [dict(model_name="efficientnet-b4"), dict(TINY),
+                   dict(model_name="efficientnet-b3", width=0.5, depth=0.3, num_channels=1,
+                        num_classes=7, image_size=64)]:
+        model = eb.build_model(**kwargs)
+        analytic_args = {k: kwargs[k] for k in ("model_name", "num_classes", "num_channels",
+                                                "width", "depth") if k in kwargs}
+        assert eb.count_params_analytic(**analytic_args) == model.count_params(), kwargs
+        keras.backend.clear_session()
+
+
+def test_published_sizes():
+    """Parameters in millions at the published rounding (two significant digits).
+
+    The published numbers are trainable parameters (B7: 66.35M trainable -> 66M; with BN moving
+    statistics it would be 66.66M -> 67M). One exception: B2 is published as 9.2M while its
+    trainable count is 9.11M; 9.2M is its count with BN moving statistics (9.18M).
+    """
+    def rounded(n, published):
+        digits = 1 if published < 10 else 0
+        return round(n / 1e6, digits)
+    for name, published in PUBLISHED_PARAMS_M.items():
+        trainable = eb.count_params_analytic(name, trainable_only=True)
+        total = eb.count_params_analytic(name)
+        if name == "efficientnet-b2":
+            assert rounded(trainable, published) == 9.1 and rounded(total, published) == 9.2
+        else:
+            assert rounded(trainable, published) == published, (name, trainable)
+    assert eb.count_params_analytic("efficientnet-l2", trainable_only=True) == 480_309_308
+
+
+def test_b0_flops(b0):
+    assert round(eb.count_flops(b0) / 1e9, 2) == 0.39
+    # count_flops on a model whose multiply-adds are counted by hand.
+    x = inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, strides=2, padding="same")(x)          # 4*4 * 3*3*3 * 4 = 1728
+    x = keras.layers.DepthwiseConv2D(3, padding="same")(x)               # 4*4 * 3*3 * 4 = 576
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(5)(x)                                         # 4 * 5 = 20
+    assert eb.count_flops(keras.Model(inputs, x)) == 1728 + 576 + 20
+
+
+def test_initialisers(b0):
+    """Conv: N(0, sqrt(2 / fan_out)), untruncated; dense: U(+-1/sqrt(num_classes))."""
+    kernel = np.asarray(b0.get_layer("top_conv").kernel).ravel()          # 320 x 1280
+    sigma = math.sqrt(2.0 / 1280)
+    assert abs(kernel.mean()) < 0.01 * sigma
+    assert kernel.std() == pytest.approx(sigma, rel=0.01)
+    # A normal has 4.55% beyond 2 sigma (a truncated normal 0%); n = 409,600, sd 0.03%.
+    assert np.mean(np.abs(kernel) > 2 * sigma) == pytest.approx(0.0455, abs=0.003)
+    dw = np.asarray(b0.get_layer("block6a_dwconv").kernel)                # 5x5, fan_out = 25
+    assert dw.std() == pytest.approx(math.sqrt(2.0 / 25), rel=0.02)
+    dense = np.asarray(b0.get_layer("predictions").kernel)                # 1280 x 1000
+    bound = 1 / math.sqrt(1000)
+    assert np.abs(dense).max() <= bound and np.abs(dense).max() > 0.999 * bound
+    assert dense.std() == pytest.approx(bound / math.sqrt(3), rel=0.01)
+    # Every layer gets its own random draw (an unseeded keras initializer instance would not).
+    a = np.asarray(b0.get_layer("block2b_expand_conv").kernel)
+    b = np.asarray(b0.get_layer("block3a_expand_conv").kernel)
+    assert a.shape == b.shape and not np.array_equal(a, b)
+    # Conv biases only in SE.
+    biased = {l.name.split("_", 1)[1] for l in b0.layers
+              if isinstance(l, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)) and l.use_bias}
+    assert biased == {"se_reduce", "se_expand"}
+    bn = b0.get_layer("block3a_bn")
+    assert bn.momentum == 0.99 and bn.epsilon == 1e-3
+
+
+# ---------------------------------------------------------------------------------------------
+# Noise.
+
+def test_stochastic_depth_drops_at_rate_per_example():
+    keras.utils.set_random_seed(1)
+    rate, n = 0.3, 20_000
+    layer = eb.StochasticDepth(rate)
+    x = np.ones((n, 2, 2, 3), np.float32)
+    y = np.asarray(layer(x, training=True))
+    per_example = y.reshape(n, -1)
+    # Whole examples are dropped (all zero) or kept and scaled by 1 / keep.
+    kept = np.all(per_example == np.float32(1 / 0.7), axis=1)
+    dropped = np.all(per_example == 0, axis=1)
+    assert np.all(kept | dropped)
+    # Binomial(n, 0.3): sd = sqrt(0.3 * 0.7 / n) = 0.0032; tolerance 5 sd = 0.016.
+    assert abs(dropped.mean() - rate) < 5 * math.sqrt(rate * (1 - rate) / n)
+    assert abs(y.mean() - 1.0) < 5 * math.sqrt(rate / (1 - rate) / (n * 1.0))  # unbiased
+    # Identity in inference, when switched off, and at rate 0.
+    np.testing.assert_array_equal(layer(x, training=False), x)
+    layer.noise_enabled = False
+    np.testing.assert_array_equal(layer(x, training=True), x)
+    np.testing.assert_array_equal(eb.StochasticDepth(0.0)(x, training=True), x)
+
+
+def test_block_specs_stochastic_depth_rule():
+    """Block idx (0-based) of N gets rate * idx / N on residual blocks only (reference rule)."""
+    blocks = eb.block_specs(1.0, 1.0, stochastic_depth_rate=0.2)
+    n = len(blocks)
+    for idx, block in enumerate(blocks):
+        residual = block.strides == 1 and block.input_filters == block.output_filters
+        assert block.residual == residual
+        assert block.drop_rate == (pytest.approx(0.2 * idx / n) if residual else 0.0)
+    assert blocks[-1].drop_rate == 0.0    # B0's last block (192 -> 320) has no skip
+    assert max(b.drop_rate for b in blocks) == pytest.approx(0.2 * 14 / 16)
+    # In EfficientNet in == out implies stride 1; a custom stage shows the stride matters too.
+    custom = eb.block_specs(1.0, 1.0, block_strings=("r2_k3_s22_e6_i16_o16_se0.25",
+                                                     "r2_k3_s11_e6_i16_o16_noskip"))
+    assert [b.residual for b in custom] == [False, True, False, False]
+    assert [b.strides for b in custom] == [2, 1, 1, 1]
+    assert [b.se_filters for b in custom] == [4, 4, 0, 0]
+
+
+def test_model_noise_switches():
+    keras.utils.set_random_seed(2)
+    images = fashion_mnist_images(16)
+    model = eb.build_model(**TINY, dropout_rate=0.5, stochastic_depth_rate=0.5)
+    n_sd = sum(isinstance(l, eb.StochasticDepth) for l in model.layers)
+    assert n_sd >= 3
+    noisy = [np.asarray(model(images, training=True)) for _ in range(2)]
+    assert not np.allclose(noisy[0], noisy[1])
+    # The model's dropout drops at its rate: 100,000 Bernoulli(0.5), sd 0.0016, tolerance 5 sd.
+    ones = np.ones((1000, 100), np.float32)
+    zero_fraction = np.mean(np.asarray(model.get_layer("top_dropout")(ones, training=True)) == 0)
+    assert abs(zero_fraction - 0.5) < 5 * math.sqrt(0.25 / ones.size)
+
+    assert eb.set_noise(model, False) == n_sd + 1
+    quiet = [np.asarray(model(images, training=True)) for _ in range(2)]
+    np.testing.assert_array_equal(quiet[0], quiet[1])
+    # BN is untouched: training still uses batch statistics, unlike inference.
+    inference = np.asarray(model(images, training=False))
+    assert not np.allclose(quiet[0], inference, atol=1e-3)
+    eb.set_noise(model, True)
+    assert not np.allclose(np.asarray(model(images, training=True)), quiet[0])
+
+    # Inside a tf.function the switch is read while tracing: toggling between two calls in the
+    # traced code (main.py's Table 6 ablation) gives one quiet and one noisy call.
+    @tf.function
+    def noisy_then_quiet(x):
+        noisy = model(x, training=True)
+        eb.set_noise(model, False)
+        quiet = (model(x, training=True), model(x, training=True))
+        eb.set_noise(model, True)
+        return noisy, quiet, model(x, training=True)
+    noisy, quiet, noisy_again = noisy_then_quiet(images)
+    np.testing.assert_array_equal(quiet[0], quiet[1])
+    assert not np.allclose(noisy, noisy_again)
+
+    # Rates of 0 switch both off.
+    off = eb.build_model(**TINY, dropout_rate=0.0, stochastic_depth_rate=0.0)
+    np.testing.assert_array_equal(off(images, training=True), off(images, training=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs.
+
+def test_small_image_variant_keeps_a_4x4_map_and_takes_1_channel():
+    small = eb.build_model(**TINY)
+    assert small.get_layer("top_conv").output.shape[1:3] == (4, 4)
+    images = fashion_mnist_images(8)
+    logits = np.asarray(small(images, training=False))
+    assert logits.shape == (8, 10) and np.all(np.isfinite(logits))
+    # The same net without the small-image strides ends in 1x1 at 32 px.
+    plain = eb.build_model(**{**TINY, "small_image": False})
+    assert plain.get_layer("top_conv").output.shape[1:3] == (1, 1)
+
+
+def test_normalisation_inside_the_model():
+    gray = eb.build_model(**TINY)
+    normalize = gray.get_layer("normalize")
+    mean = sum(eb.IMAGENET_MEAN) / 3
+    std = sum(eb.IMAGENET_STD) / 3
+    assert normalize.mean == pytest.approx((mean,)) and normalize.std == pytest.approx((std,))
+    images = fashion_mnist_images(2)
+    np.testing.assert_allclose(normalize(images), (images - mean) / std, rtol=1e-6, atol=1e-6)
+    rgb = eb.build_model(**{**TINY, "num_channels": 3}, mean=(10, 20, 30), std=(2, 4, 8))
+    x = np.full((1, 32, 32, 3), 50.0, np.float32)
+    np.testing.assert_allclose(rgb.get_layer("normalize")(x)[0, 0, 0], [20, 7.5, 2.5])
+
+
+# ---------------------------------------------------------------------------------------------
+# Model dirs.
+
+def test_save_load_round_trip(tmp_path):
+    keras.utils.set_random_seed(3)
+    config = {**TINY, "dropout_rate": 0.2, "stochastic_depth_rate": 0.2,
+              "dataset": "fashion_mnist", "input_kind": "small", "label_offset": 0}
+    build_args = {k: v for k, v in config.items()
+                  if k not in ("dataset", "input_kind", "label_offset")}
+    model = eb.build_model(**build_args)
+    ema = eb.build_model(**build_args)
+    # EMA weights distinct from the raw ones, BN moving statistics included.
+    for w_ema, w in zip(ema.weights, model.weights):
+        w_ema.assign(np.asarray(w) * 0.9 + 0.01)
+    images = fashion_mnist_images(8)
+    raw_logits = np.asarray(model(images, training=False))
+    ema_logits = np.asarray(ema(images, training=False))
+    assert not np.allclose(raw_logits, ema_logits, atol=1e-3)
+
+    staging = str(tmp_path / "student.tmp")
+    path = eb.save_model_dir(staging, config, model, ema, step=7)
+    assert os.path.basename(path) == "ckpt-7"
+    model_dir = str(tmp_path / "student")
+    os.rename(staging, model_dir)          # as the driver's temp-then-rename does
+
+    loaded, loaded_config = eb.load_model_dir(model_dir)
+    assert loaded_config == config
+    np.testing.assert_array_equal(loaded(images, training=False), ema_logits)
+    loaded_raw, _ = eb.load_model_dir(model_dir, use_ema=False)
+    np.testing.assert_array_equal(loaded_raw(images, training=False), raw_logits)
+
+    # Without an EMA model, `ema_model` is the model itself.
+    only = str(tmp_path / "only")
+    eb.save_model_dir(only, config, model)
+    np.testing.assert_array_equal(eb.load_model_dir(only)[0](images, training=False), raw_logits)
+
+
+def test_load_errors(tmp_path):
+    missing = str(tmp_path / "no_such_dir")
+    with pytest.raises(UserError, match=missing):
+        eb.load_model_dir(missing)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match="model.json is missing"):
+        eb.load_model_dir(str(empty))
+    (empty / eb.MODEL_CONFIG_FILE).write_text('{"model_name": "efficientnet-b0"}')
+    with pytest.raises(UserError, match="no checkpoint"):
+        eb.load_model_dir(str(empty))
+    # A checkpoint that does not fit model.json.
+    model_dir = str(tmp_path / "mismatch")
+    eb.save_model_dir(model_dir, {**TINY, "width": 0.5}, eb.build_model(**TINY))
+    with pytest.raises(UserError, match="does not match"):
+        eb.load_model_dir(model_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Script.
+
+def test_script_prints_the_table():
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    args = [sys.executable, os.path.join(ROOT, "efficientnet_builder.py"),
+            "--model_names=efficientnet-b0", "--small_image", "--image_size=32",
+            "--num_channels=1", "--num_classes=10"]
+    result = subprocess.run(args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    header, row = result.stdout.strip().splitlines()
+    assert header.split() == ["model", "resolution", "params", "trainable", "FLOPs"]
+    expected = eb.model_summary(model_name="efficientnet-b0", num_classes=10, image_size=32,
+                                num_channels=1, small_image=True)
+    assert row.split() == [
+        "efficientnet-b0", "32", f"{expected['params']:,}", f"{expected['trainable_params']:,}",
+        f"{expected['flops'] / 1e9:.2f}B"]
+    assert expected["params"] == eb.count_params_analytic(num_classes=10, num_channels=1)
+
+    bad = subprocess.run(args[:2] + ["--model_names=efficientnet-b9"], capture_output=True,
+                         text=True, env=env, cwd=ROOT, timeout=120)
+    assert bad.returncode != 0
+    assert "efficientnet-b9" in bad.stderr.strip().splitlines()[-1]
