@@ -1,0 +1,149 @@
+"""Per-image RandAugment throughput in tf.data: randaugment.py vs keras.layers.RandAugment.
+
+Paper context: the student's input noise (Sec. 2, Sec. 3.1: N = 2, M = 27) runs on every training
+image, on the host CPU, so it must keep up with the model. This measures images per second of a
+tf.data pipeline over 32x32 Fashion-MNIST images (uint8, 1 channel, padded 28 -> 32):
+
+    from_tensor_slices -> repeat -> map(augment one image, AUTOTUNE) -> batch -> prefetch
+
+for: no augmentation (the pipeline's ceiling), randaugment.distort_image_with_randaugment at
+N = 2, M = 10 and M = 27 (translate = cutout const = 4, as data.py uses for 32 px), and
+keras.layers.RandAugment(num_ops=2) called on one image in the same map (its factor is a 0-1
+strength; 1.0, its maximum, is the nearest to M = 10 and it has nothing like M = 27).
+
+    python bench/randaugment_throughput.py --output=bench/randaugment_throughput.md
+
+writes the markdown table with the command, the machine (nproc, CPU model), versions and date.
+One run, on whatever else the machine is doing: read it as a rough comparison.
+"""
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import time
+
+from absl import flags
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import data  # noqa: E402  pylint: disable=wrong-import-position
+import randaugment  # noqa: E402  pylint: disable=wrong-import-position
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("output", os.path.join(ROOT, "bench", "randaugment_throughput.md"),
+                    "Markdown file to write the results to.")
+flags.DEFINE_integer("num_images", 32768, "Images timed per configuration (after warm-up).")
+flags.DEFINE_integer("batch_size", 256, "Batch size of the pipeline.")
+flags.DEFINE_integer("num_source_images", 4096,
+                     "Distinct Fashion-MNIST test images the pipeline cycles through.")
+
+
+def augmenters():
+    """name -> function(uint8 image (32, 32, 1)) -> image, built once (the Keras layer too)."""
+    import keras  # pylint: disable=import-outside-toplevel
+    keras_layer = keras.layers.RandAugment(value_range=(0, 255), num_ops=2, factor=1.0)
+
+    def ours(magnitude):
+        return lambda image: randaugment.distort_image_with_randaugment(
+            image, num_layers=2, magnitude=magnitude, cutout_const=4, translate_const=4)
+
+    return {
+        "no augmentation (pipeline ceiling)": lambda image: image,
+        "randaugment.py N=2 M=10": ours(10),
+        "randaugment.py N=2 M=27": ours(27),
+        "keras.layers.RandAugment num_ops=2 factor=1.0": lambda image: keras_layer(
+            image, training=True),
+    }
+
+
+def images_per_second(images, augment, num_images, batch_size):
+    ds = (tf.data.Dataset.from_tensor_slices(images).repeat()
+          .map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+          .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+    it = iter(ds)
+    for _ in range(3):  # warm-up: tracing, AUTOTUNE ramp-up
+        next(it)
+    num_batches = max(1, num_images // batch_size)
+    start = time.perf_counter()
+    for _ in range(num_batches):
+        next(it)
+    return num_batches * batch_size / (time.perf_counter() - start)
+
+
+def cpu_model():
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def markdown(results, command, num_source_images, batch_size, num_images):
+    import keras  # pylint: disable=import-outside-toplevel
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=False).stdout.strip()
+    keras_rate = results[-1][1]
+    with open("/proc/loadavg") as f:
+        load = " ".join(f.read().split()[:3])
+    lines = [
+        "# RandAugment throughput (per image, in a tf.data map)",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: `nproc` = {nproc}, CPU: {cpu_model()}; TensorFlow {tf.__version__}, "
+        f"Keras {keras.__version__}, Python {platform.python_version()}. "
+        f"Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}.",
+        "",
+        "One run on a SHARED machine (other engineers' jobs use the same 2 cores): the numbers "
+        f"are a rough comparison, not a clean measurement. Load average (1, 5, 15 min) when the "
+        f"run ended: {load}.",
+        "",
+        f"Pipeline: {num_source_images} Fashion-MNIST test images (uint8 32x32x1) -> "
+        f"repeat -> map(augment, AUTOTUNE) -> batch {batch_size} -> prefetch; "
+        f"{num_images} images timed per row after 3 warm-up batches.",
+        "",
+        "| augmentation | img/s | vs keras.layers.RandAugment |",
+        "|---|---:|---:|",
+    ]
+    for name, rate in results:
+        lines.append(f"| {name} | {rate:,.0f} | {rate / keras_rate:.1f}x |")
+    lines += [
+        "",
+        "randaugment.py: 16 reference ops, one op choice per image per layer, uint8 in and out, "
+        "translate = cutout const = 4 (image_size // 8, as data.py). keras.layers.RandAugment: "
+        "11 ops, float32 out, strength factor in [0, 1] (1.0 = its strongest; it cannot express "
+        "M = 27); called on single images so it also chooses per image.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise data.UserError(f"unexpected arguments {argv[1:]}")
+    if not os.path.exists(randaugment.FASHION_MNIST_TEST_IMAGES):
+        raise data.UserError(f"missing file {randaugment.FASHION_MNIST_TEST_IMAGES} (run setup.sh)")
+    if FLAGS.num_images < FLAGS.batch_size or FLAGS.batch_size < 1:
+        raise data.UserError("--num_images must be >= --batch_size >= 1")
+    if not 1 <= FLAGS.num_source_images <= 10000:
+        raise data.UserError("--num_source_images must be in 1..10000 (the test set)")
+    images = randaugment.load_fashion_mnist(FLAGS.num_source_images)
+    results = []
+    for name, augment in augmenters().items():
+        rate = images_per_second(images, augment, FLAGS.num_images, FLAGS.batch_size)
+        logging.info("%-48s %8.0f img/s", name, rate)
+        results.append((name, rate))
+    command = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
+    with data.atomic_output(FLAGS.output) as tmp:
+        with open(tmp, "w") as f:
+            f.write(markdown(results, command, FLAGS.num_source_images, FLAGS.batch_size,
+                             FLAGS.num_images))
+    logging.info("wrote %s", FLAGS.output)
+
+
+if __name__ == "__main__":
+    data.run_main(main)

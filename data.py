@@ -1,0 +1,1012 @@
+"""The shared input pipeline: record schemas, data preparation, preprocessing and tf.data datasets.
+
+Paper: "Self-training with Noisy Student improves ImageNet classification" (Xie et al., 2020),
+Sec. 3.1 "Experiment Details" (labeled data set, unlabeled data set, RandAugment as input noise)
+and Sec. 2 / Algorithm 1 (the data flowing between teacher, pseudo-labeling and student). The
+small-image path follows the authors' CIFAR-10/SVHN preprocessing, used here for Fashion-MNIST.
+
+As a script it prepares data sets as sharded TFRecords:
+
+  python data.py --dataset=fashion_mnist --output_dir=DIR --num_labeled_per_class=400 --seed=0
+      -> DIR/labeled/    K images per class from the 60k train set (seeded), with labels
+         DIR/unlabeled/  the other 60000 - 10K train images; the true label only under
+                         `diagnostic/true_label`, which no training path reads
+         DIR/test/       the official 10k test set
+         DIR/prepared.json  arguments and counts (written last; a rerun with the same
+                            arguments does nothing)
+  python data.py --dataset=folder --source_dir=SRC --output_dir=DIR --split=train --num_shards=4
+      -> DIR/train/train-0000i-of-00004.tfrecord  one record per image of SRC/<class>/<image>,
+         labels 0..K-1 from the sorted class folder names, image bytes passed through unchanged;
+         DIR/train/class_names.json, DIR/train/prepared.json
+
+ImageNet records written by the standard converter (`image/encoded` JPEG, `image/class/label`
+1-based, shards named `train-00000-of-01024`) are read as they are: pass a glob such as
+`DIR/train-*` and a DatasetInfo with label_offset=1 (DATASETS["imagenet"]).
+
+Library conventions: images are uint8 HxWxC; preprocessing returns float32 in [0, 255] (the model
+normalises); labels are 0-based int32; user mistakes raise UserError (one line, exit 2 via
+run_main).
+
+Corrupt records: tf.data reports them lazily, without the file name. Wrap the loop that consumes a
+dataset in `with translate_data_errors(files):` -- it turns tf's DataLossError/InvalidArgumentError
+into a UserError naming the bad file and record (found by `check_records`, which rescans the files).
+"""
+
+import contextlib
+import dataclasses
+import gzip
+import json
+import os
+import sys
+import time
+import types
+import uuid
+import zlib
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+AUGMENT_NAMES = ("randaugment", "basic", "none")
+INPUT_KINDS = ("small", "imagenet")
+IMAGENET_CROP_PADDING = 32  # eval centre crop: image_size / (image_size + 32) of the short side
+SMALL_IMAGE_PAD = 4  # reflect padding before the random crop of small images
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors, atomic outputs, file lists.
+# ---------------------------------------------------------------------------------------------
+class UserError(Exception):
+    """A mistake of the user (bad flag, missing or corrupt file): reported as one line, exit 2."""
+
+
+def run_main(main):
+    """absl `app.run(main)`; a UserError prints one line `error: ...` on stderr and exits 2."""
+
+    def wrapped(argv):
+        try:
+            return main(argv)
+        except UserError as e:
+            message = " ".join(str(e).split())  # one line, whatever the message holds
+            print(f"error: {message}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+    app.run(wrapped)
+
+
+@contextlib.contextmanager
+def atomic_output(path):
+    """Yields a temporary path next to `path`; renames it onto `path` when the block succeeds.
+
+    The caller creates a file or a directory at the yielded path. An existing `path` is replaced.
+    On an exception the temporary file or directory is deleted and `path` is left untouched.
+    """
+    path = os.path.normpath(path)
+    parent, base = os.path.split(path)
+    if parent:
+        tf.io.gfile.makedirs(parent)
+    tmp = os.path.join(parent, f".{base}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        if not tf.io.gfile.exists(tmp):
+            raise RuntimeError(f"atomic_output: nothing was written at {tmp} for {path}")
+        if tf.io.gfile.isdir(tmp):
+            old = None
+            if tf.io.gfile.exists(path):  # move the old directory aside, swap, then delete it
+                old = tmp + ".old"
+                tf.io.gfile.rename(path, old)
+            tf.io.gfile.rename(tmp, path)
+            if old:
+                _remove(old)
+        else:
+            tf.io.gfile.rename(tmp, path, overwrite=True)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(path):
+    if tf.io.gfile.isdir(path):
+        tf.io.gfile.rmtree(path)
+    elif tf.io.gfile.exists(path):
+        tf.io.gfile.remove(path)
+
+
+def write_json(path, obj):
+    """Writes `obj` as JSON (indent 2, sorted keys) atomically: temp file, then rename."""
+    with atomic_output(path) as tmp:
+        with tf.io.gfile.GFile(tmp, "w") as f:
+            f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path):
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def list_files(pattern, what="data"):
+    """A directory -> all its `*.tfrecord*` files; otherwise a glob. Sorted; UserError if none."""
+    if not pattern:
+        raise UserError(f"no path given for the {what} files")
+    hint = ""
+    if tf.io.gfile.isdir(pattern):
+        files = tf.io.gfile.glob(os.path.join(pattern, "*.tfrecord*"))
+        hint = (f" (a directory is read as {os.path.join(pattern, '*.tfrecord*')}; pass a glob "
+                f"such as {os.path.join(pattern, 'train-*')} for other shard names)")
+    else:
+        files = tf.io.gfile.glob(pattern)
+        if not any(c in pattern for c in "*?["):
+            hint = " (no such file or directory)"
+    files = sorted(f for f in files if not tf.io.gfile.isdir(f))
+    if not files:
+        raise UserError(f"no {what} files match {pattern}{hint}")
+    return files
+
+
+# ---------------------------------------------------------------------------------------------
+# Data set descriptions.
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What the pipeline and the model need to know about a data set."""
+    num_classes: int
+    image_size: int  # default training/eval resolution
+    num_channels: int
+    input_kind: str  # "small": 32 px CIFAR-style preprocessing; "imagenet": bbox crop + resize
+    flip: bool  # random horizontal flips make sense for this data (not for digits)
+    mean: tuple  # per channel, 0-255 scale (normalisation happens inside the model)
+    std: tuple
+    label_offset: int = 0  # subtracted from stored labels (1 for the ImageNet converter)
+
+
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+DATASETS = {
+    # Mean/std over every pixel of the 60k train images after zero-padding 28 -> 32, 0-255 scale:
+    #   x, _ = read_fashion_mnist(FASHION_MNIST_DIR, "train"); p = np.pad(x, ((0,0),(2,2),(2,2)))
+    #   p.mean() = 55.84495717773437, p.std() = 84.61190011498954
+    # Clothes stay clothes when mirrored, so horizontal flips are used.
+    "fashion_mnist": DatasetInfo(num_classes=10, image_size=32, num_channels=1, input_kind="small",
+                                 flip=True, mean=(55.844957,), std=(84.611900,), label_offset=0),
+    "imagenet": DatasetInfo(num_classes=1000, image_size=224, num_channels=3, input_kind="imagenet",
+                            flip=True, mean=IMAGENET_MEAN, std=IMAGENET_STD, label_offset=1),
+    # A folder of images converted by folder_to_tfrecords. num_classes=0 means "read it from the
+    # class_names.json next to the records": use dataset_info("folder", data_dir=..., ...), which
+    # also takes overrides such as image_size=32, input_kind="small" for small images.
+    "folder": DatasetInfo(num_classes=0, image_size=224, num_channels=3, input_kind="imagenet",
+                          flip=True, mean=IMAGENET_MEAN, std=IMAGENET_STD, label_offset=0),
+}
+
+
+def dataset_info(name, data_dir=None, **overrides):
+    """DATASETS[name] with `overrides` (DatasetInfo fields) applied, validated.
+
+    For presets without a class count (num_classes=0, e.g. "folder") the count comes from
+    `class_names.json` in `data_dir` (a directory or glob of records) or its parent directory.
+    Changing num_channels without giving mean/std averages the preset's mean/std over channels.
+    """
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+    fields = {f.name for f in dataclasses.fields(DatasetInfo)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise UserError(f"unknown dataset setting(s) {unknown}; known: {sorted(fields)}")
+    info = DATASETS[name]
+    channels = overrides.get("num_channels", info.num_channels)
+    if channels != len(info.mean):
+        overrides.setdefault("mean", (float(np.mean(info.mean)),) * channels)
+        overrides.setdefault("std", (float(np.mean(info.std)),) * channels)
+    info = dataclasses.replace(info, **overrides)
+    if info.num_classes == 0:
+        if not data_dir:
+            raise UserError(f"dataset {name!r} needs num_classes or a data_dir with "
+                            f"class_names.json")
+        info = dataclasses.replace(info, num_classes=len(read_class_names(data_dir)))
+    if info.input_kind not in INPUT_KINDS:
+        raise UserError(f"input_kind={info.input_kind!r} is not one of {INPUT_KINDS}")
+    if info.num_channels not in (1, 3):
+        raise UserError(f"num_channels={info.num_channels}: only 1 or 3 are supported")
+    if len(info.mean) != info.num_channels or len(info.std) != info.num_channels:
+        raise UserError(f"mean/std need {info.num_channels} values, got {info.mean}/{info.std}")
+    if info.label_offset not in (0, 1):
+        raise UserError(f"label_offset={info.label_offset} must be 0 or 1")
+    if info.num_classes < 1 or info.image_size < 1:
+        raise UserError(f"bad num_classes={info.num_classes} or image_size={info.image_size}")
+    return info
+
+
+def read_class_names(data_dir):
+    """The class names written by folder_to_tfrecords, looked up in data_dir or its parent."""
+    base = data_dir if tf.io.gfile.isdir(data_dir) else os.path.dirname(data_dir)
+    for d in (base, os.path.dirname(os.path.normpath(base))):
+        path = os.path.join(d, "class_names.json")
+        if tf.io.gfile.exists(path):
+            return read_json(path)
+    raise UserError(f"no class_names.json in {base} or its parent; pass num_classes")
+
+
+# ---------------------------------------------------------------------------------------------
+# Records (tf.train.Example). Keys are listed in the contract's schema table.
+# ---------------------------------------------------------------------------------------------
+def _bytes(value):
+    value = value.encode() if isinstance(value, str) else bytes(value)
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int(value):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+
+def _floats(values):
+    return tf.train.Feature(float_list=tf.train.FloatList(value=list(values)))
+
+
+def image_example(encoded, label, image_id, true_label=None):
+    """A labeled (label given) or unlabeled (label None) image record; image_id str or bytes."""
+    feature = {"image/encoded": _bytes(encoded), "image/id": _bytes(image_id)}
+    if label is not None:
+        feature["image/class/label"] = _int(label)
+    if true_label is not None:
+        feature["diagnostic/true_label"] = _int(true_label)
+    return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def pseudo_label_example(encoded, image_id, probabilities, true_label=None, copies=None,
+                         float16=False):
+    """A pseudo-labeled record: soft labels plus their argmax `label` and top-1 `prob`."""
+    probabilities = np.asarray(probabilities, np.float32).reshape(-1)
+    feature = {
+        "image/encoded": _bytes(encoded),
+        "image/id": _bytes(image_id),
+        "label": _int(np.argmax(probabilities)),
+        "prob": _floats([probabilities.max()]),
+    }
+    if float16:
+        feature["probabilities/float16"] = _bytes(probabilities.astype("<f2").tobytes())
+    else:
+        feature["probabilities"] = _floats(probabilities)
+    if true_label is not None:
+        feature["diagnostic/true_label"] = _int(true_label)
+    if copies is not None:
+        if copies < 1:
+            raise ValueError(f"copies must be >= 1, got {copies}")
+        feature["copies"] = _int(copies)
+    return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def _string(default=""):
+    return tf.io.FixedLenFeature([], tf.string, default_value=default)
+
+
+def _int64(default):
+    return tf.io.FixedLenFeature([], tf.int64, default_value=default)
+
+
+def _record_id(parsed, fallback_id):
+    """image/id, else image/filename (ImageNet converter), else the fallback (file:index)."""
+    image_id = tf.where(parsed["image/id"] != "", parsed["image/id"], parsed["image/filename"])
+    if fallback_id is not None:
+        image_id = tf.where(image_id != "", image_id, fallback_id)
+    return image_id
+
+
+def parse_labeled(serialized, label_offset=0, fallback_id=None):
+    """{"image": encoded bytes, "label": int32 (stored label - label_offset), "id": string}."""
+    parsed = tf.io.parse_single_example(serialized, {
+        "image/encoded": tf.io.FixedLenFeature([], tf.string),
+        "image/class/label": tf.io.FixedLenFeature([], tf.int64),
+        "image/id": _string(), "image/filename": _string()})
+    label = tf.cast(parsed["image/class/label"], tf.int32) - label_offset
+    return {"image": parsed["image/encoded"], "label": label,
+            "id": _record_id(parsed, fallback_id)}
+
+
+def parse_unlabeled(serialized, fallback_id=None):
+    """{"image", "id"}: never the true label (it is not even parsed)."""
+    parsed = tf.io.parse_single_example(serialized, {
+        "image/encoded": tf.io.FixedLenFeature([], tf.string),
+        "image/id": _string(), "image/filename": _string()})
+    return {"image": parsed["image/encoded"], "id": _record_id(parsed, fallback_id)}
+
+
+def parse_pseudo_labeled(serialized, num_classes, fallback_id=None):
+    """{"image", "id", "probabilities": float32[K], "label": int32, "prob": float32, "copies"}.
+
+    Reads `probabilities` (float list) or `probabilities/float16` (little-endian bytes); `label`
+    and `prob` default to the argmax / max of the probabilities, `copies` to 1.
+    """
+    parsed = tf.io.parse_single_example(serialized, {
+        "image/encoded": tf.io.FixedLenFeature([], tf.string),
+        "image/id": _string(), "image/filename": _string(),
+        "probabilities": tf.io.VarLenFeature(tf.float32),
+        "probabilities/float16": _string(),
+        "label": _int64(-1),
+        "prob": tf.io.FixedLenFeature([], tf.float32, default_value=-1.0),
+        "copies": _int64(1)})
+    as_float32 = tf.sparse.to_dense(parsed["probabilities"])
+    probabilities = tf.cond(
+        tf.size(as_float32) > 0,
+        lambda: as_float32,
+        lambda: tf.cast(tf.io.decode_raw(parsed["probabilities/float16"], tf.float16,
+                                         little_endian=True), tf.float32))
+    tf.debugging.assert_equal(tf.size(probabilities), num_classes, message=(
+        f"pseudo-labeled record without {num_classes} probabilities (key `probabilities` or "
+        f"`probabilities/float16`)"))
+    probabilities = tf.reshape(probabilities, [num_classes])
+    label = tf.where(parsed["label"] >= 0, parsed["label"], tf.argmax(probabilities))
+    prob = tf.where(parsed["prob"] >= 0, parsed["prob"], tf.reduce_max(probabilities))
+    return {"image": parsed["image/encoded"], "id": _record_id(parsed, fallback_id),
+            "probabilities": probabilities, "label": tf.cast(label, tf.int32), "prob": prob,
+            "copies": tf.cast(parsed["copies"], tf.int32)}
+
+
+def parse_diagnostic_label(serialized):
+    """The true label kept in unlabeled records for reports only; -1 if absent."""
+    parsed = tf.io.parse_single_example(serialized, {"diagnostic/true_label": _int64(-1)})
+    return tf.cast(parsed["diagnostic/true_label"], tf.int32)
+
+
+def check_records(files, keys=("image/encoded",), decode=False):
+    """Reads every record of `files`; returns the count. UserError naming the first bad file.
+
+    A record is bad when the TFRecord framing/CRC is broken, it is not a tf.train.Example, a key
+    in `keys` is missing, or (decode=True) its image does not decode.
+    """
+    spec = {k: tf.io.FixedLenFeature([], tf.string if k == "image/encoded" else tf.int64)
+            for k in keys}
+    total = 0
+    for path in files:
+        index = 0
+        try:
+            for record in tf.data.TFRecordDataset(path):
+                parsed = tf.io.parse_single_example(record, spec)
+                if decode:
+                    tf.io.decode_image(parsed["image/encoded"], expand_animations=False)
+                index += 1
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+            raise UserError(f"corrupt record file {path}, record {index}: {_tf_message(e)}")
+        total += index
+    return total
+
+
+def _tf_message(error):
+    """The informative first line of a tf error message, without the op/function noise."""
+    text = error.message.strip().splitlines()[0] if error.message else type(error).__name__
+    if text.startswith("{{function_node"):
+        text = text.split("}}", 1)[-1].strip()
+    text = text.split(" [Op:")[0].split("\t")[0].strip()
+    if "assertion failed: [" in text:  # keep our assertion's message, drop tf's operand dump
+        text = text.split("assertion failed: [", 1)[1].split("]", 1)[0]
+    return text
+
+
+@contextlib.contextmanager
+def translate_data_errors(files):
+    """Turns tf input errors raised while consuming a dataset of `files` into a UserError.
+
+    tf.data's messages do not name the file: for broken records and undecodable images the
+    files are rescanned with check_records to name the bad one (slow for a big data set, but
+    only after a failure). Other errors (e.g. labels out of range) explain themselves.
+    """
+    try:
+        yield
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+        files = list_files(files) if isinstance(files, str) else files
+        message = _tf_message(e)
+        lower = message.lower()
+        decode = any(w in lower for w in ("decode", "image format", "jpeg", "png"))
+        if decode or isinstance(e, tf.errors.DataLossError) or "parse" in lower:
+            logging.warning("input error (%s); scanning %d files for the bad record", message,
+                            len(files))
+            check_records(files, decode=decode)
+        where = files[0] if len(files) == 1 else f"{len(files)} files like {files[0]}"
+        raise UserError(f"bad input record in {where}: {message}") from e
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharded writing with progress.
+# ---------------------------------------------------------------------------------------------
+def shard_name(split, index, num_shards):
+    return f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
+
+
+class Progress:
+    """Logs `what: done/total (pct), img/s, ETA` at most every `every` seconds."""
+
+    def __init__(self, what, total, every=10.0):
+        self.what, self.total, self.every = what, total, every
+        self.start = self.last = time.time()
+
+    def update(self, done, force=False):
+        now = time.time()
+        if not force and now - self.last < self.every:
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        eta = (self.total - done) / rate if rate > 0 else 0.0
+        logging.info("%s: %d/%d (%.0f%%), %.0f img/s, ETA %.0fs", self.what, done, self.total,
+                     100.0 * done / max(self.total, 1), rate, eta)
+
+
+def write_shards(out_dir, split, serialized_records, num_records, num_shards):
+    """Writes `num_records` serialized records, in order, as `num_shards` contiguous shards."""
+    tf.io.gfile.makedirs(out_dir)
+    bounds = [num_records * s // num_shards for s in range(num_shards + 1)]
+    progress = Progress(f"writing {split}", num_records)
+    records = iter(serialized_records)
+    done = 0
+    for s in range(num_shards):
+        with tf.io.TFRecordWriter(os.path.join(out_dir, shard_name(split, s, num_shards))) as w:
+            for _ in range(bounds[s + 1] - bounds[s]):
+                w.write(next(records))
+                done += 1
+                progress.update(done)
+    progress.update(done, force=True)
+    return [shard_name(split, s, num_shards) for s in range(num_shards)]
+
+
+def _previous_run(output_dir, args):
+    """The summary of a finished run with the same args, None if there is none; else UserError."""
+    if not tf.io.gfile.exists(output_dir):
+        return None
+    marker = os.path.join(output_dir, "prepared.json")
+    if tf.io.gfile.exists(marker):
+        summary = read_json(marker)
+        if summary.get("args") == args:
+            logging.info("%s is already prepared with the same arguments: nothing to do",
+                         output_dir)
+            return summary
+        old = summary.get("args") or {}
+        diff = ", ".join(f"{k}: {old.get(k)!r} -> {args.get(k)!r}" for k in sorted(
+            set(old) | set(args)) if old.get(k) != args.get(k))
+        raise UserError(f"{output_dir} was prepared with other arguments ({diff}); remove it or "
+                        f"choose another output directory")
+    if tf.io.gfile.listdir(output_dir):
+        raise UserError(f"{output_dir} exists and is not a finished preparation (no "
+                        f"prepared.json); remove it or choose another output directory")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Fashion-MNIST (IDX files) -> labeled / unlabeled / test TFRecords.
+# ---------------------------------------------------------------------------------------------
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", 60000),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", 10000),
+}
+DEFAULT_FASHION_MNIST_SHARDS = types.MappingProxyType({"labeled": 2, "unlabeled": 8, "test": 2})
+
+
+def read_idx(path, expected_dims):
+    """A gzip IDX file as a uint8 array; UserError naming the file if it is missing or corrupt.
+
+    IDX: magic 0x0000 08 <ndim> (08 = unsigned byte), ndim big-endian int32 sizes, then data.
+    """
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise UserError(f"missing file {path}")
+    except (OSError, EOFError, zlib.error) as e:
+        raise UserError(f"corrupt gzip file {path}: {e}")
+    ndim = len(expected_dims)
+    header = 4 + 4 * ndim
+    if len(raw) < header or raw[:4] != bytes([0, 0, 8, ndim]):
+        raise UserError(f"corrupt IDX file {path}: expected the magic number "
+                        f"{0x800 + ndim} for uint8 with {ndim} dimensions")
+    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    if any(want is not None and want != got for want, got in zip(expected_dims, dims)):
+        raise UserError(f"corrupt IDX file {path}: shape {dims}, expected {list(expected_dims)}")
+    if len(raw) != header + int(np.prod(dims)):
+        raise UserError(f"corrupt IDX file {path}: {len(raw) - header} data bytes for shape {dims}")
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
+
+
+def read_fashion_mnist(source_dir, split):
+    """(images uint8 [N, 28, 28], labels uint8 [N]) of split "train" or "test"."""
+    images_file, labels_file, count = FASHION_MNIST_FILES[split]
+    images = read_idx(os.path.join(source_dir, images_file), (count, 28, 28))
+    labels = read_idx(os.path.join(source_dir, labels_file), (count,))
+    if labels.max() > 9:
+        raise UserError(f"corrupt labels in {os.path.join(source_dir, labels_file)}: "
+                        f"label {labels.max()} > 9")
+    return images, labels
+
+
+def select_labeled(labels, num_per_class, seed):
+    """Sorted indices of `num_per_class` images of each class, chosen with a seeded generator."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in range(int(labels.max()) + 1):
+        members = np.flatnonzero(labels == c)
+        if num_per_class > len(members):
+            raise UserError(f"--num_labeled_per_class={num_per_class} but class {c} has only "
+                            f"{len(members)} images")
+        chosen.append(rng.choice(members, num_per_class, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def encode_png_batch(images):
+    """uint8 [N, H, W, C] -> list of PNG bytes, encoded in parallel by tf.data."""
+    ds = tf.data.Dataset.from_tensor_slices(images).map(
+        tf.io.encode_png, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return list(ds.batch(4096).unbatch().as_numpy_iterator())
+
+
+def prepare_fashion_mnist(output_dir, num_labeled_per_class=400, seed=0,
+                          source_dir=FASHION_MNIST_DIR, shards=DEFAULT_FASHION_MNIST_SHARDS):
+    """Writes output_dir/{labeled,unlabeled,test}/ and prepared.json; returns the summary dict.
+
+    The whole directory is written under a temporary name and renamed into place, prepared.json
+    last, so an interrupted run leaves nothing behind. Skips the work if output_dir holds a run
+    with the same arguments.
+    """
+    shards = dict(shards)
+    if sorted(shards) != ["labeled", "test", "unlabeled"] or min(shards.values()) < 1:
+        raise UserError(f"shards must give labeled, unlabeled and test counts >= 1, got {shards}")
+    if num_labeled_per_class < 1:
+        raise UserError(f"--num_labeled_per_class must be >= 1, got {num_labeled_per_class}")
+    args = {"dataset": "fashion_mnist", "num_labeled_per_class": int(num_labeled_per_class),
+            "seed": int(seed), "source_dir": os.path.abspath(source_dir), "shards": shards}
+    previous = _previous_run(output_dir, args)
+    if previous is not None:
+        return previous
+
+    train_images, train_labels = read_fashion_mnist(source_dir, "train")
+    test_images, test_labels = read_fashion_mnist(source_dir, "test")
+    # NOTE: the paper has no Fashion-MNIST experiment; its small-image setting (CIFAR/SVHN style
+    # 32 px preprocessing, a labeled subset plus the rest as unlabeled images) is reproduced here.
+    labeled = select_labeled(train_labels, num_labeled_per_class, seed)
+    unlabeled = np.setdiff1d(np.arange(len(train_labels)), labeled)
+    # Shuffle (seeded) so that each shard mixes classes; the test set keeps its official order.
+    rng = np.random.default_rng([seed, 1])
+    labeled, unlabeled = rng.permutation(labeled), rng.permutation(unlabeled)
+
+    def pad(images):  # 28x28 -> 32x32x1 with zeros, as the small-image models need >= 32 px
+        return np.pad(images, ((0, 0), (2, 2), (2, 2)))[..., None]
+
+    def records(images, labels, indices, name, with_label):
+        pngs = encode_png_batch(pad(images[indices]))
+        for png, i in zip(pngs, indices):
+            image_id = f"fashion_mnist/{name}/{i:05d}"
+            if with_label:
+                yield image_example(png, int(labels[i]), image_id).SerializeToString()
+            else:  # the true label only under diagnostic/true_label, for reports
+                yield image_example(png, None, image_id,
+                                    true_label=int(labels[i])).SerializeToString()
+
+    splits = {
+        "labeled": (train_images, train_labels, labeled, "train", True),
+        "unlabeled": (train_images, train_labels, unlabeled, "train", False),
+        "test": (test_images, test_labels, np.arange(len(test_labels)), "test", True),
+    }
+    summary = {"args": args, "num_classes": 10, "image_size": 32, "num_channels": 1,
+               "counts": {}, "files": {}}
+    with atomic_output(output_dir) as tmp:
+        for split, (images, labels, indices, name, with_label) in splits.items():
+            summary["files"][split] = write_shards(
+                os.path.join(tmp, split), split, records(images, labels, indices, name, with_label),
+                len(indices), shards[split])
+            summary["counts"][split] = len(indices)
+            logging.info("%s: %d images in %d shards", split, len(indices), shards[split])
+        summary["labeled_per_class"] = np.bincount(train_labels[labeled], minlength=10).tolist()
+        write_json(os.path.join(tmp, "prepared.json"), summary)
+    logging.info("Prepared Fashion-MNIST in %s: %s", output_dir, summary["counts"])
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# A folder of images (one sub-folder per class) -> TFRecords.
+# ---------------------------------------------------------------------------------------------
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+
+
+def list_image_folder(src_dir):
+    """(class names sorted, [(path, label, relative id)]) of src_dir/<class>/<image>."""
+    if not tf.io.gfile.isdir(src_dir):
+        raise UserError(f"source directory {src_dir} does not exist")
+    classes = sorted(d for d in tf.io.gfile.listdir(src_dir)
+                     if not d.startswith(".") and tf.io.gfile.isdir(os.path.join(src_dir, d)))
+    classes = [c.rstrip("/") for c in classes]
+    if not classes:
+        raise UserError(f"source directory {src_dir} has no class sub-folders")
+    items, skipped = [], 0
+    for label, name in enumerate(classes):
+        folder = os.path.join(src_dir, name)
+        files = sorted(f for f in tf.io.gfile.listdir(folder) if not f.startswith("."))
+        images = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+        skipped += len(files) - len(images)
+        if not images:
+            raise UserError(f"class folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS)})")
+        items += [(os.path.join(folder, f), label, f"{name}/{f}") for f in images]
+    if skipped:
+        logging.warning("skipped %d files without an image extension in %s", skipped, src_dir)
+    return classes, items
+
+
+def folder_to_tfrecords(src_dir, output_dir, split, num_shards, seed=0):
+    """Writes output_dir/<split>/<split>-0000i-of-0000n.tfrecord, class_names.json, prepared.json.
+
+    Labels 0..K-1 follow the sorted class folder names; image bytes are stored unchanged (JPEG,
+    PNG, ...) with the id "<split>/<class>/<file>"; records are shuffled (seeded) across shards.
+    Another split already written under output_dir must have the same class names.
+    """
+    if num_shards < 1:
+        raise UserError(f"--num_shards must be >= 1, got {num_shards}")
+    if not split or "/" in split:
+        raise UserError(f"--split must be a plain name such as train, got {split!r}")
+    args = {"dataset": "folder", "source_dir": os.path.abspath(src_dir), "split": split,
+            "num_shards": int(num_shards), "seed": int(seed)}
+    split_dir = os.path.join(output_dir, split)
+    previous = _previous_run(split_dir, args)
+    if previous is not None:
+        return previous
+    classes, items = list_image_folder(src_dir)
+    if tf.io.gfile.isdir(output_dir):
+        for other in tf.io.gfile.listdir(output_dir):
+            path = os.path.join(output_dir, other.rstrip("/"), "class_names.json")
+            if tf.io.gfile.exists(path) and read_json(path) != classes:
+                raise UserError(f"the class folders of {src_dir} differ from {path}; every "
+                                f"split of one data set needs the same classes")
+    order = np.random.default_rng(seed).permutation(len(items))
+
+    def records():
+        for i in order:
+            path, label, rel = items[i]
+            with tf.io.gfile.GFile(path, "rb") as f:
+                encoded = f.read()
+            if not encoded.startswith(_MAGIC):
+                raise UserError(f"{path} is not a JPEG/PNG/GIF/BMP image")
+            yield image_example(encoded, label, f"{split}/{rel}").SerializeToString()
+
+    summary = {"args": args, "num_classes": len(classes), "counts": {split: len(items)},
+               "per_class": np.bincount([it[1] for it in items], minlength=len(classes)).tolist()}
+    with atomic_output(split_dir) as tmp:
+        summary["files"] = {split: write_shards(tmp, split, records(), len(items), num_shards)}
+        write_json(os.path.join(tmp, "class_names.json"), classes)
+        write_json(os.path.join(tmp, "prepared.json"), summary)
+    logging.info("Wrote %d images of %d classes to %s", len(items), len(classes), split_dir)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Preprocessing (graph mode; usable inside tf.data map). Output: float32 [0, 255], (S, S, C).
+# ---------------------------------------------------------------------------------------------
+def decode_image(encoded, num_channels):
+    """JPEG/PNG/GIF/BMP bytes -> uint8 (H, W, num_channels)."""
+    image = tf.io.decode_image(encoded, channels=num_channels, expand_animations=False,
+                               dtype=tf.uint8)
+    image.set_shape([None, None, num_channels])
+    return image
+
+
+def _to_uint8(image):
+    return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+
+
+def _resize_bicubic(image, image_size):
+    # NOTE: TF2 tf.image.resize (half-pixel centres); the reference's TF1 resize_bicubic used the
+    # legacy pixel grid (a sub-pixel shift). Overshoot is clipped to [0, 255] (the reference
+    # clipped only before RandAugment).
+    image = tf.image.resize(image, [image_size, image_size], method="bicubic")
+    return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def _small_image(encoded, info, image_size):
+    """Decoded small image as uint8 (S, S, C); other sizes are resized."""
+    image = decode_image(encoded, info.num_channels)
+    shape = tf.shape(image)
+    # NOTE: the reference requires small images to have exactly image_size pixels; other sizes
+    # are resized here (bicubic) so a folder of arbitrary images can use the small pipeline.
+    image = tf.cond(tf.logical_and(shape[0] == image_size, shape[1] == image_size),
+                    lambda: image,
+                    lambda: _to_uint8(_resize_bicubic(tf.cast(image, tf.float32), image_size)))
+    image.set_shape([image_size, image_size, info.num_channels])
+    return image
+
+
+def _center_crop(image, image_size):
+    """Centre square of image_size / (image_size + 32) of the short side, resized (bicubic).
+
+    As noisystudent's preprocessing.py (fixed padding 32); the later tensorflow/tpu code uses a
+    crop fraction of 0.875 instead, which differs for sizes other than 224.
+    """
+    shape = tf.shape(image)
+    height, width = shape[0], shape[1]
+    crop = tf.cast(image_size / (image_size + IMAGENET_CROP_PADDING)
+                   * tf.cast(tf.minimum(height, width), tf.float32), tf.int32)
+    top, left = (height - crop + 1) // 2, (width - crop + 1) // 2
+    image = tf.image.crop_to_bounding_box(image, top, left, crop, crop)
+    return _resize_bicubic(tf.cast(image, tf.float32), image_size)
+
+
+def _random_bbox_crop(image, image_size):
+    """Inception-style crop: area 8-100%, aspect 3/4-4/3, 10 attempts; else the centre crop."""
+    shape = tf.shape(image)
+    begin, size, _ = tf.image.sample_distorted_bounding_box(
+        shape, bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), min_object_covered=0.1,
+        aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0), max_attempts=10,
+        use_image_if_no_bounding_boxes=True)
+    crop = tf.slice(image, begin, size)
+    failed = tf.reduce_all(tf.equal(shape, tf.shape(crop)))  # no box found: whole image back
+    return tf.cond(failed, lambda: _center_crop(image, image_size),
+                   lambda: _resize_bicubic(tf.cast(crop, tf.float32), image_size))
+
+
+def _randaugment(image, num_layers, magnitude, cutout_const, translate_const, cutout_pad=None):
+    """RandAugment (and optionally one extra cutout, fill 128) on a uint8 (S, S, 1 or 3) image."""
+    import randaugment  # lazy: data.py imports without it  pylint: disable=import-outside-toplevel
+    image = randaugment.distort_image_with_randaugment(
+        image, num_layers, magnitude, cutout_const=cutout_const, translate_const=translate_const)
+    if cutout_pad is not None:
+        image = randaugment.cutout(image, pad_size=cutout_pad, replace=128)
+    return image
+
+
+def _check_augment_name(augment_name):
+    if augment_name not in AUGMENT_NAMES:
+        raise UserError(f"augment_name={augment_name!r} is not one of {AUGMENT_NAMES}")
+
+
+def preprocess_for_train(encoded, info, image_size, augment_name="randaugment", randaug_layer=2,
+                         randaug_mag=10):
+    """Noised training view of one encoded image: float32 (S, S, C) in [0, 255].
+
+    small:    [RandAugment(translate = cutout const = S // 8) -> cutout 2*(S//4) px, fill 128]
+              -> reflect-pad 4 + random crop S -> random flip (if info.flip)
+    imagenet: distorted bounding-box crop -> bicubic resize S -> random flip -> [RandAugment
+              (translate 100, cutout const 40)]
+    The bracketed parts run for augment_name="randaugment" only; "none" = preprocess_for_eval.
+    """
+    _check_augment_name(augment_name)
+    if augment_name == "none":
+        return preprocess_for_eval(encoded, info, image_size)
+    channels = info.num_channels
+    if info.input_kind == "small":
+        image = _small_image(encoded, info, image_size)
+        if augment_name == "randaugment":
+            image = _randaugment(image, randaug_layer, randaug_mag, cutout_const=image_size // 8,
+                                 translate_const=image_size // 8, cutout_pad=image_size // 4)
+        pad = SMALL_IMAGE_PAD
+        image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+        image = tf.image.random_crop(image, [image_size, image_size, channels])
+        if info.flip:
+            image = tf.image.random_flip_left_right(image)
+        image = tf.cast(image, tf.float32)
+    else:  # decode fully, then crop (as noisystudent; records may be PNG, not only JPEG)
+        image = _random_bbox_crop(decode_image(encoded, channels), image_size)
+        image.set_shape([image_size, image_size, channels])
+        if info.flip:
+            image = tf.image.random_flip_left_right(image)
+        if augment_name == "randaugment":
+            # The reference truncates (cast) to uint8 here; values are already clipped.
+            image = tf.cast(_randaugment(tf.cast(image, tf.uint8), randaug_layer, randaug_mag,
+                                         cutout_const=40, translate_const=100), tf.float32)
+    image.set_shape([image_size, image_size, channels])
+    return image
+
+
+def preprocess_for_eval(encoded, info, image_size):
+    """Deterministic view: small -> the image as it is (S px); imagenet -> centre crop, bicubic."""
+    if info.input_kind == "small":
+        image = tf.cast(_small_image(encoded, info, image_size), tf.float32)
+    else:
+        image = _center_crop(decode_image(encoded, info.num_channels), image_size)
+    image.set_shape([image_size, image_size, info.num_channels])
+    return image
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets: list files -> shuffle files (training) -> parallel interleaved reads -> shuffle
+# buffer -> parallel map -> batch -> prefetch. Nothing is cached unless cache=True.
+# ---------------------------------------------------------------------------------------------
+def _default_shuffle_buffer(info):
+    # NOTE: the reference shuffles 1024 records (16K only when the data set is cached in memory);
+    # small images (~1 KB each) get a 16K buffer here, ~16 MB, without caching.
+    return 16 * 1024 if info.input_kind == "small" else 1024
+
+
+def _files(pattern_or_files, what):
+    if isinstance(pattern_or_files, (list, tuple)):
+        if not pattern_or_files:
+            raise UserError(f"no {what} files given")
+        return sorted(pattern_or_files)
+    return list_files(pattern_or_files, what)
+
+
+def _records(files, is_training, seed=None, cache=False, shuffle_buffer=1024,
+             input_context=None):
+    """Serialized records of `files`; training: shuffled and repeated forever."""
+    shard_files = (input_context is not None and input_context.num_input_pipelines > 1
+                   and len(files) >= input_context.num_input_pipelines)
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if shard_files:
+        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    deterministic = not is_training or seed is not None
+    if is_training and not cache:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, buffer_size=8 * 1024 * 1024),
+                       cycle_length=min(len(files), 16), block_length=1,
+                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    if input_context is not None and input_context.num_input_pipelines > 1 and not shard_files:
+        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    if cache:
+        ds = ds.cache()
+        if is_training:
+            ds = ds.repeat()
+    if is_training:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    return ds
+
+
+def labeled_dataset(pattern, info, image_size, batch_size, is_training, augment_name="randaugment",
+                    randaug_layer=2, randaug_mag=10, seed=None, drop_remainder=None, cache=False,
+                    shuffle_buffer=None, input_context=None):
+    """Batches (images float32 [B, S, S, C], labels int32 [B]).
+
+    is_training: shuffled, repeated forever, noised (augment_name), drop_remainder by default.
+    Otherwise one ordered pass with eval preprocessing that keeps the last partial batch.
+    Labels outside [0, num_classes) fail the pipeline with a message naming the range.
+    """
+    _check_augment_name(augment_name)
+    files = _files(pattern, "labeled")
+    ds = _records(files, is_training, seed, cache, shuffle_buffer or _default_shuffle_buffer(info),
+                  input_context)
+
+    def parse_and_preprocess(serialized):
+        record = parse_labeled(serialized, info.label_offset)
+        label = record["label"]
+        tf.debugging.assert_non_negative(label, message=(
+            f"label below 0 after subtracting label_offset={info.label_offset}"))
+        tf.debugging.assert_less(label, info.num_classes, message=(
+            f"label >= num_classes={info.num_classes} (label_offset={info.label_offset})"))
+        if is_training:
+            image = preprocess_for_train(record["image"], info, image_size, augment_name,
+                                         randaug_layer, randaug_mag)
+        else:
+            image = preprocess_for_eval(record["image"], info, image_size)
+        return image, label
+
+    ds = ds.map(parse_and_preprocess, num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=not is_training or seed is not None)
+    drop = is_training if drop_remainder is None else drop_remainder
+    return ds.batch(batch_size, drop_remainder=drop).prefetch(tf.data.AUTOTUNE)
+
+
+def pseudo_labeled_dataset(pattern, info, image_size, batch_size, num_classes, augment_name,
+                           randaug_layer=2, randaug_mag=10, seed=None, repeat=True, cache=False,
+                           shuffle_buffer=None, input_context=None):
+    """Batches (images float32 [B, S, S, C], probabilities float32 [B, K]) for the student.
+
+    Each record is read `copies` times per pass (filter_balance's duplication of under-full
+    classes), shuffled, and (repeat=True) repeated forever; batches are full.
+    """
+    _check_augment_name(augment_name)
+    files = _files(pattern, "pseudo-labeled")
+    buffer = shuffle_buffer or _default_shuffle_buffer(info)
+    ds = _records(files, repeat, seed, cache, buffer, input_context)
+    ds = ds.map(lambda r: parse_pseudo_labeled(r, num_classes),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=not repeat or seed is not None)
+
+    def repeat_copies(record):
+        copies = record["copies"]
+        tf.debugging.assert_positive(copies, message="pseudo-labeled record with copies < 1")
+        return tf.data.Dataset.from_tensors(record).repeat(tf.cast(copies, tf.int64))
+
+    # NOTE: the reference's filter_unlabel.py wrote each kept image `include_copy` times into the
+    # shards; here filter_balance stores the count once (`copies`) and the reader repeats it.
+    ds = ds.flat_map(repeat_copies)
+    if repeat:  # duplicates arrive together: shuffle again after repeating them
+        ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+
+    def preprocess(record):
+        image = preprocess_for_train(record["image"], info, image_size, augment_name,
+                                     randaug_layer, randaug_mag)
+        return image, record["probabilities"]
+
+    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=not repeat or seed is not None)
+    return ds.batch(batch_size, drop_remainder=repeat).prefetch(tf.data.AUTOTUNE)
+
+
+def unlabeled_pair_dataset(pattern, info, image_size, batch_size, augment_name, randaug_layer=2,
+                           randaug_mag=10, seed=None, teacher_image_size=None, cache=False,
+                           shuffle_buffer=None, input_context=None):
+    """Batches (student_images, teacher_images) of the same unlabeled images, forever.
+
+    The student sees train preprocessing (augment_name), the teacher eval preprocessing at
+    teacher_image_size (default image_size): labels made on the fly by an unnoised teacher.
+    """
+    _check_augment_name(augment_name)
+    files = _files(pattern, "unlabeled")
+    teacher_size = teacher_image_size or image_size
+    ds = _records(files, True, seed, cache, shuffle_buffer or _default_shuffle_buffer(info),
+                  input_context)
+
+    def views(serialized):
+        encoded = parse_unlabeled(serialized)["image"]
+        return (preprocess_for_train(encoded, info, image_size, augment_name, randaug_layer,
+                                     randaug_mag),
+                preprocess_for_eval(encoded, info, teacher_size))
+
+    ds = ds.map(views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed is not None)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def unlabeled_records_dataset(files, info, image_size, batch_size):
+    """One ordered, deterministic pass for labeling: batches of dicts {"image": eval view,
+    "encoded": the stored bytes, "id": string (fallback "<file basename>:<index>"),
+    "true_label": int32 (-1 if absent; for reports only)}."""
+    files = [files] if isinstance(files, str) else list(files)
+    if not files:
+        raise UserError("no unlabeled files given")
+    names = [os.path.basename(f) for f in files]
+
+    def read(path, name):
+        return tf.data.TFRecordDataset(path, buffer_size=8 * 1024 * 1024).enumerate().map(
+            lambda i, r: (r, tf.strings.join([name, tf.strings.as_string(i)], ":")))
+
+    ds = tf.data.Dataset.from_tensor_slices((files, names)).flat_map(read)
+
+    def parse(serialized, fallback_id):
+        record = parse_unlabeled(serialized, fallback_id)
+        return {"image": preprocess_for_eval(record["image"], info, image_size),
+                "encoded": record["image"], "id": record["id"],
+                "true_label": parse_diagnostic_label(serialized)}
+
+    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Script.
+# ---------------------------------------------------------------------------------------------
+def define_flags():
+    """The script's flags; defined only when data.py runs as a script, so that importing
+    data.py never registers flags in another stage's namespace."""
+    flags.DEFINE_enum("dataset", None, ["fashion_mnist", "folder"],
+                      "What to prepare: fashion_mnist (IDX files -> labeled/unlabeled/test "
+                      "splits) or folder (SRC/<class>/<image> -> one split of TFRecords).")
+    flags.DEFINE_string("output_dir", None, "Directory to write; written under a temporary name "
+                        "and renamed into place when complete.")
+    flags.DEFINE_string("source_dir", None, "fashion_mnist: directory of the four IDX .gz files "
+                        f"(default {FASHION_MNIST_DIR}); folder: the image folder with one "
+                        "sub-folder per class.")
+    flags.DEFINE_integer("num_labeled_per_class", 400, "fashion_mnist: K labeled images per "
+                         "class, chosen with --seed from the 60k train images; the rest become "
+                         "unlabeled.")
+    flags.DEFINE_integer("seed", 0, "Seed of the labeled subset (fashion_mnist) or of the record "
+                         "order across shards (folder).")
+    flags.DEFINE_string("split", "train", "folder: split name; records go to "
+                        "OUTPUT_DIR/<split>/<split>-0000i-of-0000n.tfrecord.")
+    flags.DEFINE_integer("num_shards", None, "folder: number of output shards (default 4). "
+                         "fashion_mnist uses 2 labeled, 8 unlabeled and 2 test shards.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments {argv[1:]}")
+    F = flags.FLAGS
+    if not F.dataset or not F.output_dir:
+        raise UserError("--dataset and --output_dir are required")
+    if F.dataset == "fashion_mnist":
+        if F.num_shards is not None:
+            raise UserError("--num_shards applies to --dataset=folder only")
+        summary = prepare_fashion_mnist(F.output_dir, F.num_labeled_per_class, F.seed,
+                                        F.source_dir or FASHION_MNIST_DIR)
+    else:
+        if not F.source_dir:
+            raise UserError("--dataset=folder needs --source_dir")
+        summary = folder_to_tfrecords(F.source_dir, F.output_dir, F.split,
+                                      4 if F.num_shards is None else F.num_shards, F.seed)
+    print(json.dumps(summary["counts"]))
+
+
+if __name__ == "__main__":
+    define_flags()
+    run_main(main)

@@ -1,0 +1,559 @@
+"""Tests of data.py on the real Fashion-MNIST files and on generated images and records.
+
+Run: cd /work/main && TF_CPP_MIN_LOG_LEVEL=2 python -m pytest -q tests/test_data.py
+"""
+import collections
+import gzip
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import data  # noqa: E402
+
+FASHION = data.DATASETS["fashion_mnist"]
+K = 400
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers.
+# ---------------------------------------------------------------------------------------------
+def read_all(files, spec):
+    """Every record of `files` parsed with `spec`, as numpy arrays (batched parse)."""
+    ds = tf.data.TFRecordDataset(files).batch(4096).map(lambda s: tf.io.parse_example(s, spec))
+    parts = list(ds.as_numpy_iterator())
+    return {k: np.concatenate([p[k] for p in parts]) for k in spec}
+
+
+def png(array):
+    buf = io.BytesIO()
+    Image.fromarray(array.squeeze() if array.shape[-1] == 1 else array).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def jpeg(array, quality=95):
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def write_records(path, examples):
+    with tf.io.TFRecordWriter(str(path)) as w:
+        for ex in examples:
+            w.write(ex.SerializeToString())
+
+
+def write_idx(path, array):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def real_fashion(split):
+    return data.read_fashion_mnist(data.FASHION_MNIST_DIR, split)
+
+
+@pytest.fixture(scope="module")
+def fashion_dir(tmp_path_factory):
+    """The real Fashion-MNIST prepared once for this module (K=400, seed 0)."""
+    out = str(tmp_path_factory.mktemp("fm") / "data")
+    summary = data.prepare_fashion_mnist(out, num_labeled_per_class=K, seed=0)
+    return out, summary
+
+
+@pytest.fixture(scope="module")
+def small_idx(tmp_path_factory):
+    """IDX files holding the first 3000 train / 500 test images of the real data set."""
+    d = tmp_path_factory.mktemp("idx")
+    train_x, train_y = real_fashion("train")
+    test_x, test_y = real_fashion("test")
+    write_idx(d / "train-images-idx3-ubyte.gz", train_x[:3000])
+    write_idx(d / "train-labels-idx1-ubyte.gz", train_y[:3000])
+    write_idx(d / "t10k-images-idx3-ubyte.gz", test_x[:500])
+    write_idx(d / "t10k-labels-idx1-ubyte.gz", test_y[:500])
+    return d
+
+
+def prepare_small(src, out, seed=0, k=20):
+    # read_fashion_mnist expects the official counts; patch them for the subset.
+    files = dict(data.FASHION_MNIST_FILES)
+    data.FASHION_MNIST_FILES.update({"train": files["train"][:2] + (3000,),
+                                     "test": files["test"][:2] + (500,)})
+    try:
+        return data.prepare_fashion_mnist(str(out), num_labeled_per_class=k, seed=seed,
+                                          source_dir=str(src),
+                                          shards={"labeled": 2, "unlabeled": 3, "test": 1})
+    finally:
+        data.FASHION_MNIST_FILES.update(files)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fashion-MNIST preparation.
+# ---------------------------------------------------------------------------------------------
+def test_prepare_fashion_mnist_counts_labels_pixels_and_disjoint_splits(fashion_dir):
+    out, summary = fashion_dir
+    assert summary["counts"] == {"labeled": 10 * K, "unlabeled": 60000 - 10 * K, "test": 10000}
+    assert sorted(os.listdir(out)) == ["labeled", "prepared.json", "test", "unlabeled"]
+    assert len(os.listdir(os.path.join(out, "unlabeled"))) == 8
+    assert os.listdir(os.path.join(out, "labeled"))[0].endswith("-of-00002.tfrecord")
+    train_x, train_y = real_fashion("train")
+    test_x, test_y = real_fashion("test")
+    s = tf.io.FixedLenFeature([], tf.string)
+    i64 = tf.io.FixedLenFeature([], tf.int64)
+
+    lab = read_all(data.list_files(os.path.join(out, "labeled")),
+                   {"image/encoded": s, "image/id": s, "image/class/label": i64})
+    idx = np.array([int(i.decode().rsplit("/", 1)[1]) for i in lab["image/id"]])
+    assert all(i.startswith(b"fashion_mnist/train/") for i in lab["image/id"])
+    assert np.bincount(lab["image/class/label"], minlength=10).tolist() == [K] * 10
+    np.testing.assert_array_equal(lab["image/class/label"], train_y[idx])
+    # The stored PNGs are the IDX pixels, zero-padded 28 -> 32.
+    for j in range(0, len(idx), 397):
+        image = tf.io.decode_png(lab["image/encoded"][j]).numpy()
+        assert image.shape == (32, 32, 1)
+        np.testing.assert_array_equal(image[2:30, 2:30, 0], train_x[idx[j]])
+        assert image[:2].max() == 0 and image[:, 30:].max() == 0
+
+    unl = read_all(data.list_files(os.path.join(out, "unlabeled")),
+                   {"image/id": s, "diagnostic/true_label": i64})
+    uidx = np.array([int(i.decode().rsplit("/", 1)[1]) for i in unl["image/id"]])
+    assert len(set(uidx)) == 60000 - 10 * K
+    assert not set(uidx) & set(idx)  # disjoint, and together the whole train set
+    assert set(uidx) | set(idx) == set(range(60000))
+    np.testing.assert_array_equal(unl["diagnostic/true_label"], train_y[uidx])
+
+    test = read_all(data.list_files(os.path.join(out, "test")),
+                    {"image/id": s, "image/class/label": i64})
+    tidx = np.array([int(i.decode().rsplit("/", 1)[1]) for i in test["image/id"]])
+    np.testing.assert_array_equal(tidx, np.arange(10000))  # official order
+    np.testing.assert_array_equal(test["image/class/label"], test_y)
+
+
+def test_unlabeled_records_hide_the_true_label_from_training_parses(fashion_dir):
+    out, _ = fashion_dir
+    files = data.list_files(os.path.join(out, "unlabeled"))
+    record = next(iter(tf.data.TFRecordDataset(files[0])))
+    # The record does carry the label for reports ...
+    assert 0 <= int(data.parse_diagnostic_label(record)) < 10
+    # ... but no key a training path parses exposes it.
+    assert set(data.parse_unlabeled(record)) == {"image", "id"}
+    with pytest.raises(tf.errors.InvalidArgumentError):  # no image/class/label to read
+        data.parse_labeled(record)
+    pseudo = data.pseudo_label_example(b"x", "a", np.full(10, 0.1), true_label=3)
+    parsed = data.parse_pseudo_labeled(pseudo.SerializeToString(), 10)
+    assert set(parsed) == {"image", "id", "probabilities", "label", "prob", "copies"}
+    pair = data.unlabeled_pair_dataset(files, FASHION, 32, 4, "basic", seed=0)
+    assert len(pair.element_spec) == 2
+    assert all(spec.shape.as_list() == [4, 32, 32, 1] for spec in pair.element_spec)
+
+
+def test_prepare_is_deterministic_skips_reruns_and_refuses_other_args(small_idx, tmp_path):
+    a = prepare_small(small_idx, tmp_path / "a", seed=3)
+    b = prepare_small(small_idx, tmp_path / "b", seed=3)
+    c = prepare_small(small_idx, tmp_path / "c", seed=4)
+    assert a["counts"] == {"labeled": 200, "unlabeled": 2800, "test": 500}
+    for split, names in a["files"].items():
+        for name in names:
+            same = (tmp_path / "a" / split / name).read_bytes()
+            assert same == (tmp_path / "b" / split / name).read_bytes()
+    assert ((tmp_path / "a" / "labeled" / a["files"]["labeled"][0]).read_bytes()
+            != (tmp_path / "c" / "labeled" / c["files"]["labeled"][0]).read_bytes())
+    # A rerun with the same arguments does nothing; other arguments are refused.
+    marker = tmp_path / "a" / "prepared.json"
+    mtime = marker.stat().st_mtime_ns
+    assert prepare_small(small_idx, tmp_path / "a", seed=3) == json.loads(marker.read_text())
+    assert marker.stat().st_mtime_ns == mtime
+    with pytest.raises(data.UserError, match="seed: 3 -> 5"):
+        prepare_small(small_idx, tmp_path / "a", seed=5)
+
+
+def test_bad_fashion_mnist_sources_name_the_file(small_idx, tmp_path):
+    with pytest.raises(data.UserError, match="missing file .*nowhere"):
+        data.prepare_fashion_mnist(str(tmp_path / "out"), source_dir=str(tmp_path / "nowhere"))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in os.listdir(small_idx):
+        (bad / f).write_bytes((small_idx / f).read_bytes())
+    raw = (bad / "train-images-idx3-ubyte.gz").read_bytes()
+    (bad / "train-images-idx3-ubyte.gz").write_bytes(raw[: len(raw) // 2])  # truncated gzip
+    with pytest.raises(data.UserError, match="train-images-idx3-ubyte.gz"):
+        prepare_small(bad, tmp_path / "out")
+    write_idx(bad / "train-images-idx3-ubyte.gz", np.zeros((3000, 28), np.uint8))  # wrong magic
+    with pytest.raises(data.UserError, match="corrupt IDX file .*train-images"):
+        prepare_small(bad, tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing half-written
+    with pytest.raises(data.UserError, match="class 0 has only"):
+        prepare_small(small_idx, tmp_path / "out", k=1000)
+
+
+# ---------------------------------------------------------------------------------------------
+# Records.
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("float16", [False, True])
+def test_pseudo_label_records_round_trip(float16):
+    p = np.array([0.05, 0.7, 0.25], np.float32)
+    ex = data.pseudo_label_example(b"bytes", "img/7", p, true_label=2, copies=3, float16=float16)
+    assert ("probabilities/float16" in ex.features.feature) == float16
+    assert ("probabilities" in ex.features.feature) != float16
+    r = data.parse_pseudo_labeled(ex.SerializeToString(), 3)
+    np.testing.assert_allclose(r["probabilities"].numpy(), p, atol=1e-3 if float16 else 0)
+    assert r["probabilities"].dtype == tf.float32
+    assert int(r["label"]) == 1 and r["label"].dtype == tf.int32
+    assert abs(float(r["prob"]) - 0.7) < 1e-6
+    assert int(r["copies"]) == 3 and r["image"].numpy() == b"bytes" and r["id"] == b"img/7"
+    assert int(data.parse_diagnostic_label(ex.SerializeToString())) == 2
+    plain = data.pseudo_label_example(b"b", "i", p, float16=float16).SerializeToString()
+    assert int(data.parse_pseudo_labeled(plain, 3)["copies"]) == 1
+    assert int(data.parse_diagnostic_label(plain)) == -1
+    with pytest.raises(tf.errors.InvalidArgumentError, match="without 4 probabilities"):
+        data.parse_pseudo_labeled(plain, 4)
+
+
+def test_image_records_round_trip_and_id_fallbacks():
+    ex = data.image_example(b"\x89PNG...", 7, "set/0001").SerializeToString()
+    r = data.parse_labeled(ex)
+    assert r["image"].numpy() == b"\x89PNG..." and int(r["label"]) == 7 and r["id"] == b"set/0001"
+    assert int(data.parse_labeled(ex, label_offset=1)["label"]) == 6
+    assert int(data.parse_diagnostic_label(ex)) == -1
+    # ImageNet converter records: no image/id, but image/filename.
+    imagenet = tf.train.Example(features=tf.train.Features(feature={
+        "image/encoded": data._bytes(b"jpg"), "image/class/label": data._int(1),
+        "image/filename": data._bytes(b"n01440764_1.JPEG")})).SerializeToString()
+    assert data.parse_labeled(imagenet, 1)["id"] == b"n01440764_1.JPEG"
+    bare = tf.train.Example(features=tf.train.Features(feature={
+        "image/encoded": data._bytes(b"jpg")})).SerializeToString()
+    assert data.parse_unlabeled(bare, fallback_id="f:3")["id"] == b"f:3"
+
+
+# ---------------------------------------------------------------------------------------------
+# Folders of images and ImageNet-style records.
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def image_folder(tmp_path):
+    """3 classes of PNG/JPEG, RGB and grey images; returns (dir, {relative path: bytes})."""
+    rng = np.random.default_rng(0)
+    src = tmp_path / "src"
+    files = {}
+    for c, name in enumerate(["zebra", "ant", "moth"]):
+        (src / name).mkdir(parents=True)
+        for i in range(4 + c):
+            rgb = rng.integers(0, 256, (20 + i, 30, 3), dtype=np.uint8)
+            encoded = [png(rgb), jpeg(rgb), png(rgb[..., :1])][i % 3]
+            fname = f"img{i}.{'jpg' if i % 3 == 1 else 'png'}"
+            (src / name / fname).write_bytes(encoded)
+            files[f"{name}/{fname}"] = encoded
+    (src / "ant" / "notes.txt").write_text("not an image")
+    return src, files
+
+
+def test_folder_to_tfrecords_keeps_bytes_and_sorted_labels(image_folder, tmp_path):
+    src, files = image_folder
+    out = tmp_path / "out"
+    summary = data.folder_to_tfrecords(str(src), str(out), "train", num_shards=2)
+    assert summary["counts"] == {"train": len(files)} and summary["num_classes"] == 3
+    classes = json.loads((out / "train" / "class_names.json").read_text())
+    assert classes == ["ant", "moth", "zebra"]
+    assert data.dataset_info("folder", data_dir=str(out / "train")).num_classes == 3
+    shards = data.list_files(str(out / "train"))
+    assert [os.path.basename(f) for f in shards] == [
+        "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
+    seen = {}
+    for serialized in tf.data.TFRecordDataset(shards):
+        r = data.parse_labeled(serialized)
+        split, rel = r["id"].numpy().decode().split("/", 1)
+        assert split == "train"
+        assert r["image"].numpy() == files[rel]  # bytes passed through unchanged
+        assert classes[int(r["label"])] == rel.split("/")[0]
+        seen[rel] = int(r["label"])
+    assert sorted(seen) == sorted(files)
+    assert list(seen) != sorted(seen, key=lambda k: seen[k])  # shuffled across shards
+    # Another split with other class folders is refused.
+    (src / "zebra").rename(src / "horse")
+    with pytest.raises(data.UserError, match="differ"):
+        data.folder_to_tfrecords(str(src), str(out), "validation", num_shards=1)
+
+
+def test_folder_bad_inputs_name_the_path(image_folder, tmp_path):
+    src, _ = image_folder
+    with pytest.raises(data.UserError, match="missing_dir"):
+        data.folder_to_tfrecords(str(tmp_path / "missing_dir"), str(tmp_path / "o"), "train", 1)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(data.UserError, match="no class sub-folders"):
+        data.folder_to_tfrecords(str(tmp_path / "empty"), str(tmp_path / "o"), "train", 1)
+    (src / "ant" / "broken.jpg").write_bytes(b"this is not a jpeg")
+    with pytest.raises(data.UserError, match="broken.jpg"):
+        data.folder_to_tfrecords(str(src), str(tmp_path / "o"), "train", 1)
+    assert not (tmp_path / "o" / "train").exists()
+
+
+def test_imagenet_style_records_read_with_label_offset(tmp_path):
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (40 + 4 * i, 56, 3), dtype=np.uint8) for i in range(6)]
+    for shard in range(2):  # converter names: no extension, 1-based labels, image/filename
+        write_records(tmp_path / f"train-0000{shard}-of-00002", [
+            tf.train.Example(features=tf.train.Features(feature={
+                "image/encoded": data._bytes(jpeg(images[i])),
+                "image/class/label": data._int(i % 3 + 1),
+                "image/filename": data._bytes(f"img_{i}.JPEG".encode())}))
+            for i in range(shard * 3, shard * 3 + 3)])
+    with pytest.raises(data.UserError, match=r"train-\*"):  # a dir means *.tfrecord*: hint
+        data.list_files(str(tmp_path))
+    info = data.dataset_info("imagenet", num_classes=3)
+    assert info.label_offset == 1 and info.input_kind == "imagenet"
+    ds = data.labeled_dataset(str(tmp_path / "train-*"), info, 32, 4, is_training=False)
+    batches = list(ds.as_numpy_iterator())
+    assert [len(b[1]) for b in batches] == [4, 2]  # one pass, last partial batch kept
+    labels = np.concatenate([b[1] for b in batches])
+    # Deterministic order: file 0 (records 0, 1, 2) interleaved with file 1 (3, 4, 5).
+    np.testing.assert_array_equal(labels, [0, 0, 1, 1, 2, 2])
+    assert batches[0][0].shape == (4, 32, 32, 3) and batches[0][0].dtype == np.float32
+    train = data.labeled_dataset(str(tmp_path / "train-*"), info, 32, 4, is_training=True,
+                                 augment_name="basic", seed=0)
+    x, y = next(iter(train))
+    assert x.shape == (4, 32, 32, 3) and set(y.numpy()) <= {0, 1, 2}
+    # With the wrong offset the labels leave [0, num_classes): one clear error.
+    bad = data.dataset_info("imagenet", num_classes=3, label_offset=0)
+    with pytest.raises(data.UserError, match="label >= num_classes=3"):
+        with data.translate_data_errors(str(tmp_path / "train-*")):
+            list(data.labeled_dataset(str(tmp_path / "train-*"), bad, 32, 4, False))
+
+
+# ---------------------------------------------------------------------------------------------
+# Preprocessing.
+# ---------------------------------------------------------------------------------------------
+def test_eval_preprocessing_centre_crop_is_deterministic():
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    info = data.dataset_info("imagenet")
+    encoded = tf.constant(png(image))
+    # crop = int(32 / (32 + 32) * 64) = 32 px at top (64-32+1)//2 = 16, left (96-32+1)//2 = 32;
+    # a 32 -> 32 bicubic resize is the identity.
+    out = data.preprocess_for_eval(encoded, info, 32)
+    assert out.shape == (32, 32, 3) and out.dtype == tf.float32
+    np.testing.assert_allclose(out.numpy(), image[16:48, 32:64], atol=1e-3)
+    np.testing.assert_array_equal(out.numpy(), data.preprocess_for_eval(encoded, info, 32).numpy())
+    big = data.preprocess_for_eval(encoded, info, 48)  # crop int(48/80*64)=38 px, upsampled
+    assert big.shape == (48, 48, 3)
+    assert float(tf.reduce_min(big)) >= 0 and float(tf.reduce_max(big)) <= 255
+    # Small images: the image itself; augment_name="none" is eval preprocessing.
+    grey = rng.integers(0, 256, (32, 32, 1), dtype=np.uint8)
+    small = data.preprocess_for_eval(tf.constant(png(grey)), FASHION, 32)
+    np.testing.assert_array_equal(small.numpy(), grey.astype(np.float32))
+    np.testing.assert_array_equal(
+        data.preprocess_for_train(tf.constant(png(grey)), FASHION, 32, "none").numpy(),
+        small.numpy())
+
+
+@pytest.mark.parametrize("kind", ["small", "imagenet"])
+def test_train_preprocessing_shapes_range_and_randomness(kind):
+    rng = np.random.default_rng(3)
+    if kind == "small":
+        info, size = FASHION, 32
+        image = rng.integers(0, 256, (32, 32, 1), dtype=np.uint8)
+    else:
+        info, size = data.dataset_info("imagenet"), 24
+        image = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    encoded = tf.constant(png(image))
+    outs = [data.preprocess_for_train(encoded, info, size, "basic").numpy() for _ in range(6)]
+    for out in outs:
+        assert out.shape == (size, size, info.num_channels) and out.dtype == np.float32
+        assert out.min() >= 0 and out.max() <= 255
+    assert any(not np.array_equal(outs[0], o) for o in outs[1:])  # random views
+    with pytest.raises(data.UserError, match="augment_name"):
+        data.preprocess_for_train(encoded, info, size, "autoaugment")
+
+
+def test_small_basic_view_is_a_reflect_padded_crop_or_its_mirror(fashion_dir):
+    out, _ = fashion_dir
+    pairs = data.unlabeled_pair_dataset(os.path.join(out, "unlabeled"), FASHION, 32, 16, "basic",
+                                        seed=0)
+    student, teacher = (t.numpy() for t in next(iter(pairs)))
+    assert not np.array_equal(student, teacher)
+    needs_pad_4 = 0
+    for s, t in zip(student, teacher):
+        padded = np.pad(t, ((4, 4), (4, 4), (0, 0)), mode="reflect")
+        offsets = [(y, x) for y in range(9) for x in range(9)
+                   for v in (padded[y:y + 32, x:x + 32],) if np.array_equal(s, v)
+                   or np.array_equal(s, v[:, ::-1])]
+        assert offsets  # a crop of the padded image, maybe mirrored
+        needs_pad_4 += all(not (2 <= y <= 6 and 2 <= x <= 6) for y, x in offsets)
+    assert needs_pad_4 > 0  # crops reach beyond a 2-pixel padding
+
+
+def test_randaugment_path_when_available():
+    randaugment = pytest.importorskip("randaugment")
+    assert hasattr(randaugment, "distort_image_with_randaugment")
+    rng = np.random.default_rng(4)
+    for info, size, shape in [(FASHION, 32, (32, 32, 1)),
+                              (data.dataset_info("imagenet"), 40, (48, 64, 3))]:
+        encoded = tf.constant(png(rng.integers(0, 256, shape, dtype=np.uint8)))
+        fn = tf.function(lambda e: data.preprocess_for_train(e, info, size, "randaugment", 2, 10))
+        for _ in range(4):
+            out = fn(encoded).numpy()
+            assert out.shape == (size, size, info.num_channels) and out.dtype == np.float32
+            assert out.min() >= 0 and out.max() <= 255
+    # Small images then get one cutout square of up to 16x16 filled with 128 (clipped at the
+    # border; the reflect padding may mirror up to 4 more rows/columns of it into the crop).
+    flat = tf.constant(png(np.zeros((32, 32, 1), np.uint8)))
+    sides = []
+    for _ in range(8):
+        grey = data.preprocess_for_train(flat, FASHION, 32, "randaugment", 0, 0).numpy()[..., 0]
+        assert set(np.unique(grey)) <= {0.0, 128.0}
+        mask = grey == 128
+        rows, cols = mask.any(axis=1), mask.any(axis=0)
+        assert rows.sum() > 0
+        np.testing.assert_array_equal(mask, np.outer(rows, cols))  # a square's rows x columns
+        sides += [rows.sum(), cols.sum()]
+    assert 12 <= max(sides) <= 20  # side < 12 needs a centre within 4 px of the border
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets.
+# ---------------------------------------------------------------------------------------------
+def test_pseudo_labeled_dataset_repeats_each_record_copies_times(tmp_path):
+    copies = [1, 3, 2, 1, 4, None, 2]
+    examples = []
+    for i, c in enumerate(copies):  # image value 10*i identifies the record
+        p = np.eye(10, dtype=np.float32)[i] * 0.9 + 0.01
+        examples.append(data.pseudo_label_example(png(np.full((32, 32, 1), 10 * i, np.uint8)),
+                                                  f"u/{i}", p, copies=c, float16=i % 2 == 1))
+    write_records(tmp_path / "a.tfrecord", examples[:4])
+    write_records(tmp_path / "b.tfrecord", examples[4:])
+    ds = data.pseudo_labeled_dataset(str(tmp_path), FASHION, 32, 5, 10, "none", repeat=False)
+    seen = collections.Counter()
+    for images, probs in ds.as_numpy_iterator():
+        for image, p in zip(images, probs):
+            i = int(round(image.mean() / 10))
+            assert np.all(image == 10 * i) and int(np.argmax(p)) == i
+            seen[i] += 1
+    assert seen == {i: c or 1 for i, c in enumerate(copies)}
+    train = data.pseudo_labeled_dataset(str(tmp_path), FASHION, 32, 8, 10, "basic", seed=0)
+    batches = list(train.take(3).as_numpy_iterator())  # forever, full batches
+    assert [b[0].shape for b in batches] == [(8, 32, 32, 1)] * 3
+    assert all(b[1].shape == (8, 10) for b in batches)
+
+
+def test_labeled_dataset_training_repeats_and_eval_makes_one_pass(fashion_dir):
+    out, _ = fashion_dir
+    test_dir = os.path.join(out, "test")
+    train = data.labeled_dataset(test_dir, FASHION, 32, 256, is_training=True,
+                                 augment_name="basic", seed=0)
+    n = 0
+    for images, labels in train.take(45):  # 11,520 > 10,000 images: repeats
+        assert images.shape == (256, 32, 32, 1) and labels.dtype == tf.int32
+        n += len(labels)
+    assert n == 45 * 256
+    eval_ds = data.labeled_dataset(test_dir, FASHION, 32, 3000, is_training=False)
+    sizes = [len(y) for _, y in eval_ds]
+    assert sizes == [3000, 3000, 3000, 1000]
+
+
+def test_unlabeled_records_dataset_is_ordered_with_ids_and_true_labels(fashion_dir, tmp_path):
+    out, _ = fashion_dir
+    files = data.list_files(os.path.join(out, "unlabeled"))[:1]
+    first = [b["id"] for b in data.unlabeled_records_dataset(files, FASHION, 32, 1000)
+             .as_numpy_iterator()]
+    again = [b["id"] for b in data.unlabeled_records_dataset(files, FASHION, 32, 1000)
+             .as_numpy_iterator()]
+    stored = read_all(files, {"image/id": tf.io.FixedLenFeature([], tf.string)})["image/id"]
+    np.testing.assert_array_equal(np.concatenate(first), stored)  # file order, record order
+    np.testing.assert_array_equal(np.concatenate(first), np.concatenate(again))
+    batch = next(iter(data.unlabeled_records_dataset(files, FASHION, 32, 8)))
+    assert batch["image"].shape == (8, 32, 32, 1) and batch["encoded"].dtype == tf.string
+    assert set(batch["true_label"].numpy()) <= set(range(10))
+    # Records without ids are named <file basename>:<index>.
+    write_records(tmp_path / "x.tfrecord", [tf.train.Example(features=tf.train.Features(
+        feature={"image/encoded": data._bytes(png(np.zeros((32, 32, 1), np.uint8)))}))] * 2)
+    b = next(iter(data.unlabeled_records_dataset(str(tmp_path / "x.tfrecord"), FASHION, 32, 2)))
+    assert b["id"].numpy().tolist() == [b"x.tfrecord:0", b"x.tfrecord:1"]
+    assert b["true_label"].numpy().tolist() == [-1, -1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Files, errors and atomic outputs.
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("as_dir", [False, True])
+def test_atomic_output_leaves_nothing_on_failure(tmp_path, as_dir):
+    target = tmp_path / "out"
+
+    def write(tmp, text):
+        if as_dir:
+            os.makedirs(tmp)
+            tmp = os.path.join(tmp, "f.txt")
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    def content():
+        return (target / "f.txt" if as_dir else target).read_text()
+
+    with pytest.raises(ValueError):
+        with data.atomic_output(str(target)) as tmp:
+            write(tmp, "partial")
+            raise ValueError("boom")
+    assert os.listdir(tmp_path) == []
+    with data.atomic_output(str(target)) as tmp:
+        write(tmp, "one")
+    assert content() == "one"
+    with pytest.raises(KeyboardInterrupt):  # an interrupted rewrite keeps the old output
+        with data.atomic_output(str(target)) as tmp:
+            write(tmp, "two")
+            raise KeyboardInterrupt
+    assert content() == "one" and os.listdir(tmp_path) == ["out"]
+    with data.atomic_output(str(target)) as tmp:
+        write(tmp, "three")
+    assert content() == "three" and os.listdir(tmp_path) == ["out"]
+    data.write_json(str(tmp_path / "j.json"), {"b": 1, "a": [2]})
+    assert (tmp_path / "j.json").read_text() == '{\n  "a": [\n    2\n  ],\n  "b": 1\n}\n'
+
+
+def test_list_files_and_corrupt_records_give_user_errors(tmp_path):
+    with pytest.raises(data.UserError, match="no labeled files match .*missing"):
+        data.list_files(str(tmp_path / "missing"), "labeled")
+    with pytest.raises(data.UserError, match=r"no data files match .*\*.tfrecord"):
+        data.list_files(str(tmp_path / "*.tfrecord"))
+    (tmp_path / "d").mkdir()
+    for name in ["b.tfrecord", "a.tfrecord", "c.txt"]:
+        write_records(tmp_path / "d" / name, [data.image_example(
+            png(np.zeros((32, 32, 1), np.uint8)), 1, f"{name}/{i}") for i in range(20)])
+    files = data.list_files(str(tmp_path / "d"))
+    assert [os.path.basename(f) for f in files] == ["a.tfrecord", "b.tfrecord"]
+    assert data.check_records(files, decode=True) == 40
+    raw = (tmp_path / "d" / "b.tfrecord").read_bytes()
+    (tmp_path / "d" / "b.tfrecord").write_bytes(raw[:100] + b"\0" * 8 + raw[108:])
+    with pytest.raises(data.UserError, match="b.tfrecord"):
+        data.check_records(files)
+    with pytest.raises(data.UserError, match="corrupt record file .*b.tfrecord"):
+        with data.translate_data_errors(str(tmp_path / "d")):
+            list(data.labeled_dataset(str(tmp_path / "d"), FASHION, 32, 8, False))
+    # A record whose image does not decode is found too.
+    (tmp_path / "e").mkdir()
+    write_records(tmp_path / "e" / "good.tfrecord", [data.image_example(
+        png(np.zeros((32, 32, 1), np.uint8)), 1, "g")])
+    write_records(tmp_path / "e" / "junk.tfrecord", [data.image_example(b"junk", 1, "j")])
+    with pytest.raises(data.UserError, match="corrupt record file .*junk.tfrecord, record 0"):
+        with data.translate_data_errors(str(tmp_path / "e")):
+            list(data.labeled_dataset(str(tmp_path / "e"), FASHION, 32, 8, False))
+
+
+def test_script_reports_user_errors_in_one_line(image_folder, tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    src, files = image_folder
+    ok = subprocess.run([sys.executable, "data.py", "--dataset=folder", f"--source_dir={src}",
+                         f"--output_dir={tmp_path / 'o'}", "--split=val", "--num_shards=1"],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout.strip().splitlines()[-1]) == {"val": len(files)}
+    bad = subprocess.run([sys.executable, "data.py", "--dataset=folder",
+                          f"--source_dir={tmp_path / 'nope'}", f"--output_dir={tmp_path / 'o'}"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(tmp_path / "nope") in errors[0]
