@@ -1,0 +1,118 @@
+"""Train-step throughput (issue: teacher training): our EfficientNet step against
+keras.applications.EfficientNetB0 at the same resolution and batch, and the cost of the
+RandAugment input pipeline.
+
+    python bench/train_throughput.py --batch_size=128 --steps=30 > bench/train_throughput.md
+
+Three measurements, one process, same machine:
+  1. model step only (in-memory batch): ours (main.Trainer: RMSProp, EMA, weight decay, label
+     smoothing) for several sizes, and keras.applications.EfficientNetB0 with the same loss and
+     optimizer in an equivalent tf.function step;
+  2. our step fed by the real tf.data pipeline on Fashion-MNIST with augment_name=basic and with
+     randaugment (N=2, M=10): the slowdown RandAugment costs the step.
+"""
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags
+import keras
+import numpy as np
+import tensorflow as tf
+
+import data
+import main as main_lib
+
+flags.DEFINE_integer("batch_size", 128, "Global batch size.")
+flags.DEFINE_integer("steps", 30, "Timed steps (after 5 warm-up steps).")
+flags.DEFINE_string("configs", "w0.25d0.25s,w0.5d0.5s,w1d1s,w1d1", "Our models: width, depth, "
+                    "s = small-image variant (stride-1 blocks 2-3).")
+flags.DEFINE_bool("pipeline", True, "Also time the step fed by the tf.data pipeline.")
+FLAGS = flags.FLAGS
+
+
+def parse(spec):
+    small = spec.endswith("s")
+    w, d = spec.rstrip("s")[1:].split("d")
+    return dict(model_name="efficientnet-b0", num_classes=10, image_size=32, num_channels=1,
+                small_image=small, width=float(w), depth=float(d), dropout_rate=None,
+                stochastic_depth_rate=0.2, mean=[72.9], std=[90.0])
+
+
+def time_steps(step, it, steps, batch):
+    for _ in range(5):
+        float(step(it)["loss"])
+    t = time.time()
+    for _ in range(steps):
+        out = step(it)
+    float(out["loss"])
+    return steps * batch / (time.time() - t)
+
+
+def ours(cfg, dataset, batch):
+    strategy = tf.distribute.get_strategy()
+    t = main_lib.Trainer(strategy, cfg, peak_lr=0.01, warmup_steps=0, decay_steps=100,
+                         decay_factor=0.97, weight_decay=1e-5, label_smoothing=0.1,
+                         ema_decay_rate=0.9999, seed=0)
+    return time_steps(t.make_train_step(batch, 0), iter(dataset), FLAGS.steps, batch)
+
+
+def keras_b0(dataset, batch):
+    model = keras.applications.EfficientNetB0(weights=None, input_shape=(32, 32, 1), classes=10)
+    opt = main_lib.TF1RMSprop(0.01, rho=0.9, momentum=0.9, epsilon=1e-3)
+    opt.build(model.trainable_variables)
+
+    @tf.function
+    def step(it):
+        x, y = next(it)
+        with tf.GradientTape() as tape:
+            logits = model(x, training=True)
+            loss = tf.reduce_mean(keras.losses.categorical_crossentropy(
+                main_lib.smooth(tf.one_hot(y, 10), 0.1), logits, from_logits=False))
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+        return {"loss": loss}
+    return time_steps(step, iter(dataset), FLAGS.steps, batch)
+
+
+def main(_):
+    b = FLAGS.batch_size
+    rng = np.random.RandomState(0)
+    x = rng.uniform(0, 255, (b, 32, 32, 1)).astype("float32")
+    y = rng.randint(0, 10, (b,)).astype("int32")
+    synthetic = tf.data.Dataset.from_tensors((x, y)).repeat()
+    print(f"# Train-step throughput, batch {b}, 32x32x1, {FLAGS.steps} timed steps\n")
+    print(f"Machine: {platform.machine()}, {os.cpu_count()} cores, "
+          f"{open('/proc/cpuinfo').read().split('model name')[1].split(':')[1].splitlines()[0].strip()}; "
+          f"TF {tf.__version__}, Keras {keras.__version__}; date {time.strftime('%Y-%m-%d')}\n")
+    print("| model | params | img/s (step only) |\n|---|---|---|")
+    kb0 = keras_b0(synthetic, b)
+    print(f"| keras.applications.EfficientNetB0 (same loss/optimizer) | "
+          f"{keras.applications.EfficientNetB0(weights=None, input_shape=(32, 32, 1), classes=10).count_params():,} | {kb0:.0f} |")
+    for spec in FLAGS.configs.split(","):
+        cfg = parse(spec)
+        n = main_lib.num_params(main_lib.efficientnet_builder.build_model(**main_lib.build_kwargs(cfg)))
+        ips = ours(cfg, synthetic, b)
+        print(f"| ours {spec} ({'small-image' if cfg['small_image'] else 'standard strides'}) | "
+              f"{n:,} | {ips:.0f} ({ips / kb0:.2f}x keras) |", flush=True)
+    if FLAGS.pipeline:
+        info = data.DATASETS["fashion_mnist"]
+        data.prepare_fashion_mnist("data/fashion_mnist")
+        cfg = parse(FLAGS.configs.split(",")[0])
+        print(f"\n| input pipeline (ours {FLAGS.configs.split(',')[0]}) | img/s |\n|---|---|")
+        base = ours(cfg, synthetic, b)
+        print(f"| in-memory batch | {base:.0f} |")
+        for aug in ("basic", "randaugment"):
+            ds = data.labeled_dataset("data/fashion_mnist/labeled", info, 32, b, is_training=True,
+                                      augment_name=aug, randaug_layer=2, randaug_mag=10)
+            ips = ours(cfg, ds, b)
+            print(f"| tf.data, augment_name={aug} | {ips:.0f} ({100 * (1 - ips / base):+.1f}% slower) |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,184 @@
+"""The final report of run_iterations.sh (paper Sec. 3.1, Table 1 / Sec. A.2 style per-iteration results).
+
+    python report.py --workdir=runs/quick-seed0
+
+Reads the run directory (teacher/, iter{1,2,3}/{labels,filtered,student}/) and writes
+report.json (per model: name, architecture, params, top-1, top-5, robustness figures when
+robustness.json exists; per iteration: pseudo-label quality and class balance), report.md, and the
+plots top1_per_iteration.png, pseudo_label_quality.png and class_balance.png. Prints a short table.
+"""
+import glob
+import json
+import os
+
+from absl import flags
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+import data
+
+FLAGS = flags.FLAGS
+
+
+def read_json(path):
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def model_entry(name, model_dir):
+    """One row: architecture from model.json, accuracy from eval_results.json, robustness if any."""
+    config = read_json(os.path.join(model_dir, "model.json")) or {}
+    results = read_json(os.path.join(model_dir, "eval_results.json")) or {}
+    entry = {"name": name, "model_dir": model_dir,
+             "architecture": {k: config.get(k) for k in ("model_name", "width", "depth",
+                                                          "image_size", "small_image")},
+             "top_1": results.get("top_1"), "top_5": results.get("top_5"),
+             "global_step": results.get("global_step")}
+    robustness = read_json(os.path.join(model_dir, "robustness.json"))
+    if robustness:
+        entry["robustness"] = robustness.get("summary", robustness)
+    return entry
+
+
+def pseudo_label_stats(pattern, num_classes):
+    """Counts (weighted by `copies`) of pseudo-labels per class and their agreement with the
+    diagnostic true labels kept in the unlabeled records (never used for training)."""
+    files = sorted(glob.glob(pattern))
+    if not files:
+        return None
+    per_class = np.zeros(num_classes, np.int64)
+    correct = total = unique = 0
+    for f in files:
+        for raw in tf.data.TFRecordDataset(f).as_numpy_iterator():
+            ex = tf.train.Example.FromString(raw).features.feature
+            label = ex["label"].int64_list.value[0]
+            copies = ex["copies"].int64_list.value[0] if "copies" in ex else 1
+            true = (ex["diagnostic/true_label"].int64_list.value[0]
+                    if "diagnostic/true_label" in ex else -1)
+            per_class[label] += copies
+            total += copies
+            unique += 1
+            correct += copies * int(true == label)
+    return {"images": int(total), "unique": int(unique), "per_class": per_class.tolist(),
+            "accuracy": correct / total if total else None}
+
+
+def collect(workdir):
+    models = [model_entry("teacher", os.path.join(workdir, "teacher"))]
+    iterations = []
+    num_classes = (read_json(os.path.join(workdir, "teacher", "model.json")) or {}).get(
+        "num_classes", 10)
+    for i in (1, 2, 3):
+        it = os.path.join(workdir, f"iter{i}")
+        if not os.path.isdir(it):
+            break
+        models.append(model_entry(f"student {i}", os.path.join(it, "student")))
+        iterations.append({"iteration": i,
+                           "labels": pseudo_label_stats(os.path.join(it, "labels", "*.tfrecord"),
+                                                        num_classes),
+                           "filtered": pseudo_label_stats(
+                               os.path.join(it, "filtered", "*.tfrecord"), num_classes)})
+    return {"models": models, "iterations": iterations}
+
+
+def fmt(x, scale=100.0, digits=2):
+    return "-" if x is None else f"{x * scale:.{digits}f}"
+
+
+def markdown(report):
+    lines = ["| model | architecture | top-1 | top-5 | step |", "|---|---|---|---|---|"]
+    for m in report["models"]:
+        a = m["architecture"]
+        arch = f"{a['model_name']} w{a['width'] or 1} d{a['depth'] or 1} @{a['image_size']}"
+        lines.append(f"| {m['name']} | {arch} | {fmt(m['top_1'])} | {fmt(m['top_5'])} | "
+                     f"{m['global_step'] or '-'} |")
+    lines += ["", "| iteration | pseudo-label accuracy (all) | after filter+balance | images "
+              "(unique) |", "|---|---|---|---|"]
+    for it in report["iterations"]:
+        lab, fil = it["labels"] or {}, it["filtered"] or {}
+        lines.append(f"| {it['iteration']} | {fmt(lab.get('accuracy'))} | "
+                     f"{fmt(fil.get('accuracy'))} | {fil.get('images', '-')} "
+                     f"({fil.get('unique', '-')}) |")
+    robust = [m for m in report["models"] if "robustness" in m]
+    if robust:
+        lines += ["", "Robustness: see robustness.md."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report, workdir):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = [m["name"] for m in report["models"] if m["top_1"] is not None]
+    top1 = [100 * m["top_1"] for m in report["models"] if m["top_1"] is not None]
+    paths = []
+    if top1:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.plot(range(len(top1)), top1, "o-")
+        ax.set_xticks(range(len(top1)), names)
+        ax.set_ylabel("test top-1 (%)")
+        ax.set_title("Noisy Student: top-1 per iteration")
+        ax.grid(alpha=0.3)
+        paths.append(save(fig, os.path.join(workdir, "top1_per_iteration.png")))
+    its = [it for it in report["iterations"] if it["labels"]]
+    if its:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        x = [it["iteration"] for it in its]
+        ax.plot(x, [100 * it["labels"]["accuracy"] for it in its], "o-", label="all unlabeled")
+        if all(it["filtered"] for it in its):
+            ax.plot(x, [100 * it["filtered"]["accuracy"] for it in its], "s-",
+                    label="filtered + balanced")
+        ax.set_xticks(x)
+        ax.set_xlabel("iteration (teacher = previous model)")
+        ax.set_ylabel("pseudo-label accuracy (%)")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        paths.append(save(fig, os.path.join(workdir, "pseudo_label_quality.png")))
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        k = len(its[0]["labels"]["per_class"])
+        width = 0.8 / (2 * len(its))
+        for j, it in enumerate(its):
+            ax.bar(np.arange(k) + (2 * j) * width, it["labels"]["per_class"], width,
+                   label=f"iter {it['iteration']} predicted")
+            if it["filtered"]:
+                ax.bar(np.arange(k) + (2 * j + 1) * width, it["filtered"]["per_class"], width,
+                       label=f"iter {it['iteration']} kept (with copies)")
+        ax.set_xlabel("class")
+        ax.set_ylabel("images")
+        ax.legend(fontsize=7)
+        paths.append(save(fig, os.path.join(workdir, "class_balance.png")))
+    return paths
+
+
+def save(fig, path):
+    with data.atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    return path
+
+
+def main(_):
+    workdir = FLAGS.workdir
+    if not os.path.isdir(os.path.join(workdir, "teacher")):
+        raise data.UserError(f"--workdir={workdir} has no teacher/ (run run_iterations.sh first)")
+    report = collect(workdir)
+    report.update(preset=FLAGS.preset, seconds=FLAGS.seconds)
+    data.write_json(os.path.join(workdir, "report.json"), report)
+    table = markdown(report)
+    plots = plot(report, workdir)
+    with data.atomic_output(os.path.join(workdir, "report.md")) as tmp:
+        with open(tmp, "w") as f:
+            f.write(f"# Noisy Student on Fashion-MNIST: preset {FLAGS.preset}\n\n{table}\n")
+            f.write("".join(f"![{os.path.basename(p)}]({os.path.basename(p)})\n" for p in plots))
+    print(table)
+    logging.info("Wrote %s/report.json, report.md and %d plots.", workdir, len(plots))
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string("workdir", None, "The run directory of run_iterations.sh.")
+    flags.DEFINE_string("preset", "", "Preset name, recorded in the report.")
+    flags.DEFINE_integer("seconds", 0, "Wall time of the run, recorded in the report.")
+    flags.mark_flag_as_required("workdir")
+    data.run_main(main)

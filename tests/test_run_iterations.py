@@ -1,0 +1,60 @@
+"""run_iterations.sh --preset=smoke: the whole pipeline (teacher, three label/filter/student
+iterations, report) on real Fashion-MNIST, then a rerun that skips every finished stage."""
+import json
+import os
+import subprocess
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(workdir, *extra):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(["bash", "run_iterations.sh", "--preset=smoke", f"--workdir={workdir}",
+                           "--skip_setup", *extra], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("smoke"))
+    proc = run(workdir)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return workdir, proc
+
+
+def test_smoke_report_has_every_model_and_iteration(smoke_run):
+    workdir, proc = smoke_run
+    report = json.load(open(os.path.join(workdir, "report.json")))
+    names = [m["name"] for m in report["models"]]
+    assert names == ["teacher", "student 1", "student 2", "student 3"]
+    for m in report["models"]:
+        assert 0.1 < m["top_1"] <= m["top_5"] <= 1.0, m
+        assert m["global_step"] == 100
+    assert [it["iteration"] for it in report["iterations"]] == [1, 2, 3]
+    for it in report["iterations"]:
+        # Two of eight unlabeled shards (14,000 images) are labeled; after filtering and
+        # balancing every class holds exactly K = 600 images (with copies).
+        assert it["labels"]["images"] == 14000
+        assert it["filtered"]["per_class"] == [600] * 10
+        assert 0.0 < it["labels"]["accuracy"] <= 1.0
+    for name in ("report.md", "top1_per_iteration.png", "pseudo_label_quality.png",
+                 "class_balance.png"):
+        assert os.path.getsize(os.path.join(workdir, name)) > 0
+    assert "student 3" in proc.stdout               # the final table is printed
+
+
+def test_smoke_rerun_skips_finished_stages(smoke_run):
+    workdir, _ = smoke_run
+    proc = run(workdir)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stderr.count("done, skipped") == 1 + 1 + 3 * 3   # data, teacher, 3 x (label, filter, student)
+    assert "running" not in proc.stderr
+
+
+def test_unknown_preset_is_one_line(tmp_path):
+    proc = subprocess.run(["bash", "run_iterations.sh", "--preset=huge", "--skip_setup",
+                           f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: --preset=huge is not one of smoke, quick, full"
