@@ -1,0 +1,735 @@
+"""Data filtering and balancing of pseudo-labeled images (Noisy Student, step 3).
+
+Paper: Xie et al., "Self-training with Noisy Student improves ImageNet classification" (CVPR 2020),
+Sec. 2, Algorithm 1 step 3 and "Other Techniques" (data filtering and balancing), with the
+numbers of Sec. 3.1 "Experiment Details": keep images whose top-1 confidence is >= 0.3; per class
+keep at most K (130K) images, the most confident first; classes with fewer than K images are
+duplicated up to K.
+Reference: filter_unlabel.py of google-research/noisystudent (a 0.01 histogram, then a filter pass).
+
+Four stages; every per-shard stage is an independent job, nothing polls or sleeps:
+
+  # 1. per-class confidence histograms, one job per group of label_data.py output shards
+  python filter_balance.py stats --input_pattern=LABELS_DIR --work_dir=WORK \\
+      --num_shards=N --shard_id=I [--min_threshold=0.3]
+  # 2. one small job: per-class thresholds and the exact per-shard picks -> WORK/summary.json,
+  #    WORK/class_balance.png, WORK/plan/<shard>.json
+  python filter_balance.py merge --input_pattern=LABELS_DIR --work_dir=WORK \\
+      --num_images_per_class=K [--min_threshold=0.3] [--seed=0]
+  # 3. keep the selected records, one job per group of shards -> OUT/<same basename as the input>
+  python filter_balance.py write --input_pattern=LABELS_DIR --work_dir=WORK --output_dir=OUT \\
+      --num_shards=N --shard_id=I [--seed=0] [--materialize_duplicates]
+  # 4. one small job: checks every shard's written counts against merge's exact plan, then
+  #    publishes OUT/summary.json and OUT/class_balance.png (names shards not written yet)
+  python filter_balance.py report --work_dir=WORK --output_dir=OUT
+
+What "the K most confident" means exactly (ties and resolution):
+- A record is eligible when float64(prob) >= --min_threshold (prob: the float32 top-1 probability).
+- Confidence is bucketed as b = min(floor(prob * B), B) with B = --confidence_bins = 10,000
+  (a 1e-4 grid, 100x finer than the reference's 0.01). Records in one bucket count as tied.
+- Class c with N_c >= K eligible records: merge finds the bucket b* where the count from the top
+  reaches K. Every record above b* is kept; of the T records in b*, exactly m = K - (count above b*)
+  are kept. So the kept set is exactly a global top-K by (bucket, tie-break), and exactly K records.
+- The tie-break is a seeded uniform random subset of the T tied records, computed without a third
+  pass: merge splits m over the shards holding tied records with a seeded multivariate
+  hypergeometric draw (per shard s: m_s of its T_s), and `write` picks exactly m_s of the T_s in
+  file order by selection sampling (Knuth's Algorithm S) whose coin for each record is a keyed
+  BLAKE2b hash of (seed, record id). Same inputs and seed -> the same records, byte for byte.
+- Class c with 0 < N_c < K: every eligible record is kept once with `copies` = K // N_c, and exactly
+  K mod N_c of them, chosen by the same seeded mechanism, get one copy more: sum(copies) == K.
+  Classes with no eligible record stay empty (reported).
+
+Outputs: WORK/stats/<shard>.json (stats), WORK/summary.json (merge: per class seen, above
+threshold, threshold, kept = sum of copies, unique, copies min/max; totals; thresholds),
+WORK/class_balance.png (merge: bars before and after balancing; merge knows the exact final counts
+because the allocation is exact), WORK/plan/<shard>.json (merge), OUT/<shard> and
+WORK/counts/<shard>.json (write: the counts it actually wrote), OUT/summary.json and
+OUT/class_balance.png (report: merge's summary plus the verified written counts).
+Output records are the input records unchanged (image/encoded, probabilities, label, prob, image/id,
+diagnostic/true_label) plus `copies` (int64 >= 1); with --materialize_duplicates a record is
+written `copies` times with copies=1.
+
+Memory is O(num_classes * confidence_bins) per job, independent of the number of records (records
+are streamed); time is linear in the number of records.
+"""
+
+import hashlib
+import io
+import json
+import os
+import time
+
+from absl import flags
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+import data
+
+SUBCOMMANDS = ("stats", "merge", "write", "report")
+SUMMARY_FILE = "summary.json"
+PLOT_FILE = "class_balance.png"
+READ_BATCH = 4096
+LOG_EVERY_SECONDS = 10.0
+
+# Fields read by this stage. Defaults mark a missing field so the error can name the record.
+_PARSE_SPEC = {
+    "label": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+    "prob": tf.io.FixedLenFeature([], tf.float32, default_value=-1.0),
+    "image/id": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "image/filename": tf.io.FixedLenFeature([], tf.string, default_value=""),
+}
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+def shard_files(files, num_shards, shard_id):
+    """The files of job `shard_id` of `num_shards`: file i goes to job i % num_shards."""
+    if num_shards < 1:
+        raise data.UserError(f"--num_shards must be >= 1, got {num_shards}")
+    if not 0 <= shard_id < num_shards:
+        raise data.UserError(f"--shard_id must be in [0, {num_shards}), got {shard_id}")
+    return files[shard_id::num_shards]
+
+
+def input_files(pattern):
+    """Sorted input shards; their basenames name every per-shard file, so they must be unique."""
+    what = "pseudo-labeled (label_data.py output)"
+    # NOTE: hidden files are skipped: they are data.atomic_output temporaries (".<name>.tmp-*") of
+    # running or killed jobs, which tf.io.gfile.glob (and so data.list_files) matches.
+    files = [f for f in data.list_files(pattern, what) if not os.path.basename(f).startswith(".")]
+    if not files:
+        raise data.UserError(f"no {what} files match {pattern} (only temporary files)")
+    names = [os.path.basename(f) for f in files]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise data.UserError(f"--input_pattern={pattern} matches several files named {dup[:5]}; "
+                             "per-shard outputs are keyed by basename")
+    return files
+
+
+def stats_path(work_dir, name):
+    return os.path.join(work_dir, "stats", name + ".json")
+
+
+def plan_path(work_dir, name):
+    return os.path.join(work_dir, "plan", name + ".json")
+
+
+def counts_path(work_dir, name):
+    return os.path.join(work_dir, "counts", name + ".json")
+
+
+def confidence_bucket(prob, bins):
+    """Bucket of float32 probabilities on a 1/bins grid (monotone in prob; prob >= 1 -> bins)."""
+    return np.minimum(np.floor(np.asarray(prob, np.float64) * bins), bins).astype(np.int64)
+
+
+def is_eligible(prob, min_threshold):
+    # NOTE: prob >= threshold as in the reference (the paper says "higher than 0.3").
+    return np.asarray(prob, np.float64) >= min_threshold
+
+
+def tie_break_uniform53(record_id, seed):
+    """A seeded 53-bit integer hash of a record id (keyed BLAKE2b), uniform in [0, 2**53)."""
+    key = str(int(seed)).encode()
+    digest = hashlib.blake2b(record_id, digest_size=8, key=key).digest()
+    return int.from_bytes(digest, "little") >> 11
+
+
+def remove_stale_temporaries(output_path):
+    """Deletes temporaries of `output_path` left by a killed run (this job owns this file).
+
+    NOTE: relies on data.atomic_output naming its temporary ".<basename>.tmp-<pid>-<id>" next to
+    the target; tf.io.gfile.glob would otherwise hand them to the next stage's file pattern.
+    """
+    parent, name = os.path.split(output_path)
+    for path in tf.io.gfile.glob(os.path.join(parent, f".{name}.tmp-*")):
+        logging.info("removing %s (left by an interrupted run)", path)
+        tf.io.gfile.remove(path)
+
+
+def load_json(path, what):
+    if not tf.io.gfile.exists(path):
+        raise data.UserError(f"{what} not found: {path}")
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise data.UserError(f"{what} is not valid JSON: {path} ({e})") from None
+
+
+def num_classes_of(serialized, path, index):
+    """Length of the probability vector of one record (float32 list or float16 bytes)."""
+    example = tf.train.Example.FromString(serialized)
+    feature = example.features.feature
+    if "probabilities" in feature:
+        return len(feature["probabilities"].float_list.value)
+    if "probabilities/float16" in feature:
+        return len(feature["probabilities/float16"].bytes_list.value[0]) // 2
+    raise data.UserError(f"{path}: record {index} has neither 'probabilities' nor "
+                         "'probabilities/float16' (is this a label_data.py output?)")
+
+
+class Progress:
+    """Logs records/s every LOG_EVERY_SECONDS (a clock check per batch, no sleeping)."""
+
+    def __init__(self, what):
+        self.what, self.start, self.last, self.count = what, time.time(), time.time(), 0
+
+    def update(self, n):
+        self.count += n
+        now = time.time()
+        if now - self.last >= LOG_EVERY_SECONDS:
+            self.last = now
+            logging.info("%s: %d records, %.0f records/s", self.what, self.count,
+                         self.count / max(now - self.start, 1e-9))
+
+    def rate(self):
+        return self.count / max(time.time() - self.start, 1e-9)
+
+
+# ----------------------------------------------------------------------------- reading records
+
+def _parse_batch(serialized, path, start):
+    """tf.io.parse_example on one batch; a bad record -> UserError naming file and record index."""
+    try:
+        return {k: v.numpy() for k, v in tf.io.parse_example(serialized, _PARSE_SPEC).items()}
+    except tf.errors.InvalidArgumentError:
+        for i in range(len(serialized)):  # find the culprit
+            try:
+                tf.io.parse_example(serialized[i:i + 1], _PARSE_SPEC)
+            except tf.errors.InvalidArgumentError as e:
+                reason = e.message.strip().splitlines()[0]
+                raise data.UserError(f"{path}: record {start + i} is not a valid pseudo-labeled "
+                                     f"tf.train.Example ({reason})") from None
+        raise
+
+
+def read_batches(path, num_classes=None, batch_size=READ_BATCH):
+    """Streams a label_data.py output shard in batches.
+
+    Yields dicts of numpy arrays: "serialized" (bytes), "label" (int64), "prob" (float32), "id"
+    (bytes; image/id, else image/filename, else b"<basename>:<index>"), "index" (record numbers).
+    Checks every record: a missing or out-of-range field ends in a UserError naming file and record.
+    """
+    name = os.path.basename(path)
+    dataset = tf.data.TFRecordDataset(path, buffer_size=1 << 22).batch(batch_size).prefetch(2)
+    start, framed_bytes = 0, 0
+    iterator = iter(dataset)
+    while True:
+        try:
+            serialized = next(iterator).numpy()
+        except StopIteration:
+            # NOTE: TFRecordDataset silently drops a truncated last record; a TFRecord frame is
+            # 16 bytes (length, 2 CRCs) + the record, so the frames must add up to the file size.
+            size = tf.io.gfile.stat(path).length
+            if framed_bytes != size:
+                raise data.UserError(f"{path}: truncated or not an uncompressed TFRecord file "
+                                     f"({size - framed_bytes} bytes after record {start - 1})")
+            return
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+            reason = e.message.strip().splitlines()[0]
+            raise data.UserError(
+                f"{path}: corrupt TFRecord file after record {start} ({reason})") from None
+        parsed = _parse_batch(serialized, path, start)
+        label, prob = parsed["label"], parsed["prob"]
+        bad = np.flatnonzero((label < 0) | (label >= (num_classes or np.iinfo(np.int64).max)))
+        if bad.size:
+            i = bad[0]
+            what = ("has no 'label'" if label[i] < 0
+                    else f"has label {label[i]} >= {num_classes} classes")
+            raise data.UserError(f"{path}: record {start + i} {what}")
+        bad = np.flatnonzero(~np.isfinite(prob) | (prob < 0) | (prob > 1.001))
+        if bad.size:
+            i = bad[0]
+            what = "has no 'prob'" if prob[i] == -1 else f"has prob {prob[i]} outside [0, 1]"
+            raise data.UserError(f"{path}: record {start + i} {what}")
+        index = np.arange(start, start + len(serialized))
+        ids = [rid or fname or f"{name}:{j}".encode()
+               for rid, fname, j in zip(parsed["image/id"], parsed["image/filename"], index)]
+        yield {"serialized": serialized, "label": label, "prob": prob, "id": ids, "index": index}
+        start += len(serialized)
+        framed_bytes += 16 * len(serialized) + sum(map(len, serialized))
+
+
+# ----------------------------------------------------------------------------- stage 1: stats
+
+def shard_stats(path, min_threshold, bins):
+    """Per-class counts and confidence histogram of eligible records of one shard (a small dict)."""
+    progress = Progress(f"stats {os.path.basename(path)}")
+    num_classes, hist, seen = None, None, None
+    for batch in read_batches(path):
+        if num_classes is None:
+            num_classes = num_classes_of(batch["serialized"][0], path, 0)
+            hist = np.zeros((num_classes, bins + 1), np.int64)
+            seen = np.zeros(num_classes, np.int64)
+        label, prob = batch["label"], batch["prob"]
+        if label.max() >= num_classes:
+            i = int(np.argmax(label >= num_classes))
+            raise data.UserError(f"{path}: record {batch['index'][i]} has label {label[i]} >= "
+                                 f"{num_classes} classes")
+        seen += np.bincount(label, minlength=num_classes)
+        keep = is_eligible(prob, min_threshold)
+        np.add.at(hist, (label[keep], confidence_bucket(prob[keep], bins)), 1)
+        progress.update(len(label))
+    histogram = []
+    if hist is not None:
+        for row in hist:
+            nz = np.flatnonzero(row)
+            histogram.append({"bins": nz.tolist(), "counts": row[nz].tolist()})
+    return {
+        "file": os.path.basename(path), "input": os.path.abspath(path),
+        "size_bytes": tf.io.gfile.stat(path).length, "num_records": progress.count,
+        "num_classes": num_classes, "min_threshold": min_threshold, "confidence_bins": bins,
+        "seen": [] if seen is None else seen.tolist(),
+        "above_threshold": [] if hist is None else hist.sum(1).tolist(),
+        "histogram": histogram,
+    }
+
+
+def run_stats(files, work_dir, min_threshold, bins):
+    """Writes WORK/stats/<shard>.json for each file; skips files whose stats are already there."""
+    if not 0.0 <= min_threshold <= 1.0:
+        raise data.UserError(f"--min_threshold must be in [0, 1], got {min_threshold}")
+    if bins < 100:
+        raise data.UserError(f"--confidence_bins must be >= 100, got {bins}")
+    for k, path in enumerate(files):
+        out = stats_path(work_dir, os.path.basename(path))
+        if tf.io.gfile.exists(out):
+            old = load_json(out, "stats file")
+            if (old.get("min_threshold") == min_threshold and old.get("confidence_bins") == bins
+                and old.get("size_bytes") == tf.io.gfile.stat(path).length):
+                logging.info("stats %d/%d: %s done before, skipped", k + 1, len(files), out)
+                continue
+        start = time.time()
+        stats = shard_stats(path, min_threshold, bins)
+        data.write_json(out, stats)
+        seconds = time.time() - start
+        logging.info("stats %d/%d: %s, %d records in %.1fs (%.0f records/s)", k + 1, len(files),
+                     out, stats["num_records"], seconds, stats["num_records"] / max(seconds, 1e-9))
+
+
+# ----------------------------------------------------------------------------- stage 2: merge
+
+def _dense_histogram(stats, bins):
+    hist = np.zeros((len(stats["histogram"]), bins + 1), np.int64)
+    for c, row in enumerate(stats["histogram"]):
+        hist[c, row["bins"]] = row["counts"]
+    return hist
+
+
+def split_picks(picks, candidates_per_shard, rng):
+    """Splits `picks` among shards as a uniform random subset of all candidates would fall.
+
+    A multivariate hypergeometric draw, one shard at a time (exact: the parts sum to `picks`).
+    """
+    remaining = int(sum(candidates_per_shard))
+    parts = []
+    for n in candidates_per_shard:
+        take = int(rng.hypergeometric(n, remaining - n, picks)) if picks and n else 0
+        parts.append(take)
+        picks -= take
+        remaining -= n
+    assert picks == 0
+    return parts
+
+
+def class_plan(hist_c, k, min_threshold, bins):
+    """Threshold and tie-break of one class from its global eligible-confidence histogram."""
+    # NOTE: the reference keeps the whole 0.01 bucket at its threshold (a class can end above K)
+    # and thins/duplicates by unseeded stochastic rounding of K / count (sum of copies ~ K). Here
+    # the count is exact: a 1e-4 grid, then a seeded exact choice of the tied records (top_k) or
+    # of the records that get one extra copy (duplicate), so every non-empty class sums to K.
+    eligible = int(hist_c.sum())
+    if eligible >= k:  # over-full: everything above bucket b*, plus `picks` of the tied bucket b*
+        from_top = np.cumsum(hist_c[::-1])
+        b_star = bins - int(np.argmax(from_top >= k))
+        above = int(hist_c[b_star + 1:].sum())
+        return {"kind": "top_k", "threshold_bucket": b_star,
+                "threshold": max(b_star / bins, min_threshold), "candidates": int(hist_c[b_star]),
+                "picks": k - above, "base_copies": 1, "kept": k, "unique": k, "copies": [1, 1]}
+    if eligible > 0:  # under-full: all kept, K // N copies each, K % N random ones get one more
+        base, extra = divmod(k, eligible)
+        return {"kind": "duplicate", "threshold_bucket": -1, "threshold": min_threshold,
+                "candidates": eligible, "picks": extra, "base_copies": base, "kept": k,
+                "unique": eligible, "copies": [base, base + 1 if extra else base]}
+    return {"kind": "empty", "threshold_bucket": -1, "threshold": min_threshold, "candidates": 0,
+            "picks": 0, "base_copies": 0, "kept": 0, "unique": 0, "copies": [0, 0]}
+
+
+def _check_stats(stats, path, name, first, min_threshold):
+    if stats.get("file") != name:
+        raise data.UserError(f"{path} holds the stats of {stats.get('file')!r}, not {name!r}")
+    if stats["min_threshold"] != min_threshold:
+        raise data.UserError(
+            f"{path} was computed with --min_threshold={stats['min_threshold']} but merge has "
+            f"--min_threshold={min_threshold}: rerun stats with the same flag")
+    if first is not None:
+        for key in ("confidence_bins", "num_classes"):
+            if stats[key] is not None and stats[key] != first[key]:
+                raise data.UserError(f"{path} has {key}={stats[key]}, other shards {first[key]}")
+
+
+def merge(files, work_dir, k, min_threshold, seed):
+    """Reads all per-shard stats; returns (summary dict, {shard name: plan dict}).
+
+    Two passes over the small stats files (sum, then per-shard tie counts), so memory is
+    O(num_classes * bins + num_shards * num_classes).
+    """
+    if k is None or k < 1:
+        raise data.UserError(f"--num_images_per_class must be >= 1, got {k}")
+    if seed < 0:
+        raise data.UserError(f"--seed must be >= 0, got {seed}")
+    names = [os.path.basename(f) for f in files]
+    missing = [n for n in names if not tf.io.gfile.exists(stats_path(work_dir, n))]
+    if missing:
+        ids = [i for i, n in enumerate(names) if n in set(missing)]
+        raise data.UserError(
+            f"stats missing for {len(missing)} of {len(names)} shards (input file indices {ids}): "
+            f"{', '.join(missing)}; run `filter_balance.py stats` for them (file i belongs to "
+            f"--shard_id = i % --num_shards) into {os.path.join(work_dir, 'stats')}")
+
+    # Pass 1: global per-class histograms.
+    first, hist, seen, num_records = None, None, None, {}
+    for name in names:
+        path = stats_path(work_dir, name)
+        stats = load_json(path, "stats file")
+        _check_stats(stats, path, name, first, min_threshold)
+        num_records[name] = stats["num_records"]
+        if stats["num_classes"] is None:  # empty shard
+            continue
+        if first is None:
+            first, bins = stats, stats["confidence_bins"]
+            hist = np.zeros((stats["num_classes"], bins + 1), np.int64)
+            seen = np.zeros(stats["num_classes"], np.int64)
+        hist += _dense_histogram(stats, bins)
+        seen += np.asarray(stats["seen"], np.int64)
+    if first is None:
+        raise data.UserError(f"all {len(names)} input shards are empty")
+    num_classes = len(seen)
+    classes = [class_plan(hist[c], k, min_threshold, bins) for c in range(num_classes)]
+    empty = [c for c, plan in enumerate(classes) if plan["kind"] == "empty"]
+    if len(empty) == num_classes:
+        raise data.UserError(f"no record of the {int(seen.sum())} in {len(names)} shards has "
+                             f"confidence >= --min_threshold={min_threshold}: nothing to keep "
+                             "(is the teacher trained?)")
+    if empty:
+        logging.warning("classes without any record >= %s stay empty: %s", min_threshold, empty)
+
+    # Pass 2: each shard's tied (top_k) or duplicated (duplicate) candidates, then the seeded split.
+    candidates = np.zeros((len(names), num_classes), np.int64)
+    for s, name in enumerate(names):
+        stats = load_json(stats_path(work_dir, name), "stats file")
+        if stats["num_classes"] is None:
+            continue
+        shard_hist = _dense_histogram(stats, bins)
+        for c, plan in enumerate(classes):
+            if plan["kind"] == "top_k":
+                candidates[s, c] = shard_hist[c, plan["threshold_bucket"]]
+            elif plan["kind"] == "duplicate":
+                candidates[s, c] = shard_hist[c].sum()
+    picks = np.zeros_like(candidates)
+    for c, plan in enumerate(classes):
+        assert candidates[:, c].sum() == plan["candidates"]
+        rng = np.random.default_rng([seed, c])
+        picks[:, c] = split_picks(plan["picks"], candidates[:, c].tolist(), rng)
+
+    for c, plan in enumerate(classes):
+        plan.update({"class": c, "seen": int(seen[c]), "above_threshold": int(hist[c].sum())})
+    totals = {key: int(sum(p[key] for p in classes))
+              for key in ("seen", "above_threshold", "kept", "unique")}
+    totals.update(num_records=int(sum(num_records.values())), num_shards=len(names),
+                  num_classes_below_k=sum(p["kind"] == "duplicate" for p in classes),
+                  num_empty_classes=sum(p["kind"] == "empty" for p in classes))
+    config = {"num_images_per_class": k, "min_threshold": min_threshold, "confidence_bins": bins,
+              "seed": seed, "num_classes": num_classes, "shards": names}
+    fingerprint = hashlib.sha256(json.dumps([config, classes, picks.tolist()],
+                                            sort_keys=True).encode()).hexdigest()[:16]
+    summary = {"config": config, "plan_fingerprint": fingerprint, "totals": totals,
+               "thresholds": [p["threshold"] for p in classes], "classes": classes}
+    plans = {}
+    for s, name in enumerate(names):
+        nz = np.flatnonzero(candidates[s])
+        plans[name] = {"file": name, "num_records": num_records[name],
+                       "plan_fingerprint": fingerprint, "classes": nz.tolist(),
+                       "candidates": candidates[s, nz].tolist(), "picks": picks[s, nz].tolist()}
+    return summary, plans
+
+
+def plot_class_balance(summary, path):
+    """Bar chart: images per predicted class before (all / confident) and after balancing."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    classes = summary["classes"]
+    x = np.arange(len(classes))
+    get = lambda key: np.array([p[key] for p in classes])
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(8, len(classes) * 0.08), 6), sharex=True)
+    width = 0.8 if len(classes) <= 100 else 1.0
+    top.bar(x, get("seen"), width, color="lightgray", label="predicted (all)")
+    top.bar(x, get("above_threshold"), width, color="tab:blue",
+            label=f"confidence >= {summary['config']['min_threshold']}")
+    top.set_ylim(0, 1.3 * max(1, get("seen").max()))
+    top.set_title("before: teacher's pseudo-labels per class")
+    top.legend(fontsize=8, loc="upper right", ncols=2)
+    unique = get("unique")
+    bottom.bar(x, unique, width, color="tab:green", label="unique images")
+    bottom.bar(x, get("kept") - unique, width, bottom=unique, color="tab:orange",
+               label="duplicates (copies > 1)")
+    bottom.axhline(summary["config"]["num_images_per_class"], color="k", lw=0.8, ls="--",
+                   label=f"K = {summary['config']['num_images_per_class']}")
+    bottom.set_ylim(0, 1.3 * max(summary["config"]["num_images_per_class"], get("kept").max()))
+    bottom.set_title("after filtering and balancing (training examples per class)")
+    bottom.set_xlabel("class")
+    bottom.legend(fontsize=8, loc="upper right", ncols=3)
+    fig.tight_layout()
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    with data.atomic_output(path) as tmp, tf.io.gfile.GFile(tmp, "wb") as f:
+        f.write(png.getvalue())
+
+
+def run_merge(files, work_dir, k, min_threshold, seed):
+    summary, plans = merge(files, work_dir, k, min_threshold, seed)
+    for name, plan in plans.items():
+        data.write_json(plan_path(work_dir, name), plan)
+    data.write_json(os.path.join(work_dir, SUMMARY_FILE), summary)
+    plot_class_balance(summary, os.path.join(work_dir, PLOT_FILE))
+    t = summary["totals"]
+    logging.info("merge: %d shards, %d records, %d above %.3g, kept %d (%d unique) in %d classes "
+                 "(%d duplicated, %d empty) -> %s", t["num_shards"], t["num_records"],
+                 t["above_threshold"], min_threshold, t["kept"], t["unique"],
+                 summary["config"]["num_classes"], t["num_classes_below_k"], t["num_empty_classes"],
+                 os.path.join(work_dir, SUMMARY_FILE))
+    return summary
+
+
+# ----------------------------------------------------------------------------- stage 3: write
+
+class SelectionSampler:
+    """Picks exactly picks[c] of the candidates[c] records of class c met in this shard.
+
+    Knuth's selection sampling (Algorithm S): the j-th candidate is taken when u * (candidates left)
+    < (picks left), with u a seeded hash of its record id in [0, 1) (exact integer arithmetic).
+    """
+
+    def __init__(self, num_classes, plan, seed, path):
+        self.left = np.zeros(num_classes, np.int64)
+        self.need = np.zeros(num_classes, np.int64)
+        self.left[plan["classes"]] = plan["candidates"]
+        self.need[plan["classes"]] = plan["picks"]
+        self.seed, self.path = seed, path
+
+    def take(self, c, record_id):
+        if self.left[c] <= 0:
+            raise data.UserError(f"{self.path} has more candidates of class {c} than its stats "
+                                 "say: the file changed after `stats`; rerun stats and merge")
+        u53 = tie_break_uniform53(record_id, self.seed)
+        chosen = u53 * int(self.left[c]) < (int(self.need[c]) << 53)  # u * left < need, exactly
+        self.left[c] -= 1
+        self.need[c] -= chosen
+        return bool(chosen)
+
+    def check_done(self):
+        if self.left.any() or self.need.any():
+            c = int(np.flatnonzero(self.left | self.need)[0])
+            raise data.UserError(f"{self.path} has fewer candidates of class {c} than its stats "
+                                 "say: the file changed after `stats`; rerun stats and merge")
+
+
+def with_copies(serialized, copies):
+    """The input record plus the int64 feature `copies` (deterministic serialization)."""
+    example = tf.train.Example.FromString(serialized)
+    example.features.feature["copies"].CopyFrom(
+        tf.train.Feature(int64_list=tf.train.Int64List(value=[copies])))
+    return example.SerializeToString(deterministic=True)
+
+
+def write_shard(path, output_path, summary, plan, materialize_duplicates=False):
+    """Streams one shard and writes its kept records; returns the per-class counts written."""
+    config, classes = summary["config"], summary["classes"]
+    num_classes, bins, seed = config["num_classes"], config["confidence_bins"], config["seed"]
+    kind = np.array([p["kind"] for p in classes])
+    threshold_bucket = np.array([p["threshold_bucket"] for p in classes], np.int64)
+    base_copies = np.array([p["base_copies"] for p in classes], np.int64)
+    is_top_k = kind == "top_k"
+    # A record may be kept when eligible and at or above its class's threshold bucket (-1: any).
+    lowest_bucket = np.where(kind == "empty", bins + 1, threshold_bucket)
+    sampler = SelectionSampler(num_classes, plan, seed, path)
+    # NOTE: kept records stay in input order, once each with a `copies` count (the reference
+    # writes duplicates and shuffles 10K-record buffers); the training input repeats and shuffles.
+    # The reference's sample JPEGs per class are not written.
+    kept = np.zeros(num_classes, np.int64)
+    unique = np.zeros(num_classes, np.int64)
+    progress = Progress(f"write {os.path.basename(path)}")
+    with data.atomic_output(output_path) as tmp, tf.io.TFRecordWriter(tmp) as writer:
+        for batch in read_batches(path, num_classes):
+            label, prob = batch["label"], batch["prob"]
+            bucket = confidence_bucket(prob, bins)
+            maybe = is_eligible(prob, config["min_threshold"]) & (bucket >= lowest_bucket[label])
+            for i in np.flatnonzero(maybe):
+                c = label[i]
+                if is_top_k[c] and bucket[i] > threshold_bucket[c]:
+                    copies = 1
+                elif is_top_k[c]:  # the tied threshold bucket: exactly `picks` of them survive
+                    copies = int(sampler.take(c, batch["id"][i]))
+                else:  # duplicated class: base copies, `picks` of them one more
+                    copies = int(base_copies[c]) + int(sampler.take(c, batch["id"][i]))
+                if not copies:
+                    continue
+                kept[c] += copies
+                unique[c] += 1
+                if materialize_duplicates:
+                    record = with_copies(batch["serialized"][i], 1)
+                    for _ in range(copies):
+                        writer.write(record)
+                else:
+                    writer.write(with_copies(batch["serialized"][i], copies))
+            progress.update(len(label))
+        sampler.check_done()
+        if progress.count != plan["num_records"]:
+            raise data.UserError(f"{path} has {progress.count} records but its stats say "
+                                 f"{plan['num_records']}: the file changed after `stats`; rerun "
+                                 "stats and merge")
+    return {"file": os.path.basename(path), "num_records": progress.count,
+            "plan_fingerprint": summary["plan_fingerprint"],
+            "materialize_duplicates": materialize_duplicates,
+            "records_written": int(kept.sum() if materialize_duplicates else unique.sum()),
+            "kept": kept.tolist(), "unique": unique.tolist(), "records_per_second": progress.rate()}
+
+
+def run_write(files, work_dir, output_dir, seed, materialize_duplicates):
+    summary = load_json(os.path.join(work_dir, SUMMARY_FILE),
+                        "merge output (run `filter_balance.py merge` first)")
+    if summary["config"]["seed"] != seed:
+        raise data.UserError(f"--seed={seed} but merge used --seed={summary['config']['seed']}; "
+                             "pass the same seed (or rerun merge)")
+    known = set(summary["config"]["shards"])
+    for k, path in enumerate(files):
+        name = os.path.basename(path)
+        if name not in known:
+            raise data.UserError(f"{path} was not part of the merge in {work_dir}; rerun stats "
+                                 "and merge with the same --input_pattern")
+        out, counts_file = os.path.join(output_dir, name), counts_path(work_dir, name)
+        if tf.io.gfile.exists(out) and tf.io.gfile.exists(counts_file):
+            old = load_json(counts_file, "counts file")
+            if (old.get("plan_fingerprint") == summary["plan_fingerprint"]
+                and old.get("materialize_duplicates") == materialize_duplicates):
+                logging.info("write %d/%d: %s done before, skipped", k + 1, len(files), out)
+                continue
+        plan = load_json(plan_path(work_dir, name), "merge plan (rerun `filter_balance.py merge`)")
+        if plan["plan_fingerprint"] != summary["plan_fingerprint"]:
+            raise data.UserError(f"{plan_path(work_dir, name)} is from another merge than "
+                                 f"{SUMMARY_FILE}; rerun merge")
+        remove_stale_temporaries(out)
+        counts = write_shard(path, out, summary, plan, materialize_duplicates)
+        data.write_json(counts_file, counts)
+        logging.info("write %d/%d: %s, %d of %d records kept (%d with copies), %.0f records/s",
+                     k + 1, len(files), out, sum(counts["unique"]), counts["num_records"],
+                     sum(counts["kept"]), counts["records_per_second"])
+
+
+# ----------------------------------------------------------------------------- stage 4: report
+
+def report(work_dir, output_dir):
+    """merge's summary plus the counts every `write` shard measured; UserError if any is missing
+    or differs from the plan. Writes OUT/summary.json and OUT/class_balance.png."""
+    summary = load_json(os.path.join(work_dir, SUMMARY_FILE),
+                        "merge output (run `filter_balance.py merge` first)")
+    names = summary["config"]["shards"]
+    missing = [n for n in names if not (tf.io.gfile.exists(counts_path(work_dir, n))
+                                        and tf.io.gfile.exists(os.path.join(output_dir, n)))]
+    if missing:
+        raise data.UserError(f"`write` has not finished {len(missing)} of {len(names)} shards "
+                             f"(input file indices {[names.index(n) for n in missing]}): "
+                             f"{', '.join(missing)}")
+    counts = [load_json(counts_path(work_dir, n), "counts file") for n in names]
+    stale = [n for n, c in zip(names, counts)
+             if c["plan_fingerprint"] != summary["plan_fingerprint"]]
+    if stale:
+        raise data.UserError(f"shards written with another merge plan: {', '.join(stale)}; "
+                             "rerun `write` for them")
+    materialized = {c["materialize_duplicates"] for c in counts}
+    if len(materialized) > 1:
+        raise data.UserError("some shards were written with --materialize_duplicates, others "
+                             "not; rerun `write` with one setting")
+    kept = np.sum([c["kept"] for c in counts], 0).tolist()
+    unique = np.sum([c["unique"] for c in counts], 0).tolist()
+    if kept != [p["kept"] for p in summary["classes"]] or unique != [
+            p["unique"] for p in summary["classes"]]:
+        raise data.UserError(f"the written counts in {os.path.join(work_dir, 'counts')} differ "
+                             "from merge's plan: inputs changed after `stats`? rerun all stages")
+    out = dict(summary, written={
+        "verified": True, "materialize_duplicates": materialized.pop(),
+        "records": int(sum(c["records_written"] for c in counts)),
+        "kept": int(sum(kept)), "unique": int(sum(unique))})
+    data.write_json(os.path.join(output_dir, SUMMARY_FILE), out)
+    plot_class_balance(summary, os.path.join(output_dir, PLOT_FILE))
+    logging.info("report: %d shards verified, %d records written (%d training examples) -> %s",
+                 len(names), out["written"]["records"], out["written"]["kept"],
+                 os.path.join(output_dir, SUMMARY_FILE))
+    return out
+
+
+# ----------------------------------------------------------------------------- main
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """The command-line flags (defined only when run as a script, so that tests and tools
+    can import several stage files into one process)."""
+    flags.DEFINE_string("input_pattern", None, "label_data.py output shards: a directory (all "
+                        "*.tfrecord* in it) or a glob. The same value for stats, merge and write.")
+    flags.DEFINE_string("work_dir", None, "Small intermediate files: stats/, plan/, counts/, "
+                        "summary.json and class_balance.png.")
+    flags.DEFINE_string("output_dir", None, "write: the filtered shards, one per input shard, "
+                        "same basename (main.py --unlabel_data_dir); report: summary.json and "
+                        "class_balance.png next to them.")
+    flags.DEFINE_integer("num_images_per_class", None, "merge: K, images per class after "
+                         "balancing (paper: 130000 on JFT for ImageNet's 1000 classes).")
+    # NOTE: --min_threshold defaults to the paper's 0.3 (the reference's flag defaults to 0.0).
+    flags.DEFINE_float("min_threshold", 0.3, "stats/merge: keep only records whose top-1 "
+                       "probability is >= this (paper: 0.3).")
+    flags.DEFINE_integer("confidence_bins", 10000, "stats: histogram buckets on [0, 1]; records "
+                         "in one bucket count as tied and are split by the seeded tie-break.")
+    flags.DEFINE_integer("seed", 0, "merge/write: seed of the tie-break and of which records get "
+                         "one extra copy (the same value for merge and write).")
+    flags.DEFINE_integer("num_shards", 1, "stats/write: number of parallel jobs; file i of the "
+                         "sorted input goes to job i % num_shards.")
+    flags.DEFINE_integer("shard_id", 0, "stats/write: this job's index in [0, num_shards).")
+    flags.DEFINE_bool("materialize_duplicates", False, "write: write a record `copies` times "
+                      "(with copies=1) instead of once with a `copies` count.")
+
+
+def main(argv):
+    if len(argv) != 2 or argv[1] not in SUBCOMMANDS:
+        raise data.UserError(f"usage: filter_balance.py {{{'|'.join(SUBCOMMANDS)}}} --flags "
+                             f"(got {argv[1:]})")
+    command = argv[1]
+    needs = {"stats": ("input_pattern", "work_dir"), "merge": ("input_pattern", "work_dir"),
+             "write": ("input_pattern", "work_dir", "output_dir"),
+             "report": ("work_dir", "output_dir")}[command]
+    for name in needs:
+        if not FLAGS[name].value:
+            raise data.UserError(f"{command} needs --{name}")
+    if command == "report":
+        report(FLAGS.work_dir, FLAGS.output_dir)
+        return
+    files = input_files(FLAGS.input_pattern)
+    if command == "stats":
+        run_stats(shard_files(files, FLAGS.num_shards, FLAGS.shard_id), FLAGS.work_dir,
+                  FLAGS.min_threshold, FLAGS.confidence_bins)
+    elif command == "merge":
+        run_merge(files, FLAGS.work_dir, FLAGS.num_images_per_class, FLAGS.min_threshold,
+                  FLAGS.seed)
+    else:
+        run_write(shard_files(files, FLAGS.num_shards, FLAGS.shard_id), FLAGS.work_dir,
+                  FLAGS.output_dir, FLAGS.seed, FLAGS.materialize_duplicates)
+
+
+if __name__ == "__main__":
+    define_flags()
+    data.run_main(main)

@@ -1,0 +1,298 @@
+"""Pseudo-labels from the unnoised teacher (Noisy Student, step 2).
+
+Paper: Xie et al., "Self-training with Noisy Student improves ImageNet classification" (CVPR 2020),
+Sec. 2, Algorithm 1 step 2: "Use an unnoised teacher model to generate soft or hard pseudo labels
+for clean (i.e., not distorted) unlabeled images". The teacher runs with its EMA weights in
+inference mode (no dropout, no stochastic depth, BN moving statistics) on eval-preprocessed images
+(no RandAugment); the stored soft label is softmax(logits / T) with T = 1.
+
+    python label_data.py --teacher_model_dir=runs/teacher \\
+        --input_pattern='runs/data/unlabeled/*.tfrecord' --output_dir=runs/iter1/labels \\
+        [--num_shards=N --shard_id=I] [--batch_size=256] [--probabilities_dtype=float32|float16] \\
+        [--strategy=default|mirrored]
+
+Input: unlabeled TFRecord shards (image/encoded, image/id, optional diagnostic/true_label).
+Job I of N labels the sorted input files i with i % N == I, so N independent jobs (on N machines,
+any batch scheduler) cover every file exactly once; inside a job, tf.distribute runs the batches
+on the local devices (--strategy=mirrored: all local GPUs).
+Output, per input file, the same basename in --output_dir: every record with its original image
+bytes (never re-encoded), image/id, diagnostic/true_label (passed through), the full probability
+vector `probabilities` (float32; or `probabilities/float16` bytes), `label` (argmax) and `prob`
+(top-1 probability) -- the field names of the reference code. Each file is written under a
+temporary name and renamed when complete, then --output_dir/summaries/<basename>.json (count,
+mean confidence, class counts, seconds, img/s). Files whose output and summary exist are skipped,
+so rerunning a killed job finishes the rest. Same teacher, inputs, --batch_size and --strategy ->
+byte-identical output files.
+"""
+
+import collections
+import concurrent.futures
+import os
+import time
+
+from absl import flags
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+import data
+import efficientnet_builder
+
+PROBABILITY_DTYPES = ("float32", "float16")
+LOG_EVERY_SECONDS = 10.0
+PENDING_WRITES = 2  # batches in flight to the writer thread (bounds memory)
+
+
+def shard_files(files, num_shards, shard_id):
+    """The files of job `shard_id` of `num_shards`: file i goes to job i % num_shards."""
+    if num_shards < 1:
+        raise data.UserError(f"--num_shards must be >= 1, got {num_shards}")
+    if not 0 <= shard_id < num_shards:
+        raise data.UserError(f"--shard_id must be in [0, {num_shards}), got {shard_id}")
+    return files[shard_id::num_shards]
+
+
+def summary_path(output_dir, name):
+    return os.path.join(output_dir, "summaries", name + ".json")
+
+
+def remove_stale_temporaries(output_path):
+    """Deletes temporaries of `output_path` left by a killed run (this job owns this file).
+
+    NOTE: relies on data.atomic_output naming its temporary ".<basename>.tmp-<pid>-<id>" next to
+    the target; tf.io.gfile.glob would otherwise hand them to the next stage's file pattern.
+    """
+    parent, name = os.path.split(output_path)
+    for path in tf.io.gfile.glob(os.path.join(parent, f".{name}.tmp-*")):
+        logging.info("removing %s (left by an interrupted run)", path)
+        tf.io.gfile.remove(path)
+
+
+# ----------------------------------------------------------------------------- the teacher
+
+def make_strategy(name):
+    """"default": the current device; "mirrored": MirroredStrategy over all local GPUs (or CPU)."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    raise data.UserError(f"--strategy must be 'default' or 'mirrored', got {name!r}")
+
+
+def load_teacher(model_dir, strategy):
+    """(model, config, DatasetInfo, image_size) of the model dir, EMA weights, built in scope."""
+    with strategy.scope():
+        model, config = efficientnet_builder.load_model_dir(model_dir, use_ema=True)
+    if "dataset" not in config:
+        raise data.UserError(f"{model_dir}/{efficientnet_builder.MODEL_CONFIG_FILE} names no "
+                             "`dataset` (needed for the eval preprocessing)")
+    image_size = int(model.input_shape[1])
+    overrides = {k: config[k] for k in ("num_classes", "num_channels", "input_kind", "label_offset")
+                 if config.get(k) is not None}
+    info = data.dataset_info(config["dataset"], image_size=image_size, **overrides)
+    return model, config, info, image_size
+
+
+def make_predictor(model, strategy):
+    """images (host batch) -> softmax probabilities, float32 numpy [n, num_classes], in order.
+
+    Inference mode: model(x, training=False) = no dropout / stochastic depth, BN moving averages.
+    With several replicas the batch is cut into contiguous slices, one per replica, and the
+    replicas' outputs are concatenated back in order.
+    """
+
+    def forward(images):
+        logits = model(images, training=False)
+        return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)  # T = 1
+
+    @tf.function(reduce_retracing=True)
+    def step(images):
+        return strategy.run(forward, args=(images,))
+
+    num_replicas = strategy.num_replicas_in_sync
+
+    def predict(images):
+        if num_replicas > 1:
+            bounds = np.linspace(0, int(images.shape[0]), num_replicas + 1).astype(int)
+            whole = images
+            images = strategy.experimental_distribute_values_from_function(
+                lambda ctx: whole[bounds[ctx.replica_id_in_sync_group]:
+                                  bounds[ctx.replica_id_in_sync_group + 1]])
+        outputs = strategy.experimental_local_results(step(images))
+        return np.concatenate([o.numpy() for o in outputs])
+
+    return predict
+
+
+# ----------------------------------------------------------------------------- one file
+
+def serialize_batch(ids, encoded, true_labels, probabilities, float16):
+    """tf.train.Example bytes of one batch of pseudo-labeled records (deterministic encoding)."""
+    # NOTE: the reference's prediction step writes probabilities per worker without the images,
+    # and filter_unlabel.py joins them back by position; here each output record carries its
+    # image bytes and id, so later stages need no join (and shards can be processed anywhere).
+    out = []
+    for image_id, image, true_label, probs in zip(ids, encoded, true_labels, probabilities):
+        example = data.pseudo_label_example(
+            image, image_id.decode("utf-8"), probs,
+            true_label=int(true_label) if true_label >= 0 else None, float16=float16)
+        out.append(example.SerializeToString(deterministic=True))
+    return out
+
+
+def write_batch(writer, ids, encoded, true_labels, probabilities, float16):
+    for record in serialize_batch(ids, encoded, true_labels, probabilities, float16):
+        writer.write(record)
+
+
+def label_file(path, output_path, predict, info, image_size, batch_size, float16, log_prefix=""):
+    """Labels one input file into `output_path` (atomically); returns its summary dict.
+
+    A writer thread serializes and writes batch i while the teacher runs on batch i + 1.
+    """
+    dataset = data.unlabeled_records_dataset([path], info, image_size, batch_size)
+    count, confidence_sum, correct, with_truth, class_counts = 0, 0.0, 0, 0, None
+    start = last_log = time.time()
+    with data.atomic_output(output_path) as tmp, tf.io.TFRecordWriter(tmp) as writer, \
+            concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = collections.deque()
+        batches = iter(dataset)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+                reason = (e.message or type(e).__name__).strip().splitlines()[0]
+                raise data.UserError(f"{path}: bad record or image after record {count} "
+                                     f"({reason})") from None
+            probabilities = predict(batch["image"])
+            ids, encoded = batch["id"].numpy(), batch["encoded"].numpy()
+            true_labels = batch["true_label"].numpy()
+            pending.append(pool.submit(write_batch, writer, ids, encoded, true_labels,
+                                       probabilities, float16))
+            while len(pending) > PENDING_WRITES:
+                pending.popleft().result()
+
+            labels = probabilities.argmax(1)
+            if class_counts is None:
+                class_counts = np.zeros(probabilities.shape[1], np.int64)
+            class_counts += np.bincount(labels, minlength=len(class_counts))
+            confidence_sum += float(probabilities.max(1).astype(np.float64).sum())
+            known = true_labels >= 0
+            with_truth += int(known.sum())
+            correct += int((labels[known] == true_labels[known]).sum())
+            count += len(labels)
+            now = time.time()
+            if now - last_log >= LOG_EVERY_SECONDS:
+                last_log = now
+                logging.info("%s%s: %d images, %.0f img/s", log_prefix, os.path.basename(path),
+                             count, count / (now - start))
+        for future in pending:
+            future.result()
+    seconds = time.time() - start
+    summary = {
+        "input": path, "output": output_path, "count": count,
+        "mean_confidence": confidence_sum / max(count, 1),
+        "class_counts": [] if class_counts is None else class_counts.tolist(),
+        "seconds": seconds, "images_per_second": count / max(seconds, 1e-9),
+        "probabilities_dtype": "float16" if float16 else "float32", "batch_size": batch_size,
+    }
+    if with_truth:  # for reports only: how often the teacher agrees with the hidden label
+        summary["diagnostic_accuracy"] = correct / with_truth
+    return summary
+
+
+# ----------------------------------------------------------------------------- the job
+
+def run(teacher_model_dir, files, output_dir, batch_size=256, probabilities_dtype="float32",
+        strategy_name="default"):
+    """Labels `files` into `output_dir`, skipping those already done; returns the summaries."""
+    if batch_size < 1:
+        raise data.UserError(f"--batch_size must be >= 1, got {batch_size}")
+    if probabilities_dtype not in PROBABILITY_DTYPES:
+        raise data.UserError(f"--probabilities_dtype must be one of {PROBABILITY_DTYPES}, "
+                             f"got {probabilities_dtype!r}")
+    names = [os.path.basename(f) for f in files]
+    if len(set(names)) != len(names):
+        raise data.UserError("the input files must have distinct basenames (outputs keep them)")
+    todo = [f for f in files if not (
+        tf.io.gfile.exists(os.path.join(output_dir, os.path.basename(f)))
+        and tf.io.gfile.exists(summary_path(output_dir, os.path.basename(f))))]
+    logging.info("%d input files for this job, %d done before, %d to label",
+                 len(files), len(files) - len(todo), len(todo))
+    if not todo:
+        return []
+    strategy = make_strategy(strategy_name)
+    model, config, info, image_size = load_teacher(teacher_model_dir, strategy)
+    predict = make_predictor(model, strategy)
+    logging.info("teacher %s (%s, %d px, %d classes) on %d replica(s)", teacher_model_dir,
+                 config.get("model_name"), image_size, info.num_classes,
+                 strategy.num_replicas_in_sync)
+    total_bytes = sum(tf.io.gfile.stat(f).length for f in todo)
+    done_bytes, start, summaries = 0, time.time(), []
+    for k, path in enumerate(todo):
+        name = os.path.basename(path)
+        output_path = os.path.join(output_dir, name)
+        remove_stale_temporaries(output_path)
+        summary = label_file(path, output_path, predict, info, image_size, batch_size,
+                             probabilities_dtype == "float16",
+                             log_prefix=f"file {k + 1}/{len(todo)} ")
+        summary.update(teacher_model_dir=teacher_model_dir, strategy=strategy_name,
+                       num_replicas=strategy.num_replicas_in_sync)
+        data.write_json(summary_path(output_dir, name), summary)
+        summaries.append(summary)
+        done_bytes += tf.io.gfile.stat(path).length
+        elapsed = time.time() - start
+        eta = elapsed * (total_bytes - done_bytes) / max(done_bytes, 1)
+        logging.info("file %d/%d %s: %d images, mean confidence %.3f, %.0f img/s; job ETA %.0fs",
+                     k + 1, len(todo), name, summary["count"], summary["mean_confidence"],
+                     summary["images_per_second"], eta)
+    return summaries
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """The command-line flags (defined only when run as a script, so that tests and tools
+    can import several stage files into one process)."""
+    flags.DEFINE_string("teacher_model_dir", None, "Model dir of the teacher (model.json + "
+                        "checkpoints, as written by main.py); its EMA weights are used.")
+    flags.DEFINE_string("input_pattern", None, "Unlabeled shards: a directory (all *.tfrecord* "
+                        "in it) or a glob.")
+    flags.DEFINE_string("output_dir", None, "Where the pseudo-labeled shards go (same "
+                        "basenames) and summaries/<basename>.json.")
+    flags.DEFINE_integer("num_shards", 1, "Number of independent jobs; file i of the sorted "
+                         "input goes to job i % num_shards.")
+    flags.DEFINE_integer("shard_id", 0, "This job's index in [0, num_shards).")
+    flags.DEFINE_integer("batch_size", 256, "Images per inference step (global: split over the "
+                         "replicas).")
+    flags.DEFINE_enum("probabilities_dtype", "float32", PROBABILITY_DTYPES,
+                      "float32: `probabilities` float list; float16: `probabilities/float16` "
+                      "little-endian bytes (half the size).")
+    flags.DEFINE_enum("strategy", "default", ["default", "mirrored"],
+                      "tf.distribute inside this job: default (one device) or mirrored (all "
+                      "local GPUs).")
+    flags.DEFINE_bool("deterministic", True, "tf.config.experimental.enable_op_determinism(): "
+                      "byte-identical outputs also on GPUs (may be slower there).")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise data.UserError(f"unexpected arguments {argv[1:]}")
+    for name in ("teacher_model_dir", "input_pattern", "output_dir"):
+        if not FLAGS[name].value:
+            raise data.UserError(f"--{name} is required")
+    if FLAGS.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    files = data.list_files(FLAGS.input_pattern, "unlabeled")
+    # NOTE: hidden files are data.atomic_output temporaries, which tf.io.gfile.glob matches.
+    files = [f for f in files if not os.path.basename(f).startswith(".")]
+    run(FLAGS.teacher_model_dir, shard_files(files, FLAGS.num_shards, FLAGS.shard_id),
+        FLAGS.output_dir, FLAGS.batch_size, FLAGS.probabilities_dtype, FLAGS.strategy)
+
+
+if __name__ == "__main__":
+    define_flags()
+    data.run_main(main)

@@ -1,0 +1,231 @@
+"""label_data.py on real Fashion-MNIST images with a tiny EfficientNet teacher.
+
+The teacher is an untrained tiny EfficientNet-B0 (width/depth 0.25) whose head is replaced by a
+seeded random projection standardised over real images, so its predictions are diverse and
+confident (a real function of the image) without spending a minute on training. Its `model` and
+`ema_model` weights differ, so the tests also see which ones label_data uses.
+"""
+import gzip
+import os
+import signal
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import data
+import efficientnet_builder
+import label_data
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = dict(model_name="efficientnet-b0", num_classes=10, image_size=32, num_channels=1,
+              small_image=True, width=0.25, depth=0.25)
+SHARD_SIZES = (70, 45, 100)  # not multiples of the batch size: partial last batches
+BATCH = 32
+
+
+def fashion_mnist_test(n):
+    def read(name, offset):
+        path = os.path.join(data.FASHION_MNIST_DIR, name)
+        return np.frombuffer(gzip.open(path).read(), np.uint8, offset=offset)
+    images = read("t10k-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)[:n]
+    return images, read("t10k-labels-idx1-ubyte.gz", 8)[:n]
+
+
+def as_model_input(images28):
+    """The eval view of Fashion-MNIST written independently of data.py: zero-pad 28 -> 32."""
+    return np.pad(images28, ((0, 0), (2, 2), (2, 2)))[..., None].astype(np.float32)
+
+
+def tiny_model(seed, calibration_images):
+    keras.utils.set_random_seed(seed)
+    model = efficientnet_builder.build_model(**CONFIG)
+    features = keras.Model(model.input, model.get_layer("avg_pool").output)(
+        calibration_images, training=False).numpy()
+    w = np.random.default_rng(seed).normal(size=(features.shape[1], 10)).astype(np.float32)
+    w = w / (features @ w).std(0) * 3.0
+    head = model.get_layer("predictions")
+    head.kernel.assign(w)
+    head.bias.assign(-(features @ w).mean(0))
+    return model
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    base = tmp_path_factory.mktemp("label")
+    images, labels = fashion_mnist_test(sum(SHARD_SIZES))
+    x = as_model_input(images)
+    model, ema = tiny_model(1, x[:128]), tiny_model(2, x[:128])
+    teacher = str(base / "teacher")
+    efficientnet_builder.save_model_dir(
+        teacher, dict(CONFIG, dataset="fashion_mnist", input_kind="small", label_offset=0),
+        model, ema_model=ema)
+    unlabeled = base / "unlabeled"
+    unlabeled.mkdir()
+    n = 0
+    for s, size in enumerate(SHARD_SIZES):
+        path = unlabeled / f"unlabeled-{s:05d}-of-{len(SHARD_SIZES):05d}.tfrecord"
+        with tf.io.TFRecordWriter(str(path)) as writer:
+            for _ in range(size):
+                png = tf.io.encode_png(np.pad(images[n], 2)[..., None]).numpy()
+                true_label = int(labels[n]) if n % 7 else None  # some records have none
+                writer.write(data.image_example(png, None, f"fm/test/{n:05d}",
+                                                true_label).SerializeToString())
+                n += 1
+    files = data.list_files(str(unlabeled))
+    out = str(base / "labels")
+    label_data.run(teacher, files, out, batch_size=BATCH)
+    expected = tf.nn.softmax(ema(x, training=False)).numpy()
+    raw_model = tf.nn.softmax(model(x, training=False)).numpy()
+    return {"base": base, "teacher": teacher, "files": files, "out": out, "labels": labels,
+            "expected": expected, "raw_model": raw_model}
+
+
+def read_records(path):
+    out = []
+    for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
+        feature = tf.train.Example.FromString(raw).features.feature
+        out.append({k: tuple(getattr(f, f.WhichOneof("kind")).value) for k, f in feature.items()})
+    return out
+
+
+def file_bytes(pattern):
+    return {os.path.basename(p): open(p, "rb").read() for p in sorted(tf.io.gfile.glob(pattern))}
+
+
+def test_reproduces_the_teachers_predictions(setup):
+    inputs = [r for f in setup["files"] for r in read_records(f)]
+    outputs = [r for f in setup["files"]
+               for r in read_records(os.path.join(setup["out"], os.path.basename(f)))]
+    assert len(outputs) == len(inputs) == sum(SHARD_SIZES)
+    probs = np.array([r["probabilities"] for r in outputs], np.float32)
+    expected = setup["expected"]
+    np.testing.assert_allclose(probs, expected, atol=1e-5)  # EMA weights, inference mode
+    assert np.abs(probs - setup["raw_model"]).max() > 0.1  # ... not the raw weights
+    assert len(set(expected.argmax(1))) >= 5  # a teacher with diverse predictions
+    for i, (inp, out) in enumerate(zip(inputs, outputs)):
+        assert out["image/encoded"] == inp["image/encoded"]  # the stored bytes, not re-encoded
+        assert out["image/id"] == inp["image/id"] == (f"fm/test/{i:05d}".encode(),)
+        assert out.get("diagnostic/true_label") == inp.get("diagnostic/true_label")
+        assert out["label"] == (int(np.argmax(out["probabilities"])),)
+        assert out["label"] == (int(expected[i].argmax()),)
+        assert np.float32(out["prob"][0]) == np.max(np.float32(out["probabilities"]))
+        assert set(out) <= {"image/encoded", "image/id", "diagnostic/true_label",
+                            "probabilities", "label", "prob"}
+    name = os.path.basename(setup["files"][0])
+    summary = data.read_json(label_data.summary_path(setup["out"], name))
+    first = probs[:SHARD_SIZES[0]]
+    assert summary["count"] == SHARD_SIZES[0]
+    assert summary["mean_confidence"] == pytest.approx(first.max(1).mean(), rel=1e-5)
+    assert summary["class_counts"] == np.bincount(first.argmax(1), minlength=10).tolist()
+    known = [i for i in range(SHARD_SIZES[0]) if i % 7]
+    truth = setup["labels"][known]
+    assert summary["diagnostic_accuracy"] == pytest.approx((first[known].argmax(1) == truth).mean())
+    assert summary["images_per_second"] > 0 and summary["seconds"] > 0
+
+
+def test_float16_probabilities(setup, tmp_path):
+    label_data.run(setup["teacher"], setup["files"][:1], str(tmp_path), batch_size=BATCH,
+                   probabilities_dtype="float16")
+    records = read_records(str(tmp_path / os.path.basename(setup["files"][0])))
+    assert "probabilities" not in records[0]
+    probs = np.stack([np.frombuffer(r["probabilities/float16"][0], "<f2") for r in records])
+    np.testing.assert_allclose(probs, setup["expected"][:len(records)], atol=1e-3)
+    float32_run = read_records(os.path.join(setup["out"], os.path.basename(setup["files"][0])))
+    assert [r["label"] for r in records] == [r["label"] for r in float32_run]
+
+
+@pytest.mark.parametrize("num_files", [1, 3, 5, 8])
+def test_sharding_covers_every_file_exactly_once(num_files):
+    files = [f"f{i}" for i in range(num_files)]
+    for num_shards in (1, 2, 3, 7, 8, 11):
+        jobs = [label_data.shard_files(files, num_shards, i) for i in range(num_shards)]
+        assert sorted(f for job in jobs for f in job) == files
+        assert all(f"f{i}" in jobs[i % num_shards] for i in range(num_files))
+    with pytest.raises(data.UserError, match="--shard_id must be in"):
+        label_data.shard_files(files, 2, 2)
+
+
+def test_parallel_jobs_give_the_single_job_output(setup, tmp_path):
+    out = str(tmp_path / "labels")
+    for shard_id in range(2):  # two "machines" writing into one output dir
+        label_data.run(setup["teacher"], label_data.shard_files(setup["files"], 2, shard_id), out,
+                       batch_size=BATCH)
+    reference = file_bytes(os.path.join(setup["out"], "*.tfrecord"))
+    assert file_bytes(os.path.join(out, "*.tfrecord")) == reference
+    ids = [r["image/id"] for f in sorted(tf.io.gfile.glob(os.path.join(out, "*.tfrecord")))
+           for r in read_records(f)]
+    assert len(ids) == len(set(ids)) == sum(SHARD_SIZES)
+
+
+def test_killed_job_rerun_is_byte_identical(setup, tmp_path):
+    out = str(tmp_path / "labels")
+    names = [os.path.basename(f) for f in setup["files"]]
+    # A real job, killed (SIGKILL) as soon as it reports its first finished file.
+    command = [sys.executable, os.path.join(ROOT, "label_data.py"),
+               f"--teacher_model_dir={setup['teacher']}",
+               f"--input_pattern={os.path.dirname(setup['files'][0])}", f"--output_dir={out}",
+               f"--batch_size={BATCH}"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
+                               env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    for line in process.stderr:  # blocking reads of the job's log, no sleeping
+        if f"file 1/3 {names[0]}" in line:
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait(timeout=120)
+    assert process.returncode == -signal.SIGKILL
+    assert os.path.exists(os.path.join(out, names[0]))
+    first_mtime = os.stat(os.path.join(out, names[0])).st_mtime_ns
+    # Plant the other states a kill can leave: a temporary, and an output without its summary.
+    open(os.path.join(out, f".{names[2]}.tmp-99999-deadbeef"), "wb").write(b"half a shard")
+    open(os.path.join(out, names[2]), "wb").write(b"written, but the summary was not")
+    if os.path.exists(label_data.summary_path(out, names[2])):
+        os.remove(label_data.summary_path(out, names[2]))
+
+    label_data.run(setup["teacher"], setup["files"], out, batch_size=BATCH)
+    assert file_bytes(os.path.join(out, "*.tfrecord")) == file_bytes(
+        os.path.join(setup["out"], "*.tfrecord"))
+    assert sorted(os.listdir(out)) == sorted(names + ["summaries"])  # no temporaries left
+    assert os.stat(os.path.join(out, names[0])).st_mtime_ns == first_mtime  # skipped, not redone
+
+
+def test_mirrored_strategy_on_two_devices_keeps_the_order(setup, tmp_path):
+    script = f"""
+import sys
+sys.path.insert(0, {ROOT!r})
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import label_data
+label_data.make_strategy = lambda name: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+summary, = label_data.run({setup['teacher']!r}, [{setup['files'][0]!r}], {str(tmp_path)!r},
+                          batch_size={BATCH}, strategy_name="mirrored")
+assert summary["num_replicas"] == 2, summary
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    name = os.path.basename(setup["files"][0])
+    mirrored = read_records(str(tmp_path / name))
+    single = read_records(os.path.join(setup["out"], name))
+    assert [r["image/id"] for r in mirrored] == [r["image/id"] for r in single]
+    np.testing.assert_allclose([r["probabilities"] for r in mirrored],
+                               [r["probabilities"] for r in single], atol=2e-6)
+
+
+def test_user_errors(setup, tmp_path):
+    with pytest.raises(data.UserError, match="does not exist"):
+        label_data.run(str(tmp_path / "nope"), setup["files"], str(tmp_path / "o"))
+    with pytest.raises(data.UserError, match="--probabilities_dtype"):
+        label_data.run(setup["teacher"], setup["files"], str(tmp_path / "o"),
+                       probabilities_dtype="int8")
+    bad = str(tmp_path / "bad.tfrecord")
+    with tf.io.TFRecordWriter(bad) as writer:
+        writer.write(data.image_example(b"not a png", None, "x").SerializeToString())
+    with pytest.raises(data.UserError, match="bad.tfrecord: bad record or image"):
+        label_data.run(setup["teacher"], [bad], str(tmp_path / "o"))
+    assert not os.path.exists(tmp_path / "o" / "bad.tfrecord")  # nothing half-written
+    assert [f for f in os.listdir(tmp_path / "o") if f.startswith(".")] == []
