@@ -687,7 +687,10 @@ def build_train_dataset(info, image_size, F, label_pattern, student, batch_u):
         return labeled
     augment_u = F.augment_name if F.unlabeled_noise == "full" else "none"
     if F.unlabel_data_dir:
-        data.list_files(F.unlabel_data_dir, "pseudo-labeled data (--unlabel_data_dir)")
+        files = data.list_files(F.unlabel_data_dir, "pseudo-labeled data (--unlabel_data_dir)")
+        if not any(tf.io.gfile.stat(f).length for f in files):
+            raise data.UserError(f"--unlabel_data_dir={F.unlabel_data_dir} holds no records (did "
+                                 f"the teacher keep any image above the confidence threshold?)")
         unlabeled = data.pseudo_labeled_dataset(F.unlabel_data_dir, info, image_size, batch_u,
                                                 info.num_classes, augment_u,
                                                 randaug_layer=F.randaug_layer,

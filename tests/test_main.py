@@ -193,12 +193,13 @@ def test_student_from_pseudo_labeled_records(teacher_dir, fashion_mnist_dir, tmp
     assert json.load(open(os.path.join(model_dir, "eval_results.json")))["global_step"] == 6
 
 
-def test_student_with_on_the_fly_teacher(teacher_dir, fashion_mnist_dir, tmp_path):
+@pytest.mark.parametrize("ablation", ["--unlabeled_noise=none", "--noised_teacher"])
+def test_student_with_on_the_fly_teacher(ablation, teacher_dir, fashion_mnist_dir, tmp_path):
     model_dir = str(tmp_path / "student")
     proc = run(TINY + [f"--data_dir={fashion_mnist_dir}", f"--model_dir={model_dir}",
                        f"--teacher_model_dir={teacher_dir}", "--train_steps=6",
                        "--train_batch_size=16", "--unlabel_ratio=1.5", "--log_every_steps=3",
-                       "--unlabeled_noise=none", "--mode=train"])
+                       ablation, "--mode=train"])
     assert "+ 24 unlabeled" in proc.stderr and "step 6/6" in proc.stderr
     unl = [l for l in proc.stderr.splitlines() if "step 6/6" in l][0]
     assert float(unl.split("unl ")[1].split(")")[0]) > 0   # the teacher's targets reach the loss

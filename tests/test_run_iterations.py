@@ -30,8 +30,8 @@ def test_smoke_report_has_every_model_and_iteration(smoke_run):
     names = [m["name"] for m in report["models"]]
     assert names == ["teacher", "student 1", "student 2", "student 3"]
     for m in report["models"]:
-        assert 0.1 < m["top_1"] <= m["top_5"] <= 1.0, m
-        assert m["global_step"] == 100
+        assert 0.3 < m["top_1"] <= m["top_5"] <= 1.0, m   # chance: 0.1
+        assert m["global_step"] == 300
     assert [it["iteration"] for it in report["iterations"]] == [1, 2, 3]
     for it in report["iterations"]:
         # Two of eight unlabeled shards (14,000 images) are labeled; after filtering and
