@@ -333,6 +333,8 @@ class Trainer:
                 self.teacher, _ = efficientnet_builder.load_model_dir(self.student["teacher_model_dir"])
                 if self.student.get("noised_teacher"):
                     # Dropout and stochastic depth on, BN on its moving statistics.
+                    # NOTE: the noised-teacher ablation (Table 6) is offered for the on-the-fly
+                    # teacher only: it labels the student's augmented view with model noise on.
                     for layer in self.teacher._flatten_layers():
                         if isinstance(layer, keras.layers.BatchNormalization):
                             layer.trainable = False
@@ -458,6 +460,8 @@ def train(trainer, dataset, *, train_steps, model_dir, save_every, keep_max, log
         return
     writer = tf.summary.create_file_writer(os.path.join(model_dir, "train") if chief
                                            else os.path.join(ckpt_dir, "train"))
+    # NOTE: the input position is not checkpointed (as TPUEstimator, which restarted its input_fn):
+    # a resumed run continues the schedule from the restored step on a fresh shuffle of the data.
     iterator = iter(trainer.strategy.experimental_distribute_dataset(dataset))
     train_step = trainer.make_train_step(*images_per_step)
     t0, t_last, step_last = time.time(), time.time(), start
