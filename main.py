@@ -440,6 +440,16 @@ def check_labels(dataset, num_classes):
     return dataset.map(check)
 
 
+def tf_error_line(error):
+    """The informative line of a TF runtime error (an assertion's message rather than the
+    generic 'Graph execution error:' header)."""
+    lines = [l.strip() for l in error.message.strip().splitlines() if l.strip()]
+    for line in lines:
+        if "assertion failed" in line or "--num_classes" in line or "label" in line.lower():
+            return line[:300]
+    return next((l for l in lines if "Graph execution error" not in l), lines[0])[:300]
+
+
 def format_eta(seconds):
     seconds = int(seconds)
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m{seconds % 60:02d}s"
@@ -453,8 +463,9 @@ def train(trainer, dataset, *, train_steps, model_dir, save_every, keep_max, log
                                          checkpoint_name="ckpt", step_counter=trainer.step)
     if manager.latest_checkpoint:
         trainer.checkpoint.restore(manager.latest_checkpoint)
-        logging.info("Resumed from %s (step %d).", manager.latest_checkpoint, int(trainer.step))
-    start = int(trainer.step)
+    start = int(trainer.step.numpy())  # .numpy(): also a MirroredVariable under tf.distribute
+    if manager.latest_checkpoint:
+        logging.info("Resumed from %s (step %d).", manager.latest_checkpoint, start)
     if start >= train_steps:
         logging.info("Already trained to step %d of %d: nothing to do.", start, train_steps)
         return
@@ -470,8 +481,7 @@ def train(trainer, dataset, *, train_steps, model_dir, save_every, keep_max, log
         try:
             out = train_step(iterator)
         except tf.errors.InvalidArgumentError as e:
-            raise data.UserError(f"bad training input at step {step}: "
-                                 f"{e.message.strip().splitlines()[0]}")
+            raise data.UserError(f"bad training input at step {step}: {tf_error_line(e)}")
         loss = float(out["loss"])
         if not math.isfinite(loss):
             raise data.UserError(f"loss became {loss} at step {step}; checkpoints untouched "
@@ -605,8 +615,7 @@ def evaluate_model_dir(strategy, model_dir, info, eval_pattern, batch_size, chie
     try:
         results = evaluate(strategy, model, eval_ds, info.num_classes)
     except tf.errors.InvalidArgumentError as e:
-        raise data.UserError(f"bad evaluation input in {eval_pattern}: "
-                             f"{e.message.strip().splitlines()[0]}")
+        raise data.UserError(f"bad evaluation input in {eval_pattern}: {tf_error_line(e)}")
     results["global_step"] = step
     if chief:
         data.write_json(os.path.join(model_dir, "eval_results.json"), results)

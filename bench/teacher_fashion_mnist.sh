@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 EPOCHS=${1:-60}; shift || true
 OUT=runs/bench-teacher-b0-e$EPOCHS
+mkdir -p runs
 CMD=(python3 main.py --model_dir="$OUT" --model_name=efficientnet-b0 --small_image=false
      --train_epochs="$EPOCHS" --train_batch_size=128 --randaug_mag=5 --lr_warmup_epochs=2
      --base_learning_rate=0.032 --final_base_learning_rate=0.0016 --log_every_steps=200 "$@")
