@@ -109,6 +109,14 @@ def atomic_output(path):
         raise
 
 
+def remove_stale_temporaries(path):
+    """Deletes temporaries of `path` left by a killed run (call only from the job owning `path`)."""
+    parent, name = os.path.split(os.path.normpath(path))
+    for tmp in tf.io.gfile.glob(os.path.join(parent, f".{name}.tmp-*")):
+        logging.info("removing %s (left by an interrupted run)", tmp)
+        _remove(tmp)
+
+
 def _remove(path):
     if tf.io.gfile.isdir(path):
         tf.io.gfile.rmtree(path)
@@ -141,7 +149,9 @@ def list_files(pattern, what="data"):
         files = tf.io.gfile.glob(pattern)
         if not any(c in pattern for c in "*?["):
             hint = " (no such file or directory)"
-    files = sorted(f for f in files if not tf.io.gfile.isdir(f))
+    # Hidden files are atomic_output temporaries of running or killed jobs (glob matches them).
+    files = sorted(f for f in files if not os.path.basename(f).startswith(".")
+                   and not tf.io.gfile.isdir(f))
     if not files:
         raise UserError(f"no {what} files match {pattern}{hint}")
     return files

@@ -95,11 +95,7 @@ def shard_files(files, num_shards, shard_id):
 def input_files(pattern):
     """Sorted input shards; their basenames name every per-shard file, so they must be unique."""
     what = "pseudo-labeled (label_data.py output)"
-    # NOTE: hidden files are skipped: they are data.atomic_output temporaries (".<name>.tmp-*") of
-    # running or killed jobs, which tf.io.gfile.glob (and so data.list_files) matches.
-    files = [f for f in data.list_files(pattern, what) if not os.path.basename(f).startswith(".")]
-    if not files:
-        raise data.UserError(f"no {what} files match {pattern} (only temporary files)")
+    files = data.list_files(pattern, what)
     names = [os.path.basename(f) for f in files]
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
@@ -135,18 +131,6 @@ def tie_break_uniform53(record_id, seed):
     key = str(int(seed)).encode()
     digest = hashlib.blake2b(record_id, digest_size=8, key=key).digest()
     return int.from_bytes(digest, "little") >> 11
-
-
-def remove_stale_temporaries(output_path):
-    """Deletes temporaries of `output_path` left by a killed run (this job owns this file).
-
-    NOTE: relies on data.atomic_output naming its temporary ".<basename>.tmp-<pid>-<id>" next to
-    the target; tf.io.gfile.glob would otherwise hand them to the next stage's file pattern.
-    """
-    parent, name = os.path.split(output_path)
-    for path in tf.io.gfile.glob(os.path.join(parent, f".{name}.tmp-*")):
-        logging.info("removing %s (left by an interrupted run)", path)
-        tf.io.gfile.remove(path)
 
 
 def load_json(path, what):
@@ -623,7 +607,7 @@ def run_write(files, work_dir, output_dir, seed, materialize_duplicates):
         if plan["plan_fingerprint"] != summary["plan_fingerprint"]:
             raise data.UserError(f"{plan_path(work_dir, name)} is from another merge than "
                                  f"{SUMMARY_FILE}; rerun merge")
-        remove_stale_temporaries(out)
+        data.remove_stale_temporaries(out)
         counts = write_shard(path, out, summary, plan, materialize_duplicates)
         data.write_json(counts_file, counts)
         logging.info("write %d/%d: %s, %d of %d records kept (%d with copies), %.0f records/s",

@@ -56,18 +56,6 @@ def summary_path(output_dir, name):
     return os.path.join(output_dir, "summaries", name + ".json")
 
 
-def remove_stale_temporaries(output_path):
-    """Deletes temporaries of `output_path` left by a killed run (this job owns this file).
-
-    NOTE: relies on data.atomic_output naming its temporary ".<basename>.tmp-<pid>-<id>" next to
-    the target; tf.io.gfile.glob would otherwise hand them to the next stage's file pattern.
-    """
-    parent, name = os.path.split(output_path)
-    for path in tf.io.gfile.glob(os.path.join(parent, f".{name}.tmp-*")):
-        logging.info("removing %s (left by an interrupted run)", path)
-        tf.io.gfile.remove(path)
-
-
 # ----------------------------------------------------------------------------- the teacher
 
 def make_strategy(name):
@@ -234,7 +222,7 @@ def run(teacher_model_dir, files, output_dir, batch_size=256, probabilities_dtyp
     for k, path in enumerate(todo):
         name = os.path.basename(path)
         output_path = os.path.join(output_dir, name)
-        remove_stale_temporaries(output_path)
+        data.remove_stale_temporaries(output_path)
         summary = label_file(path, output_path, predict, info, image_size, batch_size,
                              probabilities_dtype == "float16",
                              log_prefix=f"file {k + 1}/{len(todo)} ")
@@ -287,8 +275,6 @@ def main(argv):
     if FLAGS.deterministic:
         tf.config.experimental.enable_op_determinism()
     files = data.list_files(FLAGS.input_pattern, "unlabeled")
-    # NOTE: hidden files are data.atomic_output temporaries, which tf.io.gfile.glob matches.
-    files = [f for f in files if not os.path.basename(f).startswith(".")]
     run(FLAGS.teacher_model_dir, shard_files(files, FLAGS.num_shards, FLAGS.shard_id),
         FLAGS.output_dir, FLAGS.batch_size, FLAGS.probabilities_dtype, FLAGS.strategy)
 
