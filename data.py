@@ -421,6 +421,15 @@ def translate_data_errors(files):
 # ---------------------------------------------------------------------------------------------
 # Sharded writing with progress.
 # ---------------------------------------------------------------------------------------------
+def shard_files(files, num_shards, shard_id):
+    """The files of job `shard_id` of `num_shards`: file i goes to job i % num_shards."""
+    if num_shards < 1:
+        raise UserError(f"--num_shards must be >= 1, got {num_shards}")
+    if not 0 <= shard_id < num_shards:
+        raise UserError(f"--shard_id must be in [0, {num_shards}), got {shard_id}")
+    return files[shard_id::num_shards]
+
+
 def shard_name(split, index, num_shards):
     return f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
 
@@ -832,10 +841,10 @@ def _files(pattern_or_files, what):
 def _records(files, is_training, seed=None, cache=False, shuffle_buffer=1024,
              input_context=None):
     """Serialized records of `files`; training: shuffled and repeated forever."""
-    shard_files = (input_context is not None and input_context.num_input_pipelines > 1
-                   and len(files) >= input_context.num_input_pipelines)
+    by_file = (input_context is not None and input_context.num_input_pipelines > 1
+              and len(files) >= input_context.num_input_pipelines)
     ds = tf.data.Dataset.from_tensor_slices(files)
-    if shard_files:
+    if by_file:
         ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     deterministic = not is_training or seed is not None
     if is_training and not cache:
@@ -843,7 +852,7 @@ def _records(files, is_training, seed=None, cache=False, shuffle_buffer=1024,
     ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, buffer_size=8 * 1024 * 1024),
                        cycle_length=min(len(files), 16), block_length=1,
                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    if input_context is not None and input_context.num_input_pipelines > 1 and not shard_files:
+    if input_context is not None and input_context.num_input_pipelines > 1 and not by_file:
         ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     if cache:
         ds = ds.cache()

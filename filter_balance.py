@@ -83,15 +83,6 @@ _PARSE_SPEC = {
 
 # ----------------------------------------------------------------------------- small helpers
 
-def shard_files(files, num_shards, shard_id):
-    """The files of job `shard_id` of `num_shards`: file i goes to job i % num_shards."""
-    if num_shards < 1:
-        raise data.UserError(f"--num_shards must be >= 1, got {num_shards}")
-    if not 0 <= shard_id < num_shards:
-        raise data.UserError(f"--shard_id must be in [0, {num_shards}), got {shard_id}")
-    return files[shard_id::num_shards]
-
-
 def input_files(pattern):
     """Sorted input shards; their basenames name every per-shard file, so they must be unique."""
     what = "pseudo-labeled (label_data.py output)"
@@ -704,13 +695,13 @@ def main(argv):
         return
     files = input_files(FLAGS.input_pattern)
     if command == "stats":
-        run_stats(shard_files(files, FLAGS.num_shards, FLAGS.shard_id), FLAGS.work_dir,
+        run_stats(data.shard_files(files, FLAGS.num_shards, FLAGS.shard_id), FLAGS.work_dir,
                   FLAGS.min_threshold, FLAGS.confidence_bins)
     elif command == "merge":
         run_merge(files, FLAGS.work_dir, FLAGS.num_images_per_class, FLAGS.min_threshold,
                   FLAGS.seed)
     else:
-        run_write(shard_files(files, FLAGS.num_shards, FLAGS.shard_id), FLAGS.work_dir,
+        run_write(data.shard_files(files, FLAGS.num_shards, FLAGS.shard_id), FLAGS.work_dir,
                   FLAGS.output_dir, FLAGS.seed, FLAGS.materialize_duplicates)
 
 

@@ -43,15 +43,6 @@ LOG_EVERY_SECONDS = 10.0
 PENDING_WRITES = 2  # batches in flight to the writer thread (bounds memory)
 
 
-def shard_files(files, num_shards, shard_id):
-    """The files of job `shard_id` of `num_shards`: file i goes to job i % num_shards."""
-    if num_shards < 1:
-        raise data.UserError(f"--num_shards must be >= 1, got {num_shards}")
-    if not 0 <= shard_id < num_shards:
-        raise data.UserError(f"--shard_id must be in [0, {num_shards}), got {shard_id}")
-    return files[shard_id::num_shards]
-
-
 def summary_path(output_dir, name):
     return os.path.join(output_dir, "summaries", name + ".json")
 
@@ -275,7 +266,7 @@ def main(argv):
     if FLAGS.deterministic:
         tf.config.experimental.enable_op_determinism()
     files = data.list_files(FLAGS.input_pattern, "unlabeled")
-    run(FLAGS.teacher_model_dir, shard_files(files, FLAGS.num_shards, FLAGS.shard_id),
+    run(FLAGS.teacher_model_dir, data.shard_files(files, FLAGS.num_shards, FLAGS.shard_id),
         FLAGS.output_dir, FLAGS.batch_size, FLAGS.probabilities_dtype, FLAGS.strategy)
 
 

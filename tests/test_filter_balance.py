@@ -68,10 +68,10 @@ def labels_dir(tmp_path_factory):
 def run_pipeline(labels, work, out, seed=0, stats_jobs=3, write_jobs=2, materialize=False):
     files = fb.input_files(labels)
     for i in range(stats_jobs):
-        fb.run_stats(fb.shard_files(files, stats_jobs, i), work, MIN_THRESHOLD, 10000)
+        fb.run_stats(data.shard_files(files, stats_jobs, i), work, MIN_THRESHOLD, 10000)
     summary = fb.run_merge(files, work, K, MIN_THRESHOLD, seed)
     for i in range(write_jobs):
-        fb.run_write(fb.shard_files(files, write_jobs, i), work, out, seed, materialize)
+        fb.run_write(data.shard_files(files, write_jobs, i), work, out, seed, materialize)
     return summary
 
 
@@ -212,7 +212,7 @@ def test_resume_rewrites_only_what_is_missing(labels_dir, pipeline, tmp_path):
 
 def test_missing_stats_are_named(labels_dir, tmp_path):
     files = fb.input_files(labels_dir)
-    fb.run_stats(fb.shard_files(files, 2, 0), str(tmp_path), MIN_THRESHOLD, 10000)  # files 0, 2, 4
+    fb.run_stats(data.shard_files(files, 2, 0), str(tmp_path), MIN_THRESHOLD, 10000)  # files 0, 2, 4
     with pytest.raises(data.UserError) as e:
         fb.merge(files, str(tmp_path), K, MIN_THRESHOLD, 0)
     message = str(e.value)
@@ -223,7 +223,7 @@ def test_missing_stats_are_named(labels_dir, tmp_path):
         fb.run_write(files, str(tmp_path), str(tmp_path / "out"), 0, False)
     fb.run_stats(files, str(tmp_path), MIN_THRESHOLD, 10000)
     fb.run_merge(files, str(tmp_path), K, MIN_THRESHOLD, 0)
-    fb.run_write(fb.shard_files(files, 5, 4), str(tmp_path), str(tmp_path / "out"), 0, False)
+    fb.run_write(data.shard_files(files, 5, 4), str(tmp_path), str(tmp_path / "out"), 0, False)
     with pytest.raises(data.UserError, match=r"`write` has not finished 4 of 5 shards \(input "
                        r"file indices \[0, 1, 2, 3\]\)"):
         fb.report(str(tmp_path), str(tmp_path / "out"))

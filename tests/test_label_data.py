@@ -142,17 +142,17 @@ def test_float16_probabilities(setup, tmp_path):
 def test_sharding_covers_every_file_exactly_once(num_files):
     files = [f"f{i}" for i in range(num_files)]
     for num_shards in (1, 2, 3, 7, 8, 11):
-        jobs = [label_data.shard_files(files, num_shards, i) for i in range(num_shards)]
+        jobs = [data.shard_files(files, num_shards, i) for i in range(num_shards)]
         assert sorted(f for job in jobs for f in job) == files
         assert all(f"f{i}" in jobs[i % num_shards] for i in range(num_files))
     with pytest.raises(data.UserError, match="--shard_id must be in"):
-        label_data.shard_files(files, 2, 2)
+        data.shard_files(files, 2, 2)
 
 
 def test_parallel_jobs_give_the_single_job_output(setup, tmp_path):
     out = str(tmp_path / "labels")
     for shard_id in range(2):  # two "machines" writing into one output dir
-        label_data.run(setup["teacher"], label_data.shard_files(setup["files"], 2, shard_id), out,
+        label_data.run(setup["teacher"], data.shard_files(setup["files"], 2, shard_id), out,
                        batch_size=BATCH)
     reference = file_bytes(os.path.join(setup["out"], "*.tfrecord"))
     assert file_bytes(os.path.join(out, "*.tfrecord")) == reference
