@@ -5,7 +5,8 @@
 Reads the run directory (teacher/, iter{1,2,3}/{labels,filtered,student}/) and writes
 report.json (per model: name, architecture, params, top-1, top-5, robustness figures when
 robustness.json exists; per iteration: pseudo-label quality and class balance), report.md, and the
-plots top1_per_iteration.png, pseudo_label_quality.png and class_balance.png. Prints a short table.
+plots top1_per_iteration.png, pseudo_label_quality.png, class_balance.png and, with ablation/,
+the Table 6 ablation table and ablation.png. Prints a short table.
 """
 import glob
 import json
@@ -81,7 +82,31 @@ def collect(workdir):
                                                         num_classes),
                            "filtered": pseudo_label_stats(
                                os.path.join(it, "filtered", "*.tfrecord"), num_classes)})
-    return {"models": models, "iterations": iterations}
+    return {"models": models, "iterations": iterations, "ablation": collect_ablation(workdir)}
+
+
+# Paper Table 6 (B5 teacher, 130M unlabeled images, one iteration) next to our --ablation runs.
+ABLATION_ROWS = [  # (name, model dir relative to the workdir, paper top-1 or None)
+    ("supervised teacher (baseline)", "teacher", 84.0),
+    ("NoisyStudent", "iter1/student", 84.9),
+    ("student w/o Aug", "ablation/no_aug", 84.6),
+    ("student w/o Aug, SD, Dropout", "ablation/no_noise", 84.3),
+    ("NoisyStudent, on-the-fly teacher (no filter/balance)", "ablation/on_the_fly", None),
+    ("teacher w. Aug, SD, Dropout (on the fly)", "ablation/noised_teacher", 84.4),
+    ("NoisyStudent, hard pseudo-labels", "ablation/hard_labels", None),
+]
+
+
+def collect_ablation(workdir):
+    """Rows of the Table 6 ablation whose model has been evaluated ([] without ablation/)."""
+    if not os.path.isdir(os.path.join(workdir, "ablation")):
+        return []
+    rows = []
+    for name, rel, paper in ABLATION_ROWS:
+        entry = model_entry(name, os.path.join(workdir, rel))
+        if entry["top_1"] is not None:
+            rows.append(dict(entry, paper_top_1=paper))
+    return rows
 
 
 def fmt(x, scale=100.0, digits=2):
@@ -102,6 +127,12 @@ def markdown(report):
         lines.append(f"| {it['iteration']} | {fmt(lab.get('accuracy'))} | "
                      f"{fmt(fil.get('accuracy'))} | {fil.get('images', '-')} "
                      f"({fil.get('unique', '-')}) |")
+    if report.get("ablation"):
+        lines += ["", "| ablation (one iteration, same-size student) | top-1 | paper Table 6 "
+                  "(B5, 130M) |", "|---|---|---|"]
+        for row in report["ablation"]:
+            paper = "-" if row["paper_top_1"] is None else f"{row['paper_top_1']:.1f}"
+            lines.append(f"| {row['name']} | {fmt(row['top_1'])} | {paper} |")
     robust = [m for m in report["models"] if "robustness" in m]
     if robust:
         lines += ["", "Robustness: see robustness.md."]
@@ -150,6 +181,18 @@ def plot(report, workdir):
         ax.set_ylabel("images")
         ax.legend(fontsize=7)
         paths.append(save(fig, os.path.join(workdir, "class_balance.png")))
+    if report.get("ablation"):
+        rows = report["ablation"]
+        fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1))
+        y = np.arange(len(rows))[::-1]
+        ax.barh(y, [100 * r["top_1"] for r in rows], color="tab:blue")
+        ax.set_yticks(y, [r["name"] for r in rows], fontsize=8)
+        lo = min(100 * r["top_1"] for r in rows)
+        ax.set_xlim(lo - 2, max(100 * r["top_1"] for r in rows) + 1)
+        ax.set_xlabel("test top-1 (%)")
+        ax.set_title("Table 6 style ablation: one iteration, same-size student")
+        ax.grid(axis="x", alpha=0.3)
+        paths.append(save(fig, os.path.join(workdir, "ablation.png")))
     return paths
 
 

@@ -60,3 +60,21 @@ def test_unknown_preset_is_one_line(tmp_path):
                            f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: --preset=huge is not one of smoke, quick, full"
+
+
+def test_smoke_ablation_adds_table6_rows(smoke_run):
+    """--ablation on a finished run trains only the five Table 6 / hard-label students (60 steps
+    in smoke) and the report gains the ablation table next to the paper's numbers."""
+    workdir, _ = smoke_run
+    proc = run(workdir, "--ablation")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stderr.count("running") == 5, proc.stderr[-4000:]
+    report = json.load(open(os.path.join(workdir, "report.json")))
+    rows = {r["name"]: r for r in report["ablation"]}
+    assert len(rows) == 7
+    assert rows["NoisyStudent"]["paper_top_1"] == 84.9
+    for name in ("student w/o Aug", "student w/o Aug, SD, Dropout",
+                 "teacher w. Aug, SD, Dropout (on the fly)", "NoisyStudent, hard pseudo-labels"):
+        assert rows[name]["global_step"] == 60 and 0.0 < rows[name]["top_1"] <= 1.0
+    assert "| student w/o Aug |" in open(os.path.join(workdir, "report.md")).read()
+    assert os.path.getsize(os.path.join(workdir, "ablation.png")) > 0
