@@ -387,3 +387,35 @@ def test_script_prints_the_table():
                          text=True, env=env, cwd=ROOT, timeout=120)
     assert bad.returncode != 0
     assert "efficientnet-b9" in bad.stderr.strip().splitlines()[-1]
+
+
+def test_fused_batch_norm_matches_keras_batch_norm():
+    """The fused training pass gives Keras BN's output and gradients; the moving mean is the
+    same and the moving variance uses the unbiased batch variance (n / (n - 1)), as the
+    reference's fused BN; inference and frozen layers are Keras BN itself."""
+    x = tf.constant(np.random.RandomState(0).normal(2, 3, (8, 5, 5, 4)).astype("float32"))
+    ref = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-3)
+    fused = eb.FusedBatchNorm(momentum=0.9, epsilon=1e-3)
+    for layer in (ref, fused):
+        layer.build(x.shape)
+        layer.gamma.assign(tf.linspace(0.5, 2.0, 4))
+        layer.beta.assign(tf.linspace(-1.0, 1.0, 4))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        y_ref, y_fused = ref(x, training=True), fused(x, training=True)
+        loss_ref = tf.reduce_sum(y_ref * tf.sin(y_ref))
+        loss_fused = tf.reduce_sum(y_fused * tf.sin(y_fused))
+    np.testing.assert_allclose(y_fused, y_ref, atol=1e-5)
+    for a, b in ((ref.gamma, fused.gamma), (ref.beta, fused.beta)):
+        np.testing.assert_allclose(tape.gradient(loss_fused, b), tape.gradient(loss_ref, a),
+                                   rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(tape.gradient(loss_fused, x), tape.gradient(loss_ref, x),
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(fused.moving_mean, ref.moving_mean, atol=1e-6)
+    n = 8 * 5 * 5
+    np.testing.assert_allclose(fused.moving_variance - 0.9,
+                               (ref.moving_variance - 0.9) * n / (n - 1), rtol=1e-5)
+    fused.moving_variance.assign(ref.moving_variance)
+    np.testing.assert_allclose(fused(x, training=False), ref(x, training=False), atol=1e-5)
+    fused.trainable = ref.trainable = False
+    np.testing.assert_allclose(fused(x, training=True), ref(x, training=True), atol=1e-5)
