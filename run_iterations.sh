@@ -12,8 +12,9 @@
 #
 # Produces in the workdir: data/{labeled,unlabeled,test}, teacher/, iter{1,2,3}/{labels,filtered,
 # student}/, ablation/ (with --ablation), report.json, report.md and plots (top-1 per iteration,
-# pseudo-label quality, class balance, ablation). Every stage writes to a temporary name and renames when done; rerunning the same
-# command skips finished stages and resumes the unfinished one from its last checkpoint.
+# pseudo-label quality, class balance, ablation). Every stage writes to a temporary name and
+# renames when done; rerunning the same command skips finished stages and resumes the unfinished
+# one from its last checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -28,7 +29,7 @@ for arg in "$@"; do
     --student_depths=*) STUDENT_DEPTHS=${arg#*=} ;;
     --skip_setup) SKIP_SETUP=1 ;;
     --ablation) ABLATION=1 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "error: unknown argument $arg (use --preset=smoke|quick|full --workdir=DIR --seed=N" \
             "--student_widths=W1,W2,W3 --student_depths=D1,D2,D3 --ablation)" >&2; exit 2 ;;
   esac
