@@ -304,8 +304,8 @@ class FusedBatchNorm(layers.BatchNormalization):
     (tf.layers.BatchNormalization(fused=True)). Keras 3 computes moments and normalises with
     separate ops, which costs a large share of a small convnet's step on CPU. Inference, frozen
     (trainable=False) layers and non-NHWC inputs take the Keras path unchanged.
-    NOTE: like the reference's fused BN, the moving variance is updated with the unbiased
-    (Bessel-corrected) batch variance; Keras' own BN uses the biased one."""
+    As in the reference's fused BN (not Keras'), the moving variance is updated with the unbiased
+    (Bessel-corrected) batch variance."""
 
     def call(self, inputs, training=None, mask=None):
         if not (training and self.trainable) or mask is not None or len(inputs.shape) != 4 \
