@@ -209,8 +209,11 @@ def weight_decay_loss(model, weight_decay):
 class TF1RMSprop(keras.optimizers.RMSprop):
     """RMSProp as in TF1 (the reference): the mean-square slot starts at 1.0, not 0.
 
-    The update is otherwise Keras': ms = rho ms + (1 - rho) g^2; mom = m mom + lr g / sqrt(ms + eps).
-    Starting ms at 0 makes the first steps ~1/sqrt(1 - rho) = 3x larger, a different optimizer.
+    The update is otherwise Keras': ms = rho ms + (1 - rho) g^2; mom = m mom + lr g / sqrt(ms + eps);
+    var -= mom. Starting ms at 0 makes the first steps ~1/sqrt(1 - rho) = 3x larger, a different
+    optimizer. With momentum (the reference's 0.9) each variable is updated by TF1's own fused
+    kernel, ResourceApplyRMSProp: one op instead of Keras' dozen small ones per variable.
+    Call build() eagerly: the ms = 1 initial value is assigned there.
     """
 
     def build(self, var_list):
@@ -220,10 +223,27 @@ class TF1RMSprop(keras.optimizers.RMSprop):
         for v in self._velocities:
             v.assign(tf.ones_like(v))
 
+    def update_step(self, gradient, variable, learning_rate):
+        if self.centered or self.momentum == 0:
+            return super().update_step(gradient, variable, learning_rate)
+        i = self._get_variable_index(variable)
+        dtype = variable.dtype
+        tf.raw_ops.ResourceApplyRMSProp(
+            var=_handle(variable), ms=_handle(self._velocities[i]), mom=_handle(self._momentums[i]),
+            lr=tf.cast(learning_rate, dtype), rho=tf.cast(self.rho, dtype),
+            momentum=tf.cast(self.momentum, dtype), epsilon=tf.cast(self.epsilon, dtype),
+            grad=tf.cast(gradient, dtype))
+
+
+def _handle(variable):
+    """The resource handle of a Keras or tf.Variable (inside strategy.update: this replica's)."""
+    return (variable.value if isinstance(variable, keras.Variable) else variable).handle
+
 
 def ema_update(ema_weights, weights, decay):
+    """ema -= (1 - decay) (ema - w) for each pair: the reference's ExponentialMovingAverage."""
     for e, w in zip(ema_weights, weights):
-        e.assign(decay * e + (1.0 - decay) * w)
+        e.assign_sub((1.0 - decay) * (e - w))
 
 
 def float_weights(model):

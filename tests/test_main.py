@@ -60,6 +60,32 @@ def test_tf1_rmsprop_starts_mean_square_at_one():
     assert abs(1 - keras_var.numpy()[0]) > 2.5 * abs(1 - var.numpy()[0])
 
 
+def test_tf1_rmsprop_fused_kernel_matches_the_update_rule():
+    rho, mom, lr, eps = 0.9, 0.9, 0.05, 1e-3
+    grads = [np.array([0.5, -2.0], np.float32), np.array([1.0, 0.1], np.float32),
+             np.array([-0.3, 0.7], np.float32)]
+    var = tf.Variable([1.0, -1.0])
+    opt = main.TF1RMSprop(learning_rate=lr, rho=rho, momentum=mom, epsilon=eps)
+    opt.build([var])                                   # eagerly, as Trainer does
+    step = tf.function(lambda g: opt.apply_gradients([(g, var)]))
+    w, ms, m = np.array([1.0, -1.0]), np.ones(2), np.zeros(2)
+    for g in grads:
+        step(tf.constant(g))
+        ms = rho * ms + (1 - rho) * g * g
+        m = mom * m + lr * g / np.sqrt(ms + eps)
+        w = w - m
+    np.testing.assert_allclose(var.numpy(), w, rtol=1e-5)
+    np.testing.assert_allclose(opt._velocities[0].numpy(), ms, rtol=1e-5)
+
+
+def test_ema_update_moves_toward_the_weights():
+    ema, w = tf.Variable([1.0, 3.0]), tf.Variable([2.0, -1.0])
+    main.ema_update([ema], [w], 0.75)
+    np.testing.assert_allclose(ema.numpy(), [0.75 * 1 + 0.25 * 2, 0.75 * 3 - 0.25], rtol=1e-6)
+    main.ema_update([ema], [w], 0.0)                   # decay 0 copies the weights
+    np.testing.assert_allclose(ema.numpy(), w.numpy())
+
+
 def test_soft_hard_and_tempered_targets():
     p = tf.constant([[0.7, 0.2, 0.1]])
     assert np.allclose(main.pseudo_label_targets(p, "soft", 1.0, 0.1), p)
