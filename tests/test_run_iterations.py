@@ -19,7 +19,7 @@ def run(workdir, *extra):
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("smoke"))
-    proc = run(workdir)
+    proc = run(workdir, "--unlabel_ratios=1,2,1")
     assert proc.returncode == 0, proc.stderr[-4000:]
     return workdir, proc
 
@@ -45,6 +45,9 @@ def test_smoke_report_has_every_model_and_iteration(smoke_run):
                  "class_balance.png"):
         assert os.path.getsize(os.path.join(workdir, name)) > 0
     assert "student 3" in proc.stdout               # the final table is printed
+    ratios = [json.load(open(os.path.join(workdir, f"iter{i}", "student", "flags.json")))
+              ["unlabel_ratio"] for i in (1, 2, 3)]
+    assert ratios == [1, 2, 1]                        # --unlabel_ratios, one per iteration
 
 
 def test_smoke_rerun_skips_finished_stages(smoke_run):
