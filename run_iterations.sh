@@ -65,8 +65,8 @@ case "$PRESET" in
   full)   # the reproduction: ~40 minutes on 2 cores; students see as many labeled epochs as the teacher
     NET=(--model_name=efficientnet-b0 --width_coefficient=0.25 --depth_coefficient=0.25)
     TEACHER=(--train_epochs=50 "${SCHEDULE[@]}")
-    # As the paper's iterations (ratio 14, 14, then 28) the unlabeled batch grows; here from the
-    # start, since a same-size student at ratio 1 gains little over the previous one (seed 1: -0.5).
+    # NOTE: the paper's unlabeled batch is 14, 14, then 28 labeled batches; here it grows every
+    # iteration (1, 2, 3): at ratio 1 a same-size second student gained little or lost (seed 1: -0.5).
     STUDENT=(--train_epochs=50 "${SCHEDULE[@]}"); RATIOS=1,2,3
     UNLABELED_SHARDS='*'; PER_CLASS=5000; EVAL_ROBUSTNESS=1; ROBUST_EXAMPLES=1000 ;;
   *) echo "error: --preset=$PRESET is not one of smoke, quick, full" >&2; exit 2 ;;
