@@ -30,12 +30,16 @@ def read_json(path):
 
 
 def model_entry(name, model_dir):
-    """One row: architecture from model.json, accuracy from eval_results.json, robustness if any."""
+    """One row: architecture from model.json, the unlabeled batch ratio from flags.json, accuracy
+    from eval_results.json, robustness if any."""
     config = read_json(os.path.join(model_dir, "model.json")) or {}
     results = read_json(os.path.join(model_dir, "eval_results.json")) or {}
+    flags = read_json(os.path.join(model_dir, "flags.json")) or {}
     entry = {"name": name, "model_dir": model_dir,
              "architecture": {k: config.get(k) for k in ("model_name", "width", "depth",
                                                           "image_size", "small_image")},
+             "unlabel_ratio": flags.get("unlabel_ratio") if flags.get("unlabel_data_dir") or
+             flags.get("teacher_model_dir") else None,
              "top_1": results.get("top_1"), "top_5": results.get("top_5"),
              "global_step": results.get("global_step")}
     robustness = read_json(os.path.join(model_dir, "robustness.json"))
@@ -114,11 +118,13 @@ def fmt(x, scale=100.0, digits=2):
 
 
 def markdown(report):
-    lines = ["| model | architecture | top-1 | top-5 | step |", "|---|---|---|---|---|"]
+    lines = ["| model | architecture | unlabeled ratio | top-1 | top-5 | step |",
+             "|---|---|---|---|---|---|"]
     for m in report["models"]:
         a = m["architecture"]
         arch = f"{a['model_name']} w{a['width'] or 1} d{a['depth'] or 1} @{a['image_size']}"
-        lines.append(f"| {m['name']} | {arch} | {fmt(m['top_1'])} | {fmt(m['top_5'])} | "
+        ratio = "-" if m.get("unlabel_ratio") is None else f"{m['unlabel_ratio']:g}"
+        lines.append(f"| {m['name']} | {arch} | {ratio} | {fmt(m['top_1'])} | {fmt(m['top_5'])} | "
                      f"{m['global_step'] or '-'} |")
     lines += ["", "| iteration | pseudo-label accuracy (all) | after filter+balance | images "
               "(unique) |", "|---|---|---|---|"]
