@@ -2,9 +2,9 @@
 keras.applications.EfficientNetB0 at the same resolution and batch, and the cost of the
 RandAugment input pipeline.
 
-    python bench/train_throughput.py --batch_size=128 --steps=30 > bench/train_throughput.md
+    python bench/train_throughput.py --batch_size=128 --steps=20 --repeats=5 > bench/train_throughput.md
 
-Three measurements, one process, same machine:
+Two tables, one process, same machine, every figure the median of interleaved rounds:
   1. model step only (in-memory batch): ours (main.Trainer: RMSProp, EMA, weight decay, label
      smoothing) for several sizes, and keras.applications.EfficientNetB0 with the same loss and
      optimizer in an equivalent tf.function step;
@@ -28,7 +28,8 @@ import data
 import main as main_lib
 
 flags.DEFINE_integer("batch_size", 128, "Global batch size.")
-flags.DEFINE_integer("steps", 30, "Timed steps (after 5 warm-up steps).")
+flags.DEFINE_integer("steps", 20, "Timed steps per round (after 10 untimed steps).")
+flags.DEFINE_integer("repeats", 5, "Rounds; each figure is the median over them.")
 flags.DEFINE_string("configs", "w0.25d0.25s,w0.5d0.5s,w1d1s,w1d1", "Our models: width, depth, "
                     "s = small-image variant (stride-1 blocks 2-3).")
 flags.DEFINE_string("pipeline_configs", "w1d1,w0.25d0.25s", "Models whose step is also timed fed "
@@ -44,22 +45,38 @@ def parse(spec):
                 stochastic_depth_rate=0.2, mean=[72.9], std=[90.0])
 
 
-def time_steps(step, it, steps, batch):
-    for _ in range(5):
-        float(step(it)["loss"])
-    t = time.time()
-    for _ in range(steps):
-        out = step(it)
-    float(out["loss"])
-    return steps * batch / (time.time() - t)
+def timer(step, it, steps, batch):
+    """A function that runs 10 untimed steps (trace, warm-up, and a tf.data pipeline's prefetch
+    buffers filled while other contenders ran are drained), then times `steps` steps in img/s."""
+    def timed():
+        for _ in range(10):
+            float(step(it)["loss"])
+        t = time.time()
+        for _ in range(steps):
+            out = step(it)
+        float(out["loss"])
+        return steps * batch / (time.time() - t)
+    return timed
 
 
-def ours(cfg, dataset, batch):
+def interleaved(timers, repeats):
+    """Median img/s per name over `repeats` rounds that run every timer once, so that a slow
+    spell of the machine hits all contenders alike instead of one of them."""
+    runs = {name: [] for name in timers}
+    for _ in range(repeats):
+        for name, timed in timers.items():
+            runs[name].append(timed())
+    return {name: float(np.median(v)) for name, v in runs.items()}
+
+
+def ours(cfg, datasets, batch):
+    """Timers of our training step (main.Trainer), one per input dataset."""
     strategy = tf.distribute.get_strategy()
     t = main_lib.Trainer(strategy, cfg, peak_lr=0.01, warmup_steps=0, decay_steps=100,
                          decay_factor=0.97, weight_decay=1e-5, label_smoothing=0.1,
                          ema_decay_rate=0.9999, seed=0)
-    return time_steps(t.make_train_step(batch, 0), iter(dataset), FLAGS.steps, batch)
+    step = t.make_train_step(batch, 0)
+    return {name: timer(step, iter(ds), FLAGS.steps, batch) for name, ds in datasets.items()}
 
 
 def keras_b0(dataset, batch):
@@ -77,7 +94,7 @@ def keras_b0(dataset, batch):
         grads = tape.gradient(loss, model.trainable_variables)
         opt.apply_gradients(zip(grads, model.trainable_variables))
         return {"loss": loss}
-    return time_steps(step, iter(dataset), FLAGS.steps, batch)
+    return timer(step, iter(dataset), FLAGS.steps, batch)
 
 
 def main(_):
@@ -90,31 +107,38 @@ def main(_):
     print(f"Machine: {platform.machine()}, {os.cpu_count()} cores, "
           f"{open('/proc/cpuinfo').read().split('model name')[1].split(':')[1].splitlines()[0].strip()}; "
           f"TF {tf.__version__}, Keras {keras.__version__}; date {time.strftime('%Y-%m-%d')}\n")
+    print(f"Each figure: the median of {FLAGS.repeats} rounds; a round times every contender of its "
+          f"table once ({FLAGS.steps} steps each, after 10 untimed steps).\n")
     print("| model | params | img/s (step only) |\n|---|---|---|")
-    kb0 = keras_b0(synthetic, b)
+    specs = FLAGS.configs.split(",")
+    timers = {"keras": keras_b0(synthetic, b)}
+    for spec in specs:
+        timers.update({spec: ours(parse(spec), {"in-memory": synthetic}, b)["in-memory"]})
+    ips = interleaved(timers, FLAGS.repeats)
+    kb0 = ips["keras"]
     print(f"| keras.applications.EfficientNetB0 (same loss/optimizer) | "
           f"{keras.applications.EfficientNetB0(weights=None, input_shape=(32, 32, 1), classes=10).count_params():,} | {kb0:.0f} |")
-    for spec in FLAGS.configs.split(","):
+    for spec in specs:
         cfg = parse(spec)
         n = main_lib.num_params(main_lib.efficientnet_builder.build_model(**main_lib.build_kwargs(cfg)))
-        ips = ours(cfg, synthetic, b)
         print(f"| ours {spec} ({'small-image' if cfg['small_image'] else 'standard strides'}) | "
-              f"{n:,} | {ips:.0f} ({ips / kb0:.2f}x keras) |", flush=True)
+              f"{n:,} | {ips[spec]:.0f} ({ips[spec] / kb0:.2f}x keras) |", flush=True)
     if FLAGS.pipeline_configs:
         info = data.DATASETS["fashion_mnist"]
         data.prepare_fashion_mnist("data/fashion_mnist")
         print("\n| model | in-memory batch img/s | tf.data basic (crop+flip) | tf.data RandAugment "
               "N=2 M=10 + cutout |\n|---|---|---|---|")
         for spec in FLAGS.pipeline_configs.split(","):
-            cfg = parse(spec)
-            base = ours(cfg, synthetic, b)
-            row = [f"ours {spec}", f"{base:.0f}"]
+            sources = {"in-memory": synthetic}
             for aug in ("basic", "randaugment"):
-                ds = data.labeled_dataset("data/fashion_mnist/labeled", info, 32, b,
-                                          is_training=True, augment_name=aug, randaug_layer=2,
-                                          randaug_mag=10)
-                ips = ours(cfg, ds, b)
-                row.append(f"{ips:.0f} ({100 * (1 - ips / base):+.1f}% slower)")
+                sources[aug] = data.labeled_dataset("data/fashion_mnist/labeled", info, 32, b,
+                                                    is_training=True, augment_name=aug,
+                                                    randaug_layer=2, randaug_mag=10)
+            ips = interleaved(ours(parse(spec), sources, b), FLAGS.repeats)
+            base = ips["in-memory"]
+            row = [f"ours {spec}", f"{base:.0f}"] + [
+                f"{ips[aug]:.0f} ({100 * (1 - ips[aug] / base):+.1f}% slower)"
+                for aug in ("basic", "randaugment")]
             print("| " + " | ".join(row) + " |", flush=True)
 
 
