@@ -72,6 +72,8 @@ case "$PRESET" in
   *) echo "error: --preset=$PRESET is not one of smoke, quick, full" >&2; exit 2 ;;
 esac
 RATIOS=${RATIOS_FLAG:-$RATIOS}
+[[ "$RATIOS" =~ ^[0-9.]+,[0-9.]+,[0-9.]+$ ]] || {
+  echo "error: --unlabel_ratios=$RATIOS must be three numbers, one per iteration (e.g. 1,2,3)" >&2; exit 2; }
 
 log() { echo "[$(date +%H:%M:%S)] run_iterations ($PRESET): $*" >&2; }
 # done_or_run DONE_FILE NAME CMD...: run CMD unless DONE_FILE exists (stages rename outputs into place).

@@ -66,6 +66,15 @@ def test_unknown_preset_is_one_line(tmp_path):
     assert proc.stderr.strip() == "error: --preset=huge is not one of smoke, quick, full"
 
 
+def test_bad_unlabel_ratios_is_one_line_before_any_work(tmp_path):
+    proc = subprocess.run(["bash", "run_iterations.sh", "--unlabel_ratios=1,2", "--skip_setup",
+                           f"--workdir={tmp_path}/run"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("error: --unlabel_ratios=1,2 must be three numbers, one per "
+                                   "iteration (e.g. 1,2,3)")
+    assert not os.path.exists(tmp_path / "run")
+
+
 def test_smoke_ablation_adds_table6_rows(smoke_run):
     """--ablation on a finished run trains only the five Table 6 / hard-label students (60 steps
     in smoke) and the report gains the ablation table next to the paper's numbers."""
