@@ -275,7 +275,7 @@ class StochasticDepth(keras.layers.Layer):
         shape = (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
         mask = ops.floor(keep + keras.random.uniform(shape, seed=self.seed_generator,
                                                       dtype=x.dtype))
-        return x / keep * mask
+        return x * (mask / keep)  # one full-size multiply
 
     def get_config(self):
         return {**super().get_config(), "rate": self.rate, "seed": self.seed}
@@ -311,13 +311,14 @@ class FusedBatchNorm(layers.BatchNormalization):
         if not (training and self.trainable) or mask is not None or len(inputs.shape) != 4 \
                 or self.axis not in (-1, 3) or inputs.dtype != tf.float32:
             return super().call(inputs, training=training, mask=mask)
-        empty = tf.constant([], tf.float32)
-        y, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-            x=inputs, scale=self.gamma, offset=self.beta, mean=empty, variance=empty,
-            epsilon=self.epsilon, data_format="NHWC", is_training=True)
-        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
-        self.moving_variance.assign(self.moving_variance * self.momentum
-                                    + variance * (1.0 - self.momentum))
+        # With exponential_avg_factor = 1 - momentum the kernel returns the updated moving
+        # statistics itself (TF1's fused BN did the same), so the update is two assigns.
+        y, moving_mean, moving_variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+            x=inputs, scale=self.gamma, offset=self.beta, mean=self.moving_mean,
+            variance=self.moving_variance, epsilon=self.epsilon,
+            exponential_avg_factor=1.0 - self.momentum, data_format="NHWC", is_training=True)
+        self.moving_mean.assign(moving_mean)
+        self.moving_variance.assign(moving_variance)
         return y
 
 
