@@ -385,3 +385,122 @@ def test_every_op_in_a_tf_data_map_equals_eager(name, fashion, photo):
         ds = tf.data.Dataset.from_tensors(image).map(
             lambda x: ra.NAME_TO_FUNC[name](x, *args, **kwargs))  # noqa: B023 (used at once)
         np.testing.assert_array_equal(next(iter(ds)).numpy(), eager)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch ops: the same op on a batch (B, H, W, C) = the single-image op on each image, stacked.
+# ---------------------------------------------------------------------------------------------
+# At 4.3, 9.2 and 15 (Rotate 12.9, 27.6 and 45 degrees) TF's float32 sin/cos of a vector differ
+# from those of a scalar in the last bit, and at 45 degrees that moves pixels (see rotate).
+BATCH_MAGNITUDES = (0, 4.3, 5, 9.2, 10, 15, 27)
+
+
+@pytest.fixture(scope="module")
+def fashion_batch():
+    """16 Fashion-MNIST images (32, 32, 1), every fourth dimmed."""
+    images = ra.load_fashion_mnist(16).copy()
+    images[::4] = _dimmed(images[::4])
+    return images
+
+
+@pytest.fixture(scope="module")
+def photo_batch():
+    """16 crops (40, 40, 3) of the colour photo at different offsets, every fourth dimmed."""
+    path = ra.sample_photo_path()
+    if path is None:
+        pytest.skip("no colour photo shipped by an installed package (matplotlib sample data)")
+    image = ra.load_photo(path, 72)
+    crops = np.stack([image[2 * i:2 * i + 40, i:i + 40] for i in range(16)])
+    crops[::4] = _dimmed(crops[::4])
+    return crops
+
+
+@pytest.fixture(params=["fashion_batch", "photo_batch"])
+def batch(request):
+    return request.getfixturevalue(request.param)
+
+
+def per_image_cases(name, batch, same_magnitude):
+    """[(args, kwargs)] for each image, and the same as batch arguments (one value per image).
+
+    same_magnitude=M: every image at M (as in a RandAugment layer), alternating signs for
+    geometric ops. same_magnitude=None: the magnitude cycles through BATCH_MAGNITUDES over the
+    images. Cutout: a different centre per image, some clipped by the border.
+    """
+    size, height, width = batch.shape[:3]
+    consts = dict(cutout_const=4, translate_const=4) if height <= 32 else \
+        dict(cutout_const=12, translate_const=30)
+    magnitudes = [same_magnitude if same_magnitude is not None else
+                  BATCH_MAGNITUDES[i % len(BATCH_MAGNITUDES)] for i in range(size)]
+    args = [ra.level_to_arg(name, m, **consts) for m in magnitudes]
+    if name in ra.SIGNED_OPS:
+        args = [(a[0] * (-1) ** i,) for i, a in enumerate(args)]
+    kwargs = [{}] * size
+    if name == "Cutout":
+        kwargs = [{"center": ((7 * i) % height, (height - 5 * i) % width)} for i in range(size)]
+    batch_args = tuple(np.array(column) for column in zip(*args))
+    batch_kwargs = {}
+    if name == "Cutout":
+        batch_kwargs = {"center": tuple(np.array(c) for c in zip(*(k["center"] for k in kwargs)))}
+    return list(zip(args, kwargs)), batch_args, batch_kwargs
+
+
+@pytest.mark.parametrize("same_magnitude", [0, 5, 10, 15, 27, None])
+@pytest.mark.parametrize("name", ra.AVAILABLE_OPS)
+def test_batch_op_equals_the_single_image_op_stacked(name, same_magnitude, batch):
+    """Exact uint8 equality, eagerly and in a graph with an unknown batch dimension."""
+    op = ra.NAME_TO_FUNC[name]
+    cases, batch_args, batch_kwargs = per_image_cases(name, batch, same_magnitude)
+    expected = np.stack([op(image, *args, **kwargs).numpy()
+                         for image, (args, kwargs) in zip(batch, cases)])
+    eager = op(batch, *batch_args, **batch_kwargs).numpy()
+    assert eager.dtype == np.uint8 and eager.shape == batch.shape
+    np.testing.assert_array_equal(eager, expected)
+    graph_op = tf.function(lambda images: op(images, *batch_args, **batch_kwargs),
+                           input_signature=[tf.TensorSpec((None,) + batch.shape[1:], tf.uint8)])
+    np.testing.assert_array_equal(graph_op(batch).numpy(), expected)
+    if not (name == "Color" and batch.shape[-1] == 1):  # grey Color is the identity
+        assert not np.array_equal(expected, batch) or same_magnitude in (0, 5), \
+            f"{name} changed no image: the comparison proves little"
+
+
+@pytest.mark.parametrize("name", ra.AVAILABLE_OPS)
+def test_batch_op_takes_shared_scalar_arguments_and_an_empty_batch(name, fashion_batch):
+    op = ra.NAME_TO_FUNC[name]
+    args = ra.level_to_arg(name, 10, cutout_const=4, translate_const=4)
+    kwargs = {"center": (5, 20)} if name == "Cutout" else {}
+    expected = np.stack([op(image, *args, **kwargs).numpy() for image in fashion_batch[:4]])
+    np.testing.assert_array_equal(op(fashion_batch[:4], *args, **kwargs).numpy(), expected)
+    empty = op(fashion_batch[:0], *args, **kwargs).numpy()
+    assert empty.shape == (0, 32, 32, 1) and empty.dtype == np.uint8
+
+
+def test_sharpness_smooths_as_the_reference_valid_convolution(batch):
+    """At factor 0 Sharpness returns its smoothed image: on the interior exactly the reference's
+    "VALID" depthwise convolution, truncated; on the one-pixel border the image itself."""
+    channels = batch.shape[-1]
+    kernel = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13.0
+    kernel = tf.tile(kernel[:, :, None, None], [1, 1, channels, 1])
+    smooth = tf.nn.depthwise_conv2d(tf.cast(batch, tf.float32), kernel, [1, 1, 1, 1], "VALID")
+    expected = batch.copy()
+    expected[:, 1:-1, 1:-1] = tf.cast(tf.clip_by_value(smooth, 0.0, 255.0), tf.uint8).numpy()
+    np.testing.assert_array_equal(ra.sharpness(batch, 0.0).numpy(), expected)
+    np.testing.assert_array_equal(ra.sharpness(batch[3], 0.0).numpy(), expected[3])
+
+
+def test_cutout_on_a_batch_draws_a_centre_per_image():
+    """As data.py calls it after batching: each image gets one clipped 16 x 16 square of 128 at
+    its own random centre."""
+    images = np.zeros([64, 32, 32, 1], np.uint8)
+    out = ra.cutout(images, pad_size=8, replace=128).numpy()
+    assert out.shape == images.shape and set(np.unique(out)) <= {0, 128}
+    boxes = set()
+    for square in out[..., 0] == 128:
+        rows, cols = np.flatnonzero(square.any(1)), np.flatnonzero(square.any(0))
+        assert len(rows) and len(cols), "an image without a square"
+        (y0, y1), (x0, x1) = (rows[0], rows[-1] + 1), (cols[0], cols[-1] + 1)
+        assert square[y0:y1, x0:x1].all() and square.sum() == (y1 - y0) * (x1 - x0)
+        for lo, hi in ((y0, y1), (x0, x1)):  # 16 wide unless clipped by the border
+            assert hi - lo == 16 or (lo == 0 and 8 <= hi < 16) or (hi == 32 and 16 < lo < 24)
+        boxes.add((y0, y1, x0, x1))
+    assert len(boxes) >= 32, f"only {len(boxes)} different squares in 64 images"
