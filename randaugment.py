@@ -18,12 +18,18 @@ What the reference does, and so what this file does:
   2 * (image_size // 4) px with fill 128 (data.py does that; this file provides `cutout`).
 Unlike the reference, every op also takes 1-channel (grayscale) images.
 
+Two entry points with the same per-image semantics and distribution:
+- distort_image_with_randaugment(image, N, M, ...): one image (H, W, C), for a per-image
+  tf.data map (as the reference). Each layer runs only the chosen op (tf.switch_case).
+- distort_batch_with_randaugment(images, N, M, ...): a batch (B, H, W, C), for a map after
+  .batch(); B may be unknown or 0. Each layer draws one op per image, splits the batch by op
+  (tf.dynamic_partition), runs each op once on its images and puts them back in order
+  (tf.dynamic_stitch): ~16 large ops per layer and batch instead of one small op per image.
 Every op (autocontrast, ..., cutout; NAME_TO_FUNC) has one implementation, written for a batch
-(B, H, W, C) with per-image statistics (min/max, histogram, mean) and per-image arguments (a
-scalar shared by the batch, or one value per image: a sign, a Cutout centre); given one image
-(H, W, C) it runs it as a batch of one. apply_op draws the reference's random sign / Cutout
-centre per image, and cutout(images, pad_size) on a batch draws a centre per image (data.py's
-extra cutout).
+with per-image statistics (min/max, histogram, mean) and per-image arguments (a scalar shared by
+the batch, or one value per image: a sign, a Cutout centre); given one image (H, W, C) it runs it
+as a batch of one. apply_op draws the reference's random sign / Cutout centre per image, and
+cutout(images, pad_size) on a batch draws a centre per image (data.py's extra cutout).
 
 Run as a script to draw every op at a few magnitudes on real images (Fashion-MNIST padded to
 32 px, and a colour photo shipped with matplotlib):
@@ -463,7 +469,7 @@ def distort_image_with_randaugment(image, num_layers, magnitude, cutout_const=40
 
     Args:
       image: uint8 (H, W, C), C = 1 or 3 (static), one image (call it inside a tf.data map for a
-        per-image choice).
+        per-image choice; for a batch, distort_batch_with_randaugment is much cheaper).
       num_layers: N, the number of ops applied in sequence (the paper: 2).
       magnitude: M, a Python number >= 0 shared by all ops (the paper: 27; 10 = top of the
         original range).
@@ -488,6 +494,51 @@ def distort_image_with_randaugment(image, num_layers, magnitude, cutout_const=40
             out.set_shape(image.shape)
             image = out
     return image
+
+
+def _randaugment_batch_layer(images, magnitude, cutout_const, translate_const,
+                             magnitude_policy):
+    """One RandAugment layer on a batch: each image gets one op chosen uniformly at random.
+
+    The batch is split by chosen op (tf.dynamic_partition; a part may be empty), each op runs
+    once on its part, and the results are put back in the images' order (tf.dynamic_stitch).
+    """
+    num_ops = len(AVAILABLE_OPS)
+    batch_size = tf.shape(images)[0]
+    op_index = tf.random.uniform([batch_size], maxval=num_ops, dtype=tf.int32)
+    positions = tf.dynamic_partition(tf.range(batch_size), op_index, num_ops)
+    parts = tf.dynamic_partition(images, op_index, num_ops)
+    outs = [apply_op(part, name, magnitude, cutout_const, translate_const, magnitude_policy)
+            for name, part in zip(AVAILABLE_OPS, parts)]
+    out = tf.dynamic_stitch(positions, outs)
+    out.set_shape(images.shape)
+    return out
+
+
+def distort_batch_with_randaugment(images, num_layers, magnitude, cutout_const=40,
+                                   translate_const=100, magnitude_policy="reference"):
+    """RandAugment on a batch, with the per-image semantics of distort_image_with_randaugment.
+
+    `num_layers` times, every image independently picks one op uniformly at random and gets it
+    at magnitude M (with its own random sign for geometric ops and its own Cutout centre), as if
+    distort_image_with_randaugment had run on each image. Each layer runs each of the 16 ops
+    once, on the images that picked it: a few large ops per batch instead of many small ones
+    per image. Use it after .batch() in a tf.data pipeline.
+
+    Args:
+      images: uint8 (B, H, W, C), C = 1 or 3 (static); B may be unknown (None) and may be 0.
+      num_layers, magnitude, cutout_const, translate_const, magnitude_policy: as in
+        distort_image_with_randaugment.
+    Returns:
+      uint8 batch of the same shape.
+    """
+    images = _check_uint8(images, ranks=(4,))
+    _check_randaugment_args(magnitude, cutout_const, translate_const, magnitude_policy)
+    for layer in range(num_layers):
+        with tf.name_scope(f"randaug_batch_layer_{layer}"):
+            images = _randaugment_batch_layer(images, magnitude, cutout_const, translate_const,
+                                              magnitude_policy)
+    return images
 
 
 # ---------------------------------------------------------------------------------------------

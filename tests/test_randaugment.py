@@ -504,3 +504,118 @@ def test_cutout_on_a_batch_draws_a_centre_per_image():
             assert hi - lo == 16 or (lo == 0 and 8 <= hi < 16) or (hi == 32 and 16 < lo < 24)
         boxes.add((y0, y1, x0, x1))
     assert len(boxes) >= 32, f"only {len(boxes)} different squares in 64 images"
+
+
+# ---------------------------------------------------------------------------------------------
+# distort_batch_with_randaugment.
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("magnitude,policy", [(0, "reference"), (10, "reference"),
+                                              (27, "reference"), (27, "increasing")])
+def test_distort_batch_keeps_dtype_and_shape(magnitude, policy, batch):
+    out = ra.distort_batch_with_randaugment(batch, 2, magnitude, cutout_const=4,
+                                            translate_const=4, magnitude_policy=policy)
+    assert out.dtype == tf.uint8 and out.shape == batch.shape
+
+
+def test_distort_batch_zero_layers_is_the_identity(fashion_batch):
+    np.testing.assert_array_equal(ra.distort_batch_with_randaugment(fashion_batch, 0, 27),
+                                  fashion_batch)
+
+
+def test_distort_batch_chooses_the_op_per_image_in_tf_data(fashion):
+    """64 copies of one image, batched and then distorted in a tf.data map (graph mode, unknown
+    batch dimension), N = 1: every output is one op's result (= the single-image op exactly),
+    and the batch holds many different ops."""
+    image, consts, magnitude = fashion[1], dict(cutout_const=4, translate_const=4), 10
+    ds = tf.data.Dataset.from_tensors(image).repeat(64).batch(64).map(
+        lambda x: ra.distort_batch_with_randaugment(x, 1, magnitude, **consts))
+    assert ds.element_spec.shape.as_list() == [None, 32, 32, 1]
+    batch = next(iter(ds)).numpy()
+    explained = [possible_ops(image, out, magnitude, consts) for out in batch]
+    assert all(explained), "an output no single op explains"
+    assert len(set(explained)) >= 8, f"only {len(set(explained))} different ops in the batch"
+
+
+def identify_op(image, magnitude, consts):
+    """A function out -> (op name, sign) for the outputs of one layer on `image`, after
+    checking that every (op, sign) gives a different output (Cutout: by its square of 128)."""
+    outputs = {}
+    for name in ra.AVAILABLE_OPS:
+        if name == "Cutout":
+            continue
+        args = ra.level_to_arg(name, magnitude, **consts)
+        for sign in ((1, -1) if name in ra.SIGNED_OPS else (1,)):
+            signed = (sign * args[0],) + args[1:] if args else args
+            key = ra.NAME_TO_FUNC[name](image, *signed).numpy().tobytes()
+            assert key not in outputs, f"{name} {sign} = {outputs[key]} on this image"
+            outputs[key] = (name, sign)
+    pad = ra.level_to_arg("Cutout", magnitude, **consts)[0]
+
+    def identify(out):
+        if out.tobytes() in outputs:
+            return outputs[out.tobytes()]
+        changed = np.argwhere(np.any(out != image, axis=-1))
+        (y0, x0), (y1, x1) = changed.min(0), changed.max(0)
+        assert max(y1 - y0, x1 - x0) < 2 * pad and np.all(out[out != image] == 128), \
+            "an output no single op explains"
+        return ("Cutout", 1)
+    return identify
+
+
+def test_distort_batch_op_choice_and_sign_are_uniform(fashion):
+    """One layer on 2048 copies of one image (seeded): the 16 ops are chosen uniformly
+    (chi-square, 15 degrees of freedom, p = 0.001) and each geometric op's sign is drawn per
+    image, balanced (chi-square, 5 degrees of freedom, p = 0.001).
+    M = 7 and a dimmed image make every (op, sign) give a different output."""
+    image, consts, magnitude = _dimmed(fashion[0]), dict(cutout_const=4, translate_const=4), 7
+    identify = identify_op(image, magnitude, consts)
+    tf.random.set_seed(1234)
+    batch = np.repeat(image[None], 2048, axis=0)
+    outs = ra.distort_batch_with_randaugment(batch, 1, magnitude, **consts).numpy()
+    chosen = [identify(out) for out in outs]
+    counts = np.array([sum(name == op for name, _ in chosen) for op in ra.AVAILABLE_OPS])
+    expected = len(outs) / len(ra.AVAILABLE_OPS)
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    assert chi2 < 37.7, f"op counts {dict(zip(ra.AVAILABLE_OPS, counts))}, chi2 = {chi2:.1f}"
+    signs = {op: np.array([sign for name, sign in chosen if name == op]) for op in ra.SIGNED_OPS}
+    chi2 = sum(s.sum() ** 2 / len(s) for s in signs.values())  # 5 degrees of freedom
+    assert chi2 < 20.5, {op: (np.sum(s > 0), np.sum(s < 0)) for op, s in signs.items()}
+
+
+def test_distort_batch_of_one_and_of_none(fashion):
+    consts, magnitude = dict(cutout_const=4, translate_const=4), 10
+    one = ra.distort_batch_with_randaugment(fashion[1][None], 1, magnitude, **consts).numpy()
+    assert one.shape == (1, 32, 32, 1) and possible_ops(fashion[1], one[0], magnitude, consts)
+    empty = np.zeros([0, 32, 32, 1], np.uint8)
+    out = ra.distort_batch_with_randaugment(empty, 2, magnitude, **consts)
+    assert out.shape == (0, 32, 32, 1) and out.dtype == tf.uint8
+    graph = tf.function(lambda x: ra.distort_batch_with_randaugment(x, 2, 27, **consts),
+                        input_signature=[tf.TensorSpec([None, 32, 32, 1], tf.uint8)])
+    assert graph(empty).shape == (0, 32, 32, 1)
+    assert graph(fashion[1][None]).shape == (1, 32, 32, 1)
+
+
+def test_distort_batch_in_tf_data_with_a_partial_last_batch(batch):
+    """.batch(6).map(...) over 16 images: batches of 6, 6 and 4 with an unknown batch
+    dimension at graph-build time; N = 2, M = 27."""
+    ds = tf.data.Dataset.from_tensor_slices(batch).batch(6).map(
+        lambda x: ra.distort_batch_with_randaugment(x, 2, 27, cutout_const=4, translate_const=4),
+        num_parallel_calls=2)
+    assert ds.element_spec.shape.as_list() == [None] + list(batch.shape[1:])
+    outs = list(ds.as_numpy_iterator())
+    assert [len(out) for out in outs] == [6, 6, 4]
+    assert all(out.dtype == np.uint8 and out.shape[1:] == batch.shape[1:] for out in outs)
+    assert not np.array_equal(np.concatenate(outs), batch)
+
+
+def test_distort_batch_rejects_bad_arguments(fashion_batch):
+    with pytest.raises(ValueError, match="shape"):
+        ra.distort_batch_with_randaugment(fashion_batch[0], 2, 10)  # one image, not a batch
+    with pytest.raises(ValueError, match="shape"):
+        ra.distort_image_with_randaugment(fashion_batch, 2, 10)  # a batch, not one image
+    with pytest.raises(ValueError, match="uint8"):
+        ra.distort_batch_with_randaugment(fashion_batch.astype(np.float32), 2, 10)
+    with pytest.raises(ValueError, match="magnitude_policy"):
+        ra.distort_batch_with_randaugment(fashion_batch, 2, 10, magnitude_policy="clip")
+    with pytest.raises(ValueError, match="magnitude"):
+        ra.distort_batch_with_randaugment(fashion_batch, 2, -1)
