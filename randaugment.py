@@ -18,6 +18,19 @@ What the reference does, and so what this file does:
   2 * (image_size // 4) px with fill 128 (data.py does that; this file provides `cutout`).
 Unlike the reference, every op also takes 1-channel (grayscale) images.
 
+Two entry points with the same per-image semantics and distribution:
+- distort_image_with_randaugment(image, N, M, ...): one image (H, W, C), for a per-image
+  tf.data map (as the reference). Each layer runs only the chosen op (tf.switch_case).
+- distort_batch_with_randaugment(images, N, M, ...): a batch (B, H, W, C), for a map after
+  .batch(); B may be unknown or 0. Each layer draws one op per image, splits the batch by op
+  (tf.dynamic_partition), runs each op once on its images and puts them back in order
+  (tf.dynamic_stitch): ~16 large ops per layer and batch instead of one small op per image.
+Every op (autocontrast, ..., cutout; NAME_TO_FUNC) has one implementation, written for a batch
+with per-image statistics (min/max, histogram, mean) and per-image arguments (a scalar shared by
+the batch, or one value per image: a sign, a Cutout centre); given one image (H, W, C) it runs it
+as a batch of one. apply_op draws the reference's random sign / Cutout centre per image, and
+cutout(images, pad_size) on a batch draws a centre per image (data.py's extra cutout).
+
 Run as a script to draw every op at a few magnitudes on real images (Fashion-MNIST padded to
 32 px, and a colour photo shipped with matplotlib):
 
@@ -25,6 +38,7 @@ Run as a script to draw every op at a few magnitudes on real images (Fashion-MNI
         -> a PNG grid: one row per op; columns = magnitudes 0, 5, 10, 27 for each image.
 """
 
+import functools
 import gzip
 import math
 import os
@@ -53,19 +67,41 @@ MAGNITUDE_POLICIES = ("reference", "increasing")
 # ---------------------------------------------------------------------------------------------
 # Helpers.
 # ---------------------------------------------------------------------------------------------
-def _num_channels(image):
-    channels = image.shape[-1]
-    if image.shape.rank != 3 or channels not in (1, 3):
-        raise ValueError(f"expected an image of shape (H, W, 1) or (H, W, 3), got {image.shape}")
-    return channels
+def _check_uint8(images, ranks=(3, 4)):
+    """`images` as a uint8 tensor of rank in `ranks` (3: one image, 4: a batch), C = 1 or 3."""
+    images = tf.convert_to_tensor(images)
+    if images.dtype != tf.uint8:
+        raise ValueError(f"RandAugment ops take uint8 images, got {images.dtype.name}")
+    layouts = {3: "an image (H, W, C)", 4: "a batch (B, H, W, C)"}
+    if images.shape.rank not in ranks or images.shape[-1] not in (1, 3):
+        expected = " or ".join(layouts[rank] for rank in ranks)
+        raise ValueError(f"expected {expected} with C = 1 or 3, got shape {images.shape}")
+    return images
 
 
-def _check_uint8(image):
-    image = tf.convert_to_tensor(image)
-    if image.dtype != tf.uint8:
-        raise ValueError(f"RandAugment ops take uint8 images, got {image.dtype.name}")
-    _num_channels(image)
-    return image
+def _batch_op(op):
+    """Decorator for an op written for a batch: uint8 (B, H, W, C) in, same shape out.
+
+    The decorated op checks its input and also takes one image (H, W, C), which it runs as a
+    batch of one: each op has a single implementation for both. Per-image arguments of the op
+    are then scalars; on a batch they are scalars (shared) or vectors [B] (one per image).
+    """
+    @functools.wraps(op)
+    def wrapper(images, *args, **kwargs):
+        images = _check_uint8(images)
+        if images.shape.rank == 4:
+            out = op(images, *args, **kwargs)
+        else:
+            out = op(images[tf.newaxis], *args, **kwargs)[0]
+        out.set_shape(images.shape)
+        return out
+    return wrapper
+
+
+def _per_image(value, dtype):
+    """A scalar or per-image [B] argument as a (B or 1, 1, 1, 1) tensor that broadcasts
+    against a batch (B, H, W, C)."""
+    return tf.reshape(tf.cast(value, dtype), [-1, 1, 1, 1])
 
 
 def _to_uint8(image_float):
@@ -78,208 +114,236 @@ def blend(image1, image2, factor):
 
     factor 0 gives image1, 1 gives image2, > 1 extrapolates away from image1. Same arithmetic as
     the reference's blend and Pillow's Image.blend (float, truncation), which is what the
-    enhance ops (Color, Contrast, Brightness, Sharpness) are built on.
+    enhance ops (Color, Contrast, Brightness, Sharpness) are built on. The three arguments
+    broadcast against each other (e.g. a per-image factor of shape (B, 1, 1, 1)).
     """
     image1 = tf.cast(image1, tf.float32)
     image2 = tf.cast(image2, tf.float32)
     return _to_uint8(image1 + tf.cast(factor, tf.float32) * (image2 - image1))
 
 
-def _grayscale(image):
-    """Luma as uint8 (H, W, 1). RGB: tf.image.rgb_to_grayscale, as the reference."""
-    if _num_channels(image) == 1:
-        return image
-    return tf.image.rgb_to_grayscale(image)
+def _grayscale(images):
+    """Luma as uint8 (..., 1). RGB: tf.image.rgb_to_grayscale, as the reference."""
+    if images.shape[-1] == 1:
+        return images
+    return tf.image.rgb_to_grayscale(images)
 
 
-def _transform(image, matrix, replace):
-    """Nearest-neighbour projective transform; output pixel (x, y) reads input pixel
-    round(a0 x + a1 y + a2, b0 x + b1 y + b2) (pixel indices); outside -> `replace`.
+def _transform(images, matrix, replace):
+    """Nearest-neighbour affine transform of a batch; in image b, output pixel (x, y) reads input
+    pixel round(a0 x + a1 y + a2, b0 x + b1 y + b2) (pixel indices); outside -> `replace`.
 
-    `matrix` = [a0, a1, a2, b0, b1, b2] (affine). This is what tensorflow-addons' transform (and
-    the reference's tf.contrib.image) ran: tf.raw_ops.ImageProjectiveTransformV3. The reference
-    marked empty pixels with an extra all-ones channel and filled them with 128 afterwards; the
-    op's fill_value does the same in one step.
+    `matrix` = [a0, a1, a2, b0, b1, b2], each a scalar or a vector [B] (one value per image).
+    This is what tensorflow-addons' transform (and the reference's tf.contrib.image) ran:
+    tf.raw_ops.ImageProjectiveTransformV3, one transform row per image. The reference marked
+    empty pixels with an extra all-ones channel and filled them with 128 afterwards; the op's
+    fill_value does the same in one step.
     """
-    transform = tf.concat([tf.cast(tf.stack(matrix), tf.float32), tf.zeros([2])], 0)
+    batch_size = tf.shape(images)[0]
+    columns = [tf.broadcast_to(tf.cast(value, tf.float32), [batch_size]) for value in matrix]
+    columns += [tf.zeros([batch_size])] * 2  # no projective part
     out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=image[tf.newaxis], transforms=transform[tf.newaxis],
-        output_shape=tf.shape(image)[:2], fill_value=tf.cast(replace, tf.float32),
-        interpolation="NEAREST", fill_mode="CONSTANT")[0]
-    out.set_shape(image.shape)
+        images=images, transforms=tf.stack(columns, axis=1),
+        output_shape=tf.shape(images)[1:3], fill_value=tf.cast(replace, tf.float32),
+        interpolation="NEAREST", fill_mode="CONSTANT")
+    out.set_shape(images.shape)
     return out
 
 
 # ---------------------------------------------------------------------------------------------
-# The 16 ops: uint8 (H, W, C) in, uint8 of the same shape out; C = 1 or 3.
+# The 16 ops, each on a batch uint8 (B, H, W, C) or one image (H, W, C), C = 1 or 3; uint8 of the
+# same shape out. Statistics (min/max, histogram, mean) are per image; arguments are scalars or
+# one value per image ([B]).
 # ---------------------------------------------------------------------------------------------
-def autocontrast(image):
-    """Per channel, stretch [min, max] linearly to [0, 255] (float32, truncated); a constant
-    channel is left as it is. = PIL.ImageOps.autocontrast(cutoff=0)."""
-    image = _check_uint8(image)
-    lo = tf.cast(tf.reduce_min(image, axis=[0, 1]), tf.float32)
-    hi = tf.cast(tf.reduce_max(image, axis=[0, 1]), tf.float32)
+@_batch_op
+def autocontrast(images):
+    """Per image and channel, stretch [min, max] linearly to [0, 255] (float32, truncated); a
+    constant channel is left as it is. = PIL.ImageOps.autocontrast(cutoff=0)."""
+    lo = tf.cast(tf.reduce_min(images, axis=[1, 2], keepdims=True), tf.float32)
+    hi = tf.cast(tf.reduce_max(images, axis=[1, 2], keepdims=True), tf.float32)
     scale = 255.0 / tf.maximum(hi - lo, 1.0)
     offset = -lo * scale
-    stretched = _to_uint8(tf.cast(image, tf.float32) * scale + offset)
-    return tf.where(hi > lo, stretched, image)
+    stretched = _to_uint8(tf.cast(images, tf.float32) * scale + offset)
+    return tf.where(hi > lo, stretched, images)
 
 
-def equalize(image):
-    """Per-channel histogram equalisation with Pillow's lookup table (PIL.ImageOps.equalize):
-    step = (pixels - count of the brightest value) // 255; lut[v] = (step // 2 + #pixels < v)
-    // step, clipped to 255; step 0 (nearly constant channel) leaves the channel as it is."""
-    image = _check_uint8(image)
-    channels = _num_channels(image)
-    # One histogram per channel: value v of channel c counts in bin 256 * c + v.
-    flat = tf.reshape(tf.cast(image, tf.int32), [-1, channels]) + 256 * tf.range(channels)
-    hist = tf.reshape(tf.math.bincount(flat, minlength=256 * channels, maxlength=256 * channels),
-                      [channels, 256])
-    num_pixels = tf.shape(flat)[0]
-    brightest = tf.cast(tf.reduce_max(image, axis=[0, 1]), tf.int32)
-    brightest_count = tf.gather(hist, brightest, batch_dims=1)
-    step = (num_pixels - brightest_count) // 255  # [C]
-    below = tf.cumsum(hist, axis=1, exclusive=True)  # pixels with a smaller value
-    lut = tf.minimum((below + step[:, None] // 2) // tf.maximum(step[:, None], 1), 255)
-    lut = tf.where(step[:, None] > 0, lut, tf.range(256)[None, :])
-    out = tf.gather(tf.reshape(lut, [-1]), flat)
-    return tf.reshape(tf.cast(out, tf.uint8), tf.shape(image))
+@_batch_op
+def equalize(images):
+    """Per image and channel histogram equalisation with Pillow's lookup table
+    (PIL.ImageOps.equalize): step = (pixels - count of the brightest value) // 255;
+    lut[v] = (step // 2 + #pixels < v) // step, clipped to 255; step 0 (nearly constant
+    channel) leaves the channel as it is."""
+    channels = images.shape[-1]
+    shape = tf.shape(images)
+    batch_size, num_pixels = shape[0], shape[1] * shape[2]
+    num_histograms = batch_size * channels
+    # One histogram per (image b, channel c): value v counts in bin 256 * (C * b + c) + v.
+    histogram_of = tf.reshape(tf.range(num_histograms), [batch_size, 1, channels])
+    bins = (tf.reshape(tf.cast(images, tf.int32), [batch_size, num_pixels, channels])
+            + 256 * histogram_of)
+    hist = tf.math.bincount(bins, minlength=256 * num_histograms,
+                            maxlength=256 * num_histograms)
+    hist = tf.reshape(hist, [batch_size, channels, 256])
+    brightest = tf.cast(tf.reduce_max(images, axis=[1, 2]), tf.int32)  # [B, C]
+    brightest_count = tf.gather(hist, brightest, batch_dims=2)
+    step = (num_pixels - brightest_count)[..., None] // 255  # [B, C, 1]
+    below = tf.cumsum(hist, axis=2, exclusive=True)  # pixels with a smaller value
+    lut = tf.minimum((below + step // 2) // tf.maximum(step, 1), 255)
+    lut = tf.where(step > 0, lut, tf.range(256))
+    out = tf.gather(tf.reshape(lut, [-1]), bins)
+    return tf.reshape(tf.cast(out, tf.uint8), shape)
 
 
-def invert(image):
+@_batch_op
+def invert(images):
     """255 - v."""
-    image = _check_uint8(image)
-    return 255 - image
+    return 255 - images
 
 
-def rotate(image, degrees, replace=FILL_VALUE):
+@_batch_op
+def rotate(images, degrees, replace=FILL_VALUE):
     """Rotate about the image centre by `degrees`, counter-clockwise on screen for degrees > 0
     (the reference's docstring says clockwise; it calls tf.contrib.image.rotate, which is
     counter-clockwise -- the random sign makes the two the same op). = PIL Image.rotate."""
-    image = _check_uint8(image)
     radians = tf.cast(degrees, tf.float32) * (math.pi / 180.0)
-    cos, sin = tf.cos(radians), tf.sin(radians)
-    shape = tf.cast(tf.shape(image), tf.float32)
-    cx, cy = (shape[1] - 1.0) / 2.0, (shape[0] - 1.0) / 2.0  # centre of the pixel grid
+    # NOTE: cos and sin are evaluated in float64 and rounded to float32; the reference evaluated
+    # them in float32. TF's float32 sin/cos run a vectorised polynomial on most elements of a
+    # tensor and libm on the rest, which differ in the last bit, so in a batch an image's result
+    # would depend on its position (at 45 degrees that moves pixels; tested). Rounded float64
+    # equals the reference's float32 value at every integer magnitude M = 0..30 and is at most
+    # 1 ulp from it otherwise, which can move an output pixel only at an exact rounding tie.
+    radians = tf.cast(radians, tf.float64)
+    cos = tf.cast(tf.cos(radians), tf.float32)
+    sin = tf.cast(tf.sin(radians), tf.float32)
+    size = tf.cast(tf.shape(images)[1:3], tf.float32)
+    cx, cy = (size[1] - 1.0) / 2.0, (size[0] - 1.0) / 2.0  # centre of the pixel grid
     # input = R (output - centre) + centre, R = [[cos, -sin], [sin, cos]]
     matrix = [cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy]
-    return _transform(image, matrix, replace)
+    return _transform(images, matrix, replace)
 
 
-def posterize(image, bits):
+@_batch_op
+def posterize(images, bits):
     """Keep the `bits` (0..8) most significant bits of every value. = PIL.ImageOps.posterize."""
-    image = _check_uint8(image)
     bits = tf.clip_by_value(tf.cast(bits, tf.int32), 0, 8)
-    mask = tf.cast(256 - tf.bitwise.left_shift(1, 8 - bits), tf.uint8)  # bits=4 -> 0b11110000
-    return tf.bitwise.bitwise_and(image, mask)
+    mask = 256 - tf.bitwise.left_shift(1, 8 - bits)  # bits=4 -> 0b11110000
+    return tf.bitwise.bitwise_and(images, _per_image(mask, tf.uint8))
 
 
-def solarize(image, threshold):
+@_batch_op
+def solarize(images, threshold):
     """Invert every value >= threshold (0..256; 256 inverts nothing). = PIL.ImageOps.solarize."""
-    image = _check_uint8(image)
-    return tf.where(tf.cast(image, tf.int32) < tf.cast(threshold, tf.int32), image, 255 - image)
+    below = tf.cast(images, tf.int32) < _per_image(threshold, tf.int32)
+    return tf.where(below, images, 255 - images)
 
 
-def solarize_add(image, addition, threshold=128):
+@_batch_op
+def solarize_add(images, addition, threshold=128):
     """Add `addition` to every value < threshold, clipped to [0, 255]; the rest is unchanged."""
-    image = _check_uint8(image)
-    values = tf.cast(image, tf.int32)
-    added = tf.cast(tf.clip_by_value(values + tf.cast(addition, tf.int32), 0, 255), tf.uint8)
-    return tf.where(values < tf.cast(threshold, tf.int32), added, image)
+    values = tf.cast(images, tf.int32)
+    added = tf.clip_by_value(values + _per_image(addition, tf.int32), 0, 255)
+    return tf.where(values < _per_image(threshold, tf.int32), tf.cast(added, tf.uint8), images)
 
 
-def color(image, factor):
+@_batch_op
+def color(images, factor):
     """Blend from the image's own grey version (factor 0) to the image (1) and beyond.
     = PIL.ImageEnhance.Color. A 1-channel image is its own grey version: unchanged."""
-    image = _check_uint8(image)
-    if _num_channels(image) == 1:
+    if images.shape[-1] == 1:
         # NOTE: the reference handles RGB only. On 1 channel every op here gives exactly channel 0
         # of the op on the grey RGB copy (tested); for Color that is the identity.
-        return image
-    return blend(tf.image.grayscale_to_rgb(_grayscale(image)), image, factor)
+        return images
+    # The grey (B, H, W, 1) broadcasts over the 3 channels, as grayscale_to_rgb would copy it.
+    return blend(_grayscale(images), images, _per_image(factor, tf.float32))
 
 
-def contrast(image, factor):
+@_batch_op
+def contrast(images, factor):
     """Blend from a constant image at the mean grey level (factor 0) to the image (1) and beyond.
-    = PIL.ImageEnhance.Contrast: mean of the luma, rounded half up."""
-    image = _check_uint8(image)
+    = PIL.ImageEnhance.Contrast: mean of the luma, rounded half up, per image."""
     # NOTE: the reference's degenerate value is sum(histogram) / 256 = H * W / 256 (a constant 4
     # at 32 px, 196 at 224 px, 255 from 256 px on), not the mean it intends (its docstring says
     # "Equivalent of PIL Contrast"; the authors confirmed the bug in tensorflow/models#8328 and it
     # was fixed in tensorflow/models#11219). We use the mean grey level, as Pillow does.
-    gray = tf.cast(_grayscale(image), tf.int64)
-    mean = tf.cast(tf.reduce_sum(gray), tf.float64) / tf.cast(tf.size(gray), tf.float64)
-    degenerate = tf.fill(tf.shape(image), tf.cast(tf.floor(mean + 0.5), tf.uint8))
-    return blend(degenerate, image, factor)
+    gray = tf.cast(_grayscale(images), tf.int64)
+    num_pixels = tf.cast(tf.reduce_prod(tf.shape(gray)[1:]), tf.float64)
+    mean = tf.cast(tf.reduce_sum(gray, axis=[1, 2, 3], keepdims=True), tf.float64) / num_pixels
+    degenerate = tf.cast(tf.floor(mean + 0.5), tf.uint8)  # (B, 1, 1, 1): a constant image each
+    return blend(degenerate, images, _per_image(factor, tf.float32))
 
 
-def brightness(image, factor):
+@_batch_op
+def brightness(images, factor):
     """Blend from black (factor 0) to the image (1) and beyond. = PIL.ImageEnhance.Brightness."""
-    image = _check_uint8(image)
-    return blend(tf.zeros_like(image), image, factor)
+    return blend(tf.zeros([], tf.uint8), images, _per_image(factor, tf.float32))
 
 
-def sharpness(image, factor):
+@_batch_op
+def sharpness(images, factor):
     """Blend from a smoothed image (factor 0) to the image (1) and beyond (> 1 sharpens).
     = PIL.ImageEnhance.Sharpness: Pillow's SMOOTH kernel [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13
     on the interior; the one-pixel border keeps the original values. The smoothed values are
     truncated, as in the reference (Pillow rounds them)."""
-    image = _check_uint8(image)
-    channels = _num_channels(image)
+    channels = images.shape[-1]
     kernel = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13.0
     kernel = tf.tile(kernel[:, :, None, None], [1, 1, channels, 1])
-    smooth = tf.nn.depthwise_conv2d(tf.cast(image, tf.float32)[tf.newaxis], kernel,
-                                    strides=[1, 1, 1, 1], padding="VALID")[0]
-    smooth = tf.pad(_to_uint8(smooth), [[1, 1], [1, 1], [0, 0]])
-    interior = tf.pad(tf.ones(tf.shape(image)[:2] - 2, tf.bool), [[1, 1], [1, 1]])
-    degenerate = tf.where(interior[:, :, None], smooth, image)
-    return blend(degenerate, image, factor)
+    # "SAME" rather than the reference's "VALID" + pad: on the interior it sums the same
+    # products (tested), and TF's "VALID" depthwise conv returns the input's shape, not
+    # (0, H - 2, W - 2, C), on an empty batch.
+    smooth = tf.nn.depthwise_conv2d(tf.cast(images, tf.float32), kernel, strides=[1, 1, 1, 1],
+                                    padding="SAME")
+    interior = tf.pad(tf.ones(tf.shape(images)[1:3] - 2, tf.bool), [[1, 1], [1, 1]])
+    degenerate = tf.where(interior[:, :, None], _to_uint8(smooth), images)
+    return blend(degenerate, images, _per_image(factor, tf.float32))
 
 
-def shear_x(image, level, replace=FILL_VALUE):
+@_batch_op
+def shear_x(images, level, replace=FILL_VALUE):
     """Output pixel (x, y) reads input (x + level * y, y), origin at the top-left pixel.
     = PIL Image.transform(AFFINE, (1, level, 0, 0, 1, 0)) up to Pillow's half-pixel origin."""
-    image = _check_uint8(image)
-    return _transform(image, [1.0, level, 0.0, 0.0, 1.0, 0.0], replace)
+    return _transform(images, [1.0, level, 0.0, 0.0, 1.0, 0.0], replace)
 
 
-def shear_y(image, level, replace=FILL_VALUE):
+@_batch_op
+def shear_y(images, level, replace=FILL_VALUE):
     """Output pixel (x, y) reads input (x, y + level * x)."""
-    image = _check_uint8(image)
-    return _transform(image, [1.0, 0.0, 0.0, level, 1.0, 0.0], replace)
+    return _transform(images, [1.0, 0.0, 0.0, level, 1.0, 0.0], replace)
 
 
-def translate_x(image, pixels, replace=FILL_VALUE):
+@_batch_op
+def translate_x(images, pixels, replace=FILL_VALUE):
     """Output pixel (x, y) reads input (x + pixels, y): content moves left for pixels > 0.
     Fractional pixels round to the nearest pixel per output position, as in the reference."""
-    image = _check_uint8(image)
-    return _transform(image, [1.0, 0.0, pixels, 0.0, 1.0, 0.0], replace)
+    return _transform(images, [1.0, 0.0, pixels, 0.0, 1.0, 0.0], replace)
 
 
-def translate_y(image, pixels, replace=FILL_VALUE):
+@_batch_op
+def translate_y(images, pixels, replace=FILL_VALUE):
     """Output pixel (x, y) reads input (x, y + pixels): content moves up for pixels > 0."""
-    image = _check_uint8(image)
-    return _transform(image, [1.0, 0.0, 0.0, 0.0, 1.0, pixels], replace)
+    return _transform(images, [1.0, 0.0, 0.0, 0.0, 1.0, pixels], replace)
 
 
-def cutout(image, pad_size, replace=FILL_VALUE, center=None):
+@_batch_op
+def cutout(images, pad_size, replace=FILL_VALUE, center=None):
     """Fill a (2 pad_size) x (2 pad_size) square, clipped at the image border, with `replace`.
 
-    The square covers rows [cy - pad_size, cy + pad_size) and the same for columns; the centre
-    (cy, cx) is uniform over all pixels (as in the reference) unless `center` = (cy, cx) is given.
+    The square covers rows [cy - pad_size, cy + pad_size) and the same for columns. Its centre
+    (cy, cx) is uniform over all pixels, drawn independently for each image of a batch (as the
+    reference draws it per call), unless `center` = (cy, cx) is given (scalars, or vectors [B]
+    for a batch). `pad_size` is a scalar or one value per image.
     """
-    image = _check_uint8(image)
-    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    shape = tf.shape(images)
+    batch_size, height, width = shape[0], shape[1], shape[2]
     if center is None:
-        cy = tf.random.uniform([], 0, height, dtype=tf.int32)
-        cx = tf.random.uniform([], 0, width, dtype=tf.int32)
+        cy = tf.random.uniform([batch_size], 0, height, dtype=tf.int32)
+        cx = tf.random.uniform([batch_size], 0, width, dtype=tf.int32)
     else:
-        cy, cx = (tf.cast(c, tf.int32) for c in center)
-    pad_size = tf.cast(pad_size, tf.int32)
-    rows, cols = tf.range(height)[:, None], tf.range(width)[None, :]
+        cy, cx = center
+    cy, cx, pad_size = (tf.reshape(tf.cast(v, tf.int32), [-1, 1, 1]) for v in (cy, cx, pad_size))
+    rows, cols = tf.range(height)[None, :, None], tf.range(width)[None, None, :]
     inside = ((rows >= cy - pad_size) & (rows < cy + pad_size)
-              & (cols >= cx - pad_size) & (cols < cx + pad_size))
-    return tf.where(inside[:, :, None], tf.cast(replace, tf.uint8), image)
+              & (cols >= cx - pad_size) & (cols < cx + pad_size))  # (B or 1, H, W)
+    return tf.where(inside[..., None], tf.cast(replace, tf.uint8), images)
 
 
 NAME_TO_FUNC = {
@@ -376,17 +440,27 @@ def level_to_arg(name, magnitude, cutout_const=40, translate_const=100,
     raise ValueError(f"unknown RandAugment op {name!r}; known: {AVAILABLE_OPS}")
 
 
-def _random_sign(value):
-    return tf.where(tf.random.uniform([]) < 0.5, -value, value)
+def _random_sign(value, batch_size):
+    """`value` (float32) with a random sign for each of `batch_size` images: [batch_size]."""
+    value = tf.constant(value, tf.float32)
+    return tf.where(tf.random.uniform([batch_size]) < 0.5, -value, value)
 
 
-def apply_op(image, name, magnitude, cutout_const=40, translate_const=100,
+@_batch_op
+def apply_op(images, name, magnitude, cutout_const=40, translate_const=100,
              magnitude_policy="reference"):
-    """Op `name` at magnitude M, with the reference's random sign for geometric ops."""
+    """Op `name` at magnitude M on one image or a batch, with the reference's random draws made
+    per image: a random sign for geometric ops, a random centre for Cutout."""
     args = level_to_arg(name, magnitude, cutout_const, translate_const, magnitude_policy)
     if name in SIGNED_OPS:
-        args = (_random_sign(tf.constant(args[0], tf.float32)),)
-    return NAME_TO_FUNC[name](image, *args)
+        args = (_random_sign(args[0], tf.shape(images)[0]),)
+    return NAME_TO_FUNC[name](images, *args)
+
+
+def _check_randaugment_args(magnitude, cutout_const, translate_const, magnitude_policy):
+    """Fail early, outside the graph, on a bad policy or magnitude."""
+    for name in AVAILABLE_OPS:
+        level_to_arg(name, magnitude, cutout_const, translate_const, magnitude_policy)
 
 
 def distort_image_with_randaugment(image, num_layers, magnitude, cutout_const=40,
@@ -395,7 +469,7 @@ def distort_image_with_randaugment(image, num_layers, magnitude, cutout_const=40
 
     Args:
       image: uint8 (H, W, C), C = 1 or 3 (static), one image (call it inside a tf.data map for a
-        per-image choice).
+        per-image choice; for a batch, distort_batch_with_randaugment is much cheaper).
       num_layers: N, the number of ops applied in sequence (the paper: 2).
       magnitude: M, a Python number >= 0 shared by all ops (the paper: 27; 10 = top of the
         original range).
@@ -407,9 +481,8 @@ def distort_image_with_randaugment(image, num_layers, magnitude, cutout_const=40
     Returns:
       uint8 image of the same shape.
     """
-    image = _check_uint8(image)
-    for name in AVAILABLE_OPS:  # fail early, outside the graph, on a bad policy or magnitude
-        level_to_arg(name, magnitude, cutout_const, translate_const, magnitude_policy)
+    image = _check_uint8(image, ranks=(3,))
+    _check_randaugment_args(magnitude, cutout_const, translate_const, magnitude_policy)
     for layer in range(num_layers):
         with tf.name_scope(f"randaug_layer_{layer}"):
             op_index = tf.random.uniform([], maxval=len(AVAILABLE_OPS), dtype=tf.int32)
@@ -421,6 +494,51 @@ def distort_image_with_randaugment(image, num_layers, magnitude, cutout_const=40
             out.set_shape(image.shape)
             image = out
     return image
+
+
+def _randaugment_batch_layer(images, magnitude, cutout_const, translate_const,
+                             magnitude_policy):
+    """One RandAugment layer on a batch: each image gets one op chosen uniformly at random.
+
+    The batch is split by chosen op (tf.dynamic_partition; a part may be empty), each op runs
+    once on its part, and the results are put back in the images' order (tf.dynamic_stitch).
+    """
+    num_ops = len(AVAILABLE_OPS)
+    batch_size = tf.shape(images)[0]
+    op_index = tf.random.uniform([batch_size], maxval=num_ops, dtype=tf.int32)
+    positions = tf.dynamic_partition(tf.range(batch_size), op_index, num_ops)
+    parts = tf.dynamic_partition(images, op_index, num_ops)
+    outs = [apply_op(part, name, magnitude, cutout_const, translate_const, magnitude_policy)
+            for name, part in zip(AVAILABLE_OPS, parts)]
+    out = tf.dynamic_stitch(positions, outs)
+    out.set_shape(images.shape)
+    return out
+
+
+def distort_batch_with_randaugment(images, num_layers, magnitude, cutout_const=40,
+                                   translate_const=100, magnitude_policy="reference"):
+    """RandAugment on a batch, with the per-image semantics of distort_image_with_randaugment.
+
+    `num_layers` times, every image independently picks one op uniformly at random and gets it
+    at magnitude M (with its own random sign for geometric ops and its own Cutout centre), as if
+    distort_image_with_randaugment had run on each image. Each layer runs each of the 16 ops
+    once, on the images that picked it: a few large ops per batch instead of many small ones
+    per image. Use it after .batch() in a tf.data pipeline.
+
+    Args:
+      images: uint8 (B, H, W, C), C = 1 or 3 (static); B may be unknown (None) and may be 0.
+      num_layers, magnitude, cutout_const, translate_const, magnitude_policy: as in
+        distort_image_with_randaugment.
+    Returns:
+      uint8 batch of the same shape.
+    """
+    images = _check_uint8(images, ranks=(4,))
+    _check_randaugment_args(magnitude, cutout_const, translate_const, magnitude_policy)
+    for layer in range(num_layers):
+        with tf.name_scope(f"randaug_batch_layer_{layer}"):
+            images = _randaugment_batch_layer(images, magnitude, cutout_const, translate_const,
+                                              magnitude_policy)
+    return images
 
 
 # ---------------------------------------------------------------------------------------------

@@ -385,3 +385,237 @@ def test_every_op_in_a_tf_data_map_equals_eager(name, fashion, photo):
         ds = tf.data.Dataset.from_tensors(image).map(
             lambda x: ra.NAME_TO_FUNC[name](x, *args, **kwargs))  # noqa: B023 (used at once)
         np.testing.assert_array_equal(next(iter(ds)).numpy(), eager)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch ops: the same op on a batch (B, H, W, C) = the single-image op on each image, stacked.
+# ---------------------------------------------------------------------------------------------
+# At 4.3, 9.2 and 15 (Rotate 12.9, 27.6 and 45 degrees) TF's float32 sin/cos of a vector differ
+# from those of a scalar in the last bit, and at 45 degrees that moves pixels (see rotate).
+BATCH_MAGNITUDES = (0, 4.3, 5, 9.2, 10, 15, 27)
+
+
+@pytest.fixture(scope="module")
+def fashion_batch():
+    """16 Fashion-MNIST images (32, 32, 1), every fourth dimmed."""
+    images = ra.load_fashion_mnist(16).copy()
+    images[::4] = _dimmed(images[::4])
+    return images
+
+
+@pytest.fixture(scope="module")
+def photo_batch():
+    """16 crops (40, 40, 3) of the colour photo at different offsets, every fourth dimmed."""
+    path = ra.sample_photo_path()
+    if path is None:
+        pytest.skip("no colour photo shipped by an installed package (matplotlib sample data)")
+    image = ra.load_photo(path, 72)
+    crops = np.stack([image[2 * i:2 * i + 40, i:i + 40] for i in range(16)])
+    crops[::4] = _dimmed(crops[::4])
+    return crops
+
+
+@pytest.fixture(params=["fashion_batch", "photo_batch"])
+def batch(request):
+    return request.getfixturevalue(request.param)
+
+
+def per_image_cases(name, batch, same_magnitude):
+    """[(args, kwargs)] for each image, and the same as batch arguments (one value per image).
+
+    same_magnitude=M: every image at M (as in a RandAugment layer), alternating signs for
+    geometric ops. same_magnitude=None: the magnitude cycles through BATCH_MAGNITUDES over the
+    images. Cutout: a different centre per image, some clipped by the border.
+    """
+    size, height, width = batch.shape[:3]
+    consts = dict(cutout_const=4, translate_const=4) if height <= 32 else \
+        dict(cutout_const=12, translate_const=30)
+    magnitudes = [same_magnitude if same_magnitude is not None else
+                  BATCH_MAGNITUDES[i % len(BATCH_MAGNITUDES)] for i in range(size)]
+    args = [ra.level_to_arg(name, m, **consts) for m in magnitudes]
+    if name in ra.SIGNED_OPS:
+        args = [(a[0] * (-1) ** i,) for i, a in enumerate(args)]
+    kwargs = [{}] * size
+    if name == "Cutout":
+        kwargs = [{"center": ((7 * i) % height, (height - 5 * i) % width)} for i in range(size)]
+    batch_args = tuple(np.array(column) for column in zip(*args))
+    batch_kwargs = {}
+    if name == "Cutout":
+        batch_kwargs = {"center": tuple(np.array(c) for c in zip(*(k["center"] for k in kwargs)))}
+    return list(zip(args, kwargs)), batch_args, batch_kwargs
+
+
+@pytest.mark.parametrize("same_magnitude", [0, 5, 10, 15, 27, None])
+@pytest.mark.parametrize("name", ra.AVAILABLE_OPS)
+def test_batch_op_equals_the_single_image_op_stacked(name, same_magnitude, batch):
+    """Exact uint8 equality, eagerly and in a graph with an unknown batch dimension."""
+    op = ra.NAME_TO_FUNC[name]
+    cases, batch_args, batch_kwargs = per_image_cases(name, batch, same_magnitude)
+    expected = np.stack([op(image, *args, **kwargs).numpy()
+                         for image, (args, kwargs) in zip(batch, cases)])
+    eager = op(batch, *batch_args, **batch_kwargs).numpy()
+    assert eager.dtype == np.uint8 and eager.shape == batch.shape
+    np.testing.assert_array_equal(eager, expected)
+    graph_op = tf.function(lambda images: op(images, *batch_args, **batch_kwargs),
+                           input_signature=[tf.TensorSpec((None,) + batch.shape[1:], tf.uint8)])
+    np.testing.assert_array_equal(graph_op(batch).numpy(), expected)
+    if not (name == "Color" and batch.shape[-1] == 1):  # grey Color is the identity
+        assert not np.array_equal(expected, batch) or same_magnitude in (0, 5), \
+            f"{name} changed no image: the comparison proves little"
+
+
+@pytest.mark.parametrize("name", ra.AVAILABLE_OPS)
+def test_batch_op_takes_shared_scalar_arguments_and_an_empty_batch(name, fashion_batch):
+    op = ra.NAME_TO_FUNC[name]
+    args = ra.level_to_arg(name, 10, cutout_const=4, translate_const=4)
+    kwargs = {"center": (5, 20)} if name == "Cutout" else {}
+    expected = np.stack([op(image, *args, **kwargs).numpy() for image in fashion_batch[:4]])
+    np.testing.assert_array_equal(op(fashion_batch[:4], *args, **kwargs).numpy(), expected)
+    empty = op(fashion_batch[:0], *args, **kwargs).numpy()
+    assert empty.shape == (0, 32, 32, 1) and empty.dtype == np.uint8
+
+
+def test_sharpness_smooths_as_the_reference_valid_convolution(batch):
+    """At factor 0 Sharpness returns its smoothed image: on the interior exactly the reference's
+    "VALID" depthwise convolution, truncated; on the one-pixel border the image itself."""
+    channels = batch.shape[-1]
+    kernel = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13.0
+    kernel = tf.tile(kernel[:, :, None, None], [1, 1, channels, 1])
+    smooth = tf.nn.depthwise_conv2d(tf.cast(batch, tf.float32), kernel, [1, 1, 1, 1], "VALID")
+    expected = batch.copy()
+    expected[:, 1:-1, 1:-1] = tf.cast(tf.clip_by_value(smooth, 0.0, 255.0), tf.uint8).numpy()
+    np.testing.assert_array_equal(ra.sharpness(batch, 0.0).numpy(), expected)
+    np.testing.assert_array_equal(ra.sharpness(batch[3], 0.0).numpy(), expected[3])
+
+
+def test_cutout_on_a_batch_draws_a_centre_per_image():
+    """As data.py calls it after batching: each image gets one clipped 16 x 16 square of 128 at
+    its own random centre."""
+    images = np.zeros([64, 32, 32, 1], np.uint8)
+    out = ra.cutout(images, pad_size=8, replace=128).numpy()
+    assert out.shape == images.shape and set(np.unique(out)) <= {0, 128}
+    boxes = set()
+    for square in out[..., 0] == 128:
+        rows, cols = np.flatnonzero(square.any(1)), np.flatnonzero(square.any(0))
+        assert len(rows) and len(cols), "an image without a square"
+        (y0, y1), (x0, x1) = (rows[0], rows[-1] + 1), (cols[0], cols[-1] + 1)
+        assert square[y0:y1, x0:x1].all() and square.sum() == (y1 - y0) * (x1 - x0)
+        for lo, hi in ((y0, y1), (x0, x1)):  # 16 wide unless clipped by the border
+            assert hi - lo == 16 or (lo == 0 and 8 <= hi < 16) or (hi == 32 and 16 < lo < 24)
+        boxes.add((y0, y1, x0, x1))
+    assert len(boxes) >= 32, f"only {len(boxes)} different squares in 64 images"
+
+
+# ---------------------------------------------------------------------------------------------
+# distort_batch_with_randaugment.
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("magnitude,policy", [(0, "reference"), (10, "reference"),
+                                              (27, "reference"), (27, "increasing")])
+def test_distort_batch_keeps_dtype_and_shape(magnitude, policy, batch):
+    out = ra.distort_batch_with_randaugment(batch, 2, magnitude, cutout_const=4,
+                                            translate_const=4, magnitude_policy=policy)
+    assert out.dtype == tf.uint8 and out.shape == batch.shape
+
+
+def test_distort_batch_zero_layers_is_the_identity(fashion_batch):
+    np.testing.assert_array_equal(ra.distort_batch_with_randaugment(fashion_batch, 0, 27),
+                                  fashion_batch)
+
+
+def test_distort_batch_chooses_the_op_per_image_in_tf_data(fashion):
+    """64 copies of one image, batched and then distorted in a tf.data map (graph mode, unknown
+    batch dimension), N = 1: every output is one op's result (= the single-image op exactly),
+    and the batch holds many different ops."""
+    image, consts, magnitude = fashion[1], dict(cutout_const=4, translate_const=4), 10
+    ds = tf.data.Dataset.from_tensors(image).repeat(64).batch(64).map(
+        lambda x: ra.distort_batch_with_randaugment(x, 1, magnitude, **consts))
+    assert ds.element_spec.shape.as_list() == [None, 32, 32, 1]
+    batch = next(iter(ds)).numpy()
+    explained = [possible_ops(image, out, magnitude, consts) for out in batch]
+    assert all(explained), "an output no single op explains"
+    assert len(set(explained)) >= 8, f"only {len(set(explained))} different ops in the batch"
+
+
+def identify_op(image, magnitude, consts):
+    """A function out -> (op name, sign) for the outputs of one layer on `image`, after
+    checking that every (op, sign) gives a different output (Cutout: by its square of 128)."""
+    outputs = {}
+    for name in ra.AVAILABLE_OPS:
+        if name == "Cutout":
+            continue
+        args = ra.level_to_arg(name, magnitude, **consts)
+        for sign in ((1, -1) if name in ra.SIGNED_OPS else (1,)):
+            signed = (sign * args[0],) + args[1:] if args else args
+            key = ra.NAME_TO_FUNC[name](image, *signed).numpy().tobytes()
+            assert key not in outputs, f"{name} {sign} = {outputs[key]} on this image"
+            outputs[key] = (name, sign)
+    pad = ra.level_to_arg("Cutout", magnitude, **consts)[0]
+
+    def identify(out):
+        if out.tobytes() in outputs:
+            return outputs[out.tobytes()]
+        changed = np.argwhere(np.any(out != image, axis=-1))
+        (y0, x0), (y1, x1) = changed.min(0), changed.max(0)
+        assert max(y1 - y0, x1 - x0) < 2 * pad and np.all(out[out != image] == 128), \
+            "an output no single op explains"
+        return ("Cutout", 1)
+    return identify
+
+
+def test_distort_batch_op_choice_and_sign_are_uniform(fashion):
+    """One layer on 2048 copies of one image (seeded): the 16 ops are chosen uniformly
+    (chi-square, 15 degrees of freedom, p = 0.001) and each geometric op's sign is drawn per
+    image, balanced (chi-square, 5 degrees of freedom, p = 0.001).
+    M = 7 and a dimmed image make every (op, sign) give a different output."""
+    image, consts, magnitude = _dimmed(fashion[0]), dict(cutout_const=4, translate_const=4), 7
+    identify = identify_op(image, magnitude, consts)
+    tf.random.set_seed(1234)
+    batch = np.repeat(image[None], 2048, axis=0)
+    outs = ra.distort_batch_with_randaugment(batch, 1, magnitude, **consts).numpy()
+    chosen = [identify(out) for out in outs]
+    counts = np.array([sum(name == op for name, _ in chosen) for op in ra.AVAILABLE_OPS])
+    expected = len(outs) / len(ra.AVAILABLE_OPS)
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    assert chi2 < 37.7, f"op counts {dict(zip(ra.AVAILABLE_OPS, counts))}, chi2 = {chi2:.1f}"
+    signs = {op: np.array([sign for name, sign in chosen if name == op]) for op in ra.SIGNED_OPS}
+    chi2 = sum(s.sum() ** 2 / len(s) for s in signs.values())  # 5 degrees of freedom
+    assert chi2 < 20.5, {op: (np.sum(s > 0), np.sum(s < 0)) for op, s in signs.items()}
+
+
+def test_distort_batch_of_one_and_of_none(fashion):
+    consts, magnitude = dict(cutout_const=4, translate_const=4), 10
+    one = ra.distort_batch_with_randaugment(fashion[1][None], 1, magnitude, **consts).numpy()
+    assert one.shape == (1, 32, 32, 1) and possible_ops(fashion[1], one[0], magnitude, consts)
+    empty = np.zeros([0, 32, 32, 1], np.uint8)
+    out = ra.distort_batch_with_randaugment(empty, 2, magnitude, **consts)
+    assert out.shape == (0, 32, 32, 1) and out.dtype == tf.uint8
+    graph = tf.function(lambda x: ra.distort_batch_with_randaugment(x, 2, 27, **consts),
+                        input_signature=[tf.TensorSpec([None, 32, 32, 1], tf.uint8)])
+    assert graph(empty).shape == (0, 32, 32, 1)
+    assert graph(fashion[1][None]).shape == (1, 32, 32, 1)
+
+
+def test_distort_batch_in_tf_data_with_a_partial_last_batch(batch):
+    """.batch(6).map(...) over 16 images: batches of 6, 6 and 4 with an unknown batch
+    dimension at graph-build time; N = 2, M = 27."""
+    ds = tf.data.Dataset.from_tensor_slices(batch).batch(6).map(
+        lambda x: ra.distort_batch_with_randaugment(x, 2, 27, cutout_const=4, translate_const=4),
+        num_parallel_calls=2)
+    assert ds.element_spec.shape.as_list() == [None] + list(batch.shape[1:])
+    outs = list(ds.as_numpy_iterator())
+    assert [len(out) for out in outs] == [6, 6, 4]
+    assert all(out.dtype == np.uint8 and out.shape[1:] == batch.shape[1:] for out in outs)
+    assert not np.array_equal(np.concatenate(outs), batch)
+
+
+def test_distort_batch_rejects_bad_arguments(fashion_batch):
+    with pytest.raises(ValueError, match="shape"):
+        ra.distort_batch_with_randaugment(fashion_batch[0], 2, 10)  # one image, not a batch
+    with pytest.raises(ValueError, match="shape"):
+        ra.distort_image_with_randaugment(fashion_batch, 2, 10)  # a batch, not one image
+    with pytest.raises(ValueError, match="uint8"):
+        ra.distort_batch_with_randaugment(fashion_batch.astype(np.float32), 2, 10)
+    with pytest.raises(ValueError, match="magnitude_policy"):
+        ra.distort_batch_with_randaugment(fashion_batch, 2, 10, magnitude_policy="clip")
+    with pytest.raises(ValueError, match="magnitude"):
+        ra.distort_batch_with_randaugment(fashion_batch, 2, -1)
