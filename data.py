@@ -757,57 +757,94 @@ def _random_bbox_crop(image, image_size):
                    lambda: _resize_bicubic(tf.cast(crop, tf.float32), image_size))
 
 
-def _randaugment(image, num_layers, magnitude, cutout_const, translate_const, cutout_pad=None):
-    """RandAugment (and optionally one extra cutout, fill 128) on a uint8 (S, S, 1 or 3) image."""
-    import randaugment  # lazy: data.py imports without it  pylint: disable=import-outside-toplevel
-    image = randaugment.distort_image_with_randaugment(
-        image, num_layers, magnitude, cutout_const=cutout_const, translate_const=translate_const)
-    if cutout_pad is not None:
-        image = randaugment.cutout(image, pad_size=cutout_pad, replace=128)
-    return image
-
-
 def _check_augment_name(augment_name):
     if augment_name not in AUGMENT_NAMES:
         raise UserError(f"augment_name={augment_name!r} is not one of {AUGMENT_NAMES}")
 
 
-def preprocess_for_train(encoded, info, image_size, augment_name="randaugment", randaug_layer=2,
-                         randaug_mag=10):
-    """Noised training view of one encoded image: float32 (S, S, C) in [0, 255].
+def _random_crop_and_flip(images, pad, flip):
+    """Per image of a batch [B, S, S, C]: reflect-pad `pad` px, a random S x S crop and (flip) a
+    random left-right flip, as tf.pad(REFLECT) + tf.image.random_crop + random_flip_left_right
+    per image do, but as a few gathers over the whole batch."""
+    size = images.shape[1]
+    batch = tf.shape(images)[0]
+    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+    offsets = tf.random.uniform([batch, 2], maxval=2 * pad + 1, dtype=tf.int32)
+    rows = offsets[:, :1] + tf.range(size)[None]
+    cols = offsets[:, 1:] + tf.range(size)[None]
+    if flip:
+        cols = tf.where(tf.random.uniform([batch, 1]) < 0.5, tf.reverse(cols, [1]), cols)
+    crops = tf.gather(tf.gather(padded, rows, axis=1, batch_dims=1), cols, axis=2, batch_dims=1)
+    crops.set_shape(images.shape)
+    return crops
+
+
+def decode_for_train(encoded, info, image_size):
+    """The per-image part of the training view (the rest, `augment_batch`, runs on batches).
+
+    small: the decoded image, uint8 (S, S, C). imagenet: distorted bounding-box crop -> bicubic
+    resize S -> random flip, float32 (S, S, C) in [0, 255].
+    """
+    if info.input_kind == "small":
+        return _small_image(encoded, info, image_size)
+    # decode fully, then crop (as noisystudent; records may be PNG, not only JPEG)
+    image = _random_bbox_crop(decode_image(encoded, info.num_channels), image_size)
+    image.set_shape([image_size, image_size, info.num_channels])
+    return tf.image.random_flip_left_right(image) if info.flip else image
+
+
+def augment_batch(images, info, augment_name="randaugment", randaug_layer=2, randaug_mag=10):
+    """The batch part of the training view: `decode_for_train` images [B, S, S, C] -> float32.
 
     small:    [RandAugment(translate = cutout const = S // 8) -> cutout 2*(S//4) px, fill 128]
               -> reflect-pad 4 + random crop S -> random flip (if info.flip)
-    imagenet: distorted bounding-box crop -> bicubic resize S -> random flip -> [RandAugment
-              (translate 100, cutout const 40)]
-    The bracketed parts run for augment_name="randaugment" only; "none" = preprocess_for_eval.
+    imagenet: [RandAugment(translate 100, cutout const 40) on the uint8-truncated image]
+    The bracketed parts run for augment_name="randaugment" only. Every random choice is made per
+    image, as the reference's per-image tf.data map makes them; batching only saves op overhead.
     """
+    size = images.shape[1]
+    if augment_name == "randaugment":
+        import randaugment  # lazy: data.py imports without it  pylint: disable=import-outside-toplevel
+        small = info.input_kind == "small"
+        # The reference truncates (cast) the imagenet view to uint8 here; values are clipped.
+        images = randaugment.distort_batch_with_randaugment(
+            tf.cast(images, tf.uint8), randaug_layer, randaug_mag,
+            cutout_const=size // 8 if small else 40, translate_const=size // 8 if small else 100)
+        if small:
+            images = randaugment.cutout(images, pad_size=size // 4, replace=128)
+    if info.input_kind == "small":
+        images = _random_crop_and_flip(images, SMALL_IMAGE_PAD, info.flip)
+    return tf.cast(images, tf.float32)
+
+
+def preprocess_for_train(encoded, info, image_size, augment_name="randaugment", randaug_layer=2,
+                         randaug_mag=10):
+    """Noised training view of one encoded image: float32 (S, S, C) in [0, 255]; the datasets
+    run the same two parts, `decode_for_train` per image and `augment_batch` per batch.
+    augment_name="none" is preprocess_for_eval."""
     _check_augment_name(augment_name)
     if augment_name == "none":
         return preprocess_for_eval(encoded, info, image_size)
-    channels = info.num_channels
-    if info.input_kind == "small":
-        image = _small_image(encoded, info, image_size)
-        if augment_name == "randaugment":
-            image = _randaugment(image, randaug_layer, randaug_mag, cutout_const=image_size // 8,
-                                 translate_const=image_size // 8, cutout_pad=image_size // 4)
-        pad = SMALL_IMAGE_PAD
-        image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
-        image = tf.image.random_crop(image, [image_size, image_size, channels])
-        if info.flip:
-            image = tf.image.random_flip_left_right(image)
-        image = tf.cast(image, tf.float32)
-    else:  # decode fully, then crop (as noisystudent; records may be PNG, not only JPEG)
-        image = _random_bbox_crop(decode_image(encoded, channels), image_size)
-        image.set_shape([image_size, image_size, channels])
-        if info.flip:
-            image = tf.image.random_flip_left_right(image)
-        if augment_name == "randaugment":
-            # The reference truncates (cast) to uint8 here; values are already clipped.
-            image = tf.cast(_randaugment(tf.cast(image, tf.uint8), randaug_layer, randaug_mag,
-                                         cutout_const=40, translate_const=100), tf.float32)
-    image.set_shape([image_size, image_size, channels])
-    return image
+    image = train_image(encoded, info, image_size, augment_name)
+    return augment_batch(image[None], info, augment_name, randaug_layer, randaug_mag)[0]
+
+
+def train_image(encoded, info, image_size, augment_name):
+    """The per-image part of a training view (augment_name="none": the eval view)."""
+    if augment_name == "none":
+        return preprocess_for_eval(encoded, info, image_size)
+    return decode_for_train(encoded, info, image_size)
+
+
+def _train_views(ds, batch_size, drop_remainder, info, augment_name, randaug_layer, randaug_mag,
+                 deterministic):
+    """Batch `ds` of (train_image, ...) tuples and noise the images batch-wise."""
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if augment_name != "none":
+        ds = ds.map(lambda images, *rest: (augment_batch(images, info, augment_name,
+                                                         randaug_layer, randaug_mag), *rest),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def preprocess_for_eval(encoded, info, image_size):
@@ -885,16 +922,17 @@ def labeled_dataset(pattern, info, image_size, batch_size, is_training, augment_
         tf.debugging.assert_less(label, info.num_classes, message=(
             f"label >= num_classes={info.num_classes} (label_offset={info.label_offset})"))
         if is_training:
-            image = preprocess_for_train(record["image"], info, image_size, augment_name,
-                                         randaug_layer, randaug_mag)
-        else:
-            image = preprocess_for_eval(record["image"], info, image_size)
-        return image, label
+            return train_image(record["image"], info, image_size, augment_name), label
+        return preprocess_for_eval(record["image"], info, image_size), label
 
+    deterministic = not is_training or seed is not None
     ds = ds.map(parse_and_preprocess, num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=not is_training or seed is not None)
+                deterministic=deterministic)
     drop = is_training if drop_remainder is None else drop_remainder
-    return ds.batch(batch_size, drop_remainder=drop).prefetch(tf.data.AUTOTUNE)
+    if not is_training:
+        return ds.batch(batch_size, drop_remainder=drop).prefetch(tf.data.AUTOTUNE)
+    return _train_views(ds, batch_size, drop, info, augment_name, randaug_layer, randaug_mag,
+                        deterministic)
 
 
 def pseudo_labeled_dataset(pattern, info, image_size, batch_size, num_classes, augment_name,
@@ -923,14 +961,12 @@ def pseudo_labeled_dataset(pattern, info, image_size, batch_size, num_classes, a
     if repeat:  # duplicates arrive together: shuffle again after repeating them
         ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
 
-    def preprocess(record):
-        image = preprocess_for_train(record["image"], info, image_size, augment_name,
-                                     randaug_layer, randaug_mag)
-        return image, record["probabilities"]
-
-    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=not repeat or seed is not None)
-    return ds.batch(batch_size, drop_remainder=repeat).prefetch(tf.data.AUTOTUNE)
+    deterministic = not repeat or seed is not None
+    ds = ds.map(lambda r: (train_image(r["image"], info, image_size, augment_name),
+                           r["probabilities"]),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    return _train_views(ds, batch_size, repeat, info, augment_name, randaug_layer, randaug_mag,
+                        deterministic)
 
 
 def unlabeled_pair_dataset(pattern, info, image_size, batch_size, augment_name, randaug_layer=2,
@@ -949,12 +985,12 @@ def unlabeled_pair_dataset(pattern, info, image_size, batch_size, augment_name, 
 
     def views(serialized):
         encoded = parse_unlabeled(serialized)["image"]
-        return (preprocess_for_train(encoded, info, image_size, augment_name, randaug_layer,
-                                     randaug_mag),
+        return (train_image(encoded, info, image_size, augment_name),
                 preprocess_for_eval(encoded, info, teacher_size))
 
     ds = ds.map(views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed is not None)
-    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return _train_views(ds, batch_size, True, info, augment_name, randaug_layer, randaug_mag,
+                        seed is not None)
 
 
 def unlabeled_records_dataset(files, info, image_size, batch_size):

@@ -86,7 +86,10 @@ def collect(workdir):
                                                         num_classes),
                            "filtered": pseudo_label_stats(
                                os.path.join(it, "filtered", "*.tfrecord"), num_classes)})
-    return {"models": models, "iterations": iterations, "ablation": collect_ablation(workdir)}
+    baseline = os.path.join(workdir, "supervised_baseline")  # student 3's size, labels only
+    return {"models": models, "iterations": iterations, "ablation": collect_ablation(workdir),
+            "supervised_baseline": model_entry("supervised, student 3's size", baseline)
+            if os.path.isdir(baseline) else None}
 
 
 # Paper Table 6 (B5 teacher, 130M unlabeled images, one iteration) next to our --ablation runs.
@@ -120,7 +123,8 @@ def fmt(x, scale=100.0, digits=2):
 def markdown(report):
     lines = ["| model | architecture | unlabeled ratio | top-1 | top-5 | step |",
              "|---|---|---|---|---|---|"]
-    for m in report["models"]:
+    for m in report["models"] + [report["supervised_baseline"]] * bool(
+            report.get("supervised_baseline")):
         a = m["architecture"]
         arch = f"{a['model_name']} w{a['width'] or 1} d{a['depth'] or 1} @{a['image_size']}"
         ratio = "-" if m.get("unlabel_ratio") is None else f"{m['unlabel_ratio']:g}"
@@ -155,6 +159,10 @@ def plot(report, workdir):
     if top1:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         ax.plot(range(len(top1)), top1, "o-")
+        baseline = (report.get("supervised_baseline") or {}).get("top_1")
+        if baseline is not None:
+            ax.axhline(100 * baseline, ls="--", c="gray", label=report["supervised_baseline"]["name"])
+            ax.legend()
         ax.set_xticks(range(len(top1)), names)
         ax.set_ylabel("test top-1 (%)")
         ax.set_title("Noisy Student: top-1 per iteration")

@@ -1,4 +1,4 @@
-"""Per-image RandAugment throughput in tf.data: randaugment.py vs keras.layers.RandAugment.
+"""RandAugment throughput in tf.data: randaugment.py per image and per batch vs keras.layers.RandAugment.
 
 Paper context: the student's input noise (Sec. 2, Sec. 3.1: N = 2, M = 27) runs on every training
 image, on the host CPU, so it must keep up with the model. This measures images per second of a
@@ -7,7 +7,8 @@ tf.data pipeline over 32x32 Fashion-MNIST images (uint8, 1 channel, padded 28 ->
     from_tensor_slices -> repeat -> map(augment one image, AUTOTUNE) -> batch -> prefetch
 
 for: no augmentation (the pipeline's ceiling), randaugment.distort_image_with_randaugment at
-N = 2, M = 10 and M = 27 (translate = cutout const = 4, as data.py uses for 32 px), and
+N = 2, M = 10 and M = 27, the same per batch (batch -> map(distort_batch_with_randaugment), every
+choice still per image; what data.py runs) (translate = cutout const = 4, as data.py uses for 32 px), and
 keras.layers.RandAugment(num_ops=2) called on one image in the same map (its factor is a 0-1
 strength; 1.0, its maximum, is the nearest to M = 10 and it has nothing like M = 27).
 
@@ -48,23 +49,31 @@ def augmenters():
     import keras  # pylint: disable=import-outside-toplevel
     keras_layer = keras.layers.RandAugment(value_range=(0, 255), num_ops=2, factor=1.0)
 
-    def ours(magnitude):
-        return lambda image: randaugment.distort_image_with_randaugment(
-            image, num_layers=2, magnitude=magnitude, cutout_const=4, translate_const=4)
+    def ours(magnitude, distort):
+        return lambda image: distort(image, num_layers=2, magnitude=magnitude, cutout_const=4,
+                                     translate_const=4)
 
-    return {
-        "no augmentation (pipeline ceiling)": lambda image: image,
-        "randaugment.py N=2 M=10": ours(10),
-        "randaugment.py N=2 M=27": ours(27),
-        "keras.layers.RandAugment num_ops=2 factor=1.0": lambda image: keras_layer(
-            image, training=True),
+    per_image, batch = (randaugment.distort_image_with_randaugment,
+                        randaugment.distort_batch_with_randaugment)
+    return {  # name -> (function, whether it takes the whole batch)
+        "no augmentation (pipeline ceiling)": (lambda image: image, False),
+        "randaugment.py N=2 M=10, per image": (ours(10, per_image), False),
+        "randaugment.py N=2 M=27, per image": (ours(27, per_image), False),
+        "randaugment.py N=2 M=10, per batch (as data.py)": (ours(10, batch), True),
+        "randaugment.py N=2 M=27, per batch (as data.py)": (ours(27, batch), True),
+        "keras.layers.RandAugment num_ops=2 factor=1.0": (
+            lambda image: keras_layer(image, training=True), False),
     }
 
 
-def images_per_second(images, augment, num_images, batch_size):
-    ds = (tf.data.Dataset.from_tensor_slices(images).repeat()
-          .map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-          .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+def images_per_second(images, augment, batched, num_images, batch_size):
+    """map(augment) per image then batch, or (batched) batch then map(augment) per batch."""
+    ds = tf.data.Dataset.from_tensor_slices(images).repeat()
+    if batched:
+        ds = ds.batch(batch_size).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
     it = iter(ds)
     for _ in range(3):  # warm-up: tracing, AUTOTUNE ramp-up
         next(it)
@@ -90,7 +99,7 @@ def markdown(results, command, num_source_images, batch_size, num_images):
     with open("/proc/loadavg") as f:
         load = " ".join(f.read().split()[:3])
     lines = [
-        "# RandAugment throughput (per image, in a tf.data map)",
+        "# RandAugment throughput in a tf.data pipeline",
         "",
         f"Command: `{command}`",
         "",
@@ -103,7 +112,8 @@ def markdown(results, command, num_source_images, batch_size, num_images):
         f"run ended: {load}.",
         "",
         f"Pipeline: {num_source_images} Fashion-MNIST test images (uint8 32x32x1) -> "
-        f"repeat -> map(augment, AUTOTUNE) -> batch {batch_size} -> prefetch; "
+        f"repeat -> map(augment, AUTOTUNE) -> batch {batch_size} -> prefetch (per batch: batch "
+        f"-> map(augment)); "
         f"{num_images} images timed per row after 3 warm-up batches.",
         "",
         "| augmentation | img/s | vs keras.layers.RandAugment |",
@@ -133,8 +143,8 @@ def main(argv):
         raise data.UserError("--num_source_images must be in 1..10000 (the test set)")
     images = randaugment.load_fashion_mnist(FLAGS.num_source_images)
     results = []
-    for name, augment in augmenters().items():
-        rate = images_per_second(images, augment, FLAGS.num_images, FLAGS.batch_size)
+    for name, (augment, batched) in augmenters().items():
+        rate = images_per_second(images, augment, batched, FLAGS.num_images, FLAGS.batch_size)
         logging.info("%-48s %8.0f img/s", name, rate)
         results.append((name, rate))
     command = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])

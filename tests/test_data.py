@@ -557,3 +557,27 @@ def test_script_reports_user_errors_in_one_line(image_folder, tmp_path):
     assert bad.returncode == 2
     errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and str(tmp_path / "nope") in errors[0]
+
+
+def test_batch_crop_and_flip_is_uniform_per_image():
+    """data._random_crop_and_flip on a batch: every image gets its own offset (all 9 x 9 equally
+    likely) and its own flip (half of them), as the per-image pad + random_crop + flip."""
+    n = 4096
+    image = np.arange(32 * 32, dtype=np.float32).reshape(32, 32, 1)  # every pixel unique
+    tf.random.set_seed(0)
+    crops = data._random_crop_and_flip(tf.constant(np.repeat(image[None], n, 0)), 4, True).numpy()
+    padded = np.pad(image, ((4, 4), (4, 4), (0, 0)), mode="reflect")
+    views = {}  # every allowed view -> (offset y, offset x, flipped)
+    for y in range(9):
+        for x in range(9):
+            window = padded[y:y + 32, x:x + 32]
+            views[window.tobytes()] = (y, x, 0)
+            views[np.ascontiguousarray(window[:, ::-1]).tobytes()] = (y, x, 1)
+    counts, flips = np.zeros((9, 9)), 0
+    for crop in crops:
+        y, x, flipped = views[crop.tobytes()]  # KeyError: not a crop of the padded image
+        counts[y, x] += 1
+        flips += flipped
+    expected = n / 81
+    assert ((counts - expected) ** 2 / expected).sum() < 140  # chi-square, 80 dof: p ~ 1e-4
+    assert abs(flips - n / 2) < 4 * np.sqrt(n / 4)

@@ -16,10 +16,14 @@ def run(workdir, *extra):
                           text=True, timeout=900)
 
 
+# A growing unlabeled batch and a student 3 wider than the teacher (and so a supervised baseline).
+SMOKE_FLAGS = ("--unlabel_ratios=1,2,1", "--student_widths=0.25,0.25,0.3")
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("smoke"))
-    proc = run(workdir, "--unlabel_ratios=1,2,1")
+    proc = run(workdir, *SMOKE_FLAGS)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return workdir, proc
 
@@ -47,15 +51,22 @@ def test_smoke_report_has_every_model_and_iteration(smoke_run):
     assert "student 3" in proc.stdout               # the final table is printed
     # --unlabel_ratios: one per iteration, recorded in the report (the teacher has none).
     assert [m["unlabel_ratio"] for m in report["models"]] == [None, 1, 2, 1]
-    assert "| student 2 | efficientnet-b0 w0.25 d0.25 @32 | 2 |" in open(
-        os.path.join(workdir, "report.md")).read()
+    table = open(os.path.join(workdir, "report.md")).read()
+    assert "| student 2 | efficientnet-b0 w0.25 d0.25 @32 | 2 |" in table
+    # --student_widths: student 3 is wider, and a supervised model of its size is the control.
+    assert [m["architecture"]["width"] for m in report["models"]] == [0.25, 0.25, 0.25, 0.3]
+    baseline = report["supervised_baseline"]
+    assert baseline["architecture"]["width"] == 0.3 and baseline["unlabel_ratio"] is None
+    assert 0.3 < baseline["top_1"] <= 1.0 and baseline["global_step"] == 300
+    assert "| supervised, student 3's size | efficientnet-b0 w0.3 d0.25 @32 | - |" in table
 
 
 def test_smoke_rerun_skips_finished_stages(smoke_run):
     workdir, _ = smoke_run
-    proc = run(workdir)
+    proc = run(workdir, *SMOKE_FLAGS)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert proc.stderr.count("done, skipped") == 1 + 1 + 3 * 3   # data, teacher, 3 x (label, filter, student)
+    # data, teacher, 3 x (label, filter, student), supervised baseline
+    assert proc.stderr.count("done, skipped") == 1 + 1 + 3 * 3 + 1
     assert "running" not in proc.stderr
 
 
@@ -75,11 +86,21 @@ def test_bad_unlabel_ratios_is_one_line_before_any_work(tmp_path):
     assert not os.path.exists(tmp_path / "run")
 
 
+def test_bad_student_widths_is_one_line_before_any_work(tmp_path):
+    proc = subprocess.run(["bash", "run_iterations.sh", "--student_widths=0.3,wide,0.4",
+                           "--skip_setup", f"--workdir={tmp_path}/run"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("error: --student_widths=0.3,wide,0.4 must be three "
+                                   "multipliers, one per iteration (e.g. 0.3,0.35,0.4)")
+    assert not os.path.exists(tmp_path / "run")
+
+
 def test_smoke_ablation_adds_table6_rows(smoke_run):
     """--ablation on a finished run trains only the five Table 6 / hard-label students (60 steps
     in smoke) and the report gains the ablation table next to the paper's numbers."""
     workdir, _ = smoke_run
-    proc = run(workdir, "--ablation")
+    proc = run(workdir, *SMOKE_FLAGS, "--ablation")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stderr.count("running") == 5, proc.stderr[-4000:]
     report = json.load(open(os.path.join(workdir, "report.json")))
