@@ -306,8 +306,9 @@ def _record_id(parsed, fallback_id):
 
 
 def parse_labeled(serialized, label_offset=0, fallback_id=None):
-    """{"image": encoded bytes, "label": int32 (stored label - label_offset), "id": string}."""
-    parsed = tf.io.parse_single_example(serialized, {
+    """{"image": encoded bytes, "label": int32 (stored label - label_offset), "id": string}; of
+    one record, or of a batch of records (each value then has the batch's leading dimension)."""
+    parsed = tf.io.parse_example(serialized, {
         "image/encoded": tf.io.FixedLenFeature([], tf.string),
         "image/class/label": tf.io.FixedLenFeature([], tf.int64),
         "image/id": _string(), "image/filename": _string()})
@@ -317,8 +318,8 @@ def parse_labeled(serialized, label_offset=0, fallback_id=None):
 
 
 def parse_unlabeled(serialized, fallback_id=None):
-    """{"image", "id"}: never the true label (it is not even parsed)."""
-    parsed = tf.io.parse_single_example(serialized, {
+    """{"image", "id"} of one record or a batch: never the true label (it is not even parsed)."""
+    parsed = tf.io.parse_example(serialized, {
         "image/encoded": tf.io.FixedLenFeature([], tf.string),
         "image/id": _string(), "image/filename": _string()})
     return {"image": parsed["image/encoded"], "id": _record_id(parsed, fallback_id)}
@@ -836,15 +837,16 @@ def train_image(encoded, info, image_size, augment_name):
     return decode_for_train(encoded, info, image_size)
 
 
-def _train_views(ds, batch_size, drop_remainder, info, augment_name, randaug_layer, randaug_mag,
-                 deterministic):
-    """Batch `ds` of (train_image, ...) tuples and noise the images batch-wise."""
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    if augment_name != "none":
-        ds = ds.map(lambda images, *rest: (augment_batch(images, info, augment_name,
-                                                         randaug_layer, randaug_mag), *rest),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    return ds.prefetch(tf.data.AUTOTUNE)
+def train_views(encoded, info, image_size, augment_name, randaug_layer, randaug_mag):
+    """Training views of a batch of encoded images [B] -> float32 [B, S, S, C]: train_image per
+    image (one tf.map_fn: far cheaper on CPU than a per-record tf.data map), then augment_batch."""
+    dtype = tf.uint8 if info.input_kind == "small" and augment_name != "none" else tf.float32
+    images = tf.map_fn(lambda e: train_image(e, info, image_size, augment_name), encoded,
+                       fn_output_signature=tf.TensorSpec(
+                           [image_size, image_size, info.num_channels], dtype))
+    if augment_name == "none":
+        return images
+    return augment_batch(images, info, augment_name, randaug_layer, randaug_mag)
 
 
 def preprocess_for_eval(encoded, info, image_size):
@@ -859,7 +861,10 @@ def preprocess_for_eval(encoded, info, image_size):
 
 # ---------------------------------------------------------------------------------------------
 # Datasets: list files -> shuffle files (training) -> parallel interleaved reads -> shuffle
-# buffer -> parallel map -> batch -> prefetch. Nothing is cached unless cache=True.
+# buffer -> batch -> parallel map over batches (parse, decode, noise; every random choice per
+# image) -> prefetch. Eval maps per record, then batches. Nothing is cached unless cache=True.
+# On a 2-core host the input pipeline takes CPU from the model step: per-batch ops cut its cost
+# against a per-record map (bench/train_throughput.md).
 # ---------------------------------------------------------------------------------------------
 def _default_shuffle_buffer(info):
     # NOTE: the reference shuffles 1024 records (16K only when the data set is cached in memory);
@@ -914,25 +919,31 @@ def labeled_dataset(pattern, info, image_size, batch_size, is_training, augment_
     ds = _records(files, is_training, seed, cache, shuffle_buffer or _default_shuffle_buffer(info),
                   input_context)
 
-    def parse_and_preprocess(serialized):
+    def parse(serialized):  # one record (eval) or a batch of records (training)
         record = parse_labeled(serialized, info.label_offset)
         label = record["label"]
         tf.debugging.assert_non_negative(label, message=(
             f"label below 0 after subtracting label_offset={info.label_offset}"))
         tf.debugging.assert_less(label, info.num_classes, message=(
             f"label >= num_classes={info.num_classes} (label_offset={info.label_offset})"))
-        if is_training:
-            return train_image(record["image"], info, image_size, augment_name), label
-        return preprocess_for_eval(record["image"], info, image_size), label
+        return record["image"], label
 
-    deterministic = not is_training or seed is not None
-    ds = ds.map(parse_and_preprocess, num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=deterministic)
+    def eval_view(serialized):
+        encoded, label = parse(serialized)
+        return preprocess_for_eval(encoded, info, image_size), label
+
+    def train_batch(serialized):  # batches of records are parsed, decoded and noised together
+        encoded, label = parse(serialized)
+        return train_views(encoded, info, image_size, augment_name, randaug_layer,
+                           randaug_mag), label
+
     drop = is_training if drop_remainder is None else drop_remainder
     if not is_training:
+        ds = ds.map(eval_view, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.batch(batch_size, drop_remainder=drop).prefetch(tf.data.AUTOTUNE)
-    return _train_views(ds, batch_size, drop, info, augment_name, randaug_layer, randaug_mag,
-                        deterministic)
+    ds = ds.batch(batch_size, drop_remainder=drop).map(
+        train_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed is not None)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def pseudo_labeled_dataset(pattern, info, image_size, batch_size, num_classes, augment_name,
@@ -961,12 +972,12 @@ def pseudo_labeled_dataset(pattern, info, image_size, batch_size, num_classes, a
     if repeat:  # duplicates arrive together: shuffle again after repeating them
         ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
 
-    deterministic = not repeat or seed is not None
-    ds = ds.map(lambda r: (train_image(r["image"], info, image_size, augment_name),
-                           r["probabilities"]),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    return _train_views(ds, batch_size, repeat, info, augment_name, randaug_layer, randaug_mag,
-                        deterministic)
+    ds = ds.map(lambda r: (r["image"], r["probabilities"]))
+    ds = ds.batch(batch_size, drop_remainder=repeat).map(
+        lambda encoded, probabilities: (train_views(encoded, info, image_size, augment_name,
+                                                    randaug_layer, randaug_mag), probabilities),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=not repeat or seed is not None)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def unlabeled_pair_dataset(pattern, info, image_size, batch_size, augment_name, randaug_layer=2,
@@ -983,14 +994,17 @@ def unlabeled_pair_dataset(pattern, info, image_size, batch_size, augment_name, 
     ds = _records(files, True, seed, cache, shuffle_buffer or _default_shuffle_buffer(info),
                   input_context)
 
-    def views(serialized):
+    def views(serialized):  # a batch of records
         encoded = parse_unlabeled(serialized)["image"]
-        return (train_image(encoded, info, image_size, augment_name),
-                preprocess_for_eval(encoded, info, teacher_size))
+        teacher = tf.map_fn(lambda e: preprocess_for_eval(e, info, teacher_size), encoded,
+                            fn_output_signature=tf.TensorSpec(
+                                [teacher_size, teacher_size, info.num_channels], tf.float32))
+        return (train_views(encoded, info, image_size, augment_name, randaug_layer, randaug_mag),
+                teacher)
 
-    ds = ds.map(views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed is not None)
-    return _train_views(ds, batch_size, True, info, augment_name, randaug_layer, randaug_mag,
-                        seed is not None)
+    ds = ds.batch(batch_size, drop_remainder=True).map(
+        views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed is not None)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def unlabeled_records_dataset(files, info, image_size, batch_size):
