@@ -19,10 +19,10 @@ What the reference does, and so what this file does:
 Unlike the reference, every op also takes 1-channel (grayscale) images.
 
 Two entry points with the same per-image semantics and distribution:
-- distort_image_with_randaugment(image, N, M, ...): one image (H, W, C), for a per-image
-  tf.data map (as the reference). Each layer runs only the chosen op (tf.switch_case).
+- distort_image_with_randaugment(image, N, M, ...): one image (H, W, C), as the reference's
+  per-image tf.data map; it is the batch function on a batch of one.
 - distort_batch_with_randaugment(images, N, M, ...): a batch (B, H, W, C), for a map after
-  .batch(); B may be unknown or 0. Each layer draws one op per image, splits the batch by op
+  .batch() (what data.py does); B may be unknown or 0. Each layer draws one op per image, splits the batch by op
   (tf.dynamic_partition), runs each op once on its images and puts them back in order
   (tf.dynamic_stitch): ~16 large ops per layer and batch instead of one small op per image.
 Every op (autocontrast, ..., cutout; NAME_TO_FUNC) has one implementation, written for a batch
@@ -482,18 +482,8 @@ def distort_image_with_randaugment(image, num_layers, magnitude, cutout_const=40
       uint8 image of the same shape.
     """
     image = _check_uint8(image, ranks=(3,))
-    _check_randaugment_args(magnitude, cutout_const, translate_const, magnitude_policy)
-    for layer in range(num_layers):
-        with tf.name_scope(f"randaug_layer_{layer}"):
-            op_index = tf.random.uniform([], maxval=len(AVAILABLE_OPS), dtype=tf.int32)
-            branches = [
-                lambda name=name, image=image: apply_op(image, name, magnitude, cutout_const,
-                                                        translate_const, magnitude_policy)
-                for name in AVAILABLE_OPS]
-            out = tf.switch_case(op_index, branches)
-            out.set_shape(image.shape)
-            image = out
-    return image
+    return distort_batch_with_randaugment(image[None], num_layers, magnitude, cutout_const,
+                                          translate_const, magnitude_policy)[0]
 
 
 def _randaugment_batch_layer(images, magnitude, cutout_const, translate_const,

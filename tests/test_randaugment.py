@@ -55,12 +55,16 @@ def fashion():
 
 
 @pytest.fixture(scope="module")
-def photo():
+def photo_image():
     path = ra.sample_photo_path()
     if path is None:
         pytest.skip("no colour photo shipped by an installed package (matplotlib sample data)")
-    image = ra.load_photo(path, 72)
-    return [image, _dimmed(image[10:50, 20:60])]
+    return ra.load_photo(path, 72)
+
+
+@pytest.fixture(scope="module")
+def photo(photo_image):
+    return [photo_image, _dimmed(photo_image[10:50, 20:60])]
 
 
 @pytest.fixture(params=["fashion", "photo"])
@@ -404,12 +408,9 @@ def fashion_batch():
 
 
 @pytest.fixture(scope="module")
-def photo_batch():
+def photo_batch(photo_image):
     """16 crops (40, 40, 3) of the colour photo at different offsets, every fourth dimmed."""
-    path = ra.sample_photo_path()
-    if path is None:
-        pytest.skip("no colour photo shipped by an installed package (matplotlib sample data)")
-    image = ra.load_photo(path, 72)
+    image = photo_image
     crops = np.stack([image[2 * i:2 * i + 40, i:i + 40] for i in range(16)])
     crops[::4] = _dimmed(crops[::4])
     return crops
