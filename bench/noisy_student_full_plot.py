@@ -1,5 +1,7 @@
-"""Top-1 per iteration of every committed full-preset seed (bench/full-seed*/report.json), with
-the earlier constant unlabeled ratio (report_ratio1.json, dashed): writes bench/noisy_student_full.png.
+"""Top-1 per iteration of every committed full-preset seed: the current preset (report.json,
+solid; its supervised model of student 3's size as a star) and earlier versions of the preset,
+if committed (equal_size/report.json: equal sizes, ratios 1,2,3, dotted; report_ratio1.json:
+equal sizes, ratio 1, dashed). Writes bench/noisy_student_full.png.
 
     python bench/noisy_student_full_plot.py
 """
@@ -12,22 +14,40 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# file, line style, description when the report predates its `unlabel_ratio` field
+VERSIONS = (("report.json", "o-", None), ("equal_size/report.json", "s:", None),
+            ("report_ratio1.json", "x--", "w 0.25, ratios 1/1/1"))
+
+
+def describe(report):
+    """'w 0.3/0.35/0.4, ratios 1/2/3' from the students' rows."""
+    students = report["models"][1:]
+    widths = "/".join(f"{m['architecture']['width']:g}" for m in students)
+    ratios = "/".join(f"{m['unlabel_ratio']:g}" for m in students)
+    return f"w {widths}, ratios {ratios}"
 
 
 def main():
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    for i, path in enumerate(sorted(glob.glob(os.path.join(HERE, "full-seed*", "report.json")))):
-        seed = os.path.basename(os.path.dirname(path)).split("-")[-1]
-        for name, style, ratios in (("report.json", "o-", "1,2,3"), ("report_ratio1.json", "x--", "1,1,1")):
-            report = json.load(open(os.path.join(os.path.dirname(path), name)))
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i, seed_dir in enumerate(sorted(glob.glob(os.path.join(HERE, "full-seed*")))):
+        seed = os.path.basename(seed_dir).split("-")[-1]
+        for name, style, description in VERSIONS:
+            path = os.path.join(seed_dir, name)
+            if not os.path.exists(path):
+                continue
+            report = json.load(open(path))
             top1 = [100 * m["top_1"] for m in report["models"]]
-            ax.plot(range(len(top1)), top1, style, color=f"C{i}",
-                    label=f"{seed}, ratios {ratios}: +{top1[-1] - top1[0]:.2f}")
+            ax.plot(range(len(top1)), top1, style, color=f"C{i}", alpha=1.0 if style == "o-" else 0.5,
+                    label=f"{seed}, {description or describe(report)}: +{top1[-1] - top1[0]:.2f}")
+            baseline = report.get("supervised_baseline")
+            if baseline and baseline.get("top_1") is not None:
+                ax.plot([3], [100 * baseline["top_1"]], "*", ms=12, color=f"C{i}",
+                        label=f"{seed}, supervised w{baseline['architecture']['width']:g}")
     ax.set_xticks(range(4), ["teacher", "student 1", "student 2", "student 3"])
     ax.set_ylabel("Fashion-MNIST test top-1 (%)")
     ax.set_title("run_iterations.sh --preset=full (4,000 labels)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     out = os.path.join(HERE, "noisy_student_full.png")
     fig.savefig(out + ".tmp.png", dpi=110, bbox_inches="tight")
     os.replace(out + ".tmp.png", out)
