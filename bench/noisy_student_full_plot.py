@@ -1,7 +1,7 @@
-"""Top-1 per iteration of every committed full-preset seed: the current preset (report.json,
-solid; its supervised model of student 3's size as a star) and earlier versions of the preset,
-if committed (equal_size/report.json: equal sizes, ratios 1,2,3, dotted; report_ratio1.json:
-equal sizes, ratio 1, dashed). Writes bench/noisy_student_full.png.
+"""Top-1 per iteration of every committed full-preset seed: the preset (report.json, solid) and,
+if committed, its variants: growing students (growing/report.json, dotted; its supervised model
+of student 3's size as a star) and the earlier constant ratio 1 (report_ratio1.json, dashed).
+Writes bench/noisy_student_full.png.
 
     python bench/noisy_student_full_plot.py
 """
@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # file, line style, description when the report predates its `unlabel_ratio` field
-VERSIONS = (("report.json", "o-", None), ("equal_size/report.json", "s:", None),
+VERSIONS = (("report.json", "o-", None), ("growing/report.json", "s:", None),
             ("report_ratio1.json", "x--", "w 0.25, ratios 1/1/1"))
 
 
