@@ -820,14 +820,11 @@ def augment_batch(images, info, augment_name="randaugment", randaug_layer=2, ran
 
 def preprocess_for_train(encoded, info, image_size, augment_name="randaugment", randaug_layer=2,
                          randaug_mag=10):
-    """Noised training view of one encoded image: float32 (S, S, C) in [0, 255]; the datasets
-    run the same two parts, `decode_for_train` per image and `augment_batch` per batch.
-    augment_name="none" is preprocess_for_eval."""
+    """Noised training view of one encoded image: float32 (S, S, C) in [0, 255]; the datasets'
+    train_views on a batch of one. augment_name="none" is preprocess_for_eval."""
     _check_augment_name(augment_name)
-    if augment_name == "none":
-        return preprocess_for_eval(encoded, info, image_size)
-    image = train_image(encoded, info, image_size, augment_name)
-    return augment_batch(image[None], info, augment_name, randaug_layer, randaug_mag)[0]
+    return train_views(encoded[None], info, image_size, augment_name, randaug_layer,
+                       randaug_mag)[0]
 
 
 def train_image(encoded, info, image_size, augment_name):
