@@ -419,3 +419,39 @@ def test_fused_batch_norm_matches_keras_batch_norm():
     np.testing.assert_allclose(fused(x, training=False), ref(x, training=False), atol=1e-5)
     fused.trainable = ref.trainable = False
     np.testing.assert_allclose(fused(x, training=True), ref(x, training=True), atol=1e-5)
+
+
+@pytest.mark.parametrize("size,kernel_size,stride",
+                         [(n, k, s) for n in (1, 2, 3, 4, 6) for k in (3, 5) for s in (1, 2)])
+def test_live_taps_are_the_taps_that_meet_pixels(size, kernel_size, stride):
+    """live_taps against brute force over TF 'same' padding: a tap is live when some output
+    position reads an input pixel through it."""
+    first, last, before, after = eb.live_taps(size, kernel_size, stride)
+    out = -(-size // stride)
+    assert (size + before + after - kernel_size) // stride + 1 == out   # TF's 'same' padding
+    live = [t for t in range(kernel_size)
+            if any(0 <= o * stride - before + t < size for o in range(out))]
+    assert (first, last) == (live[0], live[-1]) and live == list(range(first, last + 1))
+
+
+@pytest.mark.parametrize("size,kernel_size,stride",
+                         [(n, k, s) for n in (1, 2, 3, 4) for k in (3, 5) for s in (1, 2)])
+def test_trimmed_depthwise_conv_equals_keras(size, kernel_size, stride):
+    """Skipping the taps that only meet padding changes nothing: same output, same gradients
+    for the input and the whole kernel (zero for the skipped taps)."""
+    rng = np.random.RandomState(size * 100 + kernel_size * 10 + stride)
+    x = tf.constant(rng.normal(0, 1, (3, size, size, 4)).astype("float32"))
+    ref = keras.layers.DepthwiseConv2D(kernel_size, strides=stride, padding="same", use_bias=False)
+    ours = eb.DepthwiseConv2D(kernel_size, strides=stride, padding="same", use_bias=False)
+    for layer in (ref, ours):
+        layer.build(x.shape)
+    ours.kernel.assign(rng.normal(0, 1, ours.kernel.shape).astype("float32"))
+    ref.kernel.assign(ours.kernel)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        y_ref, y_ours = ref(x), ours(x)
+        loss_ref, loss_ours = (tf.reduce_sum(y * tf.sin(y)) for y in (y_ref, y_ours))
+    np.testing.assert_allclose(y_ours, y_ref, atol=1e-5)
+    np.testing.assert_allclose(tape.gradient(loss_ours, x), tape.gradient(loss_ref, x), atol=1e-5)
+    np.testing.assert_allclose(tape.gradient(loss_ours, ours.kernel),
+                               tape.gradient(loss_ref, ref.kernel), atol=1e-5)
