@@ -455,3 +455,27 @@ def test_trimmed_depthwise_conv_equals_keras(size, kernel_size, stride):
     np.testing.assert_allclose(tape.gradient(loss_ours, x), tape.gradient(loss_ref, x), atol=1e-5)
     np.testing.assert_allclose(tape.gradient(loss_ours, ours.kernel),
                                tape.gradient(loss_ref, ref.kernel), atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel_size,stride,bias", [(1, 1, False), (1, 1, True), (3, 1, False),
+                                                     (1, 2, False)])
+def test_conv2d_as_matmul_equals_keras(kernel_size, stride, bias):
+    """A 1x1 stride-1 conv computed as a matrix product: Keras' output and gradients (input,
+    kernel, bias); other convs are Keras' own path."""
+    rng = np.random.RandomState(kernel_size * 10 + stride)
+    x = tf.constant(rng.normal(0, 1, (3, 5, 5, 6)).astype("float32"))
+    kwargs = dict(strides=stride, padding="same", use_bias=bias, activation="swish")
+    ref, ours = keras.layers.Conv2D(7, kernel_size, **kwargs), eb.Conv2D(7, kernel_size, **kwargs)
+    for layer in (ref, ours):
+        layer.build(x.shape)
+    for a, b in zip(ref.weights, ours.weights):
+        b.assign(rng.normal(0, 1, b.shape).astype("float32"))
+        a.assign(b)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        y_ref, y_ours = ref(x), ours(x)
+        loss_ref, loss_ours = (tf.reduce_sum(y * tf.sin(y)) for y in (y_ref, y_ours))
+    np.testing.assert_allclose(y_ours, y_ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip([x] + ref.weights, [x] + ours.weights):
+        np.testing.assert_allclose(tape.gradient(loss_ours, b), tape.gradient(loss_ref, a),
+                                   rtol=1e-4, atol=1e-4)
