@@ -17,7 +17,7 @@ def run(workdir, *extra):
 
 
 # A growing unlabeled batch and a student 3 wider than the teacher (and so a supervised baseline).
-SMOKE_FLAGS = ("--unlabel_ratios=1,2,1", "--student_widths=0.25,0.25,0.3")
+SMOKE_FLAGS = ("--unlabel_ratios=1,2,1", "--student_widths=0.25,0.25,0.3", "--student_epochs=7")
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +59,10 @@ def test_smoke_report_has_every_model_and_iteration(smoke_run):
     assert baseline["architecture"]["width"] == 0.3 and baseline["unlabel_ratio"] is None
     assert 0.3 < baseline["top_1"] <= 1.0 and baseline["global_step"] == 300
     assert "| supervised, student 3's size | efficientnet-b0 w0.3 d0.25 @32 | - |" in table
+    # --student_epochs reaches every student's main.py (smoke trains by --train_steps, which wins).
+    epochs = {d: json.load(open(os.path.join(workdir, d, "flags.json")))["train_epochs"]
+              for d in ("teacher", "iter1/student", "iter2/student", "iter3/student")}
+    assert epochs["teacher"] != 7 and [epochs[f"iter{i}/student"] for i in (1, 2, 3)] == [7] * 3
 
 
 def test_smoke_rerun_skips_finished_stages(smoke_run):
@@ -93,6 +97,15 @@ def test_bad_student_widths_is_one_line_before_any_work(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("error: --student_widths=0.3,wide,0.4 must be three "
                                    "multipliers, one per iteration (e.g. 0.3,0.35,0.4)")
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_bad_student_epochs_is_one_line_before_any_work(tmp_path):
+    proc = subprocess.run(["bash", "run_iterations.sh", "--student_epochs=many", "--skip_setup",
+                           f"--workdir={tmp_path}/run"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("error: --student_epochs=many must be a number of epochs "
+                                   "(e.g. 50)")
     assert not os.path.exists(tmp_path / "run")
 
 
