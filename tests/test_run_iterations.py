@@ -81,31 +81,16 @@ def test_unknown_preset_is_one_line(tmp_path):
     assert proc.stderr.strip() == "error: --preset=huge is not one of smoke, quick, full"
 
 
-def test_bad_unlabel_ratios_is_one_line_before_any_work(tmp_path):
-    proc = subprocess.run(["bash", "run_iterations.sh", "--unlabel_ratios=1,2", "--skip_setup",
+@pytest.mark.parametrize("flag,error", [
+    ("--unlabel_ratios=1,2", "must be three numbers, one per iteration (e.g. 1,2,3)"),
+    ("--student_widths=0.3,wide,0.4",
+     "must be three multipliers, one per iteration (e.g. 0.3,0.35,0.4)"),
+    ("--student_epochs=many", "must be a number of epochs (e.g. 50)")])
+def test_bad_flag_is_one_line_before_any_work(tmp_path, flag, error):
+    proc = subprocess.run(["bash", "run_iterations.sh", flag, "--skip_setup",
                            f"--workdir={tmp_path}/run"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == ("error: --unlabel_ratios=1,2 must be three numbers, one per "
-                                   "iteration (e.g. 1,2,3)")
-    assert not os.path.exists(tmp_path / "run")
-
-
-def test_bad_student_widths_is_one_line_before_any_work(tmp_path):
-    proc = subprocess.run(["bash", "run_iterations.sh", "--student_widths=0.3,wide,0.4",
-                           "--skip_setup", f"--workdir={tmp_path}/run"], cwd=ROOT,
-                          capture_output=True, text=True)
-    assert proc.returncode == 2
-    assert proc.stderr.strip() == ("error: --student_widths=0.3,wide,0.4 must be three "
-                                   "multipliers, one per iteration (e.g. 0.3,0.35,0.4)")
-    assert not os.path.exists(tmp_path / "run")
-
-
-def test_bad_student_epochs_is_one_line_before_any_work(tmp_path):
-    proc = subprocess.run(["bash", "run_iterations.sh", "--student_epochs=many", "--skip_setup",
-                           f"--workdir={tmp_path}/run"], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 2
-    assert proc.stderr.strip() == ("error: --student_epochs=many must be a number of epochs "
-                                   "(e.g. 50)")
+    assert proc.stderr.strip() == f"error: {flag} {error}"
     assert not os.path.exists(tmp_path / "run")
 
 
