@@ -357,7 +357,8 @@ class DepthwiseConv2D(layers.DepthwiseConv2D):
         k, s = self.kernel_size[0], self.strides[0]
         size = inputs.shape[1]
         if size is None or inputs.shape[2] != size or self.kernel_size != (k, k) \
-                or self.strides != (s, s) or self.padding != "same" or self.use_bias:
+                or self.strides != (s, s) or self.padding != "same" or self.use_bias \
+                or self.depth_multiplier != 1:
             return super().call(inputs)
         first, last, before, after = live_taps(size, k, s)
         if (first, last) == (0, k - 1):
