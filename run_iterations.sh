@@ -33,7 +33,7 @@ for arg in "$@"; do
     --student_epochs=*) STUDENT_EPOCHS=${arg#*=} ;;
     --skip_setup) SKIP_SETUP=1 ;;
     --ablation) ABLATION=1 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "error: unknown argument $arg (use --preset=smoke|quick|full --workdir=DIR --seed=N" \
             "--student_widths=W1,W2,W3 --student_depths=D1,D2,D3 --unlabel_ratios=R1,R2,R3" \
             "--student_epochs=N --ablation)" >&2

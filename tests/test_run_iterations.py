@@ -94,6 +94,16 @@ def test_bad_flag_is_one_line_before_any_work(tmp_path, flag, error):
     assert not os.path.exists(tmp_path / "run")
 
 
+def test_help_prints_the_whole_header():
+    proc = subprocess.run(["bash", "run_iterations.sh", "--help"], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("# The reproducible Noisy Student run")
+    assert lines[-1] == "# one from its last checkpoint."
+    assert any("--student_epochs=50" in line for line in lines)
+
+
 def test_smoke_ablation_adds_table6_rows(smoke_run):
     """--ablation on a finished run trains only the five Table 6 / hard-label students (60 steps
     in smoke) and the report gains the ablation table next to the paper's numbers."""
