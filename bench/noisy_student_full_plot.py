@@ -1,6 +1,7 @@
-"""Top-1 per iteration of every committed full-preset seed: the preset (report.json, solid) and,
-if committed, its variants: growing students (growing/report.json, dotted; its supervised model
-of student 3's size as a star) and the earlier constant ratio 1 (report_ratio1.json, dashed).
+"""Top-1 per iteration of every committed full-preset seed: the preset with 75-epoch students
+(students75/report.json, solid, diamonds), with 50-epoch students (report.json, solid, faded)
+and, if committed, its variants: growing students (growing/report.json, dotted; its supervised
+model of student 3's size as a star) and the earlier constant ratio 1 (report_ratio1.json, dashed).
 Writes bench/noisy_student_full.png.
 
     python bench/noisy_student_full_plot.py
@@ -14,9 +15,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# file, line style, description when the report predates its `unlabel_ratio` field
-VERSIONS = (("report.json", "o-", None), ("growing/report.json", "s:", None),
-            ("report_ratio1.json", "x--", "w 0.25, ratios 1/1/1"))
+# file, line style, opacity, description when the report predates its `unlabel_ratio` field,
+# suffix naming the students' epochs
+VERSIONS = (("students75/report.json", "D-", 1.0, None, ", 75 ep"),
+            ("report.json", "o-", 0.6, None, ", 50 ep"),
+            ("growing/report.json", "s:", 0.5, None, ", 50 ep"),
+            ("report_ratio1.json", "x--", 0.5, "w 0.25, ratios 1/1/1", ", 50 ep"))
 
 
 def describe(report):
@@ -28,17 +32,18 @@ def describe(report):
 
 
 def main():
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(7, 4))
     for i, seed_dir in enumerate(sorted(glob.glob(os.path.join(HERE, "full-seed*")))):
         seed = os.path.basename(seed_dir).split("-")[-1]
-        for name, style, description in VERSIONS:
+        for name, style, alpha, description, epochs in VERSIONS:
             path = os.path.join(seed_dir, name)
             if not os.path.exists(path):
                 continue
             report = json.load(open(path))
             top1 = [100 * m["top_1"] for m in report["models"]]
-            ax.plot(range(len(top1)), top1, style, color=f"C{i}", alpha=1.0 if style == "o-" else 0.5,
-                    label=f"{seed}, {description or describe(report)}: +{top1[-1] - top1[0]:.2f}")
+            ax.plot(range(len(top1)), top1, style, color=f"C{i}", alpha=alpha,
+                    label=f"{seed}, {description or describe(report)}{epochs}: "
+                          f"+{top1[-1] - top1[0]:.2f}")
             baseline = report.get("supervised_baseline")
             if baseline and baseline.get("top_1") is not None:
                 ax.plot([3], [100 * baseline["top_1"]], "*", ms=12, color=f"C{i}",
@@ -47,7 +52,7 @@ def main():
     ax.set_ylabel("Fashion-MNIST test top-1 (%)")
     ax.set_title("run_iterations.sh --preset=full (4,000 labels)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     out = os.path.join(HERE, "noisy_student_full.png")
     fig.savefig(out + ".tmp.png", dpi=110, bbox_inches="tight")
     os.replace(out + ".tmp.png", out)
