@@ -17,7 +17,7 @@ def run(workdir, *extra):
 
 
 # A growing unlabeled batch and a student 3 wider than the teacher (and so a supervised baseline).
-SMOKE_FLAGS = ("--unlabel_ratios=1,2,1", "--student_widths=0.25,0.25,0.3", "--student_epochs=7")
+SMOKE_FLAGS = ("--unlabel_ratios=1,2,1", "--student_widths=0.25,0.25,0.3", "--student_epochs=7,8,9")
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +59,10 @@ def test_smoke_report_has_every_model_and_iteration(smoke_run):
     assert baseline["architecture"]["width"] == 0.3 and baseline["unlabel_ratio"] is None
     assert 0.3 < baseline["top_1"] <= 1.0 and baseline["global_step"] == 300
     assert "| supervised, student 3's size | efficientnet-b0 w0.3 d0.25 @32 | - |" in table
-    # --student_epochs reaches every student's main.py (smoke trains by --train_steps, which wins).
+    # --student_epochs reaches each student's main.py (smoke trains by --train_steps, which wins).
     epochs = {d: json.load(open(os.path.join(workdir, d, "flags.json")))["train_epochs"]
               for d in ("teacher", "iter1/student", "iter2/student", "iter3/student")}
-    assert epochs["teacher"] != 7 and [epochs[f"iter{i}/student"] for i in (1, 2, 3)] == [7] * 3
+    assert epochs["teacher"] != 7 and [epochs[f"iter{i}/student"] for i in (1, 2, 3)] == [7, 8, 9]
 
 
 def test_smoke_rerun_skips_finished_stages(smoke_run):
@@ -81,11 +81,14 @@ def test_unknown_preset_is_one_line(tmp_path):
     assert proc.stderr.strip() == "error: --preset=huge is not one of smoke, quick, full"
 
 
+EPOCHS_ERROR = "must be one number of epochs or three, one per iteration (e.g. 50 or 50,50,75)"
+
+
 @pytest.mark.parametrize("flag,error", [
     ("--unlabel_ratios=1,2", "must be three numbers, one per iteration (e.g. 1,2,3)"),
     ("--student_widths=0.3,wide,0.4",
      "must be three multipliers, one per iteration (e.g. 0.3,0.35,0.4)"),
-    ("--student_epochs=many", "must be a number of epochs (e.g. 50)")])
+    ("--student_epochs=many", EPOCHS_ERROR), ("--student_epochs=50,75", EPOCHS_ERROR)])
 def test_bad_flag_is_one_line_before_any_work(tmp_path, flag, error):
     proc = subprocess.run(["bash", "run_iterations.sh", flag, "--skip_setup",
                            f"--workdir={tmp_path}/run"], cwd=ROOT, capture_output=True, text=True)
@@ -119,4 +122,6 @@ def test_smoke_ablation_adds_table6_rows(smoke_run):
                  "teacher w. Aug, SD, Dropout (on the fly)", "NoisyStudent, hard pseudo-labels"):
         assert rows[name]["global_step"] == 60 and 0.0 < rows[name]["top_1"] <= 1.0
     assert "| student w/o Aug |" in open(os.path.join(workdir, "report.md")).read()
+    # The ablation's students are iteration 1's: its epochs (7 of --student_epochs=7,8,9).
+    assert json.load(open(os.path.join(workdir, "ablation/no_aug/flags.json")))["train_epochs"] == 7
     assert os.path.getsize(os.path.join(workdir, "ablation.png")) > 0
