@@ -78,6 +78,22 @@ def test_tf1_rmsprop_fused_kernel_matches_the_update_rule():
     np.testing.assert_allclose(opt._velocities[0].numpy(), ms, rtol=1e-5)
 
 
+def test_momentum_optimizer_is_tf1_momentum_at_constant_lr():
+    """--optimizer=momentum: accum = 0.9 accum + g; w -= lr accum (TF1 MomentumOptimizer)."""
+    lr, grads = 0.1, [np.array([0.5, -2.0], np.float32), np.array([1.0, 0.1], np.float32)]
+    var = tf.Variable([1.0, -1.0])
+    opt = main.build_optimizer("momentum", lr)
+    w, accum = np.array([1.0, -1.0]), np.zeros(2)
+    for g in grads:
+        opt.apply_gradients([(tf.constant(g), var)])
+        accum = 0.9 * accum + g
+        w = w - lr * accum
+    np.testing.assert_allclose(var.numpy(), w, rtol=1e-6)
+    assert isinstance(main.build_optimizer("rmsprop", lr), main.TF1RMSprop)
+    with pytest.raises(ValueError, match="adam"):
+        main.build_optimizer("adam", lr)
+
+
 def test_ema_update_moves_toward_the_weights():
     ema, w = tf.Variable([1.0, 3.0]), tf.Variable([2.0, -1.0])
     main.ema_update([ema], [w], 0.75)
@@ -135,6 +151,14 @@ def test_teacher_trains_evaluates_and_writes_its_dir(teacher_dir):
     assert saved["train_steps"] == 300 and saved["model_name"] == "efficientnet-b0"
     assert tf.train.latest_checkpoint(teacher_dir).endswith("ckpt-300")
     assert os.path.isdir(os.path.join(teacher_dir, "train"))   # TensorBoard events
+
+
+def test_momentum_teacher_trains(fashion_mnist_dir, tmp_path):
+    run(TINY + [f"--data_dir={fashion_mnist_dir}", f"--model_dir={tmp_path}", "--train_steps=200",
+                "--train_batch_size=64", "--optimizer=momentum", "--base_learning_rate=0.4",
+                "--lr_warmup_epochs=1", "--randaug_mag=5", "--log_every_steps=100"])
+    assert json.load(open(tmp_path / "flags.json"))["optimizer"] == "momentum"
+    assert json.load(open(tmp_path / "eval_results.json"))["top_1"] > 0.35  # chance: 0.10
 
 
 def test_rerun_resumes_and_finished_run_only_reports(teacher_dir, fashion_mnist_dir, tmp_path):
