@@ -100,8 +100,8 @@ def define_flags():
     flags.DEFINE_float("lr_decay_factor", 0.97, "Staircase decay factor.")
     flags.DEFINE_enum("optimizer", "rmsprop", ["rmsprop", "momentum", "sgd"],
         "rmsprop: the reference's (decay 0.9, momentum 0.9, eps 1e-3, TF1 semantics); momentum: "
-        "SGD with momentum 0.9 (fits a full-width B0 on a few thousand labels far faster: "
-        "bench/teacher_b0_optimizer.md); sgd: plain gradient descent. The reference's names.")
+        "SGD with momentum 0.9 (fits an un-noised full-width B0 on 4,000 labels faster: "
+        "bench/b0_optimizer_diag.md); sgd: plain gradient descent. The reference's names.")
     flags.DEFINE_float("weight_decay", 1e-05, "L2 weight decay on non-BN weights (SVHN: 1e-4).")
     flags.DEFINE_float("label_smoothing", 0.1,
         "Label smoothing for labeled and hard pseudo-labels.")
@@ -242,8 +242,8 @@ class TF1RMSprop(keras.optimizers.RMSprop):
 def build_optimizer(name, learning_rate):
     """The reference's utils.build_optimizer: 'rmsprop' (what it trains with), 'momentum', 'sgd'.
 
-    NOTE: the reference trains every model with RMSProp; 'momentum' is offered because on a few
-    thousand labels and a few thousand steps RMSProp left the full-width B0 under-fitted here.
+    NOTE: the reference trains every model with RMSProp; 'momentum' is offered because in short
+    runs on 4,000 labels it fitted the full-width B0 much faster (bench/b0_optimizer_diag.md).
     """
     if name == "rmsprop":
         return TF1RMSprop(learning_rate=learning_rate, rho=0.9, momentum=0.9, epsilon=1e-3)

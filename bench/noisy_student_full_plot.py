@@ -1,5 +1,7 @@
-"""Top-1 per iteration of every committed full-preset seed: student 3 at 100 epochs
-(iter3_100ep/report.json, dash-dot, triangles), the preset with 75-epoch students
+"""Top-1 per iteration of every committed full-preset seed: the preset, students of 75, 75 and 100
+epochs, fresh end to end (preset_75_75_100/report.json, solid, plus signs), the same students with
+student 3 retrained on a copy of a 75-epoch run (iter3_100ep/report.json, dash-dot, triangles),
+the preset with 75-epoch students
 (students75/report.json, solid, diamonds), with 50-epoch students (report.json, solid, faded)
 and, if committed, its variants: growing students (growing/report.json, dotted; its supervised
 model of student 3's size as a star) and the earlier constant ratio 1 (report_ratio1.json, dashed).
@@ -18,9 +20,10 @@ import matplotlib.pyplot as plt
 HERE = os.path.dirname(os.path.abspath(__file__))
 # file, line style, opacity, description when the report predates its `unlabel_ratio` field,
 # suffix naming the students' epochs
-VERSIONS = (("iter3_100ep/report.json", "^-.", 1.0, None, ", 75/75/100 ep"),
-            ("students75/report.json", "D-", 1.0, None, ", 75 ep"),
-            ("report.json", "o-", 0.6, None, ", 50 ep"),
+VERSIONS = (("preset_75_75_100/report.json", "P-", 1.0, None, ", the preset: 75/75/100 ep"),
+            ("iter3_100ep/report.json", "^-.", 0.6, None, ", 75/75/100 ep (iter 3 rerun)"),
+            ("students75/report.json", "D-", 0.5, None, ", 75 ep"),
+            ("report.json", "o-", 0.4, None, ", 50 ep"),
             ("growing/report.json", "s:", 0.5, None, ", 50 ep"),
             ("report_ratio1.json", "x--", 0.5, "w 0.25, ratios 1/1/1", ", 50 ep"))
 
