@@ -67,7 +67,7 @@ case "$PRESET" in
     TEACHER=(--train_epochs=25 "${SCHEDULE[@]}")
     STUDENT=("${SCHEDULE[@]}"); EPOCHS=25,25,25; RATIOS=1.5,1.5,1.5
     UNLABELED_SHARDS='*'; PER_CLASS=4000; EVAL_ROBUSTNESS=1; ROBUST_EXAMPLES=500 ;;
-  full)   # the reproduction: ~40 minutes on 2 cores
+  full)   # the reproduction: ~44 minutes on 2 cores
     NET=(--model_name=efficientnet-b0 --width_coefficient=0.25 --depth_coefficient=0.25)
     TEACHER=(--train_epochs=50 "${SCHEDULE[@]}")
     # NOTE: students train 1.5x the teacher's epochs and student 3, with the largest unlabeled
