@@ -159,6 +159,10 @@ def test_momentum_teacher_trains(fashion_mnist_dir, tmp_path):
                 "--lr_warmup_epochs=1", "--randaug_mag=5", "--log_every_steps=100"])
     assert json.load(open(tmp_path / "flags.json"))["optimizer"] == "momentum"
     assert json.load(open(tmp_path / "eval_results.json"))["top_1"] > 0.35  # chance: 0.10
+    # The flag reached the optimizer: one momentum slot per weight (RMSProp keeps two: ms, mom).
+    names = [n for n, _ in tf.train.list_variables(tf.train.latest_checkpoint(str(tmp_path)))]
+    slots = sum(n.startswith("optimizer/_variables/") for n in names)
+    assert slots == sum(n.startswith("optimizer/_trainable_variables/") for n in names) > 0
 
 
 def test_rerun_resumes_and_finished_run_only_reports(teacher_dir, fashion_mnist_dir, tmp_path):
