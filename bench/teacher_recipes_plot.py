@@ -24,8 +24,7 @@ def read_run(text):
     """(flags of the last `python3 main.py` line, top-1) from one benchmark markdown."""
     command = next(line for line in text.splitlines() if line.startswith("python3 main.py"))
     run_flags = dict(DEFAULTS, **dict(re.findall(r"--(\w+)=(\S+)", command)))  # last one wins
-    results = json.loads(text[text.index("eval_results.json:") + len("eval_results.json:"):]
-                         .split("\n}")[0] + "\n}")
+    results = json.loads(text.split("eval_results.json:")[1].split("\n\n")[0])
     return run_flags, results["top_1"]
 
 
