@@ -24,12 +24,12 @@ ImageNet records written by the standard converter (`image/encoded` JPEG, `image
 `DIR/train-*` and a DatasetInfo with label_offset=1 (DATASETS["imagenet"]).
 
 Library conventions: images are uint8 HxWxC; preprocessing returns float32 in [0, 255] (the model
-normalises); labels are 0-based int32; user mistakes raise UserError (one line, exit 2 via
+normalises); labels are 0-based int32; user mistakes raise common.UserError (one line, exit 2 via
 run_main).
 
 Corrupt records: tf.data reports them lazily, without the file name. Wrap the loop that consumes a
 dataset in `with translate_data_errors(files):` -- it turns tf's DataLossError/InvalidArgumentError
-into a UserError naming the bad file and record (found by `check_records`, which rescans the files).
+into a common.UserError naming the bad file and record (found by `check_records`, which rescans the files).
 """
 
 import contextlib
@@ -37,13 +37,10 @@ import dataclasses
 import gzip
 import json
 import os
-import sys
-import time
 import types
-import uuid
 import zlib
 
-from absl import app
+import common  # first: it silences TensorFlow's start-up lines
 from absl import flags
 from absl import logging
 import numpy as np
@@ -55,106 +52,6 @@ INPUT_KINDS = ("small", "imagenet")
 IMAGENET_CROP_PADDING = 32  # eval centre crop: image_size / (image_size + 32) of the short side
 SMALL_IMAGE_PAD = 4  # reflect padding before the random crop of small images
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
-
-
-# ---------------------------------------------------------------------------------------------
-# Errors, atomic outputs, file lists.
-# ---------------------------------------------------------------------------------------------
-class UserError(Exception):
-    """A mistake of the user (bad flag, missing or corrupt file): reported as one line, exit 2."""
-
-
-def run_main(main):
-    """absl `app.run(main)`; a UserError prints one line `error: ...` on stderr and exits 2."""
-
-    def wrapped(argv):
-        try:
-            return main(argv)
-        except UserError as e:
-            message = " ".join(str(e).split())  # one line, whatever the message holds
-            print(f"error: {message}", file=sys.stderr, flush=True)
-            sys.exit(2)
-
-    app.run(wrapped)
-
-
-@contextlib.contextmanager
-def atomic_output(path):
-    """Yields a temporary path next to `path`; renames it onto `path` when the block succeeds.
-
-    The caller creates a file or a directory at the yielded path. An existing `path` is replaced.
-    On an exception the temporary file or directory is deleted and `path` is left untouched.
-    """
-    path = os.path.normpath(path)
-    parent, base = os.path.split(path)
-    if parent:
-        tf.io.gfile.makedirs(parent)
-    tmp = os.path.join(parent, f".{base}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        yield tmp
-        if not tf.io.gfile.exists(tmp):
-            raise RuntimeError(f"atomic_output: nothing was written at {tmp} for {path}")
-        if tf.io.gfile.isdir(tmp):
-            old = None
-            if tf.io.gfile.exists(path):  # move the old directory aside, swap, then delete it
-                old = tmp + ".old"
-                tf.io.gfile.rename(path, old)
-            tf.io.gfile.rename(tmp, path)
-            if old:
-                _remove(old)
-        else:
-            tf.io.gfile.rename(tmp, path, overwrite=True)
-    except BaseException:
-        _remove(tmp)
-        raise
-
-
-def remove_stale_temporaries(path):
-    """Deletes temporaries of `path` left by a killed run (call only from the job owning `path`)."""
-    parent, name = os.path.split(os.path.normpath(path))
-    for tmp in tf.io.gfile.glob(os.path.join(parent, f".{name}.tmp-*")):
-        logging.info("removing %s (left by an interrupted run)", tmp)
-        _remove(tmp)
-
-
-def _remove(path):
-    if tf.io.gfile.isdir(path):
-        tf.io.gfile.rmtree(path)
-    elif tf.io.gfile.exists(path):
-        tf.io.gfile.remove(path)
-
-
-def write_json(path, obj):
-    """Writes `obj` as JSON (indent 2, sorted keys) atomically: temp file, then rename."""
-    with atomic_output(path) as tmp:
-        with tf.io.gfile.GFile(tmp, "w") as f:
-            f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def read_json(path):
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
-
-
-def list_files(pattern, what="data"):
-    """A directory -> all its `*.tfrecord*` files; otherwise a glob. Sorted; UserError if none."""
-    if not pattern:
-        raise UserError(f"no path given for the {what} files")
-    hint = ""
-    if tf.io.gfile.isdir(pattern):
-        files = tf.io.gfile.glob(os.path.join(pattern, "*.tfrecord*"))
-        hint = (f" (a directory is read as {os.path.join(pattern, '*.tfrecord*')}; pass a glob "
-                f"such as {os.path.join(pattern, 'train-*')} for other shard names)")
-    else:
-        files = tf.io.gfile.glob(pattern)
-        if not any(c in pattern for c in "*?["):
-            hint = " (no such file or directory)"
-    # Hidden files are atomic_output temporaries of running or killed jobs (glob matches them).
-    files = sorted(f for f in files if not os.path.basename(f).startswith(".")
-                   and not tf.io.gfile.isdir(f))
-    if not files:
-        raise UserError(f"no {what} files match {pattern}{hint}")
-    return files
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,11 +98,11 @@ def dataset_info(name, data_dir=None, **overrides):
     Changing num_channels without giving mean/std averages the preset's mean/std over channels.
     """
     if name not in DATASETS:
-        raise UserError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+        raise common.UserError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
     fields = {f.name for f in dataclasses.fields(DatasetInfo)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
-        raise UserError(f"unknown dataset setting(s) {unknown}; known: {sorted(fields)}")
+        raise common.UserError(f"unknown dataset setting(s) {unknown}; known: {sorted(fields)}")
     info = DATASETS[name]
     channels = overrides.get("num_channels", info.num_channels)
     if channels != len(info.mean):
@@ -214,19 +111,19 @@ def dataset_info(name, data_dir=None, **overrides):
     info = dataclasses.replace(info, **overrides)
     if info.num_classes == 0:
         if not data_dir:
-            raise UserError(f"dataset {name!r} needs num_classes or a data_dir with "
+            raise common.UserError(f"dataset {name!r} needs num_classes or a data_dir with "
                             f"class_names.json")
         info = dataclasses.replace(info, num_classes=len(read_class_names(data_dir)))
     if info.input_kind not in INPUT_KINDS:
-        raise UserError(f"input_kind={info.input_kind!r} is not one of {INPUT_KINDS}")
+        raise common.UserError(f"input_kind={info.input_kind!r} is not one of {INPUT_KINDS}")
     if info.num_channels not in (1, 3):
-        raise UserError(f"num_channels={info.num_channels}: only 1 or 3 are supported")
+        raise common.UserError(f"num_channels={info.num_channels}: only 1 or 3 are supported")
     if len(info.mean) != info.num_channels or len(info.std) != info.num_channels:
-        raise UserError(f"mean/std need {info.num_channels} values, got {info.mean}/{info.std}")
+        raise common.UserError(f"mean/std need {info.num_channels} values, got {info.mean}/{info.std}")
     if info.label_offset not in (0, 1):
-        raise UserError(f"label_offset={info.label_offset} must be 0 or 1")
+        raise common.UserError(f"label_offset={info.label_offset} must be 0 or 1")
     if info.num_classes < 1 or info.image_size < 1:
-        raise UserError(f"bad num_classes={info.num_classes} or image_size={info.image_size}")
+        raise common.UserError(f"bad num_classes={info.num_classes} or image_size={info.image_size}")
     return info
 
 
@@ -236,8 +133,8 @@ def read_class_names(data_dir):
     for d in (base, os.path.dirname(os.path.normpath(base))):
         path = os.path.join(d, "class_names.json")
         if tf.io.gfile.exists(path):
-            return read_json(path)
-    raise UserError(f"no class_names.json in {base} or its parent; pass num_classes")
+            return common.read_json(path)
+    raise common.UserError(f"no class_names.json in {base} or its parent; pass num_classes")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,7 +260,7 @@ def parse_diagnostic_label(serialized):
 
 
 def check_records(files, keys=("image/encoded",), decode=False):
-    """Reads every record of `files`; returns the count. UserError naming the first bad file.
+    """Reads every record of `files`; returns the count. common.UserError naming the first bad file.
 
     A record is bad when the TFRecord framing/CRC is broken, it is not a tf.train.Example, a key
     in `keys` is missing, or (decode=True) its image does not decode.
@@ -380,25 +277,14 @@ def check_records(files, keys=("image/encoded",), decode=False):
                     tf.io.decode_image(parsed["image/encoded"], expand_animations=False)
                 index += 1
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-            raise UserError(f"corrupt record file {path}, record {index}: {_tf_message(e)}")
+            raise common.UserError(f"corrupt record file {path}, record {index}: {common.tf_error_line(e)}")
         total += index
     return total
 
 
-def _tf_message(error):
-    """The informative first line of a tf error message, without the op/function noise."""
-    text = error.message.strip().splitlines()[0] if error.message else type(error).__name__
-    if text.startswith("{{function_node"):
-        text = text.split("}}", 1)[-1].strip()
-    text = text.split(" [Op:")[0].split("\t")[0].strip()
-    if "assertion failed: [" in text:  # keep our assertion's message, drop tf's operand dump
-        text = text.split("assertion failed: [", 1)[1].split("]", 1)[0]
-    return text
-
-
 @contextlib.contextmanager
 def translate_data_errors(files):
-    """Turns tf input errors raised while consuming a dataset of `files` into a UserError.
+    """Turns tf input errors raised while consuming a dataset of `files` into a common.UserError.
 
     tf.data's messages do not name the file: for broken records and undecodable images the
     files are rescanned with check_records to name the bad one (slow for a big data set, but
@@ -407,8 +293,8 @@ def translate_data_errors(files):
     try:
         yield
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-        files = list_files(files) if isinstance(files, str) else files
-        message = _tf_message(e)
+        files = common.list_files(files) if isinstance(files, str) else files
+        message = common.tf_error_line(e)
         lower = message.lower()
         decode = any(w in lower for w in ("decode", "image format", "jpeg", "png"))
         if decode or isinstance(e, tf.errors.DataLossError) or "parse" in lower:
@@ -416,67 +302,36 @@ def translate_data_errors(files):
                             len(files))
             check_records(files, decode=decode)
         where = files[0] if len(files) == 1 else f"{len(files)} files like {files[0]}"
-        raise UserError(f"bad input record in {where}: {message}") from e
+        raise common.UserError(f"bad input record in {where}: {message}") from e
 
 
 # ---------------------------------------------------------------------------------------------
 # Sharded writing with progress.
 # ---------------------------------------------------------------------------------------------
-def shard_files(files, num_shards, shard_id):
-    """The files of job `shard_id` of `num_shards`: file i goes to job i % num_shards."""
-    if num_shards < 1:
-        raise UserError(f"--num_shards must be >= 1, got {num_shards}")
-    if not 0 <= shard_id < num_shards:
-        raise UserError(f"--shard_id must be in [0, {num_shards}), got {shard_id}")
-    return files[shard_id::num_shards]
-
-
-def shard_name(split, index, num_shards):
-    return f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
-
-
-class Progress:
-    """Logs `what: done/total (pct), img/s, ETA` at most every `every` seconds."""
-
-    def __init__(self, what, total, every=10.0):
-        self.what, self.total, self.every = what, total, every
-        self.start = self.last = time.time()
-
-    def update(self, done, force=False):
-        now = time.time()
-        if not force and now - self.last < self.every:
-            return
-        self.last = now
-        rate = done / max(now - self.start, 1e-9)
-        eta = (self.total - done) / rate if rate > 0 else 0.0
-        logging.info("%s: %d/%d (%.0f%%), %.0f img/s, ETA %.0fs", self.what, done, self.total,
-                     100.0 * done / max(self.total, 1), rate, eta)
-
-
 def write_shards(out_dir, split, serialized_records, num_records, num_shards):
     """Writes `num_records` serialized records, in order, as `num_shards` contiguous shards."""
     tf.io.gfile.makedirs(out_dir)
     bounds = [num_records * s // num_shards for s in range(num_shards + 1)]
-    progress = Progress(f"writing {split}", num_records)
+    progress = common.Progress(f"writing {split}", num_records)
     records = iter(serialized_records)
     done = 0
     for s in range(num_shards):
-        with tf.io.TFRecordWriter(os.path.join(out_dir, shard_name(split, s, num_shards))) as w:
+        with tf.io.TFRecordWriter(os.path.join(out_dir, common.shard_name(split, s, num_shards))) as w:
             for _ in range(bounds[s + 1] - bounds[s]):
                 w.write(next(records))
                 done += 1
                 progress.update(done)
     progress.update(done, force=True)
-    return [shard_name(split, s, num_shards) for s in range(num_shards)]
+    return [common.shard_name(split, s, num_shards) for s in range(num_shards)]
 
 
 def _previous_run(output_dir, args):
-    """The summary of a finished run with the same args, None if there is none; else UserError."""
+    """The summary of a finished run with the same args, None if there is none; else common.UserError."""
     if not tf.io.gfile.exists(output_dir):
         return None
     marker = os.path.join(output_dir, "prepared.json")
     if tf.io.gfile.exists(marker):
-        summary = read_json(marker)
+        summary = common.read_json(marker)
         if summary.get("args") == args:
             logging.info("%s is already prepared with the same arguments: nothing to do",
                          output_dir)
@@ -484,10 +339,10 @@ def _previous_run(output_dir, args):
         old = summary.get("args") or {}
         diff = ", ".join(f"{k}: {old.get(k)!r} -> {args.get(k)!r}" for k in sorted(
             set(old) | set(args)) if old.get(k) != args.get(k))
-        raise UserError(f"{output_dir} was prepared with other arguments ({diff}); remove it or "
+        raise common.UserError(f"{output_dir} was prepared with other arguments ({diff}); remove it or "
                         f"choose another output directory")
     if tf.io.gfile.listdir(output_dir):
-        raise UserError(f"{output_dir} exists and is not a finished preparation (no "
+        raise common.UserError(f"{output_dir} exists and is not a finished preparation (no "
                         f"prepared.json); remove it or choose another output directory")
     return None
 
@@ -503,7 +358,7 @@ DEFAULT_FASHION_MNIST_SHARDS = types.MappingProxyType({"labeled": 2, "unlabeled"
 
 
 def read_idx(path, expected_dims):
-    """A gzip IDX file as a uint8 array; UserError naming the file if it is missing or corrupt.
+    """A gzip IDX file as a uint8 array; common.UserError naming the file if it is missing or corrupt.
 
     IDX: magic 0x0000 08 <ndim> (08 = unsigned byte), ndim big-endian int32 sizes, then data.
     """
@@ -511,19 +366,19 @@ def read_idx(path, expected_dims):
         with gzip.open(path, "rb") as f:
             raw = f.read()
     except FileNotFoundError:
-        raise UserError(f"missing file {path}")
+        raise common.UserError(f"missing file {path}")
     except (OSError, EOFError, zlib.error) as e:
-        raise UserError(f"corrupt gzip file {path}: {e}")
+        raise common.UserError(f"corrupt gzip file {path}: {e}")
     ndim = len(expected_dims)
     header = 4 + 4 * ndim
     if len(raw) < header or raw[:4] != bytes([0, 0, 8, ndim]):
-        raise UserError(f"corrupt IDX file {path}: expected the magic number "
+        raise common.UserError(f"corrupt IDX file {path}: expected the magic number "
                         f"{0x800 + ndim} for uint8 with {ndim} dimensions")
     dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
     if any(want is not None and want != got for want, got in zip(expected_dims, dims)):
-        raise UserError(f"corrupt IDX file {path}: shape {dims}, expected {list(expected_dims)}")
+        raise common.UserError(f"corrupt IDX file {path}: shape {dims}, expected {list(expected_dims)}")
     if len(raw) != header + int(np.prod(dims)):
-        raise UserError(f"corrupt IDX file {path}: {len(raw) - header} data bytes for shape {dims}")
+        raise common.UserError(f"corrupt IDX file {path}: {len(raw) - header} data bytes for shape {dims}")
     return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
 
 
@@ -533,7 +388,7 @@ def read_fashion_mnist(source_dir, split):
     images = read_idx(os.path.join(source_dir, images_file), (count, 28, 28))
     labels = read_idx(os.path.join(source_dir, labels_file), (count,))
     if labels.max() > 9:
-        raise UserError(f"corrupt labels in {os.path.join(source_dir, labels_file)}: "
+        raise common.UserError(f"corrupt labels in {os.path.join(source_dir, labels_file)}: "
                         f"label {labels.max()} > 9")
     return images, labels
 
@@ -545,7 +400,7 @@ def select_labeled(labels, num_per_class, seed):
     for c in range(int(labels.max()) + 1):
         members = np.flatnonzero(labels == c)
         if num_per_class > len(members):
-            raise UserError(f"--num_labeled_per_class={num_per_class} but class {c} has only "
+            raise common.UserError(f"--num_labeled_per_class={num_per_class} but class {c} has only "
                             f"{len(members)} images")
         chosen.append(rng.choice(members, num_per_class, replace=False))
     return np.sort(np.concatenate(chosen))
@@ -568,9 +423,9 @@ def prepare_fashion_mnist(output_dir, num_labeled_per_class=400, seed=0,
     """
     shards = dict(shards)
     if sorted(shards) != ["labeled", "test", "unlabeled"] or min(shards.values()) < 1:
-        raise UserError(f"shards must give labeled, unlabeled and test counts >= 1, got {shards}")
+        raise common.UserError(f"shards must give labeled, unlabeled and test counts >= 1, got {shards}")
     if num_labeled_per_class < 1:
-        raise UserError(f"--num_labeled_per_class must be >= 1, got {num_labeled_per_class}")
+        raise common.UserError(f"--num_labeled_per_class must be >= 1, got {num_labeled_per_class}")
     args = {"dataset": "fashion_mnist", "num_labeled_per_class": int(num_labeled_per_class),
             "seed": int(seed), "source_dir": os.path.abspath(source_dir), "shards": shards}
     previous = _previous_run(output_dir, args)
@@ -607,7 +462,7 @@ def prepare_fashion_mnist(output_dir, num_labeled_per_class=400, seed=0,
     }
     summary = {"args": args, "num_classes": 10, "image_size": 32, "num_channels": 1,
                "counts": {}, "files": {}}
-    with atomic_output(output_dir) as tmp:
+    with common.atomic_output(output_dir) as tmp:
         for split, (images, labels, indices, name, with_label) in splits.items():
             summary["files"][split] = write_shards(
                 os.path.join(tmp, split), split, records(images, labels, indices, name, with_label),
@@ -615,7 +470,7 @@ def prepare_fashion_mnist(output_dir, num_labeled_per_class=400, seed=0,
             summary["counts"][split] = len(indices)
             logging.info("%s: %d images in %d shards", split, len(indices), shards[split])
         summary["labeled_per_class"] = np.bincount(train_labels[labeled], minlength=10).tolist()
-        write_json(os.path.join(tmp, "prepared.json"), summary)
+        common.write_json(os.path.join(tmp, "prepared.json"), summary)
     logging.info("Prepared Fashion-MNIST in %s: %s", output_dir, summary["counts"])
     return summary
 
@@ -629,12 +484,12 @@ _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
 def list_image_folder(src_dir):
     """(class names sorted, [(path, label, relative id)]) of src_dir/<class>/<image>."""
     if not tf.io.gfile.isdir(src_dir):
-        raise UserError(f"source directory {src_dir} does not exist")
+        raise common.UserError(f"source directory {src_dir} does not exist")
     classes = sorted(d for d in tf.io.gfile.listdir(src_dir)
                      if not d.startswith(".") and tf.io.gfile.isdir(os.path.join(src_dir, d)))
     classes = [c.rstrip("/") for c in classes]
     if not classes:
-        raise UserError(f"source directory {src_dir} has no class sub-folders")
+        raise common.UserError(f"source directory {src_dir} has no class sub-folders")
     items, skipped = [], 0
     for label, name in enumerate(classes):
         folder = os.path.join(src_dir, name)
@@ -642,7 +497,7 @@ def list_image_folder(src_dir):
         images = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
         skipped += len(files) - len(images)
         if not images:
-            raise UserError(f"class folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS)})")
+            raise common.UserError(f"class folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS)})")
         items += [(os.path.join(folder, f), label, f"{name}/{f}") for f in images]
     if skipped:
         logging.warning("skipped %d files without an image extension in %s", skipped, src_dir)
@@ -657,9 +512,9 @@ def folder_to_tfrecords(src_dir, output_dir, split, num_shards, seed=0):
     Another split already written under output_dir must have the same class names.
     """
     if num_shards < 1:
-        raise UserError(f"--num_shards must be >= 1, got {num_shards}")
+        raise common.UserError(f"--num_shards must be >= 1, got {num_shards}")
     if not split or "/" in split:
-        raise UserError(f"--split must be a plain name such as train, got {split!r}")
+        raise common.UserError(f"--split must be a plain name such as train, got {split!r}")
     args = {"dataset": "folder", "source_dir": os.path.abspath(src_dir), "split": split,
             "num_shards": int(num_shards), "seed": int(seed)}
     split_dir = os.path.join(output_dir, split)
@@ -670,8 +525,8 @@ def folder_to_tfrecords(src_dir, output_dir, split, num_shards, seed=0):
     if tf.io.gfile.isdir(output_dir):
         for other in tf.io.gfile.listdir(output_dir):
             path = os.path.join(output_dir, other.rstrip("/"), "class_names.json")
-            if tf.io.gfile.exists(path) and read_json(path) != classes:
-                raise UserError(f"the class folders of {src_dir} differ from {path}; every "
+            if tf.io.gfile.exists(path) and common.read_json(path) != classes:
+                raise common.UserError(f"the class folders of {src_dir} differ from {path}; every "
                                 f"split of one data set needs the same classes")
     order = np.random.default_rng(seed).permutation(len(items))
 
@@ -681,15 +536,15 @@ def folder_to_tfrecords(src_dir, output_dir, split, num_shards, seed=0):
             with tf.io.gfile.GFile(path, "rb") as f:
                 encoded = f.read()
             if not encoded.startswith(_MAGIC):
-                raise UserError(f"{path} is not a JPEG/PNG/GIF/BMP image")
+                raise common.UserError(f"{path} is not a JPEG/PNG/GIF/BMP image")
             yield image_example(encoded, label, f"{split}/{rel}").SerializeToString()
 
     summary = {"args": args, "num_classes": len(classes), "counts": {split: len(items)},
                "per_class": np.bincount([it[1] for it in items], minlength=len(classes)).tolist()}
-    with atomic_output(split_dir) as tmp:
+    with common.atomic_output(split_dir) as tmp:
         summary["files"] = {split: write_shards(tmp, split, records(), len(items), num_shards)}
-        write_json(os.path.join(tmp, "class_names.json"), classes)
-        write_json(os.path.join(tmp, "prepared.json"), summary)
+        common.write_json(os.path.join(tmp, "class_names.json"), classes)
+        common.write_json(os.path.join(tmp, "prepared.json"), summary)
     logging.info("Wrote %d images of %d classes to %s", len(items), len(classes), split_dir)
     return summary
 
@@ -760,7 +615,7 @@ def _random_bbox_crop(image, image_size):
 
 def _check_augment_name(augment_name):
     if augment_name not in AUGMENT_NAMES:
-        raise UserError(f"augment_name={augment_name!r} is not one of {AUGMENT_NAMES}")
+        raise common.UserError(f"augment_name={augment_name!r} is not one of {AUGMENT_NAMES}")
 
 
 def _random_crop_and_flip(images, pad, flip):
@@ -874,9 +729,9 @@ def _default_shuffle_buffer(info):
 def _files(pattern_or_files, what):
     if isinstance(pattern_or_files, (list, tuple)):
         if not pattern_or_files:
-            raise UserError(f"no {what} files given")
+            raise common.UserError(f"no {what} files given")
         return sorted(pattern_or_files)
-    return list_files(pattern_or_files, what)
+    return common.list_files(pattern_or_files, what)
 
 
 def _records(files, is_training, seed=None, cache=False, shuffle_buffer=1024,
@@ -1012,7 +867,7 @@ def unlabeled_records_dataset(files, info, image_size, batch_size):
     "true_label": int32 (-1 if absent; for reports only)}."""
     files = [files] if isinstance(files, str) else list(files)
     if not files:
-        raise UserError("no unlabeled files given")
+        raise common.UserError("no unlabeled files given")
     names = [os.path.basename(f) for f in files]
 
     def read(path, name):
@@ -1058,18 +913,18 @@ def define_flags():
 
 def main(argv):
     if len(argv) > 1:
-        raise UserError(f"unexpected arguments {argv[1:]}")
+        raise common.UserError(f"unexpected arguments {argv[1:]}")
     F = flags.FLAGS
     if not F.dataset or not F.output_dir:
-        raise UserError("--dataset and --output_dir are required")
+        raise common.UserError("--dataset and --output_dir are required")
     if F.dataset == "fashion_mnist":
         if F.num_shards is not None:
-            raise UserError("--num_shards applies to --dataset=folder only")
+            raise common.UserError("--num_shards applies to --dataset=folder only")
         summary = prepare_fashion_mnist(F.output_dir, F.num_labeled_per_class, F.seed,
                                         F.source_dir or FASHION_MNIST_DIR)
     else:
         if not F.source_dir:
-            raise UserError("--dataset=folder needs --source_dir")
+            raise common.UserError("--dataset=folder needs --source_dir")
         summary = folder_to_tfrecords(F.source_dir, F.output_dir, F.split,
                                       4 if F.num_shards is None else F.num_shards, F.seed)
     print(json.dumps(summary["counts"]))
@@ -1077,4 +932,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    run_main(main)
+    common.run_main(main)

@@ -30,6 +30,7 @@ import math
 import os
 import re
 
+import common  # first: it silences TensorFlow's start-up lines
 from absl import flags
 from absl import logging
 import keras
@@ -37,7 +38,6 @@ from keras import layers
 from keras import ops
 import tensorflow as tf
 
-from data import UserError, run_main, write_json
 
 MODEL_CONFIG_FILE = "model.json"
 
@@ -148,9 +148,9 @@ class Block:
 
 
 def efficientnet_params(model_name):
-    """(width, depth, resolution, dropout) of a named model; UserError for unknown names."""
+    """(width, depth, resolution, dropout) of a named model; common.UserError for unknown names."""
     if model_name not in _PARAMS:
-        raise UserError(f"unknown model name {model_name!r}; expected one of {', '.join(_PARAMS)}")
+        raise common.UserError(f"unknown model name {model_name!r}; expected one of {', '.join(_PARAMS)}")
     return _PARAMS[model_name]
 
 
@@ -414,10 +414,10 @@ def _normalisation_constants(num_channels, mean, std):
         std = IMAGENET_STD if num_channels == 3 else (sum(IMAGENET_STD) / 3,) * num_channels
     mean, std = tuple(mean), tuple(std)
     if len(mean) != num_channels or len(std) != num_channels:
-        raise UserError(f"mean {mean} and std {std} need one value per channel "
+        raise common.UserError(f"mean {mean} and std {std} need one value per channel "
                         f"(num_channels={num_channels})")
     if min(std) <= 0:
-        raise UserError(f"std {std} must be positive")
+        raise common.UserError(f"std {std} must be positive")
     return mean, std
 
 
@@ -508,7 +508,7 @@ def save_model_dir(model_dir, config, model, ema_model=None, step=0):
     For tools and tests; main.py writes the same layout through its own CheckpointManager.
     """
     tf.io.gfile.makedirs(model_dir)
-    write_json(os.path.join(model_dir, MODEL_CONFIG_FILE), config)
+    common.write_json(os.path.join(model_dir, MODEL_CONFIG_FILE), config)
     checkpoint = tf.train.Checkpoint(model=model, ema_model=ema_model or model,
                                      step=tf.Variable(step, dtype=tf.int64))
     manager = tf.train.CheckpointManager(checkpoint, model_dir, max_to_keep=None,
@@ -518,20 +518,20 @@ def save_model_dir(model_dir, config, model, ema_model=None, step=0):
 
 def load_model_dir(model_dir, use_ema=True):
     """(model, config) of the model in `model_dir`: built from model.json, weights from the latest
-    checkpoint's `ema_model` (use_ema) or `model`. UserError if anything is missing/mismatched."""
+    checkpoint's `ema_model` (use_ema) or `model`. common.UserError if anything is missing/mismatched."""
     if not tf.io.gfile.isdir(model_dir):
-        raise UserError(f"model dir {model_dir} does not exist")
+        raise common.UserError(f"model dir {model_dir} does not exist")
     config_path = os.path.join(model_dir, MODEL_CONFIG_FILE)
     if not tf.io.gfile.exists(config_path):
-        raise UserError(f"{config_path} is missing (not a model dir written by main.py?)")
+        raise common.UserError(f"{config_path} is missing (not a model dir written by main.py?)")
     try:
         with tf.io.gfile.GFile(config_path) as f:
             config = json.load(f)
     except (OSError, ValueError, tf.errors.OpError) as e:
-        raise UserError(f"{config_path}: cannot read ({e})") from e
+        raise common.UserError(f"{config_path}: cannot read ({e})") from e
     checkpoint_path = tf.train.latest_checkpoint(model_dir)
     if checkpoint_path is None:
-        raise UserError(f"no checkpoint in model dir {model_dir}")
+        raise common.UserError(f"no checkpoint in model dir {model_dir}")
     build_args = set(inspect.signature(build_model).parameters)
     model = build_model(**{k: v for k, v in config.items() if k in build_args})
     key = "ema_model" if use_ema else "model"
@@ -539,7 +539,7 @@ def load_model_dir(model_dir, use_ema=True):
         status = tf.train.Checkpoint(**{key: model}).read(checkpoint_path)
         status.expect_partial().assert_existing_objects_matched()
     except (AssertionError, ValueError) as e:
-        raise UserError(f"{checkpoint_path}: `{key}` does not match {config_path} "
+        raise common.UserError(f"{checkpoint_path}: `{key}` does not match {config_path} "
                         f"({str(e).splitlines()[0]})") from e
     logging.info("loaded %s (%s) from %s", config.get("model_name"), key, checkpoint_path)
     return model, config
@@ -598,4 +598,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    run_main(main)
+    common.run_main(main)

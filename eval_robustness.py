@@ -41,6 +41,7 @@ import os
 import time
 import types
 
+import common  # first: it silences TensorFlow's start-up lines
 from absl import flags
 from absl import logging
 import numpy as np
@@ -187,7 +188,7 @@ class EvalModel:
 def load_model(model_dir, name):
     model, config = efficientnet_builder.load_model_dir(model_dir)
     if config.get("dataset") not in data.DATASETS:
-        raise data.UserError(f"{model_dir}/model.json: dataset {config.get('dataset')!r} is not one "
+        raise common.UserError(f"{model_dir}/model.json: dataset {config.get('dataset')!r} is not one "
                              f"of {sorted(data.DATASETS)}")
     _, size, _, channels = model.input_shape
     preset = data.DATASETS[config["dataset"]]
@@ -206,10 +207,6 @@ def display_names(model_dirs):
         return [os.path.basename(paths[0])]
     common = os.path.commonpath(paths)
     return [os.path.relpath(p, common) if p != common else os.path.basename(p) for p in paths]
-
-
-def count_records(files):
-    return int(tf.data.TFRecordDataset(files).reduce(np.int64(0), lambda n, _: n + 1))
 
 
 def eval_batches(files, info, batch_size, limit):
@@ -233,7 +230,7 @@ def _fit(images, size, channels, what):
     if images.ndim == 3:
         images = images[..., None]
     if images.shape[-1] != channels:
-        raise data.UserError(f"{what}: images have {images.shape[-1]} channels, the model {channels}")
+        raise common.UserError(f"{what}: images have {images.shape[-1]} channels, the model {channels}")
     if images.shape[1:3] != (size, size):
         # As the paper: "resize images to the resolution EfficientNet trained on".
         images = tf.clip_by_value(tf.image.resize(images, [size, size], "bicubic"), 0, 255).numpy()
@@ -248,7 +245,7 @@ def file_batches(paths, labels, preprocess, batch_size, what):
         for images, y in ds:
             yield images.numpy(), y.numpy()
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
-        raise data.UserError(f"cannot read an image of {what}: {e.message.splitlines()[0]}") from e
+        raise common.UserError(f"cannot read an image of {what}: {e.message.splitlines()[0]}") from e
 
 
 def precropped_preprocess(info):
@@ -263,7 +260,7 @@ def precropped_preprocess(info):
 def read_wnids(path):
     """The 1000 ImageNet wnids from a text file (one per line, first token) or a JSON list/dict."""
     if not tf.io.gfile.exists(path):
-        raise data.UserError(f"--imagenet_wnids={path}: no such file")
+        raise common.UserError(f"--imagenet_wnids={path}: no such file")
     with tf.io.gfile.GFile(path) as f:
         text = f.read()
     try:
@@ -272,7 +269,7 @@ def read_wnids(path):
     except ValueError:
         wnids = [line.split()[0] for line in text.splitlines() if line.strip()]
     if len(set(wnids)) != 1000 or not all(str(w).startswith("n") for w in wnids):
-        raise data.UserError(f"--imagenet_wnids={path}: expected 1000 distinct wnids (n01440764 ...)")
+        raise common.UserError(f"--imagenet_wnids={path}: expected 1000 distinct wnids (n01440764 ...)")
     return sorted(wnids)
 
 
@@ -285,8 +282,8 @@ def class_mapping(folders, num_classes, class_index_json="", imagenet_wnids="", 
     folders = sorted(folders)
     if class_index_json:
         if not tf.io.gfile.exists(class_index_json):
-            raise data.UserError(f"--class_index_json={class_index_json}: no such file")
-        mapping, source = data.read_json(class_index_json), "class_index_json"
+            raise common.UserError(f"--class_index_json={class_index_json}: no such file")
+        mapping, source = common.read_json(class_index_json), "class_index_json"
     elif imagenet_wnids:
         mapping, source = {w: i for i, w in enumerate(read_wnids(imagenet_wnids))}, "imagenet_wnids"
     elif imagenet_a and len(folders) == len(IMAGENET_A_INDICES) and num_classes == 1000:
@@ -294,19 +291,19 @@ def class_mapping(folders, num_classes, class_index_json="", imagenet_wnids="", 
     elif len(folders) == num_classes:
         mapping, source = {f: i for i, f in enumerate(folders)}, "sorted_folders"
     else:
-        raise data.UserError(
+        raise common.UserError(
             f"{len(folders)} class folders for a {num_classes}-class model: pass --class_index_json "
             f"(folder -> class index) or --imagenet_wnids (the 1000 ImageNet wnids)")
     missing = [f for f in folders if f not in mapping]
     if missing:
-        raise data.UserError(f"class folder {missing[0]} is not in the --{source} mapping")
+        raise common.UserError(f"class folder {missing[0]} is not in the --{source} mapping")
     try:
         out = {f: int(mapping[f]) for f in folders}
     except (TypeError, ValueError) as e:
-        raise data.UserError(f"--{source}: class indices must be integers ({e})") from e
+        raise common.UserError(f"--{source}: class indices must be integers ({e})") from e
     bad = [f for f, i in out.items() if not 0 <= i < num_classes]
     if bad:
-        raise data.UserError(f"class folder {bad[0]} maps to {out[bad[0]]}, outside the model's "
+        raise common.UserError(f"class folder {bad[0]} maps to {out[bad[0]]}, outside the model's "
                              f"{num_classes} classes")
     return out, source
 
@@ -325,7 +322,7 @@ def folder_items(root, mapping_args, limit, seed):
 
 def evaluate_clean(models, batches, batch_size, total):
     correct, n = np.zeros(len(models)), 0
-    progress = data.Progress("clean", total)
+    progress = common.Progress("clean", total)
     for images, labels in batches:
         for m, model in enumerate(models):
             correct[m] += np.sum(model.predict(images, batch_size).argmax(-1) == labels)
@@ -343,7 +340,7 @@ def evaluate_generated_c(models, batches, names, seed, scale, batch_size, total)
     wrong = np.zeros((len(models), len(names), len(corruptions.SEVERITIES)))
     clean_wrong, n = np.zeros(len(models)), 0
     steps = len(names) * len(corruptions.SEVERITIES)
-    progress = data.Progress(f"c, corrupted images ({len(names)} corruptions x 5 severities)",
+    progress = common.Progress(f"c, corrupted images ({len(names)} corruptions x 5 severities)",
                              total * steps)
     for images, labels in batches:
         for m, model in enumerate(models):
@@ -364,19 +361,19 @@ def evaluate_c_arrays(models, c_dir, names, limit, batch_size):
     """CIFAR-10-C layout: <c_dir>/<corruption>.npy [5N, H, W, C] (severity-major) + labels.npy."""
     labels_path = os.path.join(c_dir, "labels.npy")
     if not os.path.exists(labels_path):
-        raise data.UserError(f"--c_dir={c_dir}: CIFAR-10-C arrays need {labels_path}")
+        raise common.UserError(f"--c_dir={c_dir}: CIFAR-10-C arrays need {labels_path}")
     all_labels = np.load(labels_path).astype(np.int64)
     names = [c for c in names if os.path.exists(os.path.join(c_dir, c + ".npy"))]
     if not names:
-        raise data.UserError(f"--c_dir={c_dir}: none of the --corruptions has a <name>.npy file")
+        raise common.UserError(f"--c_dir={c_dir}: none of the --corruptions has a <name>.npy file")
     size, channels = models[0].image_size, models[0].channels
     results = [{"errors": {}, "num_examples": 0} for _ in models]
-    progress = data.Progress("c arrays (corruption x severity)", len(names) * 5)
+    progress = common.Progress("c arrays (corruption x severity)", len(names) * 5)
     for i, name in enumerate(names):
         path = os.path.join(c_dir, name + ".npy")
         array = np.load(path, mmap_mode="r")
         if len(array) != len(all_labels) or len(array) % 5:
-            raise data.UserError(f"{path}: {len(array)} images for {len(all_labels)} labels "
+            raise common.UserError(f"{path}: {len(array)} images for {len(all_labels)} labels "
                                  f"(expected 5 severities x N, as labels.npy)")
         per = len(array) // 5
         count = min(per, limit) if limit else per
@@ -398,10 +395,10 @@ def evaluate_c_folders(models, c_dir, names, mapping_args, limit, seed, batch_si
     """Released ImageNet-C layout: <c_dir>/<corruption>/<severity>/<class>/<image>."""
     names = [c for c in names if tf.io.gfile.isdir(os.path.join(c_dir, c))]
     if not names:
-        raise data.UserError(f"--c_dir={c_dir}: none of the --corruptions has a folder")
+        raise common.UserError(f"--c_dir={c_dir}: none of the --corruptions has a folder")
     preprocess = precropped_preprocess(models[0].info)
     results = [{"errors": {}} for _ in models]
-    progress = data.Progress("c folders (corruption x severity)", len(names) * 5)
+    progress = common.Progress("c folders (corruption x severity)", len(names) * 5)
     for i, name in enumerate(names):
         errors = np.zeros((len(models), 5))
         for s in corruptions.SEVERITIES:
@@ -420,7 +417,7 @@ def evaluate_c_folders(models, c_dir, names, mapping_args, limit, seed, batch_si
 
 def evaluate_generated_p(models, batches, names, seed, scale, batch_size, total):
     rates, n, frames_per_sequence = np.zeros((len(models), len(names))), 0, {}
-    progress = data.Progress(f"p, sequences ({len(names)} perturbations)", total * len(names))
+    progress = common.Progress(f"p, sequences ({len(names)} perturbations)", total * len(names))
     for images, _ in batches:
         for j, name in enumerate(names):
             sequences = corruptions.perturb_batch(images, name, seed, n, scale)
@@ -442,15 +439,15 @@ def evaluate_p_arrays(models, p_dir, names, limit, batch_size):
     """CIFAR-10-P layout: <p_dir>/<perturbation>.npy of uint8 [N, T, H, W, C]."""
     names = [p for p in names if os.path.exists(os.path.join(p_dir, p + ".npy"))]
     if not names:
-        raise data.UserError(f"--p_dir={p_dir}: none of the --perturbations has a <name>.npy file")
+        raise common.UserError(f"--p_dir={p_dir}: none of the --perturbations has a <name>.npy file")
     size, channels = models[0].image_size, models[0].channels
     results = [{"flip_probability": {}, "frames": {}} for _ in models]
-    progress = data.Progress("p arrays (perturbations)", len(names))
+    progress = common.Progress("p arrays (perturbations)", len(names))
     for j, name in enumerate(names):
         path = os.path.join(p_dir, name + ".npy")
         array = np.load(path, mmap_mode="r")
         if array.ndim not in (4, 5) or array.shape[1] < 2:
-            raise data.UserError(f"{path}: expected N x T x H x W (x C) frames, got {array.shape}")
+            raise common.UserError(f"{path}: expected N x T x H x W (x C) frames, got {array.shape}")
         count = min(len(array), limit) if limit else len(array)
         t = array.shape[1]
         step = max(1, batch_size // t)
@@ -479,7 +476,7 @@ def evaluate_a(models, a_dir, mapping_args, limit, seed, batch_size):
     info = models[0].info
     preprocess = lambda encoded: data.preprocess_for_eval(encoded, info, info.image_size)
     correct, unmasked, n = np.zeros(len(models)), np.zeros(len(models)), 0
-    progress = data.Progress("a", len(paths))
+    progress = common.Progress("a", len(paths))
     for x, y in file_batches(paths, labels, preprocess, batch_size, a_dir):
         for m, model in enumerate(models):
             logits = model.predict(x, batch_size)
@@ -540,7 +537,7 @@ def parse_step_size(spec):
             return lambda eps: float(spec)
     except ValueError:
         pass
-    raise data.UserError(f"--pgd_step_size={spec!r}: give pixels (e.g. 0.5) or 'eps/K' (e.g. eps/4)")
+    raise common.UserError(f"--pgd_step_size={spec!r}: give pixels (e.g. 0.5) or 'eps/K' (e.g. eps/4)")
 
 
 def evaluate_attacks(model, batches, attacks, epsilons, steps, step_size, random_start, seed,
@@ -549,7 +546,7 @@ def evaluate_attacks(model, batches, attacks, epsilons, steps, step_size, random
     loss_gradient = make_loss_gradient(model.model)
     correct = {a: np.zeros(len(epsilons)) for a in attacks}
     n = 0
-    progress = data.Progress(f"{'+'.join(attacks)} {model.name}, images x epsilons",
+    progress = common.Progress(f"{'+'.join(attacks)} {model.name}, images x epsilons",
                              total * len(epsilons))
     for images, labels in batches:
         for start in range(0, len(labels), batch_size):
@@ -699,7 +696,7 @@ def markdown_report(names, results):
 
 
 def _save(fig, path):
-    with data.atomic_output(path) as tmp:
+    with common.atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
 
 
@@ -810,26 +807,26 @@ OWN_FLAGS = ("model_dir", "suite", "data_dir", "eval_data_dir", "output_dir", "b
 def _choose(values, known, flag):
     unknown = [v for v in values if v not in known]
     if unknown or not values:
-        raise data.UserError(f"--{flag}: {unknown or 'empty'}; choose from {', '.join(known)}")
+        raise common.UserError(f"--{flag}: {unknown or 'empty'}; choose from {', '.join(known)}")
     return list(values)
 
 
 def input_layout(path, flag, videos_ok=False):
     """'arrays' (*.npy) or 'folders'; UserError for anything else (ImageNet-P videos included)."""
     if not tf.io.gfile.isdir(path):
-        raise data.UserError(f"--{flag}={path} is not a directory")
+        raise common.UserError(f"--{flag}={path} is not a directory")
     if tf.io.gfile.glob(os.path.join(path, "*.npy")):
         return "arrays"
     # NOTE: ImageNet-P ships MP4 videos; no decoder is available without new dependencies, so they
     # are refused with instructions to convert them to arrays.
     if tf.io.gfile.glob(os.path.join(path, "*", "*", "*.mp4")) or tf.io.gfile.glob(os.path.join(path, "*", "*.mp4")):
-        raise data.UserError(
+        raise common.UserError(
             f"--{flag}={path} holds ImageNet-P videos (.mp4): no video decoder is available "
             f"without new dependencies (OpenCV/PyAV/imageio); convert them to <perturbation>.npy "
             f"arrays of N x T x H x W x C frames (the CIFAR-10-P layout) and pass that directory")
     if not videos_ok and tf.io.gfile.glob(os.path.join(path, "*", "[1-5]")):
         return "folders"
-    raise data.UserError(f"--{flag}={path}: expected <name>.npy arrays"
+    raise common.UserError(f"--{flag}={path}: expected <name>.npy arrays"
                          + ("" if videos_ok else " or <corruption>/<severity>/<class>/ folders"))
 
 
@@ -842,8 +839,8 @@ def resolve_baseline(flag_value, model_dirs):
         if os.path.abspath(path) in (os.path.abspath(d), os.path.abspath(os.path.join(d, RESULTS_FILE))):
             return i, None, os.path.join(d, RESULTS_FILE)
     if not tf.io.gfile.exists(path):
-        raise data.UserError(f"--baseline_results={path}: no such file")
-    return None, data.read_json(path), path
+        raise common.UserError(f"--baseline_results={path}: no such file")
+    return None, common.read_json(path), path
 
 
 def run_group(models, suites, F, files, total_for, scale_settings):
@@ -921,16 +918,16 @@ def main(argv, flag_values=flags.FLAGS):
     F.perturbations = _choose(F.perturbations, corruptions.PERTURBATIONS, "perturbations")
     model_dirs = [d for d in F.model_dir if d]
     if not model_dirs:
-        raise data.UserError("--model_dir is required (one or more model dirs, comma-separated)")
+        raise common.UserError("--model_dir is required (one or more model dirs, comma-separated)")
     try:
         epsilons = [float(e) for e in F.epsilons]
     except ValueError as e:
-        raise data.UserError(f"--epsilons={','.join(F.epsilons)}: not numbers") from e
+        raise common.UserError(f"--epsilons={','.join(F.epsilons)}: not numbers") from e
     if any(e < 0 for e in epsilons) or F.pgd_steps < 1 or F.batch_size < 1:
-        raise data.UserError("--epsilons must be >= 0, --pgd_steps and --batch_size >= 1")
+        raise common.UserError("--epsilons must be >= 0, --pgd_steps and --batch_size >= 1")
     parse_step_size(F.pgd_step_size)
     if "a" in suites and not F.a_dir:
-        raise data.UserError("--suite includes a: pass --a_dir (class folders, e.g. ImageNet-A)")
+        raise common.UserError("--suite includes a: pass --a_dir (class folders, e.g. ImageNet-A)")
     if "c" in suites and F.c_dir:
         input_layout(F.c_dir, "c_dir")
     if "p" in suites and F.p_dir:
@@ -938,7 +935,7 @@ def main(argv, flag_values=flags.FLAGS):
     needs_eval = {"clean", "fgsm", "pgd"} & set(suites) or ("c" in suites and not F.c_dir) or (
         "p" in suites and not F.p_dir)
     F.eval_data_dir = F.eval_data_dir or os.path.join(F.data_dir, "test")
-    files = data.list_files(F.eval_data_dir, "eval (--eval_data_dir / --data_dir)") if needs_eval else None
+    files = common.list_files(F.eval_data_dir, "eval (--eval_data_dir / --data_dir)") if needs_eval else None
     baseline_index, baseline, baseline_path = resolve_baseline(F.baseline_results, model_dirs)
     output_dir = F.output_dir or model_dirs[0]
 
@@ -948,7 +945,7 @@ def main(argv, flag_values=flags.FLAGS):
 
     def total_for(limit):  # images a suite will see, for progress lines
         if "all" not in counted:
-            counted["all"] = count_records(files)
+            counted["all"] = common.count_records(files)
         return min(limit, counted["all"]) if limit else counted["all"]
 
     scale_settings = dict(notes=[
@@ -969,7 +966,7 @@ def main(argv, flag_values=flags.FLAGS):
     merged = []
     for m, r in zip(models, results):
         path = os.path.join(m.model_dir, RESULTS_FILE)
-        old = data.read_json(path) if tf.io.gfile.exists(path) else {}
+        old = common.read_json(path) if tf.io.gfile.exists(path) else {}
         merged.append({**old, **r, "model_dir": m.model_dir, "model_config": m.config,
                        "settings": vars(F)})
     if baseline_index is not None:
@@ -984,11 +981,11 @@ def main(argv, flag_values=flags.FLAGS):
             r["baseline"] = baseline_path
         r["summary"] = summary(r)
     for m, r in zip(models, merged):
-        data.write_json(os.path.join(m.model_dir, RESULTS_FILE), _plain(r))
+        common.write_json(os.path.join(m.model_dir, RESULTS_FILE), _plain(r))
     tf.io.gfile.makedirs(output_dir)
     plots = write_plots(names, merged, output_dir)
     report = markdown_report(names, merged) + "".join(f"\n![{p}]({p})\n" for p in plots)
-    with data.atomic_output(os.path.join(output_dir, "robustness.md")) as tmp:
+    with common.atomic_output(os.path.join(output_dir, "robustness.md")) as tmp:
         with tf.io.gfile.GFile(tmp, "w") as f:
             f.write(report)
     logging.info("wrote %s in each model dir and robustness.md, %s to %s (%.0fs)", RESULTS_FILE,
@@ -998,4 +995,4 @@ def main(argv, flag_values=flags.FLAGS):
 
 if __name__ == "__main__":
     define_flags()
-    data.run_main(main)
+    common.run_main(main)

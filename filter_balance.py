@@ -59,18 +59,17 @@ import json
 import os
 import time
 
+import common  # first: it silences TensorFlow's start-up lines
 from absl import flags
 from absl import logging
 import numpy as np
 import tensorflow as tf
 
-import data
 
 SUBCOMMANDS = ("stats", "merge", "write", "report")
 SUMMARY_FILE = "summary.json"
 PLOT_FILE = "class_balance.png"
 READ_BATCH = 4096
-LOG_EVERY_SECONDS = 10.0
 
 # Fields read by this stage. Defaults mark a missing field so the error can name the record.
 _PARSE_SPEC = {
@@ -86,11 +85,11 @@ _PARSE_SPEC = {
 def input_files(pattern):
     """Sorted input shards; their basenames name every per-shard file, so they must be unique."""
     what = "pseudo-labeled (label_data.py output)"
-    files = data.list_files(pattern, what)
+    files = common.list_files(pattern, what)
     names = [os.path.basename(f) for f in files]
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
-        raise data.UserError(f"--input_pattern={pattern} matches several files named {dup[:5]}; "
+        raise common.UserError(f"--input_pattern={pattern} matches several files named {dup[:5]}; "
                              "per-shard outputs are keyed by basename")
     return files
 
@@ -124,16 +123,6 @@ def tie_break_uniform53(record_id, seed):
     return int.from_bytes(digest, "little") >> 11
 
 
-def load_json(path, what):
-    if not tf.io.gfile.exists(path):
-        raise data.UserError(f"{what} not found: {path}")
-    try:
-        with tf.io.gfile.GFile(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise data.UserError(f"{what} is not valid JSON: {path} ({e})") from None
-
-
 def num_classes_of(serialized, path, index):
     """Length of the probability vector of one record (float32 list or float16 bytes)."""
     example = tf.train.Example.FromString(serialized)
@@ -142,26 +131,8 @@ def num_classes_of(serialized, path, index):
         return len(feature["probabilities"].float_list.value)
     if "probabilities/float16" in feature:
         return len(feature["probabilities/float16"].bytes_list.value[0]) // 2
-    raise data.UserError(f"{path}: record {index} has neither 'probabilities' nor "
+    raise common.UserError(f"{path}: record {index} has neither 'probabilities' nor "
                          "'probabilities/float16' (is this a label_data.py output?)")
-
-
-class Progress:
-    """Logs records/s every LOG_EVERY_SECONDS (a clock check per batch, no sleeping)."""
-
-    def __init__(self, what):
-        self.what, self.start, self.last, self.count = what, time.time(), time.time(), 0
-
-    def update(self, n):
-        self.count += n
-        now = time.time()
-        if now - self.last >= LOG_EVERY_SECONDS:
-            self.last = now
-            logging.info("%s: %d records, %.0f records/s", self.what, self.count,
-                         self.count / max(now - self.start, 1e-9))
-
-    def rate(self):
-        return self.count / max(time.time() - self.start, 1e-9)
 
 
 # ----------------------------------------------------------------------------- reading records
@@ -176,7 +147,7 @@ def _parse_batch(serialized, path, start):
                 tf.io.parse_example(serialized[i:i + 1], _PARSE_SPEC)
             except tf.errors.InvalidArgumentError as e:
                 reason = e.message.strip().splitlines()[0]
-                raise data.UserError(f"{path}: record {start + i} is not a valid pseudo-labeled "
+                raise common.UserError(f"{path}: record {start + i} is not a valid pseudo-labeled "
                                      f"tf.train.Example ({reason})") from None
         raise
 
@@ -200,12 +171,12 @@ def read_batches(path, num_classes=None, batch_size=READ_BATCH):
             # 16 bytes (length, 2 CRCs) + the record, so the frames must add up to the file size.
             size = tf.io.gfile.stat(path).length
             if framed_bytes != size:
-                raise data.UserError(f"{path}: truncated or not an uncompressed TFRecord file "
+                raise common.UserError(f"{path}: truncated or not an uncompressed TFRecord file "
                                      f"({size - framed_bytes} bytes after record {start - 1})")
             return
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
             reason = e.message.strip().splitlines()[0]
-            raise data.UserError(
+            raise common.UserError(
                 f"{path}: corrupt TFRecord file after record {start} ({reason})") from None
         parsed = _parse_batch(serialized, path, start)
         label, prob = parsed["label"], parsed["prob"]
@@ -214,12 +185,12 @@ def read_batches(path, num_classes=None, batch_size=READ_BATCH):
             i = bad[0]
             what = ("has no 'label'" if label[i] < 0
                     else f"has label {label[i]} >= {num_classes} classes")
-            raise data.UserError(f"{path}: record {start + i} {what}")
+            raise common.UserError(f"{path}: record {start + i} {what}")
         bad = np.flatnonzero(~np.isfinite(prob) | (prob < 0) | (prob > 1.001))
         if bad.size:
             i = bad[0]
             what = "has no 'prob'" if prob[i] == -1 else f"has prob {prob[i]} outside [0, 1]"
-            raise data.UserError(f"{path}: record {start + i} {what}")
+            raise common.UserError(f"{path}: record {start + i} {what}")
         index = np.arange(start, start + len(serialized))
         ids = [rid or fname or f"{name}:{j}".encode()
                for rid, fname, j in zip(parsed["image/id"], parsed["image/filename"], index)]
@@ -232,7 +203,7 @@ def read_batches(path, num_classes=None, batch_size=READ_BATCH):
 
 def shard_stats(path, min_threshold, bins):
     """Per-class counts and confidence histogram of eligible records of one shard (a small dict)."""
-    progress = Progress(f"stats {os.path.basename(path)}")
+    progress = common.Progress(f"stats {os.path.basename(path)}", unit="records")
     num_classes, hist, seen = None, None, None
     for batch in read_batches(path):
         if num_classes is None:
@@ -242,12 +213,12 @@ def shard_stats(path, min_threshold, bins):
         label, prob = batch["label"], batch["prob"]
         if label.max() >= num_classes:
             i = int(np.argmax(label >= num_classes))
-            raise data.UserError(f"{path}: record {batch['index'][i]} has label {label[i]} >= "
+            raise common.UserError(f"{path}: record {batch['index'][i]} has label {label[i]} >= "
                                  f"{num_classes} classes")
         seen += np.bincount(label, minlength=num_classes)
         keep = is_eligible(prob, min_threshold)
         np.add.at(hist, (label[keep], confidence_bucket(prob[keep], bins)), 1)
-        progress.update(len(label))
+        progress.add(len(label))
     histogram = []
     if hist is not None:
         for row in hist:
@@ -255,7 +226,7 @@ def shard_stats(path, min_threshold, bins):
             histogram.append({"bins": nz.tolist(), "counts": row[nz].tolist()})
     return {
         "file": os.path.basename(path), "input": os.path.abspath(path),
-        "size_bytes": tf.io.gfile.stat(path).length, "num_records": progress.count,
+        "size_bytes": tf.io.gfile.stat(path).length, "num_records": progress.done,
         "num_classes": num_classes, "min_threshold": min_threshold, "confidence_bins": bins,
         "seen": [] if seen is None else seen.tolist(),
         "above_threshold": [] if hist is None else hist.sum(1).tolist(),
@@ -266,20 +237,20 @@ def shard_stats(path, min_threshold, bins):
 def run_stats(files, work_dir, min_threshold, bins):
     """Writes WORK/stats/<shard>.json for each file; skips files whose stats are already there."""
     if not 0.0 <= min_threshold <= 1.0:
-        raise data.UserError(f"--min_threshold must be in [0, 1], got {min_threshold}")
+        raise common.UserError(f"--min_threshold must be in [0, 1], got {min_threshold}")
     if bins < 100:
-        raise data.UserError(f"--confidence_bins must be >= 100, got {bins}")
+        raise common.UserError(f"--confidence_bins must be >= 100, got {bins}")
     for k, path in enumerate(files):
         out = stats_path(work_dir, os.path.basename(path))
         if tf.io.gfile.exists(out):
-            old = load_json(out, "stats file")
+            old = common.read_json(out, "stats file")
             if (old.get("min_threshold") == min_threshold and old.get("confidence_bins") == bins
                 and old.get("size_bytes") == tf.io.gfile.stat(path).length):
                 logging.info("stats %d/%d: %s done before, skipped", k + 1, len(files), out)
                 continue
         start = time.time()
         stats = shard_stats(path, min_threshold, bins)
-        data.write_json(out, stats)
+        common.write_json(out, stats)
         seconds = time.time() - start
         logging.info("stats %d/%d: %s, %d records in %.1fs (%.0f records/s)", k + 1, len(files),
                      out, stats["num_records"], seconds, stats["num_records"] / max(seconds, 1e-9))
@@ -335,15 +306,15 @@ def class_plan(hist_c, k, min_threshold, bins):
 
 def _check_stats(stats, path, name, first, min_threshold):
     if stats.get("file") != name:
-        raise data.UserError(f"{path} holds the stats of {stats.get('file')!r}, not {name!r}")
+        raise common.UserError(f"{path} holds the stats of {stats.get('file')!r}, not {name!r}")
     if stats["min_threshold"] != min_threshold:
-        raise data.UserError(
+        raise common.UserError(
             f"{path} was computed with --min_threshold={stats['min_threshold']} but merge has "
             f"--min_threshold={min_threshold}: rerun stats with the same flag")
     if first is not None:
         for key in ("confidence_bins", "num_classes"):
             if stats[key] is not None and stats[key] != first[key]:
-                raise data.UserError(f"{path} has {key}={stats[key]}, other shards {first[key]}")
+                raise common.UserError(f"{path} has {key}={stats[key]}, other shards {first[key]}")
 
 
 def merge(files, work_dir, k, min_threshold, seed):
@@ -353,14 +324,14 @@ def merge(files, work_dir, k, min_threshold, seed):
     O(num_classes * bins + num_shards * num_classes).
     """
     if k is None or k < 1:
-        raise data.UserError(f"--num_images_per_class must be >= 1, got {k}")
+        raise common.UserError(f"--num_images_per_class must be >= 1, got {k}")
     if seed < 0:
-        raise data.UserError(f"--seed must be >= 0, got {seed}")
+        raise common.UserError(f"--seed must be >= 0, got {seed}")
     names = [os.path.basename(f) for f in files]
     missing = [n for n in names if not tf.io.gfile.exists(stats_path(work_dir, n))]
     if missing:
         ids = [i for i, n in enumerate(names) if n in set(missing)]
-        raise data.UserError(
+        raise common.UserError(
             f"stats missing for {len(missing)} of {len(names)} shards (input file indices {ids}): "
             f"{', '.join(missing)}; run `filter_balance.py stats` for them (file i belongs to "
             f"--shard_id = i % --num_shards) into {os.path.join(work_dir, 'stats')}")
@@ -369,7 +340,7 @@ def merge(files, work_dir, k, min_threshold, seed):
     first, hist, seen, num_records = None, None, None, {}
     for name in names:
         path = stats_path(work_dir, name)
-        stats = load_json(path, "stats file")
+        stats = common.read_json(path, "stats file")
         _check_stats(stats, path, name, first, min_threshold)
         num_records[name] = stats["num_records"]
         if stats["num_classes"] is None:  # empty shard
@@ -381,12 +352,12 @@ def merge(files, work_dir, k, min_threshold, seed):
         hist += _dense_histogram(stats, bins)
         seen += np.asarray(stats["seen"], np.int64)
     if first is None:
-        raise data.UserError(f"all {len(names)} input shards are empty")
+        raise common.UserError(f"all {len(names)} input shards are empty")
     num_classes = len(seen)
     classes = [class_plan(hist[c], k, min_threshold, bins) for c in range(num_classes)]
     empty = [c for c, plan in enumerate(classes) if plan["kind"] == "empty"]
     if len(empty) == num_classes:
-        raise data.UserError(f"no record of the {int(seen.sum())} in {len(names)} shards has "
+        raise common.UserError(f"no record of the {int(seen.sum())} in {len(names)} shards has "
                              f"confidence >= --min_threshold={min_threshold}: nothing to keep "
                              "(is the teacher trained?)")
     if empty:
@@ -395,7 +366,7 @@ def merge(files, work_dir, k, min_threshold, seed):
     # Pass 2: each shard's tied (top_k) or duplicated (duplicate) candidates, then the seeded split.
     candidates = np.zeros((len(names), num_classes), np.int64)
     for s, name in enumerate(names):
-        stats = load_json(stats_path(work_dir, name), "stats file")
+        stats = common.read_json(stats_path(work_dir, name), "stats file")
         if stats["num_classes"] is None:
             continue
         shard_hist = _dense_histogram(stats, bins)
@@ -462,15 +433,15 @@ def plot_class_balance(summary, path):
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
-    with data.atomic_output(path) as tmp, tf.io.gfile.GFile(tmp, "wb") as f:
+    with common.atomic_output(path) as tmp, tf.io.gfile.GFile(tmp, "wb") as f:
         f.write(png.getvalue())
 
 
 def run_merge(files, work_dir, k, min_threshold, seed):
     summary, plans = merge(files, work_dir, k, min_threshold, seed)
     for name, plan in plans.items():
-        data.write_json(plan_path(work_dir, name), plan)
-    data.write_json(os.path.join(work_dir, SUMMARY_FILE), summary)
+        common.write_json(plan_path(work_dir, name), plan)
+    common.write_json(os.path.join(work_dir, SUMMARY_FILE), summary)
     plot_class_balance(summary, os.path.join(work_dir, PLOT_FILE))
     t = summary["totals"]
     logging.info("merge: %d shards, %d records, %d above %.3g, kept %d (%d unique) in %d classes "
@@ -499,7 +470,7 @@ class SelectionSampler:
 
     def take(self, c, record_id):
         if self.left[c] <= 0:
-            raise data.UserError(f"{self.path} has more candidates of class {c} than its stats "
+            raise common.UserError(f"{self.path} has more candidates of class {c} than its stats "
                                  "say: the file changed after `stats`; rerun stats and merge")
         u53 = tie_break_uniform53(record_id, self.seed)
         chosen = u53 * int(self.left[c]) < (int(self.need[c]) << 53)  # u * left < need, exactly
@@ -510,7 +481,7 @@ class SelectionSampler:
     def check_done(self):
         if self.left.any() or self.need.any():
             c = int(np.flatnonzero(self.left | self.need)[0])
-            raise data.UserError(f"{self.path} has fewer candidates of class {c} than its stats "
+            raise common.UserError(f"{self.path} has fewer candidates of class {c} than its stats "
                                  "say: the file changed after `stats`; rerun stats and merge")
 
 
@@ -538,8 +509,8 @@ def write_shard(path, output_path, summary, plan, materialize_duplicates=False):
     # The reference's sample JPEGs per class are not written.
     kept = np.zeros(num_classes, np.int64)
     unique = np.zeros(num_classes, np.int64)
-    progress = Progress(f"write {os.path.basename(path)}")
-    with data.atomic_output(output_path) as tmp, tf.io.TFRecordWriter(tmp) as writer:
+    progress = common.Progress(f"write {os.path.basename(path)}", unit="records")
+    with common.atomic_output(output_path) as tmp, tf.io.TFRecordWriter(tmp) as writer:
         for batch in read_batches(path, num_classes):
             label, prob = batch["label"], batch["prob"]
             bucket = confidence_bucket(prob, bins)
@@ -562,13 +533,13 @@ def write_shard(path, output_path, summary, plan, materialize_duplicates=False):
                         writer.write(record)
                 else:
                     writer.write(with_copies(batch["serialized"][i], copies))
-            progress.update(len(label))
+            progress.add(len(label))
         sampler.check_done()
-        if progress.count != plan["num_records"]:
-            raise data.UserError(f"{path} has {progress.count} records but its stats say "
+        if progress.done != plan["num_records"]:
+            raise common.UserError(f"{path} has {progress.done} records but its stats say "
                                  f"{plan['num_records']}: the file changed after `stats`; rerun "
                                  "stats and merge")
-    return {"file": os.path.basename(path), "num_records": progress.count,
+    return {"file": os.path.basename(path), "num_records": progress.done,
             "plan_fingerprint": summary["plan_fingerprint"],
             "materialize_duplicates": materialize_duplicates,
             "records_written": int(kept.sum() if materialize_duplicates else unique.sum()),
@@ -576,31 +547,31 @@ def write_shard(path, output_path, summary, plan, materialize_duplicates=False):
 
 
 def run_write(files, work_dir, output_dir, seed, materialize_duplicates):
-    summary = load_json(os.path.join(work_dir, SUMMARY_FILE),
+    summary = common.read_json(os.path.join(work_dir, SUMMARY_FILE),
                         "merge output (run `filter_balance.py merge` first)")
     if summary["config"]["seed"] != seed:
-        raise data.UserError(f"--seed={seed} but merge used --seed={summary['config']['seed']}; "
+        raise common.UserError(f"--seed={seed} but merge used --seed={summary['config']['seed']}; "
                              "pass the same seed (or rerun merge)")
     known = set(summary["config"]["shards"])
     for k, path in enumerate(files):
         name = os.path.basename(path)
         if name not in known:
-            raise data.UserError(f"{path} was not part of the merge in {work_dir}; rerun stats "
+            raise common.UserError(f"{path} was not part of the merge in {work_dir}; rerun stats "
                                  "and merge with the same --input_pattern")
         out, counts_file = os.path.join(output_dir, name), counts_path(work_dir, name)
         if tf.io.gfile.exists(out) and tf.io.gfile.exists(counts_file):
-            old = load_json(counts_file, "counts file")
+            old = common.read_json(counts_file, "counts file")
             if (old.get("plan_fingerprint") == summary["plan_fingerprint"]
                 and old.get("materialize_duplicates") == materialize_duplicates):
                 logging.info("write %d/%d: %s done before, skipped", k + 1, len(files), out)
                 continue
-        plan = load_json(plan_path(work_dir, name), "merge plan (rerun `filter_balance.py merge`)")
+        plan = common.read_json(plan_path(work_dir, name), "merge plan (rerun `filter_balance.py merge`)")
         if plan["plan_fingerprint"] != summary["plan_fingerprint"]:
-            raise data.UserError(f"{plan_path(work_dir, name)} is from another merge than "
+            raise common.UserError(f"{plan_path(work_dir, name)} is from another merge than "
                                  f"{SUMMARY_FILE}; rerun merge")
-        data.remove_stale_temporaries(out)
+        common.remove_stale_temporaries(out)
         counts = write_shard(path, out, summary, plan, materialize_duplicates)
-        data.write_json(counts_file, counts)
+        common.write_json(counts_file, counts)
         logging.info("write %d/%d: %s, %d of %d records kept (%d with copies), %.0f records/s",
                      k + 1, len(files), out, sum(counts["unique"]), counts["num_records"],
                      sum(counts["kept"]), counts["records_per_second"])
@@ -611,36 +582,36 @@ def run_write(files, work_dir, output_dir, seed, materialize_duplicates):
 def report(work_dir, output_dir):
     """merge's summary plus the counts every `write` shard measured; UserError if any is missing
     or differs from the plan. Writes OUT/summary.json and OUT/class_balance.png."""
-    summary = load_json(os.path.join(work_dir, SUMMARY_FILE),
+    summary = common.read_json(os.path.join(work_dir, SUMMARY_FILE),
                         "merge output (run `filter_balance.py merge` first)")
     names = summary["config"]["shards"]
     missing = [n for n in names if not (tf.io.gfile.exists(counts_path(work_dir, n))
                                         and tf.io.gfile.exists(os.path.join(output_dir, n)))]
     if missing:
-        raise data.UserError(f"`write` has not finished {len(missing)} of {len(names)} shards "
+        raise common.UserError(f"`write` has not finished {len(missing)} of {len(names)} shards "
                              f"(input file indices {[names.index(n) for n in missing]}): "
                              f"{', '.join(missing)}")
-    counts = [load_json(counts_path(work_dir, n), "counts file") for n in names]
+    counts = [common.read_json(counts_path(work_dir, n), "counts file") for n in names]
     stale = [n for n, c in zip(names, counts)
              if c["plan_fingerprint"] != summary["plan_fingerprint"]]
     if stale:
-        raise data.UserError(f"shards written with another merge plan: {', '.join(stale)}; "
+        raise common.UserError(f"shards written with another merge plan: {', '.join(stale)}; "
                              "rerun `write` for them")
     materialized = {c["materialize_duplicates"] for c in counts}
     if len(materialized) > 1:
-        raise data.UserError("some shards were written with --materialize_duplicates, others "
+        raise common.UserError("some shards were written with --materialize_duplicates, others "
                              "not; rerun `write` with one setting")
     kept = np.sum([c["kept"] for c in counts], 0).tolist()
     unique = np.sum([c["unique"] for c in counts], 0).tolist()
     if kept != [p["kept"] for p in summary["classes"]] or unique != [
             p["unique"] for p in summary["classes"]]:
-        raise data.UserError(f"the written counts in {os.path.join(work_dir, 'counts')} differ "
+        raise common.UserError(f"the written counts in {os.path.join(work_dir, 'counts')} differ "
                              "from merge's plan: inputs changed after `stats`? rerun all stages")
     out = dict(summary, written={
         "verified": True, "materialize_duplicates": materialized.pop(),
         "records": int(sum(c["records_written"] for c in counts)),
         "kept": int(sum(kept)), "unique": int(sum(unique))})
-    data.write_json(os.path.join(output_dir, SUMMARY_FILE), out)
+    common.write_json(os.path.join(output_dir, SUMMARY_FILE), out)
     plot_class_balance(summary, os.path.join(output_dir, PLOT_FILE))
     logging.info("report: %d shards verified, %d records written (%d training examples) -> %s",
                  len(names), out["written"]["records"], out["written"]["kept"],
@@ -681,7 +652,7 @@ def define_flags():
 
 def main(argv):
     if len(argv) != 2 or argv[1] not in SUBCOMMANDS:
-        raise data.UserError(f"usage: filter_balance.py {{{'|'.join(SUBCOMMANDS)}}} --flags "
+        raise common.UserError(f"usage: filter_balance.py {{{'|'.join(SUBCOMMANDS)}}} --flags "
                              f"(got {argv[1:]})")
     command = argv[1]
     needs = {"stats": ("input_pattern", "work_dir"), "merge": ("input_pattern", "work_dir"),
@@ -689,22 +660,22 @@ def main(argv):
              "report": ("work_dir", "output_dir")}[command]
     for name in needs:
         if not FLAGS[name].value:
-            raise data.UserError(f"{command} needs --{name}")
+            raise common.UserError(f"{command} needs --{name}")
     if command == "report":
         report(FLAGS.work_dir, FLAGS.output_dir)
         return
     files = input_files(FLAGS.input_pattern)
     if command == "stats":
-        run_stats(data.shard_files(files, FLAGS.num_shards, FLAGS.shard_id), FLAGS.work_dir,
+        run_stats(common.shard_files(files, FLAGS.num_shards, FLAGS.shard_id), FLAGS.work_dir,
                   FLAGS.min_threshold, FLAGS.confidence_bins)
     elif command == "merge":
         run_merge(files, FLAGS.work_dir, FLAGS.num_images_per_class, FLAGS.min_threshold,
                   FLAGS.seed)
     else:
-        run_write(data.shard_files(files, FLAGS.num_shards, FLAGS.shard_id), FLAGS.work_dir,
+        run_write(common.shard_files(files, FLAGS.num_shards, FLAGS.shard_id), FLAGS.work_dir,
                   FLAGS.output_dir, FLAGS.seed, FLAGS.materialize_duplicates)
 
 
 if __name__ == "__main__":
     define_flags()
-    data.run_main(main)
+    common.run_main(main)

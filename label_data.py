@@ -30,6 +30,7 @@ import concurrent.futures
 import os
 import time
 
+import common  # first: it silences TensorFlow's start-up lines
 from absl import flags
 from absl import logging
 import numpy as np
@@ -49,21 +50,12 @@ def summary_path(output_dir, name):
 
 # ----------------------------------------------------------------------------- the teacher
 
-def make_strategy(name):
-    """"default": the current device; "mirrored": MirroredStrategy over all local GPUs (or CPU)."""
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    raise data.UserError(f"--strategy must be 'default' or 'mirrored', got {name!r}")
-
-
 def load_teacher(model_dir, strategy):
     """(model, config, DatasetInfo, image_size) of the model dir, EMA weights, built in scope."""
     with strategy.scope():
         model, config = efficientnet_builder.load_model_dir(model_dir, use_ema=True)
     if "dataset" not in config:
-        raise data.UserError(f"{model_dir}/{efficientnet_builder.MODEL_CONFIG_FILE} names no "
+        raise common.UserError(f"{model_dir}/{efficientnet_builder.MODEL_CONFIG_FILE} names no "
                              "`dataset` (needed for the eval preprocessing)")
     image_size = int(model.input_shape[1])
     overrides = {k: config[k] for k in ("num_classes", "num_channels", "input_kind", "label_offset")
@@ -132,7 +124,7 @@ def label_file(path, output_path, predict, info, image_size, batch_size, float16
     dataset = data.unlabeled_records_dataset([path], info, image_size, batch_size)
     count, confidence_sum, correct, with_truth, class_counts = 0, 0.0, 0, 0, None
     start = last_log = time.time()
-    with data.atomic_output(output_path) as tmp, tf.io.TFRecordWriter(tmp) as writer, \
+    with common.atomic_output(output_path) as tmp, tf.io.TFRecordWriter(tmp) as writer, \
             concurrent.futures.ThreadPoolExecutor(1) as pool:
         pending = collections.deque()
         batches = iter(dataset)
@@ -143,7 +135,7 @@ def label_file(path, output_path, predict, info, image_size, batch_size, float16
                 break
             except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
                 reason = (e.message or type(e).__name__).strip().splitlines()[0]
-                raise data.UserError(f"{path}: bad record or image after record {count} "
+                raise common.UserError(f"{path}: bad record or image after record {count} "
                                      f"({reason})") from None
             probabilities = predict(batch["image"])
             ids, encoded = batch["id"].numpy(), batch["encoded"].numpy()
@@ -188,13 +180,13 @@ def run(teacher_model_dir, files, output_dir, batch_size=256, probabilities_dtyp
         strategy_name="default"):
     """Labels `files` into `output_dir`, skipping those already done; returns the summaries."""
     if batch_size < 1:
-        raise data.UserError(f"--batch_size must be >= 1, got {batch_size}")
+        raise common.UserError(f"--batch_size must be >= 1, got {batch_size}")
     if probabilities_dtype not in PROBABILITY_DTYPES:
-        raise data.UserError(f"--probabilities_dtype must be one of {PROBABILITY_DTYPES}, "
+        raise common.UserError(f"--probabilities_dtype must be one of {PROBABILITY_DTYPES}, "
                              f"got {probabilities_dtype!r}")
     names = [os.path.basename(f) for f in files]
     if len(set(names)) != len(names):
-        raise data.UserError("the input files must have distinct basenames (outputs keep them)")
+        raise common.UserError("the input files must have distinct basenames (outputs keep them)")
     todo = [f for f in files if not (
         tf.io.gfile.exists(os.path.join(output_dir, os.path.basename(f)))
         and tf.io.gfile.exists(summary_path(output_dir, os.path.basename(f))))]
@@ -202,7 +194,7 @@ def run(teacher_model_dir, files, output_dir, batch_size=256, probabilities_dtyp
                  len(files), len(files) - len(todo), len(todo))
     if not todo:
         return []
-    strategy = make_strategy(strategy_name)
+    strategy = common.make_strategy(strategy_name, allowed=("default", "mirrored"))
     model, config, info, image_size = load_teacher(teacher_model_dir, strategy)
     predict = make_predictor(model, strategy)
     logging.info("teacher %s (%s, %d px, %d classes) on %d replica(s)", teacher_model_dir,
@@ -213,13 +205,13 @@ def run(teacher_model_dir, files, output_dir, batch_size=256, probabilities_dtyp
     for k, path in enumerate(todo):
         name = os.path.basename(path)
         output_path = os.path.join(output_dir, name)
-        data.remove_stale_temporaries(output_path)
+        common.remove_stale_temporaries(output_path)
         summary = label_file(path, output_path, predict, info, image_size, batch_size,
                              probabilities_dtype == "float16",
                              log_prefix=f"file {k + 1}/{len(todo)} ")
         summary.update(teacher_model_dir=teacher_model_dir, strategy=strategy_name,
                        num_replicas=strategy.num_replicas_in_sync)
-        data.write_json(summary_path(output_dir, name), summary)
+        common.write_json(summary_path(output_dir, name), summary)
         summaries.append(summary)
         done_bytes += tf.io.gfile.stat(path).length
         elapsed = time.time() - start
@@ -259,17 +251,17 @@ def define_flags():
 
 def main(argv):
     if len(argv) > 1:
-        raise data.UserError(f"unexpected arguments {argv[1:]}")
+        raise common.UserError(f"unexpected arguments {argv[1:]}")
     for name in ("teacher_model_dir", "input_pattern", "output_dir"):
         if not FLAGS[name].value:
-            raise data.UserError(f"--{name} is required")
+            raise common.UserError(f"--{name} is required")
     if FLAGS.deterministic:
         tf.config.experimental.enable_op_determinism()
-    files = data.list_files(FLAGS.input_pattern, "unlabeled")
-    run(FLAGS.teacher_model_dir, data.shard_files(files, FLAGS.num_shards, FLAGS.shard_id),
+    files = common.list_files(FLAGS.input_pattern, "unlabeled")
+    run(FLAGS.teacher_model_dir, common.shard_files(files, FLAGS.num_shards, FLAGS.shard_id),
         FLAGS.output_dir, FLAGS.batch_size, FLAGS.probabilities_dtype, FLAGS.strategy)
 
 
 if __name__ == "__main__":
     define_flags()
-    data.run_main(main)
+    common.run_main(main)

@@ -22,6 +22,7 @@ import math
 import os
 import time
 
+import common  # first: it silences TensorFlow's start-up lines
 from absl import flags
 from absl import logging
 import numpy as np
@@ -274,29 +275,6 @@ def float_weights(model):
 # ---------------------------------------------------------------------------------------------
 # Setup: strategy, configs, data.
 # ---------------------------------------------------------------------------------------------
-def make_strategy(name, tpu=""):
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise data.UserError("--strategy=multi_worker needs the TF_CONFIG environment variable")
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
-    tf.config.experimental_connect_to_cluster(resolver)
-    tf.tpu.experimental.initialize_tpu_system(resolver)
-    return tf.distribute.TPUStrategy(resolver)
-
-
-def is_chief(strategy):
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return True
-    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0
-                                             and "chief" not in resolver.cluster_spec().as_dict())
-
-
 def model_config(info, *, dataset, model_name, num_classes, image_size, small_image, width, depth,
                  dropout_rate, stochastic_depth_rate):
     """model.json: build_model's kwargs plus what eval preprocessing needs."""
@@ -322,18 +300,8 @@ def check_model_dir(model_dir, config):
     diff = [k for k in config if saved.get(k) != config[k]]
     if diff:
         k = diff[0]
-        raise data.UserError(f"--model_dir={model_dir} holds a model with {k}={saved.get(k)!r}, "
+        raise common.UserError(f"--model_dir={model_dir} holds a model with {k}={saved.get(k)!r}, "
                              f"not {config[k]!r}; use a new --model_dir")
-
-
-def count_records(files):
-    n = 0
-    for f in files:
-        try:
-            n += sum(1 for _ in tf.data.TFRecordDataset(f))
-        except tf.errors.DataLossError as e:
-            raise data.UserError(f"corrupt TFRecord file {f}: {e.message.splitlines()[0]}")
-    return n
 
 
 def num_params(model):
@@ -480,21 +448,6 @@ def check_labels(dataset, num_classes):
     return dataset.map(check)
 
 
-def tf_error_line(error):
-    """The informative line of a TF runtime error (an assertion's message rather than the
-    generic 'Graph execution error:' header)."""
-    lines = [l.strip() for l in error.message.strip().splitlines() if l.strip()]
-    for line in lines:
-        if "assertion failed" in line or "--num_classes" in line or "label" in line.lower():
-            return line[:300]
-    return next((l for l in lines if "Graph execution error" not in l), lines[0])[:300]
-
-
-def format_eta(seconds):
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m{seconds % 60:02d}s"
-
-
 def train(trainer, dataset, *, train_steps, model_dir, save_every, keep_max, log_every, chief,
           images_per_step):
     """The training loop: resumes from the latest checkpoint in model_dir, stops at train_steps."""
@@ -521,10 +474,10 @@ def train(trainer, dataset, *, train_steps, model_dir, save_every, keep_max, log
         try:
             out = train_step(iterator)
         except tf.errors.InvalidArgumentError as e:
-            raise data.UserError(f"bad training input at step {step}: {tf_error_line(e)}")
+            raise common.UserError(f"bad training input at step {step}: {common.tf_error_line(e)}")
         loss = float(out["loss"])
         if not math.isfinite(loss):
-            raise data.UserError(f"loss became {loss} at step {step}; checkpoints untouched "
+            raise common.UserError(f"loss became {loss} at step {step}; checkpoints untouched "
                                  f"(latest: {manager.latest_checkpoint}). Lower "
                                  f"--base_learning_rate or check the input data.")
         if step % log_every == 0 or step == train_steps:
@@ -534,7 +487,7 @@ def train(trainer, dataset, *, train_steps, model_dir, save_every, keep_max, log
             logging.info("step %d/%d  loss %.4f (lab %.4f unl %.4f)  acc %.3f  lr %.5f  "
                          "%.0f img/s  ETA %s", step, train_steps, loss, float(out["loss_labeled"]),
                          float(out["loss_unlabeled"]), float(out["accuracy"]),
-                         float(out["learning_rate"]), ips, format_eta(eta))
+                         float(out["learning_rate"]), ips, common.format_eta(eta))
             with writer.as_default(step=step):
                 for k, v in out.items():
                     tf.summary.scalar(k, v)
@@ -549,7 +502,7 @@ def train(trainer, dataset, *, train_steps, model_dir, save_every, keep_max, log
 
 def export_saved_model(model, model_dir):
     path = os.path.join(model_dir, "saved_model")
-    with data.atomic_output(path) as tmp:
+    with common.atomic_output(path) as tmp:
         model.export(tmp)
     logging.info("Exported the EMA model to %s", path)
 
@@ -570,7 +523,7 @@ def resolve_data(dataset, data_dir, label_data_dir, eval_data_dir, num_labeled_p
 def main(_):
     F = FLAGS
     if F.dataset not in data.DATASETS:
-        raise data.UserError(f"--dataset={F.dataset} is not one of {sorted(data.DATASETS)}")
+        raise common.UserError(f"--dataset={F.dataset} is not one of {sorted(data.DATASETS)}")
     info = data.DATASETS[F.dataset]
     num_classes = F.num_classes or info.num_classes
     label_offset = info.label_offset if F.label_offset < 0 else F.label_offset
@@ -581,16 +534,16 @@ def main(_):
                           image_size=image_size, small_image=small_image,
                           width=F.width_coefficient, depth=F.depth_coefficient,
                           dropout_rate=F.dropout_rate, stochastic_depth_rate=F.stochastic_depth_rate)
-    strategy = make_strategy(F.strategy, F.tpu)
-    chief = is_chief(strategy)
+    strategy = common.make_strategy(F.strategy, F.tpu)
+    chief = common.is_chief(strategy)
     check_model_dir(F.model_dir, config)
     label_pattern, eval_pattern = resolve_data(F.dataset, F.data_dir, F.label_data_dir,
                                                F.eval_data_dir, F.num_labeled_per_class, F.data_seed)
     if chief:
         tf.io.gfile.makedirs(F.model_dir)
-        data.write_json(os.path.join(F.model_dir, "flags.json"),
+        common.write_json(os.path.join(F.model_dir, "flags.json"),
                         {name: F[name].value for name in OWN_FLAGS})
-        data.write_json(os.path.join(F.model_dir, efficientnet_builder.MODEL_CONFIG_FILE), config)
+        common.write_json(os.path.join(F.model_dir, efficientnet_builder.MODEL_CONFIG_FILE), config)
 
     student = None
     if F.unlabel_data_dir or F.teacher_model_dir:
@@ -599,12 +552,12 @@ def main(_):
                        teacher_softmax_temp=F.teacher_softmax_temp,
                        unlabeled_noise=F.unlabeled_noise, noised_teacher=F.noised_teacher)
         if F.noised_teacher and F.unlabel_data_dir:
-            raise data.UserError("--noised_teacher needs the on-the-fly teacher: drop "
+            raise common.UserError("--noised_teacher needs the on-the-fly teacher: drop "
                                  "--unlabel_data_dir")
 
     if F.mode in ("train", "train_and_eval"):
-        label_files = data.list_files(label_pattern, "labeled training data (--label_data_dir)")
-        num_train = F.num_train_images or count_records(label_files)
+        label_files = common.list_files(label_pattern, "labeled training data (--label_data_dir)")
+        num_train = F.num_train_images or common.count_records(label_files)
         steps_per_epoch = num_train / F.train_batch_size
         train_steps = F.train_steps or int(math.ceil(F.train_epochs * steps_per_epoch))
         peak_lr = F.base_learning_rate * F.train_batch_size / 256
@@ -649,17 +602,17 @@ def evaluate_model_dir(strategy, model_dir, info, eval_pattern, batch_size, chie
     with strategy.scope():
         model, config = efficientnet_builder.load_model_dir(model_dir)
     step = checkpoint_step(model_dir)
-    data.list_files(eval_pattern, "evaluation data (--eval_data_dir)")
+    common.list_files(eval_pattern, "evaluation data (--eval_data_dir)")
     eval_ds = data.labeled_dataset(eval_pattern, info, config["image_size"], batch_size,
                                    is_training=False)
     eval_ds = strategy.experimental_distribute_dataset(check_labels(eval_ds, info.num_classes))
     try:
         results = evaluate(strategy, model, eval_ds, info.num_classes)
     except tf.errors.InvalidArgumentError as e:
-        raise data.UserError(f"bad evaluation input in {eval_pattern}: {tf_error_line(e)}")
+        raise common.UserError(f"bad evaluation input in {eval_pattern}: {common.tf_error_line(e)}")
     results["global_step"] = step
     if chief:
-        data.write_json(os.path.join(model_dir, "eval_results.json"), results)
+        common.write_json(os.path.join(model_dir, "eval_results.json"), results)
     logging.info("Eval of %s at step %d on %d images: top-1 %.4f  top-5 %.4f  loss %.4f",
                  model_dir, step, results["num_examples"], results["top_1"], results["top_5"],
                  results["loss"])
@@ -680,7 +633,7 @@ def finetune(F, strategy, config, info, label_pattern, num_train, chief):
     check_model_dir(model_dir, ft_config)
     if chief:
         tf.io.gfile.makedirs(model_dir)
-        data.write_json(os.path.join(model_dir, efficientnet_builder.MODEL_CONFIG_FILE), ft_config)
+        common.write_json(os.path.join(model_dir, efficientnet_builder.MODEL_CONFIG_FILE), ft_config)
     init = None
     if not tf.train.latest_checkpoint(model_dir):
         ema, _ = efficientnet_builder.load_model_dir(F.model_dir)
@@ -718,14 +671,14 @@ def check_student_size(trainer, teacher_model_dir, allow_smaller):
         return
     path = os.path.join(teacher_model_dir, efficientnet_builder.MODEL_CONFIG_FILE)
     if not tf.io.gfile.exists(path):
-        raise data.UserError(f"--teacher_model_dir={teacher_model_dir} has no "
+        raise common.UserError(f"--teacher_model_dir={teacher_model_dir} has no "
                              f"{efficientnet_builder.MODEL_CONFIG_FILE}")
     with tf.io.gfile.GFile(path) as f:
         teacher_cfg = json.load(f)
     teacher = efficientnet_builder.build_model(**build_kwargs(teacher_cfg))
     n_teacher, n_student = num_params(teacher), num_params(trainer.model)
     if n_student < n_teacher and not allow_smaller:
-        raise data.UserError(f"the student ({n_student:,} params) is smaller than the teacher in "
+        raise common.UserError(f"the student ({n_student:,} params) is smaller than the teacher in "
                              f"{teacher_model_dir} ({n_teacher:,}); Noisy Student uses an "
                              f"equal-or-larger student (pass --allow_smaller_student to distill)")
 
@@ -741,9 +694,9 @@ def build_train_dataset(info, image_size, F, label_pattern, student, batch_u):
         return labeled
     augment_u = F.augment_name if F.unlabeled_noise == "full" else "none"
     if F.unlabel_data_dir:
-        files = data.list_files(F.unlabel_data_dir, "pseudo-labeled data (--unlabel_data_dir)")
+        files = common.list_files(F.unlabel_data_dir, "pseudo-labeled data (--unlabel_data_dir)")
         if not any(tf.io.gfile.stat(f).length for f in files):
-            raise data.UserError(f"--unlabel_data_dir={F.unlabel_data_dir} holds no records (did "
+            raise common.UserError(f"--unlabel_data_dir={F.unlabel_data_dir} holds no records (did "
                                  f"the teacher keep any image above the confidence threshold?)")
         unlabeled = data.pseudo_labeled_dataset(F.unlabel_data_dir, info, image_size, batch_u,
                                                 info.num_classes, augment_u,
@@ -751,7 +704,7 @@ def build_train_dataset(info, image_size, F, label_pattern, student, batch_u):
                                                 randaug_mag=F.randaug_mag, seed=F.seed)
     else:
         source = F.unlabel_source_dir or os.path.join(F.data_dir, "unlabeled")
-        data.list_files(source, "unlabeled data (--unlabel_source_dir)")
+        common.list_files(source, "unlabeled data (--unlabel_source_dir)")
         unlabeled = data.unlabeled_pair_dataset(source, info, image_size, batch_u, augment_u,
                                                 randaug_layer=F.randaug_layer,
                                                 randaug_mag=F.randaug_mag, seed=F.seed)
@@ -763,4 +716,4 @@ OWN_FLAGS = []
 
 if __name__ == "__main__":
     OWN_FLAGS = define_flags()
-    data.run_main(main)
+    common.run_main(main)

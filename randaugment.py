@@ -43,6 +43,7 @@ import gzip
 import math
 import os
 
+import common  # first: it silences TensorFlow's start-up lines
 import numpy as np
 import tensorflow as tf
 
@@ -631,25 +632,24 @@ def define_flags():
 
 def main(argv):
     from absl import flags, logging  # pylint: disable=import-outside-toplevel
-    import data  # data.py imports this file: import it here, not at the top
     F = flags.FLAGS
     if len(argv) > 1:
-        raise data.UserError(f"unexpected arguments {argv[1:]}")
+        raise common.UserError(f"unexpected arguments {argv[1:]}")
     if not F.output:
-        raise data.UserError("--output is required (a .png path)")
+        raise common.UserError("--output is required (a .png path)")
     try:
         magnitudes = [int(m) if float(m).is_integer() else float(m) for m in F.magnitudes]
     except ValueError:
-        raise data.UserError(f"--magnitudes must be numbers, got {','.join(F.magnitudes)}")
+        raise common.UserError(f"--magnitudes must be numbers, got {','.join(F.magnitudes)}")
     if any(m < 0 for m in magnitudes):
-        raise data.UserError(f"--magnitudes must be >= 0, got {','.join(F.magnitudes)}")
+        raise common.UserError(f"--magnitudes must be >= 0, got {','.join(F.magnitudes)}")
     if not os.path.exists(FASHION_MNIST_TEST_IMAGES):
-        raise data.UserError(f"missing file {FASHION_MNIST_TEST_IMAGES} (run setup.sh)")
+        raise common.UserError(f"missing file {FASHION_MNIST_TEST_IMAGES} (run setup.sh)")
     if not 0 <= F.fashion_mnist_index < 10000:
-        raise data.UserError(f"--fashion_mnist_index must be in 0..9999, "
+        raise common.UserError(f"--fashion_mnist_index must be in 0..9999, "
                              f"got {F.fashion_mnist_index}")
     if F.photo_width < 16:
-        raise data.UserError(f"--photo_width must be >= 16, got {F.photo_width}")
+        raise common.UserError(f"--photo_width must be >= 16, got {F.photo_width}")
     tf.random.set_seed(F.seed)
     images = [load_fashion_mnist(F.fashion_mnist_index + 1)[-1]]
     titles = [f"Fashion-MNIST #{F.fashion_mnist_index}"]
@@ -665,13 +665,12 @@ def main(argv):
     translate_const = [s // 8 if s <= 32 else round(100 * s / 224) for s in sizes]
     cutout_const = [s // 8 if s <= 32 else round(40 * s / 224) for s in sizes]
     rows = op_grid(images, magnitudes, cutout_const, translate_const, F.magnitude_policy)
-    with data.atomic_output(F.output) as tmp:
+    with common.atomic_output(F.output) as tmp:
         draw_grid(tmp, images, titles, rows, magnitudes, F.magnitude_policy)
     logging.info("wrote %s: %d ops x %d magnitudes x %d images", F.output, len(rows),
                  len(magnitudes), len(images))
 
 
 if __name__ == "__main__":
-    import data as _data  # pylint: disable=import-outside-toplevel
     define_flags()
-    _data.run_main(main)
+    common.run_main(main)

@@ -9,32 +9,24 @@ plots top1_per_iteration.png, pseudo_label_quality.png, class_balance.png and, w
 the Table 6 ablation table and ablation.png. Prints a short table.
 """
 import glob
-import json
 import os
 
+import common  # first: it silences TensorFlow's start-up lines
 from absl import flags
 from absl import logging
 import numpy as np
 import tensorflow as tf
 
-import data
 
 FLAGS = flags.FLAGS
-
-
-def read_json(path):
-    if not tf.io.gfile.exists(path):
-        return None
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
 
 
 def model_entry(name, model_dir):
     """One row: architecture from model.json, the unlabeled batch ratio from flags.json, accuracy
     from eval_results.json, robustness if any."""
-    config = read_json(os.path.join(model_dir, "model.json")) or {}
-    results = read_json(os.path.join(model_dir, "eval_results.json")) or {}
-    flags = read_json(os.path.join(model_dir, "flags.json")) or {}
+    config = common.read_json(os.path.join(model_dir, "model.json"), default=None) or {}
+    results = common.read_json(os.path.join(model_dir, "eval_results.json"), default=None) or {}
+    flags = common.read_json(os.path.join(model_dir, "flags.json"), default=None) or {}
     entry = {"name": name, "model_dir": model_dir,
              "architecture": {k: config.get(k) for k in ("model_name", "width", "depth",
                                                           "image_size", "small_image")},
@@ -42,7 +34,7 @@ def model_entry(name, model_dir):
              flags.get("teacher_model_dir") else None,
              "top_1": results.get("top_1"), "top_5": results.get("top_5"),
              "global_step": results.get("global_step")}
-    robustness = read_json(os.path.join(model_dir, "robustness.json"))
+    robustness = common.read_json(os.path.join(model_dir, "robustness.json"), default=None)
     if robustness:
         entry["robustness"] = robustness.get("summary", robustness)
     return entry
@@ -74,7 +66,7 @@ def pseudo_label_stats(pattern, num_classes):
 def collect(workdir):
     models = [model_entry("teacher", os.path.join(workdir, "teacher"))]
     iterations = []
-    num_classes = (read_json(os.path.join(workdir, "teacher", "model.json")) or {}).get(
+    num_classes = (common.read_json(os.path.join(workdir, "teacher", "model.json"), default=None) or {}).get(
         "num_classes", 10)
     for i in (1, 2, 3):
         it = os.path.join(workdir, f"iter{i}")
@@ -211,7 +203,7 @@ def plot(report, workdir):
 
 
 def save(fig, path):
-    with data.atomic_output(path) as tmp:
+    with common.atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     return path
 
@@ -219,13 +211,13 @@ def save(fig, path):
 def main(_):
     workdir = FLAGS.workdir
     if not os.path.isdir(os.path.join(workdir, "teacher")):
-        raise data.UserError(f"--workdir={workdir} has no teacher/ (run run_iterations.sh first)")
+        raise common.UserError(f"--workdir={workdir} has no teacher/ (run run_iterations.sh first)")
     report = collect(workdir)
     report.update(preset=FLAGS.preset, seconds=FLAGS.seconds)
-    data.write_json(os.path.join(workdir, "report.json"), report)
+    common.write_json(os.path.join(workdir, "report.json"), report)
     table = markdown(report)
     plots = plot(report, workdir)
-    with data.atomic_output(os.path.join(workdir, "report.md")) as tmp:
+    with common.atomic_output(os.path.join(workdir, "report.md")) as tmp:
         with open(tmp, "w") as f:
             f.write(f"# Noisy Student on Fashion-MNIST: preset {FLAGS.preset}\n\n{table}\n")
             f.write("".join(f"![{os.path.basename(p)}]({os.path.basename(p)})\n" for p in plots))
@@ -238,4 +230,4 @@ if __name__ == "__main__":
     flags.DEFINE_string("preset", "", "Preset name, recorded in the report.")
     flags.DEFINE_integer("seconds", 0, "Wall time of the run, recorded in the report.")
     flags.mark_flag_as_required("workdir")
-    data.run_main(main)
+    common.run_main(main)

@@ -14,6 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
+import common  # noqa: E402
 import main  # noqa: E402
 
 OPTIMIZERS = {
@@ -26,4 +27,4 @@ if __name__ == "__main__":
     if name in OPTIMIZERS:
         main.build_optimizer = lambda _, lr: OPTIMIZERS[name](lr)
     main.OWN_FLAGS = main.define_flags()
-    main.data.run_main(main.main)
+    common.run_main(main.main)

@@ -26,6 +26,7 @@ import tensorflow as tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import common  # noqa: E402
 import data  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -177,7 +178,7 @@ def main(argv):
     num_shards = -(-sizes[-1] // per_shard)
     start = time.perf_counter()
     for s in range(num_shards):
-        path = os.path.join(shards_dir, data.shard_name("pred", s, num_shards))
+        path = os.path.join(shards_dir, common.shard_name("pred", s, num_shards))
         if not os.path.exists(path):
             n = min(per_shard, sizes[-1] - s * per_shard)
             synthetic_shard(path, s * per_shard, n, num_classes, seed=s)
@@ -194,19 +195,19 @@ def main(argv):
         inputs = os.path.join(run, "labels")
         os.makedirs(inputs)
         for s in range(size // per_shard):
-            name = data.shard_name("pred", s, num_shards)
+            name = common.shard_name("pred", s, num_shards)
             os.symlink(os.path.join(shards_dir, name), os.path.join(inputs, name))
         k = int(FLAGS.k_fraction * size / num_classes)
-        common = [f"--input_pattern={inputs}", f"--work_dir={run}/work"]
+        shared = [f"--input_pattern={inputs}", f"--work_dir={run}/work"]
         log = os.path.join(run, "log.txt")
         stages = {
-            "stats": run_stage(["stats"] + common, log),
-            "merge": run_stage(["merge"] + common + [f"--num_images_per_class={k}"], log),
-            "write": run_stage(["write"] + common + [f"--output_dir={run}/out"], log),
+            "stats": run_stage(["stats"] + shared, log),
+            "merge": run_stage(["merge"] + shared + [f"--num_images_per_class={k}"], log),
+            "write": run_stage(["write"] + shared + [f"--output_dir={run}/out"], log),
             "report": run_stage(["report", f"--work_dir={run}/work", f"--output_dir={run}/out"],
                                 log),
         }
-        summary = data.read_json(os.path.join(run, "out", "summary.json"))
+        summary = common.read_json(os.path.join(run, "out", "summary.json"))
         rows.append((size, k, summary, stages))
         print(size, {name: f"{t:.1f}s {m:.0f}MiB {c:.1f}s CPU"
                      for name, (t, m, c) in stages.items()}, flush=True)

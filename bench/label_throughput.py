@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common  # noqa: E402
 import data  # noqa: E402
 import efficientnet_builder  # noqa: E402
 import label_data  # noqa: E402
@@ -56,7 +57,7 @@ def write_unlabeled(directory, pngs, num_files):
     files = []
     bounds = np.linspace(0, len(pngs), num_files + 1).astype(int)
     for s in range(num_files):
-        path = os.path.join(directory, data.shard_name("unlabeled", s, num_files))
+        path = os.path.join(directory, common.shard_name("unlabeled", s, num_files))
         with tf.io.TFRecordWriter(path) as writer:
             for i in range(bounds[s], bounds[s + 1]):
                 example = data.image_example(pngs[i], None, f"bench/{i:07d}")
@@ -79,7 +80,7 @@ def main(argv):
     pngs, images = fashion_mnist_pngs(FLAGS.num_images)
     files = write_unlabeled(work, pngs, FLAGS.num_files)
 
-    strategy = label_data.make_strategy("default")
+    strategy = common.make_strategy("default")
     model, _, info, image_size = label_data.load_teacher(teacher, strategy)
     predict = label_data.make_predictor(model, strategy)
     batch = tf.constant(images[:FLAGS.batch_size].astype(np.float32))

@@ -32,6 +32,7 @@ import tensorflow as tf
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import common  # noqa: E402
 import data  # noqa: E402  pylint: disable=wrong-import-position
 import randaugment  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -134,13 +135,13 @@ def markdown(results, command, num_source_images, batch_size, num_images):
 
 def main(argv):
     if len(argv) > 1:
-        raise data.UserError(f"unexpected arguments {argv[1:]}")
+        raise common.UserError(f"unexpected arguments {argv[1:]}")
     if not os.path.exists(randaugment.FASHION_MNIST_TEST_IMAGES):
-        raise data.UserError(f"missing file {randaugment.FASHION_MNIST_TEST_IMAGES} (run setup.sh)")
+        raise common.UserError(f"missing file {randaugment.FASHION_MNIST_TEST_IMAGES} (run setup.sh)")
     if FLAGS.num_images < FLAGS.batch_size or FLAGS.batch_size < 1:
-        raise data.UserError("--num_images must be >= --batch_size >= 1")
+        raise common.UserError("--num_images must be >= --batch_size >= 1")
     if not 1 <= FLAGS.num_source_images <= 10000:
-        raise data.UserError("--num_source_images must be in 1..10000 (the test set)")
+        raise common.UserError("--num_source_images must be in 1..10000 (the test set)")
     images = randaugment.load_fashion_mnist(FLAGS.num_source_images)
     results = []
     for name, (augment, batched) in augmenters().items():
@@ -148,7 +149,7 @@ def main(argv):
         logging.info("%-48s %8.0f img/s", name, rate)
         results.append((name, rate))
     command = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
-    with data.atomic_output(FLAGS.output) as tmp:
+    with common.atomic_output(FLAGS.output) as tmp:
         with open(tmp, "w") as f:
             f.write(markdown(results, command, FLAGS.num_source_images, FLAGS.batch_size,
                              FLAGS.num_images))
@@ -156,4 +157,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    data.run_main(main)
+    common.run_main(main)

@@ -17,6 +17,7 @@ from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import common  # noqa: E402
 import data  # noqa: E402
 
 FASHION = data.DATASETS["fashion_mnist"]
@@ -109,7 +110,7 @@ def test_prepare_fashion_mnist_counts_labels_pixels_and_disjoint_splits(fashion_
     s = tf.io.FixedLenFeature([], tf.string)
     i64 = tf.io.FixedLenFeature([], tf.int64)
 
-    lab = read_all(data.list_files(os.path.join(out, "labeled")),
+    lab = read_all(common.list_files(os.path.join(out, "labeled")),
                    {"image/encoded": s, "image/id": s, "image/class/label": i64})
     idx = np.array([int(i.decode().rsplit("/", 1)[1]) for i in lab["image/id"]])
     assert all(i.startswith(b"fashion_mnist/train/") for i in lab["image/id"])
@@ -122,7 +123,7 @@ def test_prepare_fashion_mnist_counts_labels_pixels_and_disjoint_splits(fashion_
         np.testing.assert_array_equal(image[2:30, 2:30, 0], train_x[idx[j]])
         assert image[:2].max() == 0 and image[:, 30:].max() == 0
 
-    unl = read_all(data.list_files(os.path.join(out, "unlabeled")),
+    unl = read_all(common.list_files(os.path.join(out, "unlabeled")),
                    {"image/id": s, "diagnostic/true_label": i64})
     uidx = np.array([int(i.decode().rsplit("/", 1)[1]) for i in unl["image/id"]])
     assert len(set(uidx)) == 60000 - 10 * K
@@ -130,7 +131,7 @@ def test_prepare_fashion_mnist_counts_labels_pixels_and_disjoint_splits(fashion_
     assert set(uidx) | set(idx) == set(range(60000))
     np.testing.assert_array_equal(unl["diagnostic/true_label"], train_y[uidx])
 
-    test = read_all(data.list_files(os.path.join(out, "test")),
+    test = read_all(common.list_files(os.path.join(out, "test")),
                     {"image/id": s, "image/class/label": i64})
     tidx = np.array([int(i.decode().rsplit("/", 1)[1]) for i in test["image/id"]])
     np.testing.assert_array_equal(tidx, np.arange(10000))  # official order
@@ -139,7 +140,7 @@ def test_prepare_fashion_mnist_counts_labels_pixels_and_disjoint_splits(fashion_
 
 def test_unlabeled_records_hide_the_true_label_from_training_parses(fashion_dir):
     out, _ = fashion_dir
-    files = data.list_files(os.path.join(out, "unlabeled"))
+    files = common.list_files(os.path.join(out, "unlabeled"))
     record = next(iter(tf.data.TFRecordDataset(files[0])))
     # The record does carry the label for reports ...
     assert 0 <= int(data.parse_diagnostic_label(record)) < 10
@@ -171,12 +172,12 @@ def test_prepare_is_deterministic_skips_reruns_and_refuses_other_args(small_idx,
     mtime = marker.stat().st_mtime_ns
     assert prepare_small(small_idx, tmp_path / "a", seed=3) == json.loads(marker.read_text())
     assert marker.stat().st_mtime_ns == mtime
-    with pytest.raises(data.UserError, match="seed: 3 -> 5"):
+    with pytest.raises(common.UserError, match="seed: 3 -> 5"):
         prepare_small(small_idx, tmp_path / "a", seed=5)
 
 
 def test_bad_fashion_mnist_sources_name_the_file(small_idx, tmp_path):
-    with pytest.raises(data.UserError, match="missing file .*nowhere"):
+    with pytest.raises(common.UserError, match="missing file .*nowhere"):
         data.prepare_fashion_mnist(str(tmp_path / "out"), source_dir=str(tmp_path / "nowhere"))
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -184,13 +185,13 @@ def test_bad_fashion_mnist_sources_name_the_file(small_idx, tmp_path):
         (bad / f).write_bytes((small_idx / f).read_bytes())
     raw = (bad / "train-images-idx3-ubyte.gz").read_bytes()
     (bad / "train-images-idx3-ubyte.gz").write_bytes(raw[: len(raw) // 2])  # truncated gzip
-    with pytest.raises(data.UserError, match="train-images-idx3-ubyte.gz"):
+    with pytest.raises(common.UserError, match="train-images-idx3-ubyte.gz"):
         prepare_small(bad, tmp_path / "out")
     write_idx(bad / "train-images-idx3-ubyte.gz", np.zeros((3000, 28), np.uint8))  # wrong magic
-    with pytest.raises(data.UserError, match="corrupt IDX file .*train-images"):
+    with pytest.raises(common.UserError, match="corrupt IDX file .*train-images"):
         prepare_small(bad, tmp_path / "out")
     assert not (tmp_path / "out").exists()  # nothing half-written
-    with pytest.raises(data.UserError, match="class 0 has only"):
+    with pytest.raises(common.UserError, match="class 0 has only"):
         prepare_small(small_idx, tmp_path / "out", k=1000)
 
 
@@ -262,7 +263,7 @@ def test_folder_to_tfrecords_keeps_bytes_and_sorted_labels(image_folder, tmp_pat
     classes = json.loads((out / "train" / "class_names.json").read_text())
     assert classes == ["ant", "moth", "zebra"]
     assert data.dataset_info("folder", data_dir=str(out / "train")).num_classes == 3
-    shards = data.list_files(str(out / "train"))
+    shards = common.list_files(str(out / "train"))
     assert [os.path.basename(f) for f in shards] == [
         "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
     seen = {}
@@ -277,19 +278,19 @@ def test_folder_to_tfrecords_keeps_bytes_and_sorted_labels(image_folder, tmp_pat
     assert list(seen) != sorted(seen, key=lambda k: seen[k])  # shuffled across shards
     # Another split with other class folders is refused.
     (src / "zebra").rename(src / "horse")
-    with pytest.raises(data.UserError, match="differ"):
+    with pytest.raises(common.UserError, match="differ"):
         data.folder_to_tfrecords(str(src), str(out), "validation", num_shards=1)
 
 
 def test_folder_bad_inputs_name_the_path(image_folder, tmp_path):
     src, _ = image_folder
-    with pytest.raises(data.UserError, match="missing_dir"):
+    with pytest.raises(common.UserError, match="missing_dir"):
         data.folder_to_tfrecords(str(tmp_path / "missing_dir"), str(tmp_path / "o"), "train", 1)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(data.UserError, match="no class sub-folders"):
+    with pytest.raises(common.UserError, match="no class sub-folders"):
         data.folder_to_tfrecords(str(tmp_path / "empty"), str(tmp_path / "o"), "train", 1)
     (src / "ant" / "broken.jpg").write_bytes(b"this is not a jpeg")
-    with pytest.raises(data.UserError, match="broken.jpg"):
+    with pytest.raises(common.UserError, match="broken.jpg"):
         data.folder_to_tfrecords(str(src), str(tmp_path / "o"), "train", 1)
     assert not (tmp_path / "o" / "train").exists()
 
@@ -304,8 +305,8 @@ def test_imagenet_style_records_read_with_label_offset(tmp_path):
                 "image/class/label": data._int(i % 3 + 1),
                 "image/filename": data._bytes(f"img_{i}.JPEG".encode())}))
             for i in range(shard * 3, shard * 3 + 3)])
-    with pytest.raises(data.UserError, match=r"train-\*"):  # a dir means *.tfrecord*: hint
-        data.list_files(str(tmp_path))
+    with pytest.raises(common.UserError, match=r"train-\*"):  # a dir means *.tfrecord*: hint
+        common.list_files(str(tmp_path))
     info = data.dataset_info("imagenet", num_classes=3)
     assert info.label_offset == 1 and info.input_kind == "imagenet"
     ds = data.labeled_dataset(str(tmp_path / "train-*"), info, 32, 4, is_training=False)
@@ -321,7 +322,7 @@ def test_imagenet_style_records_read_with_label_offset(tmp_path):
     assert x.shape == (4, 32, 32, 3) and set(y.numpy()) <= {0, 1, 2}
     # With the wrong offset the labels leave [0, num_classes): one clear error.
     bad = data.dataset_info("imagenet", num_classes=3, label_offset=0)
-    with pytest.raises(data.UserError, match="label >= num_classes=3"):
+    with pytest.raises(common.UserError, match="label >= num_classes=3"):
         with data.translate_data_errors(str(tmp_path / "train-*")):
             list(data.labeled_dataset(str(tmp_path / "train-*"), bad, 32, 4, False))
 
@@ -367,7 +368,7 @@ def test_train_preprocessing_shapes_range_and_randomness(kind):
         assert out.shape == (size, size, info.num_channels) and out.dtype == np.float32
         assert out.min() >= 0 and out.max() <= 255
     assert any(not np.array_equal(outs[0], o) for o in outs[1:])  # random views
-    with pytest.raises(data.UserError, match="augment_name"):
+    with pytest.raises(common.UserError, match="augment_name"):
         data.preprocess_for_train(encoded, info, size, "autoaugment")
 
 
@@ -458,7 +459,7 @@ def test_labeled_dataset_training_repeats_and_eval_makes_one_pass(fashion_dir):
 
 def test_unlabeled_records_dataset_is_ordered_with_ids_and_true_labels(fashion_dir, tmp_path):
     out, _ = fashion_dir
-    files = data.list_files(os.path.join(out, "unlabeled"))[:1]
+    files = common.list_files(os.path.join(out, "unlabeled"))[:1]
     first = [b["id"] for b in data.unlabeled_records_dataset(files, FASHION, 32, 1000)
              .as_numpy_iterator()]
     again = [b["id"] for b in data.unlabeled_records_dataset(files, FASHION, 32, 1000)
@@ -495,42 +496,42 @@ def test_atomic_output_leaves_nothing_on_failure(tmp_path, as_dir):
         return (target / "f.txt" if as_dir else target).read_text()
 
     with pytest.raises(ValueError):
-        with data.atomic_output(str(target)) as tmp:
+        with common.atomic_output(str(target)) as tmp:
             write(tmp, "partial")
             raise ValueError("boom")
     assert os.listdir(tmp_path) == []
-    with data.atomic_output(str(target)) as tmp:
+    with common.atomic_output(str(target)) as tmp:
         write(tmp, "one")
     assert content() == "one"
     with pytest.raises(KeyboardInterrupt):  # an interrupted rewrite keeps the old output
-        with data.atomic_output(str(target)) as tmp:
+        with common.atomic_output(str(target)) as tmp:
             write(tmp, "two")
             raise KeyboardInterrupt
     assert content() == "one" and os.listdir(tmp_path) == ["out"]
-    with data.atomic_output(str(target)) as tmp:
+    with common.atomic_output(str(target)) as tmp:
         write(tmp, "three")
     assert content() == "three" and os.listdir(tmp_path) == ["out"]
-    data.write_json(str(tmp_path / "j.json"), {"b": 1, "a": [2]})
+    common.write_json(str(tmp_path / "j.json"), {"b": 1, "a": [2]})
     assert (tmp_path / "j.json").read_text() == '{\n  "a": [\n    2\n  ],\n  "b": 1\n}\n'
 
 
 def test_list_files_and_corrupt_records_give_user_errors(tmp_path):
-    with pytest.raises(data.UserError, match="no labeled files match .*missing"):
-        data.list_files(str(tmp_path / "missing"), "labeled")
-    with pytest.raises(data.UserError, match=r"no data files match .*\*.tfrecord"):
-        data.list_files(str(tmp_path / "*.tfrecord"))
+    with pytest.raises(common.UserError, match="no labeled files match .*missing"):
+        common.list_files(str(tmp_path / "missing"), "labeled")
+    with pytest.raises(common.UserError, match=r"no data files match .*\*.tfrecord"):
+        common.list_files(str(tmp_path / "*.tfrecord"))
     (tmp_path / "d").mkdir()
     for name in ["b.tfrecord", "a.tfrecord", "c.txt"]:
         write_records(tmp_path / "d" / name, [data.image_example(
             png(np.zeros((32, 32, 1), np.uint8)), 1, f"{name}/{i}") for i in range(20)])
-    files = data.list_files(str(tmp_path / "d"))
+    files = common.list_files(str(tmp_path / "d"))
     assert [os.path.basename(f) for f in files] == ["a.tfrecord", "b.tfrecord"]
     assert data.check_records(files, decode=True) == 40
     raw = (tmp_path / "d" / "b.tfrecord").read_bytes()
     (tmp_path / "d" / "b.tfrecord").write_bytes(raw[:100] + b"\0" * 8 + raw[108:])
-    with pytest.raises(data.UserError, match="b.tfrecord"):
+    with pytest.raises(common.UserError, match="b.tfrecord"):
         data.check_records(files)
-    with pytest.raises(data.UserError, match="corrupt record file .*b.tfrecord"):
+    with pytest.raises(common.UserError, match="corrupt record file .*b.tfrecord"):
         with data.translate_data_errors(str(tmp_path / "d")):
             list(data.labeled_dataset(str(tmp_path / "d"), FASHION, 32, 8, False))
     # A record whose image does not decode is found too.
@@ -538,7 +539,7 @@ def test_list_files_and_corrupt_records_give_user_errors(tmp_path):
     write_records(tmp_path / "e" / "good.tfrecord", [data.image_example(
         png(np.zeros((32, 32, 1), np.uint8)), 1, "g")])
     write_records(tmp_path / "e" / "junk.tfrecord", [data.image_example(b"junk", 1, "j")])
-    with pytest.raises(data.UserError, match="corrupt record file .*junk.tfrecord, record 0"):
+    with pytest.raises(common.UserError, match="corrupt record file .*junk.tfrecord, record 0"):
         with data.translate_data_errors(str(tmp_path / "e")):
             list(data.labeled_dataset(str(tmp_path / "e"), FASHION, 32, 8, False))
 

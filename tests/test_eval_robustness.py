@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 import corruptions as C
+import common  # noqa: E402
 import data
 import eval_robustness as er
 
@@ -136,11 +137,11 @@ def test_class_mapping_of_imagenet_a_folders(tmp_path):
     derived, source = er.class_mapping(folders, 1000, imagenet_wnids=str(wnid_file))
     assert source == "imagenet_wnids" and derived == default
     assert sorted(derived.values()) == list(er.IMAGENET_A_INDICES)
-    with pytest.raises(data.UserError, match="class_index_json"):
+    with pytest.raises(common.UserError, match="class_index_json"):
         er.class_mapping(folders[:150], 1000, imagenet_a=True)
     index_file = tmp_path / "map.json"
     index_file.write_text(json.dumps({"cat": 3, "dog": 12}))
-    with pytest.raises(data.UserError, match="outside"):
+    with pytest.raises(common.UserError, match="outside"):
         er.class_mapping(["cat", "dog"], 10, class_index_json=str(index_file))
 
 
@@ -392,14 +393,14 @@ def test_user_mistakes_end_in_one_line(run_dir, tmp_path):
     proc = _run(f"--model_dir={root / 'other'}", "--suite=p", f"--p_dir={tmp_path / 'imagenet_p'}")
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: --p_dir=")
     assert "ImageNet-P videos" in proc.stderr
-    with pytest.raises(data.UserError, match="--suite"):
+    with pytest.raises(common.UserError, match="--suite"):
         _main(f"--model_dir={root / 'other'}", "--suite=clean,x")
-    with pytest.raises(data.UserError, match="missing"):
+    with pytest.raises(common.UserError, match="missing"):
         _main(f"--model_dir={root / 'missing'}", f"--eval_data_dir={root / 'test'}", "--suite=clean")
     assert not (root / "missing").exists()
-    with pytest.raises(data.UserError, match="--pgd_step_size"):
+    with pytest.raises(common.UserError, match="--pgd_step_size"):
         _main(f"--model_dir={root / 'other'}", "--suite=pgd", "--pgd_step_size=eps/0")
-    with pytest.raises(data.UserError, match="--data_dir"):
+    with pytest.raises(common.UserError, match="--data_dir"):
         _main(f"--model_dir={root / 'other'}", "--suite=clean", f"--data_dir={tmp_path / 'nothing'}")
 
 

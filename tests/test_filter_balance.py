@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import common  # noqa: E402
 import data
 import filter_balance as fb
 
@@ -68,10 +69,10 @@ def labels_dir(tmp_path_factory):
 def run_pipeline(labels, work, out, seed=0, stats_jobs=3, write_jobs=2, materialize=False):
     files = fb.input_files(labels)
     for i in range(stats_jobs):
-        fb.run_stats(data.shard_files(files, stats_jobs, i), work, MIN_THRESHOLD, 10000)
+        fb.run_stats(common.shard_files(files, stats_jobs, i), work, MIN_THRESHOLD, 10000)
     summary = fb.run_merge(files, work, K, MIN_THRESHOLD, seed)
     for i in range(write_jobs):
-        fb.run_write(data.shard_files(files, write_jobs, i), work, out, seed, materialize)
+        fb.run_write(common.shard_files(files, write_jobs, i), work, out, seed, materialize)
     return summary
 
 
@@ -142,7 +143,7 @@ def test_matches_brute_force_global_top_k(labels_dir, pipeline):
     assert [p["kept"] for p in classes] == [sum(kept.get(i, 0) for i in eligible[c])
                                             for c in range(C)]
     assert [p["kept"] for p in classes] == [K, K, K, K, 0, K, K, K]
-    counts = [data.read_json(p) for p in tf.io.gfile.glob(os.path.join(pipeline["work"],
+    counts = [common.read_json(p) for p in tf.io.gfile.glob(os.path.join(pipeline["work"],
                                                                        "counts", "*.json"))]
     assert len(counts) == 5
     assert np.sum([c["kept"] for c in counts], 0).tolist() == [p["kept"] for p in classes]
@@ -155,7 +156,7 @@ def test_matches_brute_force_global_top_k(labels_dir, pipeline):
     published = fb.report(pipeline["work"], pipeline["out"])
     assert published["written"] == {"verified": True, "materialize_duplicates": False,
                                      "records": len(kept), "kept": 7 * K, "unique": len(kept)}
-    assert data.read_json(os.path.join(pipeline["out"], fb.SUMMARY_FILE)) == published
+    assert common.read_json(os.path.join(pipeline["out"], fb.SUMMARY_FILE)) == published
     assert os.path.getsize(os.path.join(pipeline["out"], fb.PLOT_FILE)) > 10000
 
 
@@ -212,22 +213,22 @@ def test_resume_rewrites_only_what_is_missing(labels_dir, pipeline, tmp_path):
 
 def test_missing_stats_are_named(labels_dir, tmp_path):
     files = fb.input_files(labels_dir)
-    fb.run_stats(data.shard_files(files, 2, 0), str(tmp_path), MIN_THRESHOLD, 10000)  # files 0, 2, 4
-    with pytest.raises(data.UserError) as e:
+    fb.run_stats(common.shard_files(files, 2, 0), str(tmp_path), MIN_THRESHOLD, 10000)  # files 0, 2, 4
+    with pytest.raises(common.UserError) as e:
         fb.merge(files, str(tmp_path), K, MIN_THRESHOLD, 0)
     message = str(e.value)
     assert "stats missing for 2 of 5 shards" in message
     assert "unlabeled-00001-of-00005.tfrecord, unlabeled-00003-of-00005.tfrecord;" in message
     assert "00000-of" not in message and "00002-of" not in message and "00004-of" not in message
-    with pytest.raises(data.UserError, match="merge output .*summary.json"):
+    with pytest.raises(common.UserError, match="merge output .*summary.json"):
         fb.run_write(files, str(tmp_path), str(tmp_path / "out"), 0, False)
     fb.run_stats(files, str(tmp_path), MIN_THRESHOLD, 10000)
     fb.run_merge(files, str(tmp_path), K, MIN_THRESHOLD, 0)
-    fb.run_write(data.shard_files(files, 5, 4), str(tmp_path), str(tmp_path / "out"), 0, False)
-    with pytest.raises(data.UserError, match=r"`write` has not finished 4 of 5 shards \(input "
+    fb.run_write(common.shard_files(files, 5, 4), str(tmp_path), str(tmp_path / "out"), 0, False)
+    with pytest.raises(common.UserError, match=r"`write` has not finished 4 of 5 shards \(input "
                        r"file indices \[0, 1, 2, 3\]\)"):
         fb.report(str(tmp_path), str(tmp_path / "out"))
-    with pytest.raises(data.UserError, match="--min_threshold=0.3 but merge has --min_threshold"):
+    with pytest.raises(common.UserError, match="--min_threshold=0.3 but merge has --min_threshold"):
         fb.merge(files, str(tmp_path), K, 0.5, 0)
 
 
@@ -237,21 +238,21 @@ def test_bad_records_are_named(tmp_path):
     with tf.io.TFRecordWriter(str(tmp_path / "nolabel.tfrecord")) as w:  # an unlabeled record
         w.write(data.pseudo_label_example(b"x", "a", np.eye(C)[1]).SerializeToString())
         w.write(data.image_example(b"png", None, "b").SerializeToString())
-    with pytest.raises(data.UserError, match=r"nolabel.tfrecord: record 1 has no 'label'"):
+    with pytest.raises(common.UserError, match=r"nolabel.tfrecord: record 1 has no 'label'"):
         fb.shard_stats(str(tmp_path / "nolabel.tfrecord"), MIN_THRESHOLD, 10000)
     with tf.io.TFRecordWriter(str(tmp_path / "garbage.tfrecord")) as w:
         w.write(data.pseudo_label_example(b"x", "a", np.eye(C)[1]).SerializeToString())
         w.write(b"\x0a\x05not an example")
-    with pytest.raises(data.UserError, match=r"garbage.tfrecord: record 1 is not a valid"):
+    with pytest.raises(common.UserError, match=r"garbage.tfrecord: record 1 is not a valid"):
         fb.shard_stats(str(tmp_path / "garbage.tfrecord"), MIN_THRESHOLD, 10000)
     raw = open(tmp_path / "good.tfrecord", "rb").read()
     (tmp_path / "truncated.tfrecord").write_bytes(raw[:len(raw) // 2 + 7])
-    with pytest.raises(data.UserError, match=r"truncated.tfrecord: truncated .*after record 0"):
+    with pytest.raises(common.UserError, match=r"truncated.tfrecord: truncated .*after record 0"):
         fb.shard_stats(str(tmp_path / "truncated.tfrecord"), MIN_THRESHOLD, 10000)
     flipped = bytearray(raw)
     flipped[len(raw) // 2 + 7] ^= 0xFF  # inside the second record: its CRC no longer matches
     (tmp_path / "flipped.tfrecord").write_bytes(bytes(flipped))
-    with pytest.raises(data.UserError, match=r"flipped.tfrecord: corrupt TFRecord"):
+    with pytest.raises(common.UserError, match=r"flipped.tfrecord: corrupt TFRecord"):
         fb.shard_stats(str(tmp_path / "flipped.tfrecord"), MIN_THRESHOLD, 10000)
 
     # The command line: one line naming the file, exit status 2.
@@ -291,8 +292,8 @@ def test_threshold_is_inclusive(tmp_path):
     stats = fb.shard_stats(str(tmp_path / "p.tfrecord"), 0.375, 10000)
     assert stats["seen"][1] == 3 and stats["above_threshold"][1] == 2
     # Nothing at all above the threshold: merge says so instead of planning an empty data set.
-    data.write_json(fb.stats_path(str(tmp_path / "work"), "p.tfrecord"),
+    common.write_json(fb.stats_path(str(tmp_path / "work"), "p.tfrecord"),
                     fb.shard_stats(str(tmp_path / "p.tfrecord"), 0.6, 10000))
-    with pytest.raises(data.UserError, match="no record of the 3 in 1 shards has confidence >= "
+    with pytest.raises(common.UserError, match="no record of the 3 in 1 shards has confidence >= "
                                              "--min_threshold=0.6"):
         fb.merge([str(tmp_path / "p.tfrecord")], str(tmp_path / "work"), K, 0.6, 0)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import common  # noqa: E402
 import data
 import efficientnet_builder
 import label_data
@@ -75,7 +76,7 @@ def setup(tmp_path_factory):
                 writer.write(data.image_example(png, None, f"fm/test/{n:05d}",
                                                 true_label).SerializeToString())
                 n += 1
-    files = data.list_files(str(unlabeled))
+    files = common.list_files(str(unlabeled))
     out = str(base / "labels")
     label_data.run(teacher, files, out, batch_size=BATCH)
     expected = tf.nn.softmax(ema(x, training=False)).numpy()
@@ -116,7 +117,7 @@ def test_reproduces_the_teachers_predictions(setup):
         assert set(out) <= {"image/encoded", "image/id", "diagnostic/true_label",
                             "probabilities", "label", "prob"}
     name = os.path.basename(setup["files"][0])
-    summary = data.read_json(label_data.summary_path(setup["out"], name))
+    summary = common.read_json(label_data.summary_path(setup["out"], name))
     first = probs[:SHARD_SIZES[0]]
     assert summary["count"] == SHARD_SIZES[0]
     assert summary["mean_confidence"] == pytest.approx(first.max(1).mean(), rel=1e-5)
@@ -142,17 +143,17 @@ def test_float16_probabilities(setup, tmp_path):
 def test_sharding_covers_every_file_exactly_once(num_files):
     files = [f"f{i}" for i in range(num_files)]
     for num_shards in (1, 2, 3, 7, 8, 11):
-        jobs = [data.shard_files(files, num_shards, i) for i in range(num_shards)]
+        jobs = [common.shard_files(files, num_shards, i) for i in range(num_shards)]
         assert sorted(f for job in jobs for f in job) == files
         assert all(f"f{i}" in jobs[i % num_shards] for i in range(num_files))
-    with pytest.raises(data.UserError, match="--shard_id must be in"):
-        data.shard_files(files, 2, 2)
+    with pytest.raises(common.UserError, match="--shard_id must be in"):
+        common.shard_files(files, 2, 2)
 
 
 def test_parallel_jobs_give_the_single_job_output(setup, tmp_path):
     out = str(tmp_path / "labels")
     for shard_id in range(2):  # two "machines" writing into one output dir
-        label_data.run(setup["teacher"], data.shard_files(setup["files"], 2, shard_id), out,
+        label_data.run(setup["teacher"], common.shard_files(setup["files"], 2, shard_id), out,
                        batch_size=BATCH)
     reference = file_bytes(os.path.join(setup["out"], "*.tfrecord"))
     assert file_bytes(os.path.join(out, "*.tfrecord")) == reference
@@ -199,8 +200,8 @@ sys.path.insert(0, {ROOT!r})
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-import label_data
-label_data.make_strategy = lambda name: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+import common, label_data
+common.make_strategy = lambda name, **_: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 summary, = label_data.run({setup['teacher']!r}, [{setup['files'][0]!r}], {str(tmp_path)!r},
                           batch_size={BATCH}, strategy_name="mirrored")
 assert summary["num_replicas"] == 2, summary
@@ -213,19 +214,19 @@ assert summary["num_replicas"] == 2, summary
     single = read_records(os.path.join(setup["out"], name))
     assert [r["image/id"] for r in mirrored] == [r["image/id"] for r in single]
     np.testing.assert_allclose([r["probabilities"] for r in mirrored],
-                               [r["probabilities"] for r in single], atol=2e-6)
+                               [r["probabilities"] for r in single], atol=1e-5)  # batch halves: other summation order
 
 
 def test_user_errors(setup, tmp_path):
-    with pytest.raises(data.UserError, match="does not exist"):
+    with pytest.raises(common.UserError, match="does not exist"):
         label_data.run(str(tmp_path / "nope"), setup["files"], str(tmp_path / "o"))
-    with pytest.raises(data.UserError, match="--probabilities_dtype"):
+    with pytest.raises(common.UserError, match="--probabilities_dtype"):
         label_data.run(setup["teacher"], setup["files"], str(tmp_path / "o"),
                        probabilities_dtype="int8")
     bad = str(tmp_path / "bad.tfrecord")
     with tf.io.TFRecordWriter(bad) as writer:
         writer.write(data.image_example(b"not a png", None, "x").SerializeToString())
-    with pytest.raises(data.UserError, match="bad.tfrecord: bad record or image"):
+    with pytest.raises(common.UserError, match="bad.tfrecord: bad record or image"):
         label_data.run(setup["teacher"], [bad], str(tmp_path / "o"))
     assert not os.path.exists(tmp_path / "o" / "bad.tfrecord")  # nothing half-written
     assert [f for f in os.listdir(tmp_path / "o") if f.startswith(".")] == []

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import common  # noqa: E402
 import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -227,7 +228,7 @@ def test_student_from_pseudo_labeled_records(teacher_dir, fashion_mnist_dir, tmp
     # the teacher, copies 1..3.
     teacher, cfg = efficientnet_builder.load_model_dir(teacher_dir)
     info = data.DATASETS["fashion_mnist"]
-    files = data.list_files(os.path.join(fashion_mnist_dir, "unlabeled"))
+    files = common.list_files(os.path.join(fashion_mnist_dir, "unlabeled"))
     records = list(tf.data.TFRecordDataset(files[:1]).take(40))
     out = tmp_path / "filtered"
     out.mkdir()
@@ -335,7 +336,7 @@ LOSSES_SCRIPT = textwrap.dedent("""
     y = rng.randint(0, 10, (8, 16)).astype("int32")
     out = {}
     for name in ("default", "mirrored"):
-        strategy = main.make_strategy(name)
+        strategy = common.make_strategy(name)
         t = main.Trainer(strategy, info_cfg, peak_lr=0.01, warmup_steps=0, decay_steps=100,
                          decay_factor=0.97, weight_decay=1e-5, label_smoothing=0.1,
                          ema_decay_rate=0.9999, seed=0)
@@ -369,7 +370,7 @@ WORKER_SCRIPT = textwrap.dedent("""
     cfg = dict(model_name="efficientnet-b0", num_classes=10, image_size=32, num_channels=1,
                small_image=True, width=0.25, depth=0.25, dropout_rate=0.2,
                stochastic_depth_rate=0.2, mean=[72.9], std=[90.0])
-    strategy = main.make_strategy("multi_worker")
+    strategy = common.make_strategy("multi_worker")
     t = main.Trainer(strategy, cfg, peak_lr=0.01, warmup_steps=0, decay_steps=100,
                      decay_factor=0.97, weight_decay=1e-5, label_smoothing=0.1,
                      ema_decay_rate=0.9999, seed=0)

@@ -1,0 +1,275 @@
+"""What every stage shares and nothing else: errors, atomic outputs, JSON, file lists and shards,
+progress lines, TF error lines, tf.distribute strategies and record counts.
+
+No project imports: every stage and library may import this file, and this file imports none of
+them. Import it before TensorFlow (`import common` first) so that a stage's first line is its own:
+TF's start-up lines about missing CUDA drivers and CPU instructions are silenced on import.
+"""
+
+import contextlib
+import json
+import os
+import sys
+import time
+import uuid
+
+
+def _import_tensorflow_quietly():
+    """TF prints CUDA/CPU-feature lines to fd 2 before its logging is set up; mute them once.
+
+    NOTE: not in the reference. Only the import and the first device query are muted; errors
+    and warnings raised later still reach stderr (TF_CPP_MIN_LOG_LEVEL=2 hides TF's INFO and
+    WARNING C++ logs unless the user sets it).
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow  # pylint: disable=import-outside-toplevel
+        tensorflow.config.list_physical_devices()  # CUDA's cuInit line comes here
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    return tensorflow
+
+
+tf = _import_tensorflow_quietly()
+from absl import app  # noqa: E402  (after the quiet TF import: absl is TF's dependency)
+from absl import logging  # noqa: E402
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors.
+# ---------------------------------------------------------------------------------------------
+class UserError(Exception):
+    """A mistake of the user (bad flag, missing or corrupt file): reported as one line, exit 2."""
+
+
+def run_main(main):
+    """absl `app.run(main)`; a UserError prints one line `error: ...` on stderr and exits 2."""
+
+    def wrapped(argv):
+        try:
+            return main(argv)
+        except UserError as e:
+            message = " ".join(str(e).split())  # one line, whatever the message holds
+            print(f"error: {message}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+    app.run(wrapped)
+
+
+def tf_error_line(error):
+    """The informative line of a TF error: our assertion's message, else the first real line."""
+    lines = [l.strip() for l in (error.message or "").strip().splitlines() if l.strip()]
+    if not lines:
+        return type(error).__name__
+    line = next((l for l in lines if "assertion failed" in l), None)
+    if line is None:
+        line = next((l for l in lines if "Graph execution error" not in l
+                     and not l.startswith("Detected at node")), lines[0])
+    if line.startswith("{{function_node"):
+        line = line.split("}}", 1)[-1].strip()
+    line = line.split(" [Op:")[0].split("\t")[0].strip()
+    if "assertion failed: [" in line:  # keep our assertion's message, drop tf's operand dump
+        line = line.split("assertion failed: [", 1)[1].split("]", 1)[0]
+    return line[:300]
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs: written under a temporary name, then renamed into place.
+# ---------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_output(path):
+    """Yields a temporary path next to `path`; renames it onto `path` when the block succeeds.
+
+    The caller creates a file or a directory at the yielded path. An existing `path` is replaced.
+    On an exception the temporary file or directory is deleted and `path` is left untouched.
+    """
+    path = os.path.normpath(path)
+    parent, base = os.path.split(path)
+    if parent:
+        tf.io.gfile.makedirs(parent)
+    tmp = os.path.join(parent, f".{base}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        if not tf.io.gfile.exists(tmp):
+            raise RuntimeError(f"atomic_output: nothing was written at {tmp} for {path}")
+        if tf.io.gfile.isdir(tmp):
+            old = None
+            if tf.io.gfile.exists(path):  # move the old directory aside, swap, then delete it
+                old = tmp + ".old"
+                tf.io.gfile.rename(path, old)
+            tf.io.gfile.rename(tmp, path)
+            if old:
+                remove(old)
+        else:
+            tf.io.gfile.rename(tmp, path, overwrite=True)
+    except BaseException:
+        remove(tmp)
+        raise
+
+
+def remove_stale_temporaries(path):
+    """Deletes temporaries of `path` left by a killed run (call only from the job owning `path`)."""
+    parent, name = os.path.split(os.path.normpath(path))
+    for tmp in tf.io.gfile.glob(os.path.join(parent, f".{name}.tmp-*")):
+        logging.info("removing %s (left by an interrupted run)", tmp)
+        remove(tmp)
+
+
+def remove(path):
+    """Deletes a file or a directory tree; nothing if it does not exist."""
+    if tf.io.gfile.isdir(path):
+        tf.io.gfile.rmtree(path)
+    elif tf.io.gfile.exists(path):
+        tf.io.gfile.remove(path)
+
+
+def write_json(path, obj):
+    """Writes `obj` as JSON (indent 2, sorted keys) atomically: temp file, then rename."""
+    with atomic_output(path) as tmp:
+        with tf.io.gfile.GFile(tmp, "w") as f:
+            f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+_REQUIRED = object()
+
+
+def read_json(path, what="JSON file", default=_REQUIRED):
+    """The parsed file; `default` if it is missing and one is given, else UserError naming it."""
+    if not tf.io.gfile.exists(path):
+        if default is not _REQUIRED:
+            return default
+        raise UserError(f"{what} not found: {path}")
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{what} is not valid JSON: {path} ({e})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# File lists and shards.
+# ---------------------------------------------------------------------------------------------
+def list_files(pattern, what="data"):
+    """A directory -> all its `*.tfrecord*` files; otherwise a glob. Sorted; UserError if none."""
+    if not pattern:
+        raise UserError(f"no path given for the {what} files")
+    hint = ""
+    if tf.io.gfile.isdir(pattern):
+        files = tf.io.gfile.glob(os.path.join(pattern, "*.tfrecord*"))
+        hint = (f" (a directory is read as {os.path.join(pattern, '*.tfrecord*')}; pass a glob "
+                f"such as {os.path.join(pattern, 'train-*')} for other shard names)")
+    else:
+        files = tf.io.gfile.glob(pattern)
+        if not any(c in pattern for c in "*?["):
+            hint = " (no such file or directory)"
+    # Hidden files are atomic_output temporaries of running or killed jobs (glob matches them).
+    files = sorted(f for f in files if not os.path.basename(f).startswith(".")
+                   and not tf.io.gfile.isdir(f))
+    if not files:
+        raise UserError(f"no {what} files match {pattern}{hint}")
+    return files
+
+
+def shard_files(files, num_shards, shard_id):
+    """The files of job `shard_id` of `num_shards`: file i goes to job i % num_shards."""
+    if num_shards < 1:
+        raise UserError(f"--num_shards must be >= 1, got {num_shards}")
+    if not 0 <= shard_id < num_shards:
+        raise UserError(f"--shard_id must be in [0, {num_shards}), got {shard_id}")
+    return files[shard_id::num_shards]
+
+
+def shard_name(split, index, num_shards):
+    return f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
+
+
+def count_records(files):
+    """Records in the TFRecord `files`; UserError naming a file whose framing is broken."""
+    n = 0
+    for f in files:
+        try:
+            n += int(tf.data.TFRecordDataset(f).reduce(tf.constant(0, tf.int64), lambda c, _: c + 1))
+        except tf.errors.DataLossError as e:
+            raise UserError(f"corrupt TFRecord file {f}: {tf_error_line(e)}") from None
+    return n
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress.
+# ---------------------------------------------------------------------------------------------
+def format_eta(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m{seconds % 60:02d}s"
+
+
+class Progress:
+    """Logs `what: done/total (pct), N unit/s, ETA` at most every `every` seconds.
+
+    `update(done)` sets the count, `add(n)` adds to it; without a total only the rate is logged.
+    """
+
+    def __init__(self, what, total=None, unit="img", every=10.0):
+        self.what, self.total, self.unit, self.every = what, total, unit, every
+        self.start = self.last = time.time()
+        self.done = 0
+
+    def rate(self):
+        return self.done / max(time.time() - self.start, 1e-9)
+
+    def add(self, n, force=False):
+        self.update(self.done + n, force)
+
+    def update(self, done, force=False):
+        self.done = done
+        now = time.time()
+        if not force and now - self.last < self.every:
+            return
+        self.last = now
+        rate = self.rate()
+        if self.total is None:
+            logging.info("%s: %d %s, %.0f %s/s", self.what, done, self.unit, rate, self.unit)
+            return
+        eta = (self.total - done) / rate if rate > 0 else 0.0
+        logging.info("%s: %d/%d (%.0f%%), %.0f %s/s, ETA %s", self.what, done, self.total,
+                     100.0 * done / max(self.total, 1), rate, self.unit, format_eta(eta))
+
+
+# ---------------------------------------------------------------------------------------------
+# tf.distribute.
+# ---------------------------------------------------------------------------------------------
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+
+
+def make_strategy(name, tpu="", allowed=STRATEGIES):
+    """default: this device; mirrored: the local GPUs (or CPU); multi_worker: hosts from
+    TF_CONFIG; tpu: the TPU `tpu` (a name or grpc address; "" = the local TPU VM)."""
+    if name not in allowed:
+        raise UserError(f"--strategy must be one of {', '.join(allowed)}, got {name!r}")
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise UserError("--strategy=multi_worker needs the TF_CONFIG environment variable")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def is_chief(strategy):
+    """True on the one worker that writes checkpoints, summaries and results."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0
+                                             and "chief" not in resolver.cluster_spec().as_dict())
