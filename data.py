@@ -127,6 +127,21 @@ def dataset_info(name, data_dir=None, **overrides):
     return info
 
 
+MODEL_INFO_KEYS = ("num_classes", "num_channels", "input_kind", "label_offset", "mean", "std")
+
+
+def model_dataset_info(config, image_size=None, where="model.json"):
+    """The DatasetInfo a trained model expects, from its model.json `config` (the one place that
+    turns a model dir's settings into preprocessing); image_size defaults to the model's own."""
+    if config.get("dataset") not in DATASETS:
+        raise common.UserError(f"{where}: dataset {config.get('dataset')!r} is not one of "
+                               f"{sorted(DATASETS)}")
+    overrides = {k: tuple(config[k]) if k in ("mean", "std") else config[k]
+                 for k in MODEL_INFO_KEYS if config.get(k) is not None}
+    return dataset_info(config["dataset"], image_size=int(image_size or config["image_size"]),
+                        **overrides)
+
+
 def read_class_names(data_dir):
     """The class names written by folder_to_tfrecords, looked up in data_dir or its parent."""
     base = data_dir if tf.io.gfile.isdir(data_dir) else os.path.dirname(data_dir)
