@@ -1,5 +1,6 @@
-"""run_iterations.sh --preset=smoke: the whole pipeline (teacher, three label/filter/student
-iterations, report) on real Fashion-MNIST, then a rerun that skips every finished stage."""
+"""run_iterations.sh: flag errors are one line before any work (fast); --preset=smoke runs the whole
+pipeline (teacher, three label/filter/student iterations, report) on real Fashion-MNIST, then a
+rerun that skips every finished stage and the Table 6 ablation (slow)."""
 import json
 import os
 import subprocess
@@ -28,6 +29,7 @@ def smoke_run(tmp_path_factory):
     return workdir, proc
 
 
+@pytest.mark.slow
 def test_smoke_report_has_every_model_and_iteration(smoke_run):
     workdir, proc = smoke_run
     report = json.load(open(os.path.join(workdir, "report.json")))
@@ -65,6 +67,7 @@ def test_smoke_report_has_every_model_and_iteration(smoke_run):
     assert epochs["teacher"] != 7 and [epochs[f"iter{i}/student"] for i in (1, 2, 3)] == [7, 8, 9]
 
 
+@pytest.mark.slow
 def test_smoke_rerun_skips_finished_stages(smoke_run):
     workdir, _ = smoke_run
     proc = run(workdir, *SMOKE_FLAGS)
@@ -107,6 +110,7 @@ def test_help_prints_the_whole_header():
     assert any("--student_epochs=50" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_smoke_ablation_adds_table6_rows(smoke_run):
     """--ablation on a finished run trains only the five Table 6 / hard-label students (60 steps
     in smoke) and the report gains the ablation table next to the paper's numbers."""
