@@ -4,10 +4,16 @@ Paper: Xie et al., "Self-training with Noisy Student improves ImageNet classific
 Sec. 2, Algorithm 1 step 3 and "Other Techniques" (data filtering and balancing), with the
 numbers of Sec. 3.1 "Experiment Details": keep images whose top-1 confidence is >= 0.3; per class
 keep at most K (130K) images, the most confident first; classes with fewer than K images are
-duplicated up to K.
+duplicated up to K. `select()` below is the whole rule on arrays in memory.
 Reference: filter_unlabel.py of google-research/noisystudent (a 0.01 histogram, then a filter pass).
 
-Four stages; every per-shard stage is an independent job, nothing polls or sleeps:
+On one machine, one command runs the four stages below (rerun it to finish a killed run: stats
+and write skip the shards they finished, merge skips when its plan is unchanged):
+
+  python filter_balance.py all --input_pattern=LABELS_DIR --work_dir=WORK --output_dir=OUT \\
+      --num_images_per_class=K [--min_threshold=0.3] [--seed=0] [--materialize_duplicates]
+
+On a cluster, the four stages of `all`; every per-shard stage is an independent job:
 
   # 1. per-class confidence histograms, one job per group of label_data.py output shards
   python filter_balance.py stats --input_pattern=LABELS_DIR --work_dir=WORK \\
@@ -39,15 +45,11 @@ What "the K most confident" means exactly (ties and resolution):
   K mod N_c of them, chosen by the same seeded mechanism, get one copy more: sum(copies) == K.
   Classes with no eligible record stay empty (reported).
 
-Outputs: WORK/stats/<shard>.json (stats), WORK/summary.json (merge: per class seen, above
-threshold, threshold, kept = sum of copies, unique, copies min/max; totals; thresholds),
-WORK/class_balance.png (merge: bars before and after balancing; merge knows the exact final counts
-because the allocation is exact), WORK/plan/<shard>.json (merge), OUT/<shard> and
-WORK/counts/<shard>.json (write: the counts it actually wrote), OUT/summary.json and
-OUT/class_balance.png (report: merge's summary plus the verified written counts).
-Output records are the input records unchanged (image/encoded, probabilities, label, prob, image/id,
-diagnostic/true_label) plus `copies` (int64 >= 1); with --materialize_duplicates a record is
-written `copies` times with copies=1.
+Outputs, besides those named above: WORK/stats/<shard>.json (stats), WORK/counts/<shard>.json
+(write: the counts it wrote). summary.json: per class seen, above threshold, threshold, kept (= sum
+of copies), unique, copies min/max; totals. The output records are the input records unchanged
+(image/encoded, probabilities, label, prob, image/id, diagnostic/true_label) plus `copies` (int64
+>= 1); with --materialize_duplicates a record is written `copies` times with copies=1.
 
 Memory is O(num_classes * confidence_bins) per job, independent of the number of records (records
 are streamed); time is linear in the number of records.
@@ -57,7 +59,6 @@ import hashlib
 import io
 import json
 import os
-import time
 
 import common  # first: it silences TensorFlow's start-up lines
 from absl import flags
@@ -66,9 +67,10 @@ import numpy as np
 import tensorflow as tf
 
 
-SUBCOMMANDS = ("stats", "merge", "write", "report")
+SUBCOMMANDS = ("all", "stats", "merge", "write", "report")
 SUMMARY_FILE = "summary.json"
 PLOT_FILE = "class_balance.png"
+CONFIDENCE_BINS = 10000
 READ_BATCH = 4096
 
 # Fields read by this stage. Defaults mark a missing field so the error can name the record.
@@ -80,189 +82,62 @@ _PARSE_SPEC = {
 }
 
 
-# ----------------------------------------------------------------------------- small helpers
+# ----------------------------------------------------------------------------- the rule
 
-def input_files(pattern):
-    """Sorted input shards; their basenames name every per-shard file, so they must be unique."""
-    what = "pseudo-labeled (label_data.py output)"
-    files = common.list_files(pattern, what)
-    names = [os.path.basename(f) for f in files]
-    if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise common.UserError(f"--input_pattern={pattern} matches several files named {dup[:5]}; "
-                             "per-shard outputs are keyed by basename")
-    return files
+def select(labels, probs, ids, k, min_threshold=0.3, seed=0, files=None, bins=CONFIDENCE_BINS):
+    """The copies of each record (0: dropped): the whole rule on in-memory arrays.
 
-
-def stats_path(work_dir, name):
-    return os.path.join(work_dir, "stats", name + ".json")
-
-
-def plan_path(work_dir, name):
-    return os.path.join(work_dir, "plan", name + ".json")
-
-
-def counts_path(work_dir, name):
-    return os.path.join(work_dir, "counts", name + ".json")
-
-
-def confidence_bucket(prob, bins):
-    """Bucket of float32 probabilities on a 1/bins grid (monotone in prob; prob >= 1 -> bins)."""
-    return np.minimum(np.floor(np.asarray(prob, np.float64) * bins), bins).astype(np.int64)
-
-
-def is_eligible(prob, min_threshold):
-    # NOTE: prob >= threshold as in the reference (the paper says "higher than 0.3").
-    return np.asarray(prob, np.float64) >= min_threshold
-
-
-def tie_break_uniform53(record_id, seed):
-    """A seeded 53-bit integer hash of a record id (keyed BLAKE2b), uniform in [0, 2**53)."""
-    key = str(int(seed)).encode()
-    digest = hashlib.blake2b(record_id, digest_size=8, key=key).digest()
-    return int.from_bytes(digest, "little") >> 11
-
-
-def num_classes_of(serialized, path, index):
-    """Length of the probability vector of one record (float32 list or float16 bytes)."""
-    example = tf.train.Example.FromString(serialized)
-    feature = example.features.feature
-    if "probabilities" in feature:
-        return len(feature["probabilities"].float_list.value)
-    if "probabilities/float16" in feature:
-        return len(feature["probabilities/float16"].bytes_list.value[0]) // 2
-    raise common.UserError(f"{path}: record {index} has neither 'probabilities' nor "
-                         "'probabilities/float16' (is this a label_data.py output?)")
-
-
-# ----------------------------------------------------------------------------- reading records
-
-def _parse_batch(serialized, path, start):
-    """tf.io.parse_example on one batch; a bad record -> UserError naming file and record index."""
-    try:
-        return {k: v.numpy() for k, v in tf.io.parse_example(serialized, _PARSE_SPEC).items()}
-    except tf.errors.InvalidArgumentError:
-        for i in range(len(serialized)):  # find the culprit
-            try:
-                tf.io.parse_example(serialized[i:i + 1], _PARSE_SPEC)
-            except tf.errors.InvalidArgumentError as e:
-                reason = e.message.strip().splitlines()[0]
-                raise common.UserError(f"{path}: record {start + i} is not a valid pseudo-labeled "
-                                     f"tf.train.Example ({reason})") from None
-        raise
-
-
-def read_batches(path, num_classes=None, batch_size=READ_BATCH):
-    """Streams a label_data.py output shard in batches.
-
-    Yields dicts of numpy arrays: "serialized" (bytes), "label" (int64), "prob" (float32), "id"
-    (bytes; image/id, else image/filename, else b"<basename>:<index>"), "index" (record numbers).
-    Checks every record: a missing or out-of-range field ends in a UserError naming file and record.
+    Per class (`labels`): the records whose top-1 probability (`probs`) is >= min_threshold; of a
+    class with >= K of them the K most confident (ties at the K-th place broken by the seeded
+    tie-break on `ids`), once each; of a class with N < K all N, K // N copies each and K % N of
+    them (chosen by the tie-break) one more. `files`: each record's input file index (records in
+    file order; the tie-break depends on it). The sharded stages write exactly these copies.
     """
-    name = os.path.basename(path)
-    dataset = tf.data.TFRecordDataset(path, buffer_size=1 << 22).batch(batch_size).prefetch(2)
-    start, framed_bytes = 0, 0
-    iterator = iter(dataset)
-    while True:
-        try:
-            serialized = next(iterator).numpy()
-        except StopIteration:
-            # NOTE: TFRecordDataset silently drops a truncated last record; a TFRecord frame is
-            # 16 bytes (length, 2 CRCs) + the record, so the frames must add up to the file size.
-            size = tf.io.gfile.stat(path).length
-            if framed_bytes != size:
-                raise common.UserError(f"{path}: truncated or not an uncompressed TFRecord file "
-                                     f"({size - framed_bytes} bytes after record {start - 1})")
-            return
-        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-            reason = e.message.strip().splitlines()[0]
-            raise common.UserError(
-                f"{path}: corrupt TFRecord file after record {start} ({reason})") from None
-        parsed = _parse_batch(serialized, path, start)
-        label, prob = parsed["label"], parsed["prob"]
-        bad = np.flatnonzero((label < 0) | (label >= (num_classes or np.iinfo(np.int64).max)))
-        if bad.size:
-            i = bad[0]
-            what = ("has no 'label'" if label[i] < 0
-                    else f"has label {label[i]} >= {num_classes} classes")
-            raise common.UserError(f"{path}: record {start + i} {what}")
-        bad = np.flatnonzero(~np.isfinite(prob) | (prob < 0) | (prob > 1.001))
-        if bad.size:
-            i = bad[0]
-            what = "has no 'prob'" if prob[i] == -1 else f"has prob {prob[i]} outside [0, 1]"
-            raise common.UserError(f"{path}: record {start + i} {what}")
-        index = np.arange(start, start + len(serialized))
-        ids = [rid or fname or f"{name}:{j}".encode()
-               for rid, fname, j in zip(parsed["image/id"], parsed["image/filename"], index)]
-        yield {"serialized": serialized, "label": label, "prob": prob, "id": ids, "index": index}
-        start += len(serialized)
-        framed_bytes += 16 * len(serialized) + sum(map(len, serialized))
+    labels, ids = np.asarray(labels), np.asarray(ids, dtype=object)
+    files = np.zeros(len(labels), np.int64) if files is None else np.asarray(files)
+    bucket = eligible_bucket(probs, min_threshold, bins)
+    copies = np.zeros(len(labels), np.int64)
+    for c in np.unique(labels[bucket >= 0]):
+        mine = np.flatnonzero((labels == c) & (bucket >= 0))
+        plan = class_plan(np.bincount(bucket[mine], minlength=bins + 1), k, min_threshold, bins)
+        copies[mine] = np.where(bucket[mine] > plan["threshold_bucket"], plan["base_copies"], 0)
+        tied = mine[bucket[mine] == plan["threshold_bucket"]] if plan["kind"] == "top_k" else mine
+        shards, counts = np.unique(files[tied], return_counts=True)
+        picks = split_picks(plan["picks"], counts, np.random.default_rng([seed, int(c)]))
+        for shard, n, m in zip(shards, counts, picks):
+            in_shard = tied[files[tied] == shard]
+            copies[in_shard] += tie_break(ids[in_shard], m, n, seed)
+    return copies
 
 
-# ----------------------------------------------------------------------------- stage 1: stats
-
-def shard_stats(path, min_threshold, bins):
-    """Per-class counts and confidence histogram of eligible records of one shard (a small dict)."""
-    progress = common.Progress(f"stats {os.path.basename(path)}", unit="records")
-    num_classes, hist, seen = None, None, None
-    for batch in read_batches(path):
-        if num_classes is None:
-            num_classes = num_classes_of(batch["serialized"][0], path, 0)
-            hist = np.zeros((num_classes, bins + 1), np.int64)
-            seen = np.zeros(num_classes, np.int64)
-        label, prob = batch["label"], batch["prob"]
-        if label.max() >= num_classes:
-            i = int(np.argmax(label >= num_classes))
-            raise common.UserError(f"{path}: record {batch['index'][i]} has label {label[i]} >= "
-                                 f"{num_classes} classes")
-        seen += np.bincount(label, minlength=num_classes)
-        keep = is_eligible(prob, min_threshold)
-        np.add.at(hist, (label[keep], confidence_bucket(prob[keep], bins)), 1)
-        progress.add(len(label))
-    histogram = []
-    if hist is not None:
-        for row in hist:
-            nz = np.flatnonzero(row)
-            histogram.append({"bins": nz.tolist(), "counts": row[nz].tolist()})
-    return {
-        "file": os.path.basename(path), "input": os.path.abspath(path),
-        "size_bytes": tf.io.gfile.stat(path).length, "num_records": progress.done,
-        "num_classes": num_classes, "min_threshold": min_threshold, "confidence_bins": bins,
-        "seen": [] if seen is None else seen.tolist(),
-        "above_threshold": [] if hist is None else hist.sum(1).tolist(),
-        "histogram": histogram,
-    }
+def eligible_bucket(prob, min_threshold, bins):
+    """Confidence bucket on a 1/bins grid (monotone in prob; prob >= 1 -> bins); -1: ineligible."""
+    prob = np.asarray(prob, np.float64)
+    # NOTE: prob >= threshold as in the reference (the paper says "higher than 0.3").
+    return np.where(prob >= min_threshold,
+                    np.minimum(np.floor(prob * bins), bins).astype(np.int64), -1)
 
 
-def run_stats(files, work_dir, min_threshold, bins):
-    """Writes WORK/stats/<shard>.json for each file; skips files whose stats are already there."""
-    if not 0.0 <= min_threshold <= 1.0:
-        raise common.UserError(f"--min_threshold must be in [0, 1], got {min_threshold}")
-    if bins < 100:
-        raise common.UserError(f"--confidence_bins must be >= 100, got {bins}")
-    for k, path in enumerate(files):
-        out = stats_path(work_dir, os.path.basename(path))
-        if tf.io.gfile.exists(out):
-            old = common.read_json(out, "stats file")
-            if (old.get("min_threshold") == min_threshold and old.get("confidence_bins") == bins
-                and old.get("size_bytes") == tf.io.gfile.stat(path).length):
-                logging.info("stats %d/%d: %s done before, skipped", k + 1, len(files), out)
-                continue
-        start = time.time()
-        stats = shard_stats(path, min_threshold, bins)
-        common.write_json(out, stats)
-        seconds = time.time() - start
-        logging.info("stats %d/%d: %s, %d records in %.1fs (%.0f records/s)", k + 1, len(files),
-                     out, stats["num_records"], seconds, stats["num_records"] / max(seconds, 1e-9))
-
-
-# ----------------------------------------------------------------------------- stage 2: merge
-
-def _dense_histogram(stats, bins):
-    hist = np.zeros((len(stats["histogram"]), bins + 1), np.int64)
-    for c, row in enumerate(stats["histogram"]):
-        hist[c, row["bins"]] = row["counts"]
-    return hist
+def class_plan(hist_c, k, min_threshold, bins):
+    """Threshold and tie-break of one class from its eligible-confidence histogram."""
+    # NOTE: the reference keeps the whole 0.01 bucket at its threshold (a class can end above K)
+    # and thins/duplicates by unseeded stochastic rounding of K / count (sum of copies ~ K). Here
+    # the count is exact: a 1e-4 grid, then a seeded exact choice of the tied records (top_k) or
+    # of the records that get one extra copy (duplicate), so every non-empty class sums to K.
+    eligible = int(hist_c.sum())
+    if eligible >= k:  # over-full: everything above bucket b*, plus `picks` of the tied bucket b*
+        b_star = bins - int(np.argmax(np.cumsum(hist_c[::-1]) >= k))
+        return {"kind": "top_k", "threshold_bucket": b_star,
+                "threshold": max(b_star / bins, min_threshold), "candidates": int(hist_c[b_star]),
+                "picks": k - int(hist_c[b_star + 1:].sum()), "base_copies": 1, "kept": k,
+                "unique": k, "copies": [1, 1]}
+    if eligible > 0:  # under-full: all kept, K // N copies each, K % N random ones get one more
+        base, extra = divmod(k, eligible)
+        return {"kind": "duplicate", "threshold_bucket": -1, "threshold": min_threshold,
+                "candidates": eligible, "picks": extra, "base_copies": base, "kept": k,
+                "unique": eligible, "copies": [base, base + 1 if extra else base]}
+    return {"kind": "empty", "threshold_bucket": -1, "threshold": min_threshold, "candidates": 0,
+            "picks": 0, "base_copies": 0, "kept": 0, "unique": 0, "copies": [0, 0]}
 
 
 def split_picks(picks, candidates_per_shard, rng):
@@ -281,40 +156,161 @@ def split_picks(picks, candidates_per_shard, rng):
     return parts
 
 
-def class_plan(hist_c, k, min_threshold, bins):
-    """Threshold and tie-break of one class from its global eligible-confidence histogram."""
-    # NOTE: the reference keeps the whole 0.01 bucket at its threshold (a class can end above K)
-    # and thins/duplicates by unseeded stochastic rounding of K / count (sum of copies ~ K). Here
-    # the count is exact: a 1e-4 grid, then a seeded exact choice of the tied records (top_k) or
-    # of the records that get one extra copy (duplicate), so every non-empty class sums to K.
-    eligible = int(hist_c.sum())
-    if eligible >= k:  # over-full: everything above bucket b*, plus `picks` of the tied bucket b*
-        from_top = np.cumsum(hist_c[::-1])
-        b_star = bins - int(np.argmax(from_top >= k))
-        above = int(hist_c[b_star + 1:].sum())
-        return {"kind": "top_k", "threshold_bucket": b_star,
-                "threshold": max(b_star / bins, min_threshold), "candidates": int(hist_c[b_star]),
-                "picks": k - above, "base_copies": 1, "kept": k, "unique": k, "copies": [1, 1]}
-    if eligible > 0:  # under-full: all kept, K // N copies each, K % N random ones get one more
-        base, extra = divmod(k, eligible)
-        return {"kind": "duplicate", "threshold_bucket": -1, "threshold": min_threshold,
-                "candidates": eligible, "picks": extra, "base_copies": base, "kept": k,
-                "unique": eligible, "copies": [base, base + 1 if extra else base]}
-    return {"kind": "empty", "threshold_bucket": -1, "threshold": min_threshold, "candidates": 0,
-            "picks": 0, "base_copies": 0, "kept": 0, "unique": 0, "copies": [0, 0]}
+def tie_break(ids, picks, candidates, seed):
+    """Which of the candidate records `ids` (in file order) are picked, when `picks` are to be
+    picked among the `candidates` (>= len(ids)) from the first of `ids` to the last of the shard.
+
+    Knuth's selection sampling (Algorithm S): a candidate is picked when u * (candidates left) <
+    (picks left), u in [0, 1) a keyed BLAKE2b hash of (seed, id), in exact integer arithmetic.
+    """
+    key = str(int(seed)).encode()
+    picked, picks = np.zeros(len(ids), bool), int(picks)
+    for j, record_id in enumerate(ids):
+        u53 = int.from_bytes(hashlib.blake2b(record_id, digest_size=8, key=key).digest(),
+                             "little") >> 11
+        picked[j] = u53 * (int(candidates) - j) < (picks << 53)
+        picks -= int(picked[j])
+    return picked
 
 
-def _check_stats(stats, path, name, first, min_threshold):
-    if stats.get("file") != name:
-        raise common.UserError(f"{path} holds the stats of {stats.get('file')!r}, not {name!r}")
-    if stats["min_threshold"] != min_threshold:
-        raise common.UserError(
-            f"{path} was computed with --min_threshold={stats['min_threshold']} but merge has "
-            f"--min_threshold={min_threshold}: rerun stats with the same flag")
-    if first is not None:
-        for key in ("confidence_bins", "num_classes"):
-            if stats[key] is not None and stats[key] != first[key]:
-                raise common.UserError(f"{path} has {key}={stats[key]}, other shards {first[key]}")
+# ----------------------------------------------------------------------------- reading records
+
+def input_files(pattern):
+    """Sorted input shards; their basenames name every per-shard file, so they must be unique."""
+    files = common.list_files(pattern, "pseudo-labeled (label_data.py output)")
+    names = [os.path.basename(f) for f in files]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise common.UserError(f"--input_pattern={pattern} matches several files named {dup[:5]}; "
+                               "per-shard outputs are keyed by basename")
+    return files
+
+
+def work_file(work_dir, kind, name):
+    """WORK/<stats|plan|counts>/<shard name>.json"""
+    return os.path.join(work_dir, kind, name + ".json")
+
+
+def num_classes_of(serialized, path, index):
+    """Length of the probability vector of one record (float32 list or float16 bytes)."""
+    feature = tf.train.Example.FromString(serialized).features.feature
+    if "probabilities" in feature:
+        return len(feature["probabilities"].float_list.value)
+    if "probabilities/float16" in feature:
+        return len(feature["probabilities/float16"].bytes_list.value[0]) // 2
+    raise common.UserError(f"{path}: record {index} has neither 'probabilities' nor "
+                           "'probabilities/float16' (is this a label_data.py output?)")
+
+
+def _parse_batch(serialized, path, start):
+    """tf.io.parse_example on one batch; a bad record -> UserError naming file and record index."""
+    try:
+        return {k: v.numpy() for k, v in tf.io.parse_example(serialized, _PARSE_SPEC).items()}
+    except tf.errors.InvalidArgumentError:
+        for i in range(len(serialized)):  # find the culprit
+            try:
+                tf.io.parse_example(serialized[i:i + 1], _PARSE_SPEC)
+            except tf.errors.InvalidArgumentError as e:
+                raise common.UserError(f"{path}: record {start + i} is not a valid pseudo-labeled "
+                                       f"tf.train.Example ({common.tf_error_line(e)})") from None
+        raise
+
+
+def read_batches(path, num_classes=None, batch_size=READ_BATCH):
+    """Streams a label_data.py output shard in batches.
+
+    Yields dicts: "serialized" (bytes), "label" (int64), "prob" (float32), "id" (object array of
+    bytes: image/id, else image/filename, else b"<basename>:<index>"), "num_classes" (given, else
+    the first record's). Every record is checked: a missing or out-of-range field ends in a
+    UserError naming file and record.
+    """
+    batches = iter(tf.data.TFRecordDataset(path, buffer_size=1 << 22).batch(batch_size).prefetch(2))
+    start, framed_bytes = 0, 0
+    while True:
+        try:
+            serialized = next(batches).numpy()
+        except StopIteration:
+            break
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+            raise common.UserError(f"{path}: corrupt TFRecord file after record {start} "
+                                   f"({common.tf_error_line(e)})") from None
+        parsed = _parse_batch(serialized, path, start)
+        label, prob = parsed["label"], parsed["prob"]
+        num_classes = num_classes or num_classes_of(serialized[0], path, start)
+        bad = np.flatnonzero((label < 0) | (label >= num_classes))
+        if bad.size:
+            i = bad[0]
+            what = ("has no 'label'" if label[i] < 0
+                    else f"has label {label[i]} >= {num_classes} classes")
+            raise common.UserError(f"{path}: record {start + i} {what}")
+        bad = np.flatnonzero(~np.isfinite(prob) | (prob < 0) | (prob > 1.001))
+        if bad.size:
+            i = bad[0]
+            what = "has no 'prob'" if prob[i] == -1 else f"has prob {prob[i]} outside [0, 1]"
+            raise common.UserError(f"{path}: record {start + i} {what}")
+        ids = np.array([rid or name or f"{os.path.basename(path)}:{start + j}".encode()
+                        for j, (rid, name) in enumerate(zip(parsed["image/id"],
+                                                            parsed["image/filename"]))], object)
+        yield {"serialized": serialized, "label": label, "prob": prob, "id": ids,
+               "num_classes": num_classes}
+        start += len(serialized)
+        framed_bytes += 16 * len(serialized) + sum(map(len, serialized))
+    # NOTE: TFRecordDataset silently drops a truncated last record; a TFRecord frame is 16 bytes
+    # (length, 2 CRCs) + the record, so the frames must add up to the file size.
+    size = tf.io.gfile.stat(path).length
+    if framed_bytes != size:
+        raise common.UserError(f"{path}: truncated or not an uncompressed TFRecord file "
+                               f"({size - framed_bytes} bytes after record {start - 1})")
+
+
+# ----------------------------------------------------------------------------- stage 1: stats
+
+def shard_stats(path, min_threshold, bins):
+    """Per-class counts and confidence histogram of eligible records of one shard (a small dict)."""
+    progress = common.Progress(f"stats {os.path.basename(path)}", unit="records")
+    hist = np.zeros((0, bins + 2), np.int64)  # column 0: below the threshold; 1 + b: bucket b
+    for batch in read_batches(path):
+        if not len(hist):
+            hist = np.zeros((batch["num_classes"], bins + 2), np.int64)
+        np.add.at(hist, (batch["label"], 1 + eligible_bucket(batch["prob"], min_threshold, bins)),
+                  1)
+        progress.add(len(batch["label"]))
+    progress.update(progress.done, force=True)
+    eligible = hist[:, 1:]
+    return {
+        "file": os.path.basename(path), "input": os.path.abspath(path),
+        "size_bytes": tf.io.gfile.stat(path).length, "num_records": progress.done,
+        "num_classes": len(hist) or None, "min_threshold": min_threshold, "confidence_bins": bins,
+        "seen": hist.sum(1).tolist(), "above_threshold": eligible.sum(1).tolist(),
+        "histogram": [{"bins": np.flatnonzero(row).tolist(), "counts": row[row > 0].tolist()}
+                      for row in eligible],
+    }
+
+
+def run_stats(files, work_dir, min_threshold, bins):
+    """Writes WORK/stats/<shard>.json for each file; skips files whose stats are already there."""
+    if not 0.0 <= min_threshold <= 1.0:
+        raise common.UserError(f"--min_threshold must be in [0, 1], got {min_threshold}")
+    if bins < 100:
+        raise common.UserError(f"--confidence_bins must be >= 100, got {bins}")
+    for k, path in enumerate(files):
+        out = work_file(work_dir, "stats", os.path.basename(path))
+        old = common.read_json(out, "stats file", default={})
+        if (old.get("min_threshold") == min_threshold and old.get("confidence_bins") == bins
+                and old.get("size_bytes") == tf.io.gfile.stat(path).length):
+            logging.info("stats %d/%d: %s done before, skipped", k + 1, len(files), out)
+            continue
+        common.write_json(out, shard_stats(path, min_threshold, bins))
+        logging.info("stats %d/%d: wrote %s", k + 1, len(files), out)
+
+
+# ----------------------------------------------------------------------------- stage 2: merge
+
+def _dense_histogram(stats, bins):
+    hist = np.zeros((len(stats["histogram"]), bins + 1), np.int64)
+    for c, row in enumerate(stats["histogram"]):
+        hist[c, row["bins"]] = row["counts"]
+    return hist
 
 
 def merge(files, work_dir, k, min_threshold, seed):
@@ -328,66 +324,68 @@ def merge(files, work_dir, k, min_threshold, seed):
     if seed < 0:
         raise common.UserError(f"--seed must be >= 0, got {seed}")
     names = [os.path.basename(f) for f in files]
-    missing = [n for n in names if not tf.io.gfile.exists(stats_path(work_dir, n))]
+    paths = [work_file(work_dir, "stats", n) for n in names]
+    missing = [i for i, p in enumerate(paths) if not tf.io.gfile.exists(p)]
     if missing:
-        ids = [i for i, n in enumerate(names) if n in set(missing)]
         raise common.UserError(
-            f"stats missing for {len(missing)} of {len(names)} shards (input file indices {ids}): "
-            f"{', '.join(missing)}; run `filter_balance.py stats` for them (file i belongs to "
-            f"--shard_id = i % --num_shards) into {os.path.join(work_dir, 'stats')}")
+            f"stats missing for {len(missing)} of {len(names)} shards (input file indices "
+            f"{missing}): {', '.join(names[i] for i in missing)}; run `filter_balance.py stats` "
+            f"for them (file i belongs to --shard_id = i % --num_shards) into "
+            f"{os.path.join(work_dir, 'stats')}")
 
     # Pass 1: global per-class histograms.
-    first, hist, seen, num_records = None, None, None, {}
-    for name in names:
-        path = stats_path(work_dir, name)
+    first, hist, seen, num_records = None, 0, 0, []
+    for name, path in zip(names, paths):
         stats = common.read_json(path, "stats file")
-        _check_stats(stats, path, name, first, min_threshold)
-        num_records[name] = stats["num_records"]
+        if stats.get("file") != name:
+            raise common.UserError(f"{path} holds the stats of {stats.get('file')!r}, not {name!r}")
+        if stats["min_threshold"] != min_threshold:
+            raise common.UserError(
+                f"{path} was computed with --min_threshold={stats['min_threshold']} but merge has "
+                f"--min_threshold={min_threshold}: rerun stats with the same flag")
+        num_records.append(stats["num_records"])
         if stats["num_classes"] is None:  # empty shard
             continue
-        if first is None:
-            first, bins = stats, stats["confidence_bins"]
-            hist = np.zeros((stats["num_classes"], bins + 1), np.int64)
-            seen = np.zeros(stats["num_classes"], np.int64)
-        hist += _dense_histogram(stats, bins)
-        seen += np.asarray(stats["seen"], np.int64)
+        first = first or stats
+        for key in ("confidence_bins", "num_classes"):
+            if stats[key] != first[key]:
+                raise common.UserError(f"{path} has {key}={stats[key]}, other shards {first[key]}")
+        hist = hist + _dense_histogram(stats, first["confidence_bins"])
+        seen = seen + np.asarray(stats["seen"], np.int64)
     if first is None:
         raise common.UserError(f"all {len(names)} input shards are empty")
-    num_classes = len(seen)
+    num_classes, bins = first["num_classes"], first["confidence_bins"]
     classes = [class_plan(hist[c], k, min_threshold, bins) for c in range(num_classes)]
     empty = [c for c, plan in enumerate(classes) if plan["kind"] == "empty"]
     if len(empty) == num_classes:
         raise common.UserError(f"no record of the {int(seen.sum())} in {len(names)} shards has "
-                             f"confidence >= --min_threshold={min_threshold}: nothing to keep "
-                             "(is the teacher trained?)")
+                               f"confidence >= --min_threshold={min_threshold}: nothing to keep "
+                               "(is the teacher trained?)")
     if empty:
         logging.warning("classes without any record >= %s stay empty: %s", min_threshold, empty)
 
     # Pass 2: each shard's tied (top_k) or duplicated (duplicate) candidates, then the seeded split.
+    kind = np.array([p["kind"] for p in classes])
+    threshold_bucket = np.array([p["threshold_bucket"] for p in classes])
     candidates = np.zeros((len(names), num_classes), np.int64)
-    for s, name in enumerate(names):
-        stats = common.read_json(stats_path(work_dir, name), "stats file")
-        if stats["num_classes"] is None:
-            continue
-        shard_hist = _dense_histogram(stats, bins)
-        for c, plan in enumerate(classes):
-            if plan["kind"] == "top_k":
-                candidates[s, c] = shard_hist[c, plan["threshold_bucket"]]
-            elif plan["kind"] == "duplicate":
-                candidates[s, c] = shard_hist[c].sum()
+    for s, path in enumerate(paths):
+        stats = common.read_json(path, "stats file")
+        if stats["num_classes"] is not None:
+            shard_hist = _dense_histogram(stats, bins)
+            candidates[s] = np.select([kind == "top_k", kind == "duplicate"], [
+                shard_hist[np.arange(num_classes), threshold_bucket], shard_hist.sum(1)])
     picks = np.zeros_like(candidates)
     for c, plan in enumerate(classes):
         assert candidates[:, c].sum() == plan["candidates"]
-        rng = np.random.default_rng([seed, c])
-        picks[:, c] = split_picks(plan["picks"], candidates[:, c].tolist(), rng)
-
-    for c, plan in enumerate(classes):
+        picks[:, c] = split_picks(plan["picks"], candidates[:, c].tolist(),
+                                  np.random.default_rng([seed, c]))
         plan.update({"class": c, "seen": int(seen[c]), "above_threshold": int(hist[c].sum())})
+
     totals = {key: int(sum(p[key] for p in classes))
               for key in ("seen", "above_threshold", "kept", "unique")}
-    totals.update(num_records=int(sum(num_records.values())), num_shards=len(names),
+    totals.update(num_records=int(sum(num_records)), num_shards=len(names),
                   num_classes_below_k=sum(p["kind"] == "duplicate" for p in classes),
-                  num_empty_classes=sum(p["kind"] == "empty" for p in classes))
+                  num_empty_classes=len(empty))
     config = {"num_images_per_class": k, "min_threshold": min_threshold, "confidence_bins": bins,
               "seed": seed, "num_classes": num_classes, "shards": names}
     fingerprint = hashlib.sha256(json.dumps([config, classes, picks.tolist()],
@@ -397,7 +395,7 @@ def merge(files, work_dir, k, min_threshold, seed):
     plans = {}
     for s, name in enumerate(names):
         nz = np.flatnonzero(candidates[s])
-        plans[name] = {"file": name, "num_records": num_records[name],
+        plans[name] = {"file": name, "num_records": num_records[s],
                        "plan_fingerprint": fingerprint, "classes": nz.tolist(),
                        "candidates": candidates[s, nz].tolist(), "picks": picks[s, nz].tolist()}
     return summary, plans
@@ -408,7 +406,7 @@ def plot_class_balance(summary, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    classes = summary["classes"]
+    classes, k = summary["classes"], summary["config"]["num_images_per_class"]
     x = np.arange(len(classes))
     get = lambda key: np.array([p[key] for p in classes])
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(8, len(classes) * 0.08), 6), sharex=True)
@@ -423,9 +421,8 @@ def plot_class_balance(summary, path):
     bottom.bar(x, unique, width, color="tab:green", label="unique images")
     bottom.bar(x, get("kept") - unique, width, bottom=unique, color="tab:orange",
                label="duplicates (copies > 1)")
-    bottom.axhline(summary["config"]["num_images_per_class"], color="k", lw=0.8, ls="--",
-                   label=f"K = {summary['config']['num_images_per_class']}")
-    bottom.set_ylim(0, 1.3 * max(summary["config"]["num_images_per_class"], get("kept").max()))
+    bottom.axhline(k, color="k", lw=0.8, ls="--", label=f"K = {k}")
+    bottom.set_ylim(0, 1.3 * max(k, get("kept").max()))
     bottom.set_title("after filtering and balancing (training examples per class)")
     bottom.set_xlabel("class")
     bottom.legend(fontsize=8, loc="upper right", ncols=3)
@@ -438,52 +435,29 @@ def plot_class_balance(summary, path):
 
 
 def run_merge(files, work_dir, k, min_threshold, seed):
+    """merge(), written to WORK (plans, summary.json, the plot) unless the same plan is there."""
     summary, plans = merge(files, work_dir, k, min_threshold, seed)
+    summary_file = os.path.join(work_dir, SUMMARY_FILE)
+    if (common.read_json(summary_file, default=None) == summary
+            and tf.io.gfile.exists(os.path.join(work_dir, PLOT_FILE))
+            and all(common.read_json(work_file(work_dir, "plan", name), default=None) == plan
+                    for name, plan in plans.items())):
+        logging.info("merge: %s done before, skipped", summary_file)
+        return summary
     for name, plan in plans.items():
-        common.write_json(plan_path(work_dir, name), plan)
-    common.write_json(os.path.join(work_dir, SUMMARY_FILE), summary)
+        common.write_json(work_file(work_dir, "plan", name), plan)
+    common.write_json(summary_file, summary)
     plot_class_balance(summary, os.path.join(work_dir, PLOT_FILE))
     t = summary["totals"]
     logging.info("merge: %d shards, %d records, %d above %.3g, kept %d (%d unique) in %d classes "
                  "(%d duplicated, %d empty) -> %s", t["num_shards"], t["num_records"],
                  t["above_threshold"], min_threshold, t["kept"], t["unique"],
                  summary["config"]["num_classes"], t["num_classes_below_k"], t["num_empty_classes"],
-                 os.path.join(work_dir, SUMMARY_FILE))
+                 summary_file)
     return summary
 
 
 # ----------------------------------------------------------------------------- stage 3: write
-
-class SelectionSampler:
-    """Picks exactly picks[c] of the candidates[c] records of class c met in this shard.
-
-    Knuth's selection sampling (Algorithm S): the j-th candidate is taken when u * (candidates left)
-    < (picks left), with u a seeded hash of its record id in [0, 1) (exact integer arithmetic).
-    """
-
-    def __init__(self, num_classes, plan, seed, path):
-        self.left = np.zeros(num_classes, np.int64)
-        self.need = np.zeros(num_classes, np.int64)
-        self.left[plan["classes"]] = plan["candidates"]
-        self.need[plan["classes"]] = plan["picks"]
-        self.seed, self.path = seed, path
-
-    def take(self, c, record_id):
-        if self.left[c] <= 0:
-            raise common.UserError(f"{self.path} has more candidates of class {c} than its stats "
-                                 "say: the file changed after `stats`; rerun stats and merge")
-        u53 = tie_break_uniform53(record_id, self.seed)
-        chosen = u53 * int(self.left[c]) < (int(self.need[c]) << 53)  # u * left < need, exactly
-        self.left[c] -= 1
-        self.need[c] -= chosen
-        return bool(chosen)
-
-    def check_done(self):
-        if self.left.any() or self.need.any():
-            c = int(np.flatnonzero(self.left | self.need)[0])
-            raise common.UserError(f"{self.path} has fewer candidates of class {c} than its stats "
-                                 "say: the file changed after `stats`; rerun stats and merge")
-
 
 def with_copies(serialized, copies):
     """The input record plus the int64 feature `copies` (deterministic serialization)."""
@@ -494,51 +468,53 @@ def with_copies(serialized, copies):
 
 
 def write_shard(path, output_path, summary, plan, materialize_duplicates=False):
-    """Streams one shard and writes its kept records; returns the per-class counts written."""
-    config, classes = summary["config"], summary["classes"]
+    """Streams one shard and writes its kept records; returns the per-class counts written.
+
+    select() on a stream: the thresholds and base copies come from merge's summary, the tie-break
+    runs on this shard's `candidates` and `picks` of merge's plan.
+    """
+    config = summary["config"]
     num_classes, bins, seed = config["num_classes"], config["confidence_bins"], config["seed"]
-    kind = np.array([p["kind"] for p in classes])
-    threshold_bucket = np.array([p["threshold_bucket"] for p in classes], np.int64)
-    base_copies = np.array([p["base_copies"] for p in classes], np.int64)
-    is_top_k = kind == "top_k"
-    # A record may be kept when eligible and at or above its class's threshold bucket (-1: any).
-    lowest_bucket = np.where(kind == "empty", bins + 1, threshold_bucket)
-    sampler = SelectionSampler(num_classes, plan, seed, path)
+    per_class = lambda key: np.array([p[key] for p in summary["classes"]])
+    threshold_bucket, base_copies = per_class("threshold_bucket"), per_class("base_copies")
+    duplicated = per_class("kind") == "duplicate"
+    left, picks = np.zeros(num_classes, np.int64), np.zeros(num_classes, np.int64)
+    left[plan["classes"]], picks[plan["classes"]] = plan["candidates"], plan["picks"]
+    changed = "the file changed after `stats`; rerun stats and merge"
+    kept, unique = np.zeros(num_classes, np.int64), np.zeros(num_classes, np.int64)
+    progress = common.Progress(f"write {os.path.basename(path)}", unit="records")
     # NOTE: kept records stay in input order, once each with a `copies` count (the reference
     # writes duplicates and shuffles 10K-record buffers); the training input repeats and shuffles.
     # The reference's sample JPEGs per class are not written.
-    kept = np.zeros(num_classes, np.int64)
-    unique = np.zeros(num_classes, np.int64)
-    progress = common.Progress(f"write {os.path.basename(path)}", unit="records")
     with common.atomic_output(output_path) as tmp, tf.io.TFRecordWriter(tmp) as writer:
         for batch in read_batches(path, num_classes):
-            label, prob = batch["label"], batch["prob"]
-            bucket = confidence_bucket(prob, bins)
-            maybe = is_eligible(prob, config["min_threshold"]) & (bucket >= lowest_bucket[label])
-            for i in np.flatnonzero(maybe):
-                c = label[i]
-                if is_top_k[c] and bucket[i] > threshold_bucket[c]:
-                    copies = 1
-                elif is_top_k[c]:  # the tied threshold bucket: exactly `picks` of them survive
-                    copies = int(sampler.take(c, batch["id"][i]))
-                else:  # duplicated class: base copies, `picks` of them one more
-                    copies = int(base_copies[c]) + int(sampler.take(c, batch["id"][i]))
-                if not copies:
-                    continue
-                kept[c] += copies
-                unique[c] += 1
-                if materialize_duplicates:
-                    record = with_copies(batch["serialized"][i], 1)
-                    for _ in range(copies):
-                        writer.write(record)
-                else:
-                    writer.write(with_copies(batch["serialized"][i], copies))
+            label = batch["label"]
+            bucket = eligible_bucket(batch["prob"], config["min_threshold"], bins)
+            copies = np.where(bucket > threshold_bucket[label], base_copies[label], 0)
+            tied = (bucket >= 0) & (duplicated[label] | (bucket == threshold_bucket[label]))
+            for c in np.unique(label[tied]):
+                mine = np.flatnonzero(tied & (label == c))
+                if len(mine) > left[c]:
+                    raise common.UserError(f"{path} has more candidates of class {c} than its "
+                                           f"stats say: {changed}")
+                picked = tie_break(batch["id"][mine], picks[c], left[c], seed)
+                copies[mine] += picked
+                left[c] -= len(mine)
+                picks[c] -= picked.sum()
+            for i in np.flatnonzero(copies):
+                record = with_copies(batch["serialized"][i], 1 if materialize_duplicates
+                                     else int(copies[i]))
+                for _ in range(copies[i] if materialize_duplicates else 1):
+                    writer.write(record)
+            np.add.at(kept, label, copies)
+            np.add.at(unique, label, copies > 0)
             progress.add(len(label))
-        sampler.check_done()
+        if left.any():
+            raise common.UserError(f"{path} has fewer candidates of class "
+                                   f"{int(np.flatnonzero(left)[0])} than its stats say: {changed}")
         if progress.done != plan["num_records"]:
             raise common.UserError(f"{path} has {progress.done} records but its stats say "
-                                 f"{plan['num_records']}: the file changed after `stats`; rerun "
-                                 "stats and merge")
+                                   f"{plan['num_records']}: {changed}")
     return {"file": os.path.basename(path), "num_records": progress.done,
             "plan_fingerprint": summary["plan_fingerprint"],
             "materialize_duplicates": materialize_duplicates,
@@ -548,27 +524,26 @@ def write_shard(path, output_path, summary, plan, materialize_duplicates=False):
 
 def run_write(files, work_dir, output_dir, seed, materialize_duplicates):
     summary = common.read_json(os.path.join(work_dir, SUMMARY_FILE),
-                        "merge output (run `filter_balance.py merge` first)")
+                               "merge output (run `filter_balance.py merge` first)")
     if summary["config"]["seed"] != seed:
         raise common.UserError(f"--seed={seed} but merge used --seed={summary['config']['seed']}; "
-                             "pass the same seed (or rerun merge)")
-    known = set(summary["config"]["shards"])
+                               "pass the same seed (or rerun merge)")
     for k, path in enumerate(files):
         name = os.path.basename(path)
-        if name not in known:
+        if name not in summary["config"]["shards"]:
             raise common.UserError(f"{path} was not part of the merge in {work_dir}; rerun stats "
-                                 "and merge with the same --input_pattern")
-        out, counts_file = os.path.join(output_dir, name), counts_path(work_dir, name)
-        if tf.io.gfile.exists(out) and tf.io.gfile.exists(counts_file):
-            old = common.read_json(counts_file, "counts file")
-            if (old.get("plan_fingerprint") == summary["plan_fingerprint"]
+                                   "and merge with the same --input_pattern")
+        out, counts_file = os.path.join(output_dir, name), work_file(work_dir, "counts", name)
+        old = common.read_json(counts_file, "counts file", default={})
+        if (tf.io.gfile.exists(out) and old.get("plan_fingerprint") == summary["plan_fingerprint"]
                 and old.get("materialize_duplicates") == materialize_duplicates):
-                logging.info("write %d/%d: %s done before, skipped", k + 1, len(files), out)
-                continue
-        plan = common.read_json(plan_path(work_dir, name), "merge plan (rerun `filter_balance.py merge`)")
+            logging.info("write %d/%d: %s done before, skipped", k + 1, len(files), out)
+            continue
+        plan_file = work_file(work_dir, "plan", name)
+        plan = common.read_json(plan_file, "merge plan (rerun `filter_balance.py merge`)")
         if plan["plan_fingerprint"] != summary["plan_fingerprint"]:
-            raise common.UserError(f"{plan_path(work_dir, name)} is from another merge than "
-                                 f"{SUMMARY_FILE}; rerun merge")
+            raise common.UserError(f"{plan_file} is from another merge than {SUMMARY_FILE}; "
+                                   "rerun merge")
         common.remove_stale_temporaries(out)
         counts = write_shard(path, out, summary, plan, materialize_duplicates)
         common.write_json(counts_file, counts)
@@ -583,30 +558,31 @@ def report(work_dir, output_dir):
     """merge's summary plus the counts every `write` shard measured; UserError if any is missing
     or differs from the plan. Writes OUT/summary.json and OUT/class_balance.png."""
     summary = common.read_json(os.path.join(work_dir, SUMMARY_FILE),
-                        "merge output (run `filter_balance.py merge` first)")
+                               "merge output (run `filter_balance.py merge` first)")
     names = summary["config"]["shards"]
-    missing = [n for n in names if not (tf.io.gfile.exists(counts_path(work_dir, n))
-                                        and tf.io.gfile.exists(os.path.join(output_dir, n)))]
+    missing = [i for i, n in enumerate(names) if not (
+        tf.io.gfile.exists(work_file(work_dir, "counts", n))
+        and tf.io.gfile.exists(os.path.join(output_dir, n)))]
     if missing:
         raise common.UserError(f"`write` has not finished {len(missing)} of {len(names)} shards "
-                             f"(input file indices {[names.index(n) for n in missing]}): "
-                             f"{', '.join(missing)}")
-    counts = [common.read_json(counts_path(work_dir, n), "counts file") for n in names]
+                               f"(input file indices {missing}): "
+                               f"{', '.join(names[i] for i in missing)}")
+    counts = [common.read_json(work_file(work_dir, "counts", n), "counts file") for n in names]
     stale = [n for n, c in zip(names, counts)
              if c["plan_fingerprint"] != summary["plan_fingerprint"]]
     if stale:
         raise common.UserError(f"shards written with another merge plan: {', '.join(stale)}; "
-                             "rerun `write` for them")
+                               "rerun `write` for them")
     materialized = {c["materialize_duplicates"] for c in counts}
     if len(materialized) > 1:
         raise common.UserError("some shards were written with --materialize_duplicates, others "
-                             "not; rerun `write` with one setting")
+                               "not; rerun `write` with one setting")
     kept = np.sum([c["kept"] for c in counts], 0).tolist()
     unique = np.sum([c["unique"] for c in counts], 0).tolist()
-    if kept != [p["kept"] for p in summary["classes"]] or unique != [
-            p["unique"] for p in summary["classes"]]:
+    if (kept, unique) != ([p["kept"] for p in summary["classes"]],
+                          [p["unique"] for p in summary["classes"]]):
         raise common.UserError(f"the written counts in {os.path.join(work_dir, 'counts')} differ "
-                             "from merge's plan: inputs changed after `stats`? rerun all stages")
+                               "from merge's plan: inputs changed after `stats`? rerun all stages")
     out = dict(summary, written={
         "verified": True, "materialize_duplicates": materialized.pop(),
         "records": int(sum(c["records_written"] for c in counts)),
@@ -639,12 +615,13 @@ def define_flags():
     # NOTE: --min_threshold defaults to the paper's 0.3 (the reference's flag defaults to 0.0).
     flags.DEFINE_float("min_threshold", 0.3, "stats/merge: keep only records whose top-1 "
                        "probability is >= this (paper: 0.3).")
-    flags.DEFINE_integer("confidence_bins", 10000, "stats: histogram buckets on [0, 1]; records "
-                         "in one bucket count as tied and are split by the seeded tie-break.")
+    flags.DEFINE_integer("confidence_bins", CONFIDENCE_BINS, "stats: histogram buckets on [0, 1]; "
+                         "records in one bucket count as tied and are split by the seeded "
+                         "tie-break.")
     flags.DEFINE_integer("seed", 0, "merge/write: seed of the tie-break and of which records get "
                          "one extra copy (the same value for merge and write).")
     flags.DEFINE_integer("num_shards", 1, "stats/write: number of parallel jobs; file i of the "
-                         "sorted input goes to job i % num_shards.")
+                         "sorted input goes to job i % num_shards (`all`: one job, all files).")
     flags.DEFINE_integer("shard_id", 0, "stats/write: this job's index in [0, num_shards).")
     flags.DEFINE_bool("materialize_duplicates", False, "write: write a record `copies` times "
                       "(with copies=1) instead of once with a `copies` count.")
@@ -653,27 +630,29 @@ def define_flags():
 def main(argv):
     if len(argv) != 2 or argv[1] not in SUBCOMMANDS:
         raise common.UserError(f"usage: filter_balance.py {{{'|'.join(SUBCOMMANDS)}}} --flags "
-                             f"(got {argv[1:]})")
+                               f"(got {argv[1:]})")
     command = argv[1]
-    needs = {"stats": ("input_pattern", "work_dir"), "merge": ("input_pattern", "work_dir"),
+    needs = {"all": ("input_pattern", "work_dir", "output_dir"),
+             "stats": ("input_pattern", "work_dir"), "merge": ("input_pattern", "work_dir"),
              "write": ("input_pattern", "work_dir", "output_dir"),
              "report": ("work_dir", "output_dir")}[command]
     for name in needs:
         if not FLAGS[name].value:
             raise common.UserError(f"{command} needs --{name}")
-    if command == "report":
-        report(FLAGS.work_dir, FLAGS.output_dir)
-        return
-    files = input_files(FLAGS.input_pattern)
-    if command == "stats":
-        run_stats(common.shard_files(files, FLAGS.num_shards, FLAGS.shard_id), FLAGS.work_dir,
-                  FLAGS.min_threshold, FLAGS.confidence_bins)
-    elif command == "merge":
+    files = [] if command == "report" else input_files(FLAGS.input_pattern)
+    if command in ("stats", "write"):
+        mine = common.shard_files(files, FLAGS.num_shards, FLAGS.shard_id)
+    else:
+        mine = files
+    if command in ("all", "stats"):
+        run_stats(mine, FLAGS.work_dir, FLAGS.min_threshold, FLAGS.confidence_bins)
+    if command in ("all", "merge"):
         run_merge(files, FLAGS.work_dir, FLAGS.num_images_per_class, FLAGS.min_threshold,
                   FLAGS.seed)
-    else:
-        run_write(common.shard_files(files, FLAGS.num_shards, FLAGS.shard_id), FLAGS.work_dir,
-                  FLAGS.output_dir, FLAGS.seed, FLAGS.materialize_duplicates)
+    if command in ("all", "write"):
+        run_write(mine, FLAGS.work_dir, FLAGS.output_dir, FLAGS.seed, FLAGS.materialize_duplicates)
+    if command in ("all", "report"):
+        report(FLAGS.work_dir, FLAGS.output_dir)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ import data
 import efficientnet_builder
 
 PROBABILITY_DTYPES = ("float32", "float16")
-LOG_EVERY_SECONDS = 10.0
+STRATEGIES = ("default", "mirrored")  # inside one job (N jobs cover N machines)
 PENDING_WRITES = 2  # batches in flight to the writer thread (bounds memory)
 
 
@@ -51,17 +51,13 @@ def summary_path(output_dir, name):
 # ----------------------------------------------------------------------------- the teacher
 
 def load_teacher(model_dir, strategy):
-    """(model, config, DatasetInfo, image_size) of the model dir, EMA weights, built in scope."""
+    """(model, config, DatasetInfo at the model's image size) of the model dir, EMA weights."""
     with strategy.scope():
         model, config = efficientnet_builder.load_model_dir(model_dir, use_ema=True)
-    if "dataset" not in config:
-        raise common.UserError(f"{model_dir}/{efficientnet_builder.MODEL_CONFIG_FILE} names no "
-                             "`dataset` (needed for the eval preprocessing)")
-    image_size = int(model.input_shape[1])
-    overrides = {k: config[k] for k in ("num_classes", "num_channels", "input_kind", "label_offset")
-                 if config.get(k) is not None}
-    info = data.dataset_info(config["dataset"], image_size=image_size, **overrides)
-    return model, config, info, image_size
+    info = data.model_dataset_info(
+        config, image_size=model.input_shape[1],
+        where=os.path.join(model_dir, efficientnet_builder.MODEL_CONFIG_FILE))
+    return model, config, info
 
 
 def make_predictor(model, strategy):
@@ -116,14 +112,14 @@ def write_batch(writer, ids, encoded, true_labels, probabilities, float16):
         writer.write(record)
 
 
-def label_file(path, output_path, predict, info, image_size, batch_size, float16, log_prefix=""):
+def label_file(path, output_path, predict, info, batch_size, float16):
     """Labels one input file into `output_path` (atomically); returns its summary dict.
 
     A writer thread serializes and writes batch i while the teacher runs on batch i + 1.
     """
-    dataset = data.unlabeled_records_dataset([path], info, image_size, batch_size)
-    count, confidence_sum, correct, with_truth, class_counts = 0, 0.0, 0, 0, None
-    start = last_log = time.time()
+    dataset = data.unlabeled_records_dataset([path], info, info.image_size, batch_size)
+    confidence_sum, correct, with_truth, class_counts = 0.0, 0, 0, None
+    progress = common.Progress(f"labeling {os.path.basename(path)}")
     with common.atomic_output(output_path) as tmp, tf.io.TFRecordWriter(tmp) as writer, \
             concurrent.futures.ThreadPoolExecutor(1) as pool:
         pending = collections.deque()
@@ -134,9 +130,8 @@ def label_file(path, output_path, predict, info, image_size, batch_size, float16
             except StopIteration:
                 break
             except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-                reason = (e.message or type(e).__name__).strip().splitlines()[0]
-                raise common.UserError(f"{path}: bad record or image after record {count} "
-                                     f"({reason})") from None
+                raise common.UserError(f"{path}: bad record or image after record "
+                                       f"{progress.done} ({common.tf_error_line(e)})") from None
             probabilities = predict(batch["image"])
             ids, encoded = batch["id"].numpy(), batch["encoded"].numpy()
             true_labels = batch["true_label"].numpy()
@@ -153,20 +148,15 @@ def label_file(path, output_path, predict, info, image_size, batch_size, float16
             known = true_labels >= 0
             with_truth += int(known.sum())
             correct += int((labels[known] == true_labels[known]).sum())
-            count += len(labels)
-            now = time.time()
-            if now - last_log >= LOG_EVERY_SECONDS:
-                last_log = now
-                logging.info("%s%s: %d images, %.0f img/s", log_prefix, os.path.basename(path),
-                             count, count / (now - start))
+            progress.add(len(labels))
         for future in pending:
             future.result()
-    seconds = time.time() - start
+    count = progress.done
     summary = {
         "input": path, "output": output_path, "count": count,
         "mean_confidence": confidence_sum / max(count, 1),
         "class_counts": [] if class_counts is None else class_counts.tolist(),
-        "seconds": seconds, "images_per_second": count / max(seconds, 1e-9),
+        "seconds": time.time() - progress.start, "images_per_second": progress.rate(),
         "probabilities_dtype": "float16" if float16 else "float32", "batch_size": batch_size,
     }
     if with_truth:  # for reports only: how often the teacher agrees with the hidden label
@@ -183,42 +173,40 @@ def run(teacher_model_dir, files, output_dir, batch_size=256, probabilities_dtyp
         raise common.UserError(f"--batch_size must be >= 1, got {batch_size}")
     if probabilities_dtype not in PROBABILITY_DTYPES:
         raise common.UserError(f"--probabilities_dtype must be one of {PROBABILITY_DTYPES}, "
-                             f"got {probabilities_dtype!r}")
+                               f"got {probabilities_dtype!r}")
     names = [os.path.basename(f) for f in files]
     if len(set(names)) != len(names):
         raise common.UserError("the input files must have distinct basenames (outputs keep them)")
-    todo = [f for f in files if not (
-        tf.io.gfile.exists(os.path.join(output_dir, os.path.basename(f)))
-        and tf.io.gfile.exists(summary_path(output_dir, os.path.basename(f))))]
+    done = lambda name: (tf.io.gfile.exists(os.path.join(output_dir, name))
+                         and tf.io.gfile.exists(summary_path(output_dir, name)))
+    todo = [f for f, name in zip(files, names) if not done(name)]
     logging.info("%d input files for this job, %d done before, %d to label",
                  len(files), len(files) - len(todo), len(todo))
     if not todo:
         return []
-    strategy = common.make_strategy(strategy_name, allowed=("default", "mirrored"))
-    model, config, info, image_size = load_teacher(teacher_model_dir, strategy)
+    strategy = common.make_strategy(strategy_name, allowed=STRATEGIES)
+    model, config, info = load_teacher(teacher_model_dir, strategy)
     predict = make_predictor(model, strategy)
     logging.info("teacher %s (%s, %d px, %d classes) on %d replica(s)", teacher_model_dir,
-                 config.get("model_name"), image_size, info.num_classes,
+                 config.get("model_name"), info.image_size, info.num_classes,
                  strategy.num_replicas_in_sync)
-    total_bytes = sum(tf.io.gfile.stat(f).length for f in todo)
-    done_bytes, start, summaries = 0, time.time(), []
+    job = common.Progress("job", total=sum(tf.io.gfile.stat(f).length for f in todo),
+                          unit="bytes")
+    summaries = []
     for k, path in enumerate(todo):
         name = os.path.basename(path)
         output_path = os.path.join(output_dir, name)
         common.remove_stale_temporaries(output_path)
-        summary = label_file(path, output_path, predict, info, image_size, batch_size,
-                             probabilities_dtype == "float16",
-                             log_prefix=f"file {k + 1}/{len(todo)} ")
+        summary = label_file(path, output_path, predict, info, batch_size,
+                             probabilities_dtype == "float16")
         summary.update(teacher_model_dir=teacher_model_dir, strategy=strategy_name,
                        num_replicas=strategy.num_replicas_in_sync)
         common.write_json(summary_path(output_dir, name), summary)
         summaries.append(summary)
-        done_bytes += tf.io.gfile.stat(path).length
-        elapsed = time.time() - start
-        eta = elapsed * (total_bytes - done_bytes) / max(done_bytes, 1)
-        logging.info("file %d/%d %s: %d images, mean confidence %.3f, %.0f img/s; job ETA %.0fs",
-                     k + 1, len(todo), name, summary["count"], summary["mean_confidence"],
-                     summary["images_per_second"], eta)
+        logging.info("file %d/%d %s: %d images, mean confidence %.3f, %.0f img/s", k + 1,
+                     len(todo), name, summary["count"], summary["mean_confidence"],
+                     summary["images_per_second"])
+        job.add(tf.io.gfile.stat(path).length, force=True)
     return summaries
 
 
@@ -242,7 +230,7 @@ def define_flags():
     flags.DEFINE_enum("probabilities_dtype", "float32", PROBABILITY_DTYPES,
                       "float32: `probabilities` float list; float16: `probabilities/float16` "
                       "little-endian bytes (half the size).")
-    flags.DEFINE_enum("strategy", "default", ["default", "mirrored"],
+    flags.DEFINE_enum("strategy", "default", STRATEGIES,
                       "tf.distribute inside this job: default (one device) or mirrored (all "
                       "local GPUs).")
     flags.DEFINE_bool("deterministic", True, "tf.config.experimental.enable_op_determinism(): "

@@ -1,10 +1,10 @@
-"""The final report of run_iterations.sh (paper Sec. 3.1, Table 1 / Sec. A.2 style per-iteration results).
+"""The final report of run_iterations.sh (paper Sec. 3.1 Table 1, Sec. A.2 per-iteration results).
 
     python report.py --workdir=runs/quick-seed0
 
 Reads the run directory (teacher/, iter{1,2,3}/{labels,filtered,student}/) and writes
-report.json (per model: name, architecture, params, top-1, top-5, robustness figures when
-robustness.json exists; per iteration: pseudo-label quality and class balance), report.md, and the
+report.json (per model: name, architecture, unlabeled batch ratio, top-1, top-5, robustness figures
+when robustness.json exists; per iteration: pseudo-label quality and class balance), report.md, the
 plots top1_per_iteration.png, pseudo_label_quality.png, class_balance.png and, with ablation/,
 the Table 6 ablation table and ablation.png. Prints a short table.
 """
@@ -24,14 +24,14 @@ FLAGS = flags.FLAGS
 def model_entry(name, model_dir):
     """One row: architecture from model.json, the unlabeled batch ratio from flags.json, accuracy
     from eval_results.json, robustness if any."""
-    config = common.read_json(os.path.join(model_dir, "model.json"), default=None) or {}
-    results = common.read_json(os.path.join(model_dir, "eval_results.json"), default=None) or {}
-    flags = common.read_json(os.path.join(model_dir, "flags.json"), default=None) or {}
+    config = common.read_json(os.path.join(model_dir, "model.json"), default={})
+    results = common.read_json(os.path.join(model_dir, "eval_results.json"), default={})
+    run_flags = common.read_json(os.path.join(model_dir, "flags.json"), default={})
     entry = {"name": name, "model_dir": model_dir,
              "architecture": {k: config.get(k) for k in ("model_name", "width", "depth",
                                                           "image_size", "small_image")},
-             "unlabel_ratio": flags.get("unlabel_ratio") if flags.get("unlabel_data_dir") or
-             flags.get("teacher_model_dir") else None,
+             "unlabel_ratio": run_flags.get("unlabel_ratio") if run_flags.get("unlabel_data_dir")
+             or run_flags.get("teacher_model_dir") else None,
              "top_1": results.get("top_1"), "top_5": results.get("top_5"),
              "global_step": results.get("global_step")}
     robustness = common.read_json(os.path.join(model_dir, "robustness.json"), default=None)
@@ -66,8 +66,8 @@ def pseudo_label_stats(pattern, num_classes):
 def collect(workdir):
     models = [model_entry("teacher", os.path.join(workdir, "teacher"))]
     iterations = []
-    num_classes = (common.read_json(os.path.join(workdir, "teacher", "model.json"), default=None) or {}).get(
-        "num_classes", 10)
+    num_classes = common.read_json(os.path.join(workdir, "teacher", "model.json"),
+                                   default={}).get("num_classes", 10)
     for i in (1, 2, 3):
         it = os.path.join(workdir, f"iter{i}")
         if not os.path.isdir(it):
@@ -135,8 +135,7 @@ def markdown(report):
         for row in report["ablation"]:
             paper = "-" if row["paper_top_1"] is None else f"{row['paper_top_1']:.1f}"
             lines.append(f"| {row['name']} | {fmt(row['top_1'])} | {paper} |")
-    robust = [m for m in report["models"] if "robustness" in m]
-    if robust:
+    if any("robustness" in m for m in report["models"]):
         lines += ["", "Robustness: see robustness.md."]
     return "\n".join(lines) + "\n"
 
@@ -153,7 +152,8 @@ def plot(report, workdir):
         ax.plot(range(len(top1)), top1, "o-")
         baseline = (report.get("supervised_baseline") or {}).get("top_1")
         if baseline is not None:
-            ax.axhline(100 * baseline, ls="--", c="gray", label=report["supervised_baseline"]["name"])
+            ax.axhline(100 * baseline, ls="--", c="gray",
+                       label=report["supervised_baseline"]["name"])
             ax.legend()
         ax.set_xticks(range(len(top1)), names)
         ax.set_ylabel("test top-1 (%)")

@@ -81,7 +81,7 @@ def main(argv):
     files = write_unlabeled(work, pngs, FLAGS.num_files)
 
     strategy = common.make_strategy("default")
-    model, _, info, image_size = label_data.load_teacher(teacher, strategy)
+    model, _, info = label_data.load_teacher(teacher, strategy)
     predict = label_data.make_predictor(model, strategy)
     batch = tf.constant(images[:FLAGS.batch_size].astype(np.float32))
     float16 = FLAGS.probabilities_dtype == "float16"
@@ -97,7 +97,7 @@ def main(argv):
 
     def end_to_end(path, out):
         return label_data.label_file(path, os.path.join(out, os.path.basename(path)), predict,
-                                     info, image_size, FLAGS.batch_size, float16)["count"]
+                                     info, FLAGS.batch_size, float16)["count"]
 
     def bare(count):
         steps = -(-count // FLAGS.batch_size)

@@ -97,6 +97,7 @@ def file_bytes(pattern):
     return {os.path.basename(p): open(p, "rb").read() for p in sorted(tf.io.gfile.glob(pattern))}
 
 
+@pytest.mark.slow
 def test_reproduces_the_teachers_predictions(setup):
     inputs = [r for f in setup["files"] for r in read_records(f)]
     outputs = [r for f in setup["files"]
@@ -128,6 +129,7 @@ def test_reproduces_the_teachers_predictions(setup):
     assert summary["images_per_second"] > 0 and summary["seconds"] > 0
 
 
+@pytest.mark.slow
 def test_float16_probabilities(setup, tmp_path):
     label_data.run(setup["teacher"], setup["files"][:1], str(tmp_path), batch_size=BATCH,
                    probabilities_dtype="float16")
@@ -150,6 +152,7 @@ def test_sharding_covers_every_file_exactly_once(num_files):
         common.shard_files(files, 2, 2)
 
 
+@pytest.mark.slow
 def test_parallel_jobs_give_the_single_job_output(setup, tmp_path):
     out = str(tmp_path / "labels")
     for shard_id in range(2):  # two "machines" writing into one output dir
@@ -162,6 +165,7 @@ def test_parallel_jobs_give_the_single_job_output(setup, tmp_path):
     assert len(ids) == len(set(ids)) == sum(SHARD_SIZES)
 
 
+@pytest.mark.slow
 def test_killed_job_rerun_is_byte_identical(setup, tmp_path):
     out = str(tmp_path / "labels")
     names = [os.path.basename(f) for f in setup["files"]]
@@ -193,6 +197,7 @@ def test_killed_job_rerun_is_byte_identical(setup, tmp_path):
     assert os.stat(os.path.join(out, names[0])).st_mtime_ns == first_mtime  # skipped, not redone
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_devices_keeps_the_order(setup, tmp_path):
     script = f"""
 import sys
@@ -217,12 +222,39 @@ assert summary["num_replicas"] == 2, summary
                                [r["probabilities"] for r in single], atol=1e-5)  # batch halves: other summation order
 
 
-def test_user_errors(setup, tmp_path):
-    with pytest.raises(common.UserError, match="does not exist"):
-        label_data.run(str(tmp_path / "nope"), setup["files"], str(tmp_path / "o"))
-    with pytest.raises(common.UserError, match="--probabilities_dtype"):
-        label_data.run(setup["teacher"], setup["files"], str(tmp_path / "o"),
-                       probabilities_dtype="int8")
+def test_arguments_are_checked_before_labeling(tmp_path):
+    files = [str(tmp_path / "unlabeled.tfrecord"), str(tmp_path / "other" / "unlabeled.tfrecord")]
+    with pytest.raises(common.UserError, match="--batch_size must be >= 1, got 0"):
+        label_data.run(str(tmp_path), files, str(tmp_path / "o"), batch_size=0)
+    with pytest.raises(common.UserError, match="--probabilities_dtype must be one of"):
+        label_data.run(str(tmp_path), files, str(tmp_path / "o"), probabilities_dtype="int8")
+    with pytest.raises(common.UserError, match="distinct basenames"):
+        label_data.run(str(tmp_path), files, str(tmp_path / "o"))
+    with pytest.raises(common.UserError, match="--strategy must be one of default, mirrored"):
+        label_data.run(str(tmp_path), files[:1], str(tmp_path / "o"), strategy_name="tpu")
+    with pytest.raises(common.UserError, match=f"model dir {tmp_path}/nope does not exist"):
+        label_data.run(str(tmp_path / "nope"), files[:1], str(tmp_path / "o"))
+
+
+def test_serialized_records_carry_the_image_and_the_soft_label():
+    probabilities = np.array([[0.1, 0.7, 0.2], [0.5, 0.25, 0.25]], np.float32)
+    for float16 in (False, True):
+        records = label_data.serialize_batch([b"fm/1", b"fm/2"], [b"png 1", b"png 2"],
+                                             np.array([2, -1]), probabilities, float16)
+        first, second = (tf.train.Example.FromString(r).features.feature for r in records)
+        assert first["image/id"].bytes_list.value == [b"fm/1"]
+        assert first["image/encoded"].bytes_list.value == [b"png 1"]
+        assert first["label"].int64_list.value == [1] and second["label"].int64_list.value == [0]
+        assert first["prob"].float_list.value == [np.float32(0.7)]
+        assert first["diagnostic/true_label"].int64_list.value == [2]
+        assert "diagnostic/true_label" not in second  # -1: no hidden label
+        stored = (np.frombuffer(second["probabilities/float16"].bytes_list.value[0], "<f2")
+                  if float16 else np.array(second["probabilities"].float_list.value))
+        np.testing.assert_allclose(stored, probabilities[1], atol=1e-3 if float16 else 0)
+
+
+@pytest.mark.slow
+def test_bad_images_are_named(setup, tmp_path):
     bad = str(tmp_path / "bad.tfrecord")
     with tf.io.TFRecordWriter(bad) as writer:
         writer.write(data.image_example(b"not a png", None, "x").SerializeToString())
