@@ -10,12 +10,12 @@ Keras file. Most use a scaled-down B0 (our own model's save_weights is a Keras 3
 
 import os
 
+import common  # first: it silences TensorFlow's start-up lines
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import common
 import efficientnet_builder as eb
 import pretrained
 
