@@ -632,8 +632,9 @@ def main(argv):
         raise common.UserError(f"usage: filter_balance.py {{{'|'.join(SUBCOMMANDS)}}} --flags "
                                f"(got {argv[1:]})")
     command = argv[1]
-    needs = {"all": ("input_pattern", "work_dir", "output_dir"),
-             "stats": ("input_pattern", "work_dir"), "merge": ("input_pattern", "work_dir"),
+    needs = {"all": ("input_pattern", "work_dir", "output_dir", "num_images_per_class"),
+             "stats": ("input_pattern", "work_dir"),
+             "merge": ("input_pattern", "work_dir", "num_images_per_class"),
              "write": ("input_pattern", "work_dir", "output_dir"),
              "report": ("work_dir", "output_dir")}[command]
     for name in needs:

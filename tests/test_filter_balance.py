@@ -361,6 +361,6 @@ def test_command_line_errors_are_one_line(tmp_path):
                                      f"--num_images_per_class={K}")
     last = log.strip().splitlines()[-1]
     assert status == 2 and last.startswith("error: ") and "flipped.tfrecord: corrupt" in last
-    status, log = filter_balance_cli("filter", f"--work_dir={tmp_path}/work")
-    assert status == 2 and log.strip().splitlines()[-1].startswith(
-        "error: usage: filter_balance.py {all|stats|merge|write|report}")
+    status, log = filter_balance_cli("all", f"--input_pattern={tmp_path}", f"--work_dir={tmp_path}",
+                                     f"--output_dir={tmp_path}/o")
+    assert (status, log.strip().splitlines()[-1]) == (2, "error: all needs --num_images_per_class")
