@@ -3,7 +3,8 @@
 Sec. 3.3 evaluates Noisy Student on ImageNet-A (top-1 with the 200-class logit mask), ImageNet-C
 (mean corruption error, mCE, normalised by AlexNet) and ImageNet-P (mean flip rate, mFR); Sec. 3.4
 attacks the model with FGSM (and 10-step PGD) at epsilons in pixel units. The reference code has
-no robustness evaluation; this file follows the benchmark definitions (../shared/REFERENCE-ROBUSTNESS.md).
+no robustness evaluation; this file follows the benchmarks' definitions (Hendrycks & Dietterich
+2019 for C and P, Hendrycks et al. 2021 for A).
 
 Suites (--suite, any subset of clean,c,p,a,fgsm,pgd):
 - clean: top-1 on --eval_data_dir (default <data_dir>/test).
@@ -39,7 +40,6 @@ import dataclasses
 import json
 import os
 import time
-import types
 
 import common  # first: it silences TensorFlow's start-up lines
 from absl import flags
@@ -141,10 +141,6 @@ def sequence_flip_rates(predictions, noise):
     return np.mean(predictions[:, 1:] != reference, axis=1)
 
 
-def flip_probability(predictions, noise):
-    return float(np.mean(sequence_flip_rates(predictions, noise)))
-
-
 def mean_flip_rate(flip_probabilities, reference):
     """100 x mean over common perturbations of FP(f) / FP(ref); (None, names) if a FP(ref) is 0."""
     names = [p for p in flip_probabilities if p in reference]
@@ -168,12 +164,11 @@ class EvalModel:
     name: str
     model: object
     config: dict
-    info: data.DatasetInfo  # preprocessing of this model's data
-    image_size: int
-    channels: int
+    info: data.DatasetInfo  # this model's preprocessing, at its input size and channels
 
     def __post_init__(self):
-        spec = tf.TensorSpec([None, self.image_size, self.image_size, self.channels], tf.float32)
+        size = self.info.image_size
+        spec = tf.TensorSpec([None, size, size, self.info.num_channels], tf.float32)
         self._logits = tf.function(lambda x: self.model(x, training=False), input_signature=[spec])
 
     def predict(self, images, batch_size):
@@ -181,23 +176,12 @@ class EvalModel:
         return np.concatenate([self._logits(tf.cast(images[i:i + batch_size], tf.float32)).numpy()
                                for i in range(0, len(images), batch_size)])
 
-    def group_key(self):
-        return (self.info, self.image_size, self.channels)
-
 
 def load_model(model_dir, name):
     model, config = efficientnet_builder.load_model_dir(model_dir)
-    if config.get("dataset") not in data.DATASETS:
-        raise common.UserError(f"{model_dir}/model.json: dataset {config.get('dataset')!r} is not one "
-                             f"of {sorted(data.DATASETS)}")
-    _, size, _, channels = model.input_shape
-    preset = data.DATASETS[config["dataset"]]
-    info = dataclasses.replace(
-        preset, num_classes=int(config.get("num_classes") or preset.num_classes), image_size=size,
-        num_channels=channels, input_kind=config.get("input_kind", preset.input_kind),
-        label_offset=int(config.get("label_offset", preset.label_offset)),
-        mean=tuple(config.get("mean") or preset.mean), std=tuple(config.get("std") or preset.std))
-    return EvalModel(model_dir, name, model, config, info, size, channels)
+    info = data.model_dataset_info(config, image_size=model.input_shape[1],
+                                   where=os.path.join(model_dir, efficientnet_builder.MODEL_CONFIG_FILE))
+    return EvalModel(model_dir, name, model, config, info)
 
 
 def display_names(model_dirs):
@@ -205,8 +189,8 @@ def display_names(model_dirs):
     paths = [os.path.normpath(os.path.abspath(d)) for d in model_dirs]
     if len(paths) == 1:
         return [os.path.basename(paths[0])]
-    common = os.path.commonpath(paths)
-    return [os.path.relpath(p, common) if p != common else os.path.basename(p) for p in paths]
+    parent = os.path.commonpath(paths)
+    return [os.path.relpath(p, parent) if p != parent else os.path.basename(p) for p in paths]
 
 
 def eval_batches(files, info, batch_size, limit):
@@ -224,16 +208,22 @@ def eval_batches(files, info, batch_size, limit):
                 return
 
 
-def _fit(images, size, channels, what):
-    """uint8 arrays [N, H, W(, C)] -> float32 [N, size, size, channels] (bicubic resize if needed)."""
+def _resize(images, size):
+    """Bicubic to size x size, clipped to [0, 255]: as the paper, "resize images to the
+    resolution EfficientNet trained on"."""
+    return tf.clip_by_value(tf.image.resize(images, [size, size], "bicubic"), 0.0, 255.0)
+
+
+def _fit(images, info, what):
+    """uint8 arrays [N, H, W(, C)] -> float32 [N, S, S, C] of the model (resized if needed)."""
     images = np.asarray(images)
     if images.ndim == 3:
         images = images[..., None]
-    if images.shape[-1] != channels:
-        raise common.UserError(f"{what}: images have {images.shape[-1]} channels, the model {channels}")
-    if images.shape[1:3] != (size, size):
-        # As the paper: "resize images to the resolution EfficientNet trained on".
-        images = tf.clip_by_value(tf.image.resize(images, [size, size], "bicubic"), 0, 255).numpy()
+    if images.shape[-1] != info.num_channels:
+        raise common.UserError(f"{what}: images have {images.shape[-1]} channels, the model "
+                               f"{info.num_channels}")
+    if images.shape[1:3] != (info.image_size,) * 2:
+        images = _resize(images, info.image_size).numpy()
     return images.astype(np.float32)
 
 
@@ -245,16 +235,7 @@ def file_batches(paths, labels, preprocess, batch_size, what):
         for images, y in ds:
             yield images.numpy(), y.numpy()
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
-        raise common.UserError(f"cannot read an image of {what}: {e.message.splitlines()[0]}") from e
-
-
-def precropped_preprocess(info):
-    """Released ImageNet-C images are already centre-cropped: decode and resize to the model size."""
-    def preprocess(encoded):
-        image = tf.cast(data.decode_image(encoded, info.num_channels), tf.float32)
-        image = tf.image.resize(image, [info.image_size, info.image_size], "bicubic")
-        return tf.clip_by_value(image, 0.0, 255.0)
-    return preprocess
+        raise common.UserError(f"cannot read an image of {what}: {common.tf_error_line(e)}") from e
 
 
 def read_wnids(path):
@@ -281,9 +262,7 @@ def class_mapping(folders, num_classes, class_index_json="", imagenet_wnids="", 
     count equals the model's classes, the sorted folder order itself."""
     folders = sorted(folders)
     if class_index_json:
-        if not tf.io.gfile.exists(class_index_json):
-            raise common.UserError(f"--class_index_json={class_index_json}: no such file")
-        mapping, source = common.read_json(class_index_json), "class_index_json"
+        mapping, source = common.read_json(class_index_json, "--class_index_json"), "class_index_json"
     elif imagenet_wnids:
         mapping, source = {w: i for i, w in enumerate(read_wnids(imagenet_wnids))}, "imagenet_wnids"
     elif imagenet_a and len(folders) == len(IMAGENET_A_INDICES) and num_classes == 1000:
@@ -304,7 +283,7 @@ def class_mapping(folders, num_classes, class_index_json="", imagenet_wnids="", 
     bad = [f for f, i in out.items() if not 0 <= i < num_classes]
     if bad:
         raise common.UserError(f"class folder {bad[0]} maps to {out[bad[0]]}, outside the model's "
-                             f"{num_classes} classes")
+                               f"{num_classes} classes")
     return out, source
 
 
@@ -318,152 +297,156 @@ def folder_items(root, mapping_args, limit, seed):
 
 
 # ---------------------------------------------------------------------------------------------
-# Evaluations. Each takes the models of one input group and returns one result per model.
+# Evaluations: each takes the models of one input group and returns one result per model. C and
+# P read their images from a source (generated, arrays or folders) as a stream of chunks.
 
-def evaluate_clean(models, batches, batch_size, total):
-    correct, n = np.zeros(len(models)), 0
+def count_wrong(models, images, labels, batch_size):
+    """Per model: how many of `images` it misclassifies."""
+    return np.array([np.sum(m.predict(images, batch_size).argmax(-1) != labels) for m in models])
+
+
+def evaluate_clean(models, batches, total, batch_size):
+    wrong, n = np.zeros(len(models), np.int64), 0
     progress = common.Progress("clean", total)
     for images, labels in batches:
-        for m, model in enumerate(models):
-            correct[m] += np.sum(model.predict(images, batch_size).argmax(-1) == labels)
+        wrong += count_wrong(models, images, labels, batch_size)
         n += len(labels)
         progress.update(n, force=n >= total)
-    return [{"top_1": c / max(n, 1), "error": 1 - c / max(n, 1), "num_examples": n} for c in correct]
+    return [{"top_1": (n - w) / max(n, 1), "error": 1 - (n - w) / max(n, 1), "num_examples": n}
+            for w in wrong]
 
 
-def evaluate_generated_c(models, batches, names, seed, scale, batch_size, total):
-    """Errors [model][corruption] per severity on corrupted copies of the eval images, and the clean
-    error on the same images (for relative mCE)."""
+def evaluate_c(models, chunks, total, batch_size):
+    """Error per model, corruption and severity 1..5 over `chunks` of (corruption, severity,
+    images, labels); chunks of corruption None are clean images (their error: "clean_error")."""
+    wrong, seen = {}, {}
+    progress = common.Progress("c, images x corruptions x severities", total)
+    for name, severity, images, labels in chunks:
+        key = (name, severity)
+        wrong[key] = wrong.get(key, 0) + count_wrong(models, images, labels, batch_size)
+        seen[key] = seen.get(key, 0) + len(labels)
+        progress.add(len(labels))
+    progress.update(progress.done, force=True)
+    clean_wrong, clean_seen = wrong.pop((None, None), None), seen.pop((None, None), None)
+    names = list(dict.fromkeys(name for name, _ in wrong))
+    results = [{"errors": {c: [wrong[c, s][m] / seen[c, s] for s in corruptions.SEVERITIES]
+                           for c in names}, "num_examples": list(seen.values())[-1]}
+               for m in range(len(models))]
+    if clean_seen:  # the clean error of the same images, for relative mCE
+        for r, w in zip(results, clean_wrong):
+            r["clean_error"] = w / clean_seen
+    return results
+
+
+def generated_c_chunks(batches, names, seed, scale):
+    """Every corrupted copy of the eval images, each batch preceded by its clean images."""
     # NOTE: corrupts the eval-preprocessed image at the model resolution and feeds the uint8 result
     # directly; ImageNet-C corrupted a 224 crop and stored it as JPEG (quality 85) that was then
     # resized to the model resolution.
-    wrong = np.zeros((len(models), len(names), len(corruptions.SEVERITIES)))
-    clean_wrong, n = np.zeros(len(models)), 0
-    steps = len(names) * len(corruptions.SEVERITIES)
-    progress = common.Progress(f"c, corrupted images ({len(names)} corruptions x 5 severities)",
-                             total * steps)
+    n = 0
     for images, labels in batches:
-        for m, model in enumerate(models):
-            clean_wrong[m] += np.sum(model.predict(images, batch_size).argmax(-1) != labels)
-        for i, name in enumerate(names):
+        yield None, None, images, labels
+        for name in names:
             for s in corruptions.SEVERITIES:
-                x = corruptions.corrupt_batch(images, name, s, seed, n, scale)
-                for m, model in enumerate(models):
-                    wrong[m, i, s - 1] += np.sum(model.predict(x, batch_size).argmax(-1) != labels)
-                done = n * steps + (i * len(corruptions.SEVERITIES) + s) * len(labels)
-                progress.update(done, force=done >= total * steps)
+                yield name, s, corruptions.corrupt_batch(images, name, s, seed, n, scale), labels
         n += len(labels)
-    return [{"errors": {c: (wrong[m, i] / n).tolist() for i, c in enumerate(names)},
-             "clean_error": clean_wrong[m] / n, "num_examples": n} for m in range(len(models))]
 
 
-def evaluate_c_arrays(models, c_dir, names, limit, batch_size):
-    """CIFAR-10-C layout: <c_dir>/<corruption>.npy [5N, H, W, C] (severity-major) + labels.npy."""
+def _npy_files(directory, names, flag, what):
+    """{name: (path, memory-mapped array)} of the <name>.npy files there are for `names`."""
+    paths = {name: os.path.join(directory, name + ".npy") for name in names}
+    arrays = {name: (p, np.load(p, mmap_mode="r")) for name, p in paths.items() if os.path.exists(p)}
+    if not arrays:
+        raise common.UserError(f"--{flag}={directory}: none of the --{what} has a <name>.npy file")
+    return arrays
+
+
+def c_array_chunks(c_dir, names, limit, batch_size, info):
+    """CIFAR-10-C layout: <c_dir>/<corruption>.npy [5N, H, W(, C)] (severity-major) + labels.npy.
+    Returns (chunks, number of images in them)."""
     labels_path = os.path.join(c_dir, "labels.npy")
     if not os.path.exists(labels_path):
         raise common.UserError(f"--c_dir={c_dir}: CIFAR-10-C arrays need {labels_path}")
-    all_labels = np.load(labels_path).astype(np.int64)
-    names = [c for c in names if os.path.exists(os.path.join(c_dir, c + ".npy"))]
-    if not names:
-        raise common.UserError(f"--c_dir={c_dir}: none of the --corruptions has a <name>.npy file")
-    size, channels = models[0].image_size, models[0].channels
-    results = [{"errors": {}, "num_examples": 0} for _ in models]
-    progress = common.Progress("c arrays (corruption x severity)", len(names) * 5)
-    for i, name in enumerate(names):
-        path = os.path.join(c_dir, name + ".npy")
-        array = np.load(path, mmap_mode="r")
-        if len(array) != len(all_labels) or len(array) % 5:
-            raise common.UserError(f"{path}: {len(array)} images for {len(all_labels)} labels "
-                                 f"(expected 5 severities x N, as labels.npy)")
-        per = len(array) // 5
-        count = min(per, limit) if limit else per
-        errors = np.zeros((len(models), 5))
-        for s in range(5):
-            for start in range(s * per, s * per + count, batch_size):
-                stop = min(start + batch_size, s * per + count)
-                x = _fit(array[start:stop], size, channels, path)
-                for m, model in enumerate(models):
-                    errors[m, s] += np.sum(model.predict(x, batch_size).argmax(-1) != all_labels[start:stop])
-            progress.update(i * 5 + s + 1, force=True)
-        for m in range(len(models)):
-            results[m]["errors"][name] = (errors[m] / count).tolist()
-            results[m]["num_examples"] = count
-    return results
+    labels = np.load(labels_path).astype(np.int64)
+    arrays = _npy_files(c_dir, names, "c_dir", "corruptions")
+    for path, array in arrays.values():
+        if len(array) != len(labels) or len(array) % 5:
+            raise common.UserError(f"{path}: {len(array)} images for {len(labels)} labels "
+                                   f"(expected 5 severities x N, as labels.npy)")
+    per = len(labels) // 5
+    count = min(per, limit) if limit else per
+
+    def chunks():
+        for name, (path, array) in arrays.items():
+            for s in corruptions.SEVERITIES:
+                first = (s - 1) * per
+                for start in range(first, first + count, batch_size):
+                    stop = min(start + batch_size, first + count)
+                    yield name, s, _fit(array[start:stop], info, path), labels[start:stop]
+    return chunks(), len(arrays) * 5 * count
 
 
-def evaluate_c_folders(models, c_dir, names, mapping_args, limit, seed, batch_size):
-    """Released ImageNet-C layout: <c_dir>/<corruption>/<severity>/<class>/<image>."""
+def c_folder_chunks(c_dir, names, mapping_args, limit, seed, batch_size, info):
+    """Released ImageNet-C layout: <c_dir>/<corruption>/<severity>/<class>/<image>.
+    Returns (chunks, number of images in them, class mapping source)."""
     names = [c for c in names if tf.io.gfile.isdir(os.path.join(c_dir, c))]
     if not names:
         raise common.UserError(f"--c_dir={c_dir}: none of the --corruptions has a folder")
-    preprocess = precropped_preprocess(models[0].info)
-    results = [{"errors": {}} for _ in models]
-    progress = common.Progress("c folders (corruption x severity)", len(names) * 5)
-    for i, name in enumerate(names):
-        errors = np.zeros((len(models), 5))
-        for s in corruptions.SEVERITIES:
-            root = os.path.join(c_dir, name, str(s))
-            paths, labels, source, _ = folder_items(root, mapping_args, limit, seed)
-            for x, y in file_batches(paths, labels, preprocess, batch_size, root):
-                for m, model in enumerate(models):
-                    errors[m, s - 1] += np.sum(model.predict(x, batch_size).argmax(-1) != y)
-            errors[:, s - 1] /= len(paths)
-            progress.update(i * 5 + s, force=True)
-        for m in range(len(models)):
-            results[m]["errors"][name] = errors[m].tolist()
-            results[m].update(num_examples=len(paths), class_mapping=source)
-    return results
+    roots = {(c, s): os.path.join(c_dir, c, str(s)) for c in names for s in corruptions.SEVERITIES}
+    items = {key: folder_items(root, mapping_args, limit, seed) for key, root in roots.items()}
+    # Released ImageNet-C images are already centre-cropped: decoded and resized to the model size.
+    preprocess = lambda encoded: _resize(tf.cast(data.decode_image(encoded, info.num_channels),
+                                                 tf.float32), info.image_size)
+    chunks = ((name, s, images, y) for (name, s), (paths, labels, _, _) in items.items()
+              for images, y in file_batches(paths, labels, preprocess, batch_size, roots[name, s]))
+    return chunks, sum(len(paths) for paths, *_ in items.values()), list(items.values())[-1][2]
 
 
-def evaluate_generated_p(models, batches, names, seed, scale, batch_size, total):
-    rates, n, frames_per_sequence = np.zeros((len(models), len(names))), 0, {}
-    progress = common.Progress(f"p, sequences ({len(names)} perturbations)", total * len(names))
+def evaluate_p(models, chunks, total, batch_size):
+    """Flip probability per model and perturbation over `chunks` of (perturbation, frames
+    [B, T, S, S, C])."""
+    sums, seen, frames = {}, {}, {}
+    progress = common.Progress("p, sequences x perturbations", total, unit="seq")
+    for name, sequences in chunks:
+        b, t = sequences.shape[:2]
+        flat = sequences.reshape((b * t,) + sequences.shape[2:])
+        noise = corruptions.is_noise_perturbation(name)
+        rates = [sequence_flip_rates(m.predict(flat, batch_size).argmax(-1).reshape(b, t), noise).sum()
+                 for m in models]
+        sums[name] = sums.get(name, 0) + np.array(rates)
+        seen[name] = seen.get(name, 0) + b
+        frames[name] = t
+        progress.add(b)
+    progress.update(progress.done, force=True)
+    return [{"flip_probability": {p: sums[p][m] / seen[p] for p in sums},
+             "num_sequences": list(seen.values())[-1], "frames": frames} for m in range(len(models))]
+
+
+def generated_p_chunks(batches, names, seed, scale):
+    n = 0
     for images, _ in batches:
-        for j, name in enumerate(names):
-            sequences = corruptions.perturb_batch(images, name, seed, n, scale)
-            b, t = sequences.shape[:2]
-            frames_per_sequence[name] = t
-            frames = sequences.reshape((b * t,) + sequences.shape[2:])
-            for m, model in enumerate(models):
-                predictions = model.predict(frames, batch_size).argmax(-1).reshape(b, t)
-                rates[m, j] += sequence_flip_rates(
-                    predictions, corruptions.is_noise_perturbation(name)).sum()
-            done = n * len(names) + (j + 1) * b
-            progress.update(done, force=done >= total * len(names))
+        for name in names:
+            yield name, corruptions.perturb_batch(images, name, seed, n, scale)
         n += len(images)
-    return [{"flip_probability": {p: rates[m, j] / n for j, p in enumerate(names)},
-             "num_sequences": n, "frames": frames_per_sequence} for m in range(len(models))]
 
 
-def evaluate_p_arrays(models, p_dir, names, limit, batch_size):
-    """CIFAR-10-P layout: <p_dir>/<perturbation>.npy of uint8 [N, T, H, W, C]."""
-    names = [p for p in names if os.path.exists(os.path.join(p_dir, p + ".npy"))]
-    if not names:
-        raise common.UserError(f"--p_dir={p_dir}: none of the --perturbations has a <name>.npy file")
-    size, channels = models[0].image_size, models[0].channels
-    results = [{"flip_probability": {}, "frames": {}} for _ in models]
-    progress = common.Progress("p arrays (perturbations)", len(names))
-    for j, name in enumerate(names):
-        path = os.path.join(p_dir, name + ".npy")
-        array = np.load(path, mmap_mode="r")
+def p_array_chunks(p_dir, names, limit, batch_size, info):
+    """CIFAR-10-P layout: <p_dir>/<perturbation>.npy of uint8 [N, T, H, W(, C)].
+    Returns (chunks, number of sequences in them)."""
+    arrays = _npy_files(p_dir, names, "p_dir", "perturbations")
+    for path, array in arrays.values():
         if array.ndim not in (4, 5) or array.shape[1] < 2:
             raise common.UserError(f"{path}: expected N x T x H x W (x C) frames, got {array.shape}")
-        count = min(len(array), limit) if limit else len(array)
-        t = array.shape[1]
-        step = max(1, batch_size // t)
-        rates = np.zeros(len(models))
-        for start in range(0, count, step):
-            chunk = np.asarray(array[start:min(start + step, count)])
-            frames = _fit(chunk.reshape((-1,) + chunk.shape[2:]), size, channels, path)
-            for m, model in enumerate(models):
-                predictions = model.predict(frames, batch_size).argmax(-1).reshape(len(chunk), t)
-                rates[m] += sequence_flip_rates(predictions, corruptions.is_noise_perturbation(name)).sum()
-        for m in range(len(models)):
-            results[m]["flip_probability"][name] = rates[m] / count
-            results[m]["frames"][name] = t
-            results[m]["num_sequences"] = count
-        progress.update(j + 1, force=True)
-    return results
+    arrays = {name: (path, array[:limit or None]) for name, (path, array) in arrays.items()}
+
+    def chunks():
+        for name, (path, array) in arrays.items():
+            step = max(1, batch_size // array.shape[1])
+            for start in range(0, len(array), step):
+                chunk = np.asarray(array[start:start + step])
+                frames = _fit(chunk.reshape((-1,) + chunk.shape[2:]), info, path)
+                yield name, frames.reshape(chunk.shape[:2] + frames.shape[1:])
+    return chunks(), sum(len(array) for _, array in arrays.values())
 
 
 def evaluate_a(models, a_dir, mapping_args, limit, seed, batch_size):
@@ -540,14 +523,14 @@ def parse_step_size(spec):
     raise common.UserError(f"--pgd_step_size={spec!r}: give pixels (e.g. 0.5) or 'eps/K' (e.g. eps/4)")
 
 
-def evaluate_attacks(model, batches, attacks, epsilons, steps, step_size, random_start, seed,
-                     batch_size, total):
+def evaluate_attacks(model, batches, total, attacks, epsilons, steps, step_size, random_start, seed,
+                     batch_size):
     """Accuracy per epsilon of each attack in `attacks` ("fgsm", "pgd") for one model."""
     loss_gradient = make_loss_gradient(model.model)
     correct = {a: np.zeros(len(epsilons)) for a in attacks}
     n = 0
     progress = common.Progress(f"{'+'.join(attacks)} {model.name}, images x epsilons",
-                             total * len(epsilons))
+                               total * len(epsilons))
     for images, labels in batches:
         for start in range(0, len(labels), batch_size):
             x = tf.constant(images[start:start + batch_size], tf.float32)
@@ -695,16 +678,17 @@ def markdown_report(names, results):
     return "\n".join(lines) + "\n"
 
 
-def _save(fig, path):
-    with common.atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-
-
 def write_plots(names, results, output_dir):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     written = []
+
+    def save(fig, name):
+        with common.atomic_output(os.path.join(output_dir, name)) as tmp:
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        written.append(name)
+
     errors = [r.get("c", {}).get("errors", {}) for r in results]
     corrs = [c for c in corruptions.ALL_CORRUPTIONS if any(c in e for e in errors)]
     if corrs:
@@ -723,8 +707,7 @@ def write_plots(names, results, output_dir):
         axes[0, 0].legend(fontsize=7)
         fig.supxlabel("severity")
         fig.supylabel("error (%)")
-        _save(fig, os.path.join(output_dir, "robustness_c.png"))
-        written.append("robustness_c.png")
+        save(fig, "robustness_c.png")
     fps = [r.get("p", {}).get("flip_probability", {}) for r in results]
     perts = sorted({p for f in fps for p in f})
     if perts:
@@ -735,8 +718,7 @@ def write_plots(names, results, output_dir):
         ax.set_xticks(np.arange(len(perts)) + 0.4 - width / 2, perts, rotation=30, ha="right")
         ax.set_ylabel("flip probability (%)")
         ax.legend(fontsize=7)
-        _save(fig, os.path.join(output_dir, "robustness_p.png"))
-        written.append("robustness_p.png")
+        save(fig, "robustness_p.png")
     if any("fgsm" in r or "pgd" in r for r in results):
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for k, (name, r) in enumerate(zip(names, results)):
@@ -747,228 +729,147 @@ def write_plots(names, results, output_dir):
         ax.set_xlabel("epsilon (pixels of 255)")
         ax.set_ylabel("accuracy (%)")
         ax.legend(fontsize=7)
-        _save(fig, os.path.join(output_dir, "robustness_adv.png"))
-        written.append("robustness_adv.png")
+        save(fig, "robustness_adv.png")
     plt.close("all")
     return written
 
 
 # ---------------------------------------------------------------------------------------------
-# main
+# The run: one evaluation per input group; results merged, normalised and reported.
 
-def define_flags(flag_values=flags.FLAGS):
-    """The script's flags. Defined only when run as a script (or into a private FlagValues in
-    tests), so that importing this file next to other stage scripts defines no flags."""
-    f = dict(flag_values=flag_values)
-    flags.DEFINE_list("model_dir", [], "Model dir(s) written by main.py, comma-separated (e.g. the "
-                      "teacher, then students). Each gets its robustness.json.", **f)
-    flags.DEFINE_list("suite", ["clean", "c", "p", "fgsm", "pgd"], f"Any subset of {','.join(SUITES)}.", **f)
-    flags.DEFINE_string("data_dir", "data/fashion_mnist", "Prepared data dir (data.py output); the "
-                        "eval split defaults to <data_dir>/test.", **f)
-    flags.DEFINE_string("eval_data_dir", "", "Eval records (a dir or a glob) for clean, generated C/P "
-                        "and the attacks. Default: <data_dir>/test.", **f)
-    flags.DEFINE_string("output_dir", "", "Where robustness.md and the plots go. Default: the first "
-                        "model dir.", **f)
-    flags.DEFINE_string("baseline_results", "", "A baseline's robustness.json for mCE / mFR normalised "
-                        "by it (e.g. the teacher's). Default: the first --model_dir when several are "
-                        "given; 'none' disables. A model dir of this run may be named: its fresh "
-                        "results are used.", **f)
-    flags.DEFINE_integer("num_examples", 0, "Cap on images for clean, C (per corruption and severity) "
-                         "and A; 0 = all.", **f)
-    flags.DEFINE_integer("p_num_examples", 0, "Cap on P sequences (16-41 frames each); 0 = "
-                         "--num_examples.", **f)
-    flags.DEFINE_integer("attack_num_examples", 0, "Cap on images attacked; 0 = --num_examples.", **f)
-    flags.DEFINE_integer("batch_size", 256, "Images per forward pass.", **f)
-    flags.DEFINE_integer("seed", 0, "Seed of generated corruptions/sequences, subsets and PGD starts.", **f)
-    flags.DEFINE_list("corruptions", list(corruptions.ALL_CORRUPTIONS), "C corruptions to evaluate "
-                      "(mCE uses the 15 benchmark ones only).", **f)
-    flags.DEFINE_list("perturbations", list(corruptions.PERTURBATIONS), "P perturbations to evaluate.", **f)
-    flags.DEFINE_string("c_dir", "", "ImageNet-C folders or CIFAR-10-C .npy arrays; empty = generate.", **f)
-    flags.DEFINE_string("p_dir", "", "CIFAR-10-P style .npy arrays; empty = generate.", **f)
-    flags.DEFINE_string("a_dir", "", "Class folders of ImageNet-A (or any folder data set), for suite a.", **f)
-    flags.DEFINE_string("class_index_json", "", "JSON {folder name: model class index} for folder "
-                        "inputs (A, ImageNet-C folders).", **f)
-    flags.DEFINE_string("imagenet_wnids", "", "The 1000 ImageNet wnids (text, one per line, or JSON); "
-                        "folder wnids map to their index in the sorted list.", **f)
-    flags.DEFINE_list("epsilons", ["0", "1", "2", "4", "8", "16"], "Attack epsilons in pixels of "
-                      "[0, 255].", **f)
-    flags.DEFINE_integer("pgd_steps", 10, "PGD iterations (paper: 10).", **f)
-    flags.DEFINE_string("pgd_step_size", "eps/4", "PGD step: pixels, or 'eps/K' (the paper gives "
-                        "none).", **f)
-    flags.DEFINE_bool("pgd_random_start", False, "Start PGD at a uniform random point of the eps ball.", **f)
-
-
-OWN_FLAGS = ("model_dir", "suite", "data_dir", "eval_data_dir", "output_dir", "baseline_results",
-             "num_examples", "p_num_examples", "attack_num_examples", "batch_size", "seed",
-             "corruptions", "perturbations", "c_dir", "p_dir", "a_dir", "class_index_json",
-             "imagenet_wnids", "epsilons", "pgd_steps", "pgd_step_size", "pgd_random_start")
-
-
-def _choose(values, known, flag):
-    unknown = [v for v in values if v not in known]
-    if unknown or not values:
-        raise common.UserError(f"--{flag}: {unknown or 'empty'}; choose from {', '.join(known)}")
-    return list(values)
-
-
-def input_layout(path, flag, videos_ok=False):
-    """'arrays' (*.npy) or 'folders'; UserError for anything else (ImageNet-P videos included)."""
+def input_layout(path, flag):
+    """'arrays' (*.npy) or, for --c_dir, 'folders'; UserError for anything else."""
     if not tf.io.gfile.isdir(path):
         raise common.UserError(f"--{flag}={path} is not a directory")
     if tf.io.gfile.glob(os.path.join(path, "*.npy")):
         return "arrays"
-    # NOTE: ImageNet-P ships MP4 videos; no decoder is available without new dependencies, so they
-    # are refused with instructions to convert them to arrays.
-    if tf.io.gfile.glob(os.path.join(path, "*", "*", "*.mp4")) or tf.io.gfile.glob(os.path.join(path, "*", "*.mp4")):
-        raise common.UserError(
-            f"--{flag}={path} holds ImageNet-P videos (.mp4): no video decoder is available "
-            f"without new dependencies (OpenCV/PyAV/imageio); convert them to <perturbation>.npy "
-            f"arrays of N x T x H x W x C frames (the CIFAR-10-P layout) and pass that directory")
-    if not videos_ok and tf.io.gfile.glob(os.path.join(path, "*", "[1-5]")):
+    if flag == "c_dir" and tf.io.gfile.glob(os.path.join(path, "*", "[1-5]")):
         return "folders"
-    raise common.UserError(f"--{flag}={path}: expected <name>.npy arrays"
-                         + ("" if videos_ok else " or <corruption>/<severity>/<class>/ folders"))
+    if flag == "c_dir":
+        raise common.UserError(f"--c_dir={path}: expected <corruption>.npy arrays or "
+                               f"<corruption>/<severity>/<class>/ folders")
+    # NOTE: ImageNet-P ships MP4 videos; no decoder is available without new dependencies.
+    raise common.UserError(f"--p_dir={path}: expected <perturbation>.npy arrays of N x T x H x W x C "
+                           f"frames (the CIFAR-10-P layout); ImageNet-P videos (.mp4) cannot be read "
+                           f"without new dependencies (OpenCV/PyAV/imageio): convert them to such arrays")
 
 
-def resolve_baseline(flag_value, model_dirs):
+def resolve_baseline(baseline_results, model_dirs):
     """(model index of this run or None, loaded results or None, description)."""
-    if flag_value == "none" or (not flag_value and len(model_dirs) < 2):
+    if baseline_results == "none" or (not baseline_results and len(model_dirs) < 2):
         return None, None, None
-    path = flag_value or os.path.join(model_dirs[0], RESULTS_FILE)
+    path = baseline_results or os.path.join(model_dirs[0], RESULTS_FILE)
     for i, d in enumerate(model_dirs):
         if os.path.abspath(path) in (os.path.abspath(d), os.path.abspath(os.path.join(d, RESULTS_FILE))):
             return i, None, os.path.join(d, RESULTS_FILE)
-    if not tf.io.gfile.exists(path):
-        raise common.UserError(f"--baseline_results={path}: no such file")
-    return None, common.read_json(path), path
+    return None, common.read_json(path, "--baseline_results"), path
 
 
-def run_group(models, suites, F, files, total_for, scale_settings):
-    """All suites for models sharing one input pipeline; returns one result dict per model.
-    F: the run's settings (a namespace of the flag values, read once by main())."""
-    results = [{} for _ in models]
-    info, bs, seed = models[0].info, F.batch_size, F.seed
-    batches = lambda limit: eval_batches(files, info, bs, limit)
-    mapping_args = dict(num_classes=info.num_classes, class_index_json=F.class_index_json,
-                        imagenet_wnids=F.imagenet_wnids)
-    scale = corruptions.scale_for(models[0].image_size)
-    generated = dict(data=F.eval_data_dir, seed=seed, constants=scale.kind, length_scale=scale.factor,
-                     image_size=models[0].image_size, **scale_settings)
+GENERATED_NOTES = (
+    "frost: procedural substitute for the benchmark's frost photos (not comparable)",
+    "spatter (water, severities 1-3): simplified shading; saturate: identity on 1 channel",
+    "corruptions applied to the eval-preprocessed image at model resolution, kept as uint8")
+
+
+def evaluate_group(models, cfg, c_layout, files, num_records):
+    """Every suite of `cfg` (a RobustnessConfig) for models sharing one preprocessing; c_layout:
+    that of --c_dir, None: generate. Returns per model {suite: its results and "settings"}."""
+    info, bs, seed, suites = models[0].info, cfg.batch_size, cfg.seed, cfg.suite
+    scale = corruptions.scale_for(info.image_size)
+    mapping_args = dict(num_classes=info.num_classes, class_index_json=cfg.class_index_json,
+                        imagenet_wnids=cfg.imagenet_wnids)
+    generated = dict(source="generated", data=cfg.eval_data_dir, seed=seed, constants=scale.kind,
+                     length_scale=scale.factor, image_size=info.image_size, notes=GENERATED_NOTES)
+
+    def batches(limit):  # the eval images (at most `limit`) and their number
+        return eval_batches(files, info, bs, limit), min(limit, num_records) if limit else num_records
+
+    runs = {}  # suite -> (one result per model, the suite's settings)
     if "clean" in suites:
-        for r, out in zip(results, evaluate_clean(models, batches(F.num_examples), bs, total_for(F.num_examples))):
-            r["clean"] = dict(out, settings=dict(data=F.eval_data_dir, num_examples=F.num_examples))
+        runs["clean"] = (evaluate_clean(models, *batches(cfg.num_examples), bs),
+                         dict(data=cfg.eval_data_dir, num_examples=cfg.num_examples))
     if "c" in suites:
-        names = F.corruptions
-        if not F.c_dir:
-            outs = evaluate_generated_c(models, batches(F.num_examples), names, seed, scale, bs,
-                                        total_for(F.num_examples))
-            settings = dict(generated, source="generated", corruptions=names, num_examples=F.num_examples)
-        elif input_layout(F.c_dir, "c_dir") == "arrays":
-            outs = evaluate_c_arrays(models, F.c_dir, names, F.num_examples, bs)
-            settings = dict(source="cifar_c_arrays", data=F.c_dir, corruptions=names, num_examples=F.num_examples)
+        n, extra = cfg.num_examples, {}
+        settings = dict(corruptions=cfg.corruptions, num_examples=n)
+        if c_layout is None:
+            images, total = batches(n)
+            chunks = generated_c_chunks(images, cfg.corruptions, seed, scale)
+            total *= 1 + len(corruptions.SEVERITIES) * len(cfg.corruptions)  # + the clean images
+            settings.update(generated)
+        elif c_layout == "arrays":
+            chunks, total = c_array_chunks(cfg.c_dir, cfg.corruptions, n, bs, info)
+            settings.update(source="cifar_c_arrays", data=cfg.c_dir)
         else:
-            outs = evaluate_c_folders(models, F.c_dir, names, mapping_args, F.num_examples, seed, bs)
-            settings = dict(source="imagenet_c_folders", data=F.c_dir, corruptions=names, seed=seed,
-                            num_examples=F.num_examples,
+            chunks, total, extra["class_mapping"] = c_folder_chunks(
+                cfg.c_dir, cfg.corruptions, mapping_args, n, seed, bs, info)
+            settings.update(source="imagenet_c_folders", data=cfg.c_dir, seed=seed,
                             preprocessing="released crops resized (bicubic) to the model size")
-        for r, out in zip(results, outs):
-            r["c"] = dict(out, settings=settings)
+        runs["c"] = [dict(r, **extra) for r in evaluate_c(models, chunks, total, bs)], settings
     if "p" in suites:
-        n_p = F.p_num_examples or F.num_examples
-        if not F.p_dir:
-            outs = evaluate_generated_p(models, batches(n_p), F.perturbations, seed, scale, bs, total_for(n_p))
-            settings = dict(generated, source="generated", perturbations=F.perturbations, num_examples=n_p)
+        n = cfg.p_num_examples or cfg.num_examples
+        settings = dict(perturbations=cfg.perturbations, num_examples=n,
+                        noise_rule="frames of *noise* vs frame 0, others vs the previous frame")
+        if cfg.p_dir:
+            chunks, total = p_array_chunks(cfg.p_dir, cfg.perturbations, n, bs, info)
+            settings.update(source="cifar_p_arrays", data=cfg.p_dir)
         else:
-            input_layout(F.p_dir, "p_dir", videos_ok=True)
-            outs = evaluate_p_arrays(models, F.p_dir, F.perturbations, n_p, bs)
-            settings = dict(source="cifar_p_arrays", data=F.p_dir, perturbations=F.perturbations, num_examples=n_p)
-        for r, out in zip(results, outs):
-            r["p"] = dict(out, settings=dict(settings, noise_rule="frames of *noise* vs frame 0, "
-                                                                   "others vs the previous frame"))
+            images, total = batches(n)
+            chunks = generated_p_chunks(images, cfg.perturbations, seed, scale)
+            total *= len(cfg.perturbations)
+            settings.update(generated)
+        runs["p"] = evaluate_p(models, chunks, total, bs), settings
     if "a" in suites:
-        for r, out in zip(results, evaluate_a(models, F.a_dir, mapping_args, F.num_examples, seed, bs)):
-            r["a"] = dict(out, settings=dict(data=F.a_dir, num_examples=F.num_examples, seed=seed,
-                                             class_index_json=F.class_index_json,
-                                             imagenet_wnids=F.imagenet_wnids))
+        runs["a"] = (evaluate_a(models, cfg.a_dir, mapping_args, cfg.num_examples, seed, bs),
+                     dict(data=cfg.a_dir, num_examples=cfg.num_examples, seed=seed,
+                          class_index_json=cfg.class_index_json, imagenet_wnids=cfg.imagenet_wnids))
     attacks = [a for a in ("fgsm", "pgd") if a in suites]
     if attacks:
-        n_a = F.attack_num_examples or F.num_examples
-        epsilons = [float(e) for e in F.epsilons]
-        step_size = parse_step_size(F.pgd_step_size)
-        settings = dict(data=F.eval_data_dir, num_examples=n_a, epsilons=epsilons, pixel_range=[0, 255],
+        n = cfg.attack_num_examples or cfg.num_examples
+        step_size = parse_step_size(cfg.pgd_step_size)
+        outs = [evaluate_attacks(m, *batches(n), attacks, cfg.epsilons, cfg.pgd_steps, step_size,
+                                 cfg.pgd_random_start, seed, bs) for m in models]
+        settings = dict(data=cfg.eval_data_dir, num_examples=n, epsilons=cfg.epsilons, pixel_range=[0, 255],
                         loss="softmax cross-entropy with the true labels (untargeted)",
                         model_mode="model(x, training=False); normalisation inside the model",
                         adversarial_images="float, not re-quantised to uint8")
-        pgd_settings = dict(settings, steps=F.pgd_steps, step_size=F.pgd_step_size, seed=seed,
-                            step_sizes=[step_size(e) for e in epsilons], random_start=F.pgd_random_start)
-        for r, model in zip(results, models):
-            out = evaluate_attacks(model, batches(n_a), attacks, epsilons, F.pgd_steps, step_size,
-                                   F.pgd_random_start, seed, bs, total_for(n_a))
-            for a in attacks:
-                r[a] = dict(out[a], settings=settings if a == "fgsm" else pgd_settings)
-    return results
+        pgd_settings = dict(settings, steps=cfg.pgd_steps, step_size=cfg.pgd_step_size, seed=seed,
+                            step_sizes=[step_size(e) for e in cfg.epsilons],
+                            random_start=cfg.pgd_random_start)
+        for a in attacks:
+            runs[a] = [out[a] for out in outs], settings if a == "fgsm" else pgd_settings
+    return [{suite: dict(results[m], settings=settings) for suite, (results, settings) in runs.items()}
+            for m in range(len(models))]
 
 
-def main(argv, flag_values=flags.FLAGS):
-    del argv
-    F = types.SimpleNamespace(**{k: flag_values[k].value for k in OWN_FLAGS})
-    started = time.time()
-    suites = _choose(F.suite, SUITES, "suite")
-    F.corruptions = _choose(F.corruptions, corruptions.ALL_CORRUPTIONS, "corruptions")
-    F.perturbations = _choose(F.perturbations, corruptions.PERTURBATIONS, "perturbations")
-    model_dirs = [d for d in F.model_dir if d]
-    if not model_dirs:
-        raise common.UserError("--model_dir is required (one or more model dirs, comma-separated)")
-    try:
-        epsilons = [float(e) for e in F.epsilons]
-    except ValueError as e:
-        raise common.UserError(f"--epsilons={','.join(F.epsilons)}: not numbers") from e
-    if any(e < 0 for e in epsilons) or F.pgd_steps < 1 or F.batch_size < 1:
-        raise common.UserError("--epsilons must be >= 0, --pgd_steps and --batch_size >= 1")
-    parse_step_size(F.pgd_step_size)
-    if "a" in suites and not F.a_dir:
-        raise common.UserError("--suite includes a: pass --a_dir (class folders, e.g. ImageNet-A)")
-    if "c" in suites and F.c_dir:
-        input_layout(F.c_dir, "c_dir")
-    if "p" in suites and F.p_dir:
-        input_layout(F.p_dir, "p_dir", videos_ok=True)
-    needs_eval = {"clean", "fgsm", "pgd"} & set(suites) or ("c" in suites and not F.c_dir) or (
-        "p" in suites and not F.p_dir)
-    F.eval_data_dir = F.eval_data_dir or os.path.join(F.data_dir, "test")
-    files = common.list_files(F.eval_data_dir, "eval (--eval_data_dir / --data_dir)") if needs_eval else None
-    baseline_index, baseline, baseline_path = resolve_baseline(F.baseline_results, model_dirs)
-    output_dir = F.output_dir or model_dirs[0]
+def run(config):
+    """Evaluates the model dirs of `config`: writes robustness.json into each, then robustness.md
+    and the plots into the output dir. Returns the markdown report."""
+    started, suites = time.time(), config.suite
+    c_layout = input_layout(config.c_dir, "c_dir") if "c" in suites and config.c_dir else None
+    if "p" in suites and config.p_dir:
+        input_layout(config.p_dir, "p_dir")
+    needs_eval = {"clean", "fgsm", "pgd"} & set(suites) or ("c" in suites and not config.c_dir) or (
+        "p" in suites and not config.p_dir)
+    files = common.list_files(config.eval_data_dir, "eval (--eval_data_dir / --data_dir)") if needs_eval else None
+    baseline_index, baseline, baseline_path = resolve_baseline(config.baseline_results, config.model_dir)
+    output_dir = config.output_dir or config.model_dir[0]
 
-    names = display_names(model_dirs)
-    models = [load_model(d, n) for d, n in zip(model_dirs, names)]
-    counted = {}
-
-    def total_for(limit):  # images a suite will see, for progress lines
-        if "all" not in counted:
-            counted["all"] = common.count_records(files)
-        return min(limit, counted["all"]) if limit else counted["all"]
-
-    scale_settings = dict(notes=[
-        "frost: procedural substitute for the benchmark's frost photos (not comparable)",
-        "spatter (water, severities 1-3): simplified shading; saturate: identity on 1 channel",
-        "corruptions applied to the eval-preprocessed image at model resolution, kept as uint8"])
-    results = [None] * len(models)
-    groups = {}
-    for i, m in enumerate(models):
-        groups.setdefault(m.group_key(), []).append(i)
-    for indices in groups.values():
-        group = [models[i] for i in indices]
-        logging.info("evaluating %s on %s", ", ".join(m.name for m in group), ", ".join(suites))
-        for i, r in zip(indices, run_group(group, suites, F, files, total_for, scale_settings)):
-            results[i] = r
+    names = display_names(config.model_dir)
+    models = [load_model(d, n) for d, n in zip(config.model_dir, names)]
+    num_records = common.count_records(files) if files else 0
+    results = {}  # model index -> its results
+    for info in dict.fromkeys(m.info for m in models):  # the same preprocessing: the same inputs
+        group = [i for i, m in enumerate(models) if m.info == info]
+        logging.info("evaluating %s on %s", ", ".join(models[i].name for i in group), ", ".join(suites))
+        results.update(zip(group, evaluate_group([models[i] for i in group], config, c_layout,
+                                                 files, num_records)))
 
     # Merge with earlier runs' suites, then normalise against the baseline.
     merged = []
-    for m, r in zip(models, results):
-        path = os.path.join(m.model_dir, RESULTS_FILE)
-        old = common.read_json(path) if tf.io.gfile.exists(path) else {}
-        merged.append({**old, **r, "model_dir": m.model_dir, "model_config": m.config,
-                       "settings": vars(F)})
+    for i, m in enumerate(models):
+        old = common.read_json(os.path.join(m.model_dir, RESULTS_FILE), RESULTS_FILE, default={})
+        merged.append({**old, **results[i], "model_dir": m.model_dir, "model_config": m.config,
+                       "settings": dataclasses.asdict(config)})
     if baseline_index is not None:
         baseline = merged[baseline_index]
     for r in merged:
@@ -990,7 +891,95 @@ def main(argv, flag_values=flags.FLAGS):
             f.write(report)
     logging.info("wrote %s in each model dir and robustness.md, %s to %s (%.0fs)", RESULTS_FILE,
                  ", ".join(plots) or "no plots", output_dir, time.time() - started)
-    print(report)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings and flags: each RobustnessConfig field is the flag of its name, type, default and help.
+
+def _flag(default, help_text):
+    return dataclasses.field(default=default, metadata={"help": help_text})
+
+
+def _choose(values, known, flag):
+    unknown = [v for v in values if v not in known]
+    if unknown or not values:
+        raise common.UserError(f"--{flag}: {unknown or 'empty'}; choose from {', '.join(known)}")
+    return tuple(values)
+
+
+@dataclasses.dataclass
+class RobustnessConfig:
+    """The settings of a run, checked on construction (UserError naming the flag); recorded in
+    every robustness.json."""
+    model_dir: tuple = _flag((), "Model dir(s) written by main.py, comma-separated (e.g. the "
+                             "teacher, then students). Each gets its robustness.json.")
+    suite: tuple = _flag(("clean", "c", "p", "fgsm", "pgd"), f"Any subset of {','.join(SUITES)}.")
+    data_dir: str = _flag("data/fashion_mnist", "Prepared data dir (data.py output); the eval split "
+                          "defaults to <data_dir>/test.")
+    eval_data_dir: str = _flag("", "Eval records (a dir or a glob) for clean, generated C/P and the "
+                               "attacks. Default: <data_dir>/test.")
+    output_dir: str = _flag("", "Where robustness.md and the plots go. Default: the first model dir.")
+    baseline_results: str = _flag("", "A baseline's robustness.json for mCE / mFR normalised by it "
+                                  "(e.g. the teacher's). Default: the first --model_dir when several "
+                                  "are given; 'none' disables. A model dir of this run may be named: "
+                                  "its fresh results are used.")
+    num_examples: int = _flag(0, "Cap on images for clean, C (per corruption and severity) and A; "
+                              "0 = all.")
+    p_num_examples: int = _flag(0, "Cap on P sequences (16-41 frames each); 0 = --num_examples.")
+    attack_num_examples: int = _flag(0, "Cap on images attacked; 0 = --num_examples.")
+    batch_size: int = _flag(256, "Images per forward pass.")
+    seed: int = _flag(0, "Seed of generated corruptions/sequences, subsets and PGD starts.")
+    perturbations: tuple = _flag(corruptions.PERTURBATIONS, "P perturbations to evaluate.")
+    # (below this field, `corruptions` in this class body is the field, not the module)
+    corruptions: tuple = _flag(corruptions.ALL_CORRUPTIONS, "C corruptions to evaluate (mCE uses the "
+                               "15 benchmark ones only).")
+    c_dir: str = _flag("", "ImageNet-C folders or CIFAR-10-C .npy arrays; empty = generate.")
+    p_dir: str = _flag("", "CIFAR-10-P style .npy arrays; empty = generate.")
+    a_dir: str = _flag("", "Class folders of ImageNet-A (or any folder data set), for suite a.")
+    class_index_json: str = _flag("", "JSON {folder name: model class index} for folder inputs (A, "
+                                  "ImageNet-C folders).")
+    imagenet_wnids: str = _flag("", "The 1000 ImageNet wnids (text, one per line, or JSON); folder "
+                                "wnids map to their index in the sorted list.")
+    epsilons: tuple = _flag((0, 1, 2, 4, 8, 16), "Attack epsilons in pixels of [0, 255].")
+    pgd_steps: int = _flag(10, "PGD iterations (paper: 10).")
+    pgd_step_size: str = _flag("eps/4", "PGD step: pixels, or 'eps/K' (the paper gives none).")
+    pgd_random_start: bool = _flag(False, "Start PGD at a uniform random point of the eps ball.")
+
+    def __post_init__(self):
+        self.suite = _choose(self.suite, SUITES, "suite")
+        self.corruptions = _choose(self.corruptions, corruptions.ALL_CORRUPTIONS, "corruptions")
+        self.perturbations = _choose(self.perturbations, corruptions.PERTURBATIONS, "perturbations")
+        self.model_dir = tuple(d for d in self.model_dir if d)
+        if not self.model_dir:
+            raise common.UserError("--model_dir is required (one or more model dirs, comma-separated)")
+        try:
+            self.epsilons = tuple(float(e) for e in self.epsilons)
+        except ValueError:
+            raise common.UserError(f"--epsilons={','.join(self.epsilons)}: not numbers") from None
+        if any(e < 0 for e in self.epsilons) or self.pgd_steps < 1 or self.batch_size < 1:
+            raise common.UserError("--epsilons must be >= 0, --pgd_steps and --batch_size >= 1")
+        parse_step_size(self.pgd_step_size)
+        if "a" in self.suite and not self.a_dir:
+            raise common.UserError("--suite includes a: pass --a_dir (class folders, e.g. ImageNet-A)")
+        self.eval_data_dir = self.eval_data_dir or os.path.join(self.data_dir, "test")
+
+
+def define_flags(flag_values=flags.FLAGS):
+    """One flag per RobustnessConfig field. Defined only when run as a script (or into a private
+    FlagValues in tests), so that importing this file next to other stage scripts defines no flags."""
+    define = {tuple: flags.DEFINE_list, str: flags.DEFINE_string, int: flags.DEFINE_integer,
+              bool: flags.DEFINE_bool}
+    for field in dataclasses.fields(RobustnessConfig):
+        default = list(field.default) if field.type is tuple else field.default
+        define[field.type](field.name, default, field.metadata["help"], flag_values=flag_values)
+
+
+def main(argv, flag_values=flags.FLAGS):
+    del argv
+    config = RobustnessConfig(**{field.name: flag_values[field.name].value
+                                 for field in dataclasses.fields(RobustnessConfig)})
+    print(run(config))
 
 
 if __name__ == "__main__":
