@@ -138,7 +138,8 @@ def _colour(rgb255, channels):
     return np.array([c @ _GRAY], np.float32) if channels == 1 else c
 
 
-def _to_uint8(x):
+def _round_unit_to_uint8(x):
+    """[0, 1] floats -> uint8 values of x * 255."""
     # NOTE: rounds to the nearest integer; the benchmark's np.uint8() truncates (and so turns some
     # untouched pixels k into k - 1 through float error).
     return np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -233,17 +234,24 @@ def _plasma(h, w, wibbledecay, rng):
     return _plasma_fractal(size, wibbledecay, rng)[:h, :w]
 
 
+def _sample(x, rows, cols, order=1, mode="constant"):
+    """Each channel of x read at the flat (rows, cols) coordinates of its pixels (zeros outside
+    for mode="constant"); HxWxC."""
+    h, w = x.shape[:2]
+    return np.stack([ndimage.map_coordinates(x[..., c], [rows, cols], order=order, mode=mode)
+                     .reshape(h, w) for c in range(x.shape[2])], axis=-1)
+
+
+def _source_points(inverse, h, w):
+    """inverse @ (x, y, 1) for every output pixel, x varying fastest: [3, H * W]."""
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    return inverse @ np.stack([xs.ravel(), ys.ravel(), np.ones(h * w)])
+
+
 def _warp(x, inverse, order=1):
     """Projective warp: output pixel (x, y) samples the input at inverse @ (x, y, 1); zeros outside."""
-    h, w = x.shape[:2]
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
-    src = inverse @ np.stack([xs.ravel(), ys.ravel(), np.ones(h * w)])
-    sx, sy = src[0] / src[2], src[1] / src[2]
-    out = np.empty_like(x)
-    for c in range(x.shape[2]):
-        out[..., c] = ndimage.map_coordinates(x[..., c], [sy, sx], order=order, mode="constant",
-                                              cval=0.0).reshape(h, w)
-    return out
+    src = _source_points(inverse, *x.shape[:2])
+    return _sample(x, src[1] / src[2], src[0] / src[2], order)
 
 
 def _about_centre(x, matrix):
@@ -446,27 +454,23 @@ def elastic_transform(x, c, rng, length):
     # Affine A (2x3) with A @ [p, 1] = q for the three point pairs (cv2.getAffineTransform),
     # applied like cv2.warpAffine: the output at q samples the input at A^-1 q.
     a = np.linalg.solve(np.hstack([pts1, np.ones((3, 1))]), pts2).T
-    inverse = np.linalg.inv(np.vstack([a, [0, 0, 1]]))
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
-    src = inverse @ np.stack([xs.ravel(), ys.ravel(), np.ones(h * w)])
-    warped = np.stack([ndimage.map_coordinates(x[..., i], [src[1], src[0]], order=1, mode="mirror")
-                       .reshape(h, w) for i in range(x.shape[-1])], axis=-1)
+    src = _source_points(np.linalg.inv(np.vstack([a, [0, 0, 1]])), h, w)
+    warped = _sample(x, src[1], src[0], mode="mirror")
     dx = ndimage.gaussian_filter(rng.uniform(-1, 1, size=(h, w)), sigma, mode="reflect", truncate=3) * alpha
     dy = ndimage.gaussian_filter(rng.uniform(-1, 1, size=(h, w)), sigma, mode="reflect", truncate=3) * alpha
-    return np.stack([ndimage.map_coordinates(warped[..., i], [(ys + dy).ravel(), (xs + dx).ravel()],
-                                             order=1, mode="reflect").reshape(h, w)
-                     for i in range(x.shape[-1])], axis=-1)
+    ys, xs = np.mgrid[0:h, 0:w]
+    return _sample(warped, (ys + dy).ravel(), (xs + dx).ravel(), mode="reflect")
 
 
 def pixelate(x, c, rng, k):
     h, w, ch = x.shape
-    img = _pil(_to_uint8(x)).resize((max(1, int(w * c)), max(1, int(h * c))), Image.BOX)
+    img = _pil(_round_unit_to_uint8(x)).resize((max(1, int(w * c)), max(1, int(h * c))), Image.BOX)
     return _from_pil(img.resize((w, h), Image.BOX), ch)
 
 
 def jpeg_compression(x, c, rng, k):
     buffer = io.BytesIO()
-    _pil(_to_uint8(x)).save(buffer, "JPEG", quality=c)
+    _pil(_round_unit_to_uint8(x)).save(buffer, "JPEG", quality=c)
     return _from_pil(Image.open(buffer), x.shape[-1])
 
 
@@ -503,7 +507,7 @@ def corrupt(image, name, severity, rng, scale):
         raise ValueError(f"expected uint8 HxWxC with C in (1, 3), got {image.dtype} {image.shape}")
     c = C_CONSTANTS[scale.kind][name][severity - 1]
     k = scale.factor * (ELASTIC_UNIT[scale.kind] if name == "elastic_transform" else 1.0)
-    return _to_uint8(_CORRUPTION_FNS[name](image.astype(np.float32) / 255.0, c, rng, k))
+    return _round_unit_to_uint8(_CORRUPTION_FNS[name](image.astype(np.float32) / 255.0, c, rng, k))
 
 
 def _rng(seed, name, severity, index):
@@ -569,7 +573,7 @@ def perturbation_sequence(image, name, rng, scale):
     elif name == "scale":
         start, step = p
         frames = [_scale(x, (start + step * i) / 100.0) for i in range(31)]
-    return np.stack([_to_uint8(f) for f in frames])
+    return np.stack([_round_unit_to_uint8(f) for f in frames])
 
 
 def perturb_batch(images, name, seed, start_index, scale):

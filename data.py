@@ -1,11 +1,9 @@
 """The shared input pipeline: record schemas, data preparation, preprocessing and tf.data datasets.
 
-Paper: "Self-training with Noisy Student improves ImageNet classification" (Xie et al., 2020),
-Sec. 3.1 "Experiment Details" (labeled data set, unlabeled data set, RandAugment as input noise)
-and Sec. 2 / Algorithm 1 (the data flowing between teacher, pseudo-labeling and student). The
-small-image path follows the authors' CIFAR-10/SVHN preprocessing, used here for Fashion-MNIST.
-
-As a script it prepares data sets as sharded TFRecords:
+Paper Sec. 3.1 "Experiment Details" (labeled and unlabeled data, RandAugment as input noise) and
+Algorithm 1 (the data between teacher, pseudo-labeling and student). Small images follow the
+authors' CIFAR-10/SVHN preprocessing, used here for Fashion-MNIST. As a script it prepares data
+sets as sharded TFRecords:
 
   python data.py --dataset=fashion_mnist --output_dir=DIR --num_labeled_per_class=400 --seed=0
       -> DIR/labeled/    K images per class from the 60k train set (seeded), with labels
@@ -19,17 +17,13 @@ As a script it prepares data sets as sharded TFRecords:
          labels 0..K-1 from the sorted class folder names, image bytes passed through unchanged;
          DIR/train/class_names.json, DIR/train/prepared.json
 
-ImageNet records written by the standard converter (`image/encoded` JPEG, `image/class/label`
-1-based, shards named `train-00000-of-01024`) are read as they are: pass a glob such as
-`DIR/train-*` and a DatasetInfo with label_offset=1 (DATASETS["imagenet"]).
+ImageNet records of the standard converter (`image/encoded` JPEG, 1-based `image/class/label`,
+shards `train-00000-of-01024`) are read as they are: a glob `DIR/train-*` and DATASETS["imagenet"].
 
-Library conventions: images are uint8 HxWxC; preprocessing returns float32 in [0, 255] (the model
-normalises); labels are 0-based int32; user mistakes raise common.UserError (one line, exit 2 via
-run_main).
-
-Corrupt records: tf.data reports them lazily, without the file name. Wrap the loop that consumes a
-dataset in `with translate_data_errors(files):` -- it turns tf's DataLossError/InvalidArgumentError
-into a common.UserError naming the bad file and record (found by `check_records`, which rescans the files).
+Conventions: images are uint8 HxWxC; preprocessing returns float32 in [0, 255] (the model
+normalises); labels are 0-based int32. tf.data reports corrupt records lazily and without the
+file name: consume a dataset inside `with translate_data_errors(files):` to get a
+common.UserError naming the bad file and record.
 """
 
 import contextlib
@@ -45,6 +39,8 @@ from absl import flags
 from absl import logging
 import numpy as np
 import tensorflow as tf
+
+import randaugment
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 AUGMENT_NAMES = ("randaugment", "basic", "none")
@@ -112,18 +108,20 @@ def dataset_info(name, data_dir=None, **overrides):
     if info.num_classes == 0:
         if not data_dir:
             raise common.UserError(f"dataset {name!r} needs num_classes or a data_dir with "
-                            f"class_names.json")
+                                   f"class_names.json")
         info = dataclasses.replace(info, num_classes=len(read_class_names(data_dir)))
     if info.input_kind not in INPUT_KINDS:
         raise common.UserError(f"input_kind={info.input_kind!r} is not one of {INPUT_KINDS}")
     if info.num_channels not in (1, 3):
         raise common.UserError(f"num_channels={info.num_channels}: only 1 or 3 are supported")
     if len(info.mean) != info.num_channels or len(info.std) != info.num_channels:
-        raise common.UserError(f"mean/std need {info.num_channels} values, got {info.mean}/{info.std}")
+        raise common.UserError(f"mean/std need {info.num_channels} values, got "
+                               f"{info.mean}/{info.std}")
     if info.label_offset not in (0, 1):
         raise common.UserError(f"label_offset={info.label_offset} must be 0 or 1")
     if info.num_classes < 1 or info.image_size < 1:
-        raise common.UserError(f"bad num_classes={info.num_classes} or image_size={info.image_size}")
+        raise common.UserError(f"bad num_classes={info.num_classes} or "
+                               f"image_size={info.image_size}")
     return info
 
 
@@ -275,7 +273,7 @@ def parse_diagnostic_label(serialized):
 
 
 def check_records(files, keys=("image/encoded",), decode=False):
-    """Reads every record of `files`; returns the count. common.UserError naming the first bad file.
+    """Reads every record of `files`; returns the count. UserError naming the first bad file.
 
     A record is bad when the TFRecord framing/CRC is broken, it is not a tf.train.Example, a key
     in `keys` is missing, or (decode=True) its image does not decode.
@@ -292,7 +290,8 @@ def check_records(files, keys=("image/encoded",), decode=False):
                     tf.io.decode_image(parsed["image/encoded"], expand_animations=False)
                 index += 1
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-            raise common.UserError(f"corrupt record file {path}, record {index}: {common.tf_error_line(e)}")
+            raise common.UserError(f"corrupt record file {path}, record {index}: "
+                                   f"{common.tf_error_line(e)}")
         total += index
     return total
 
@@ -329,19 +328,18 @@ def write_shards(out_dir, split, serialized_records, num_records, num_shards):
     bounds = [num_records * s // num_shards for s in range(num_shards + 1)]
     progress = common.Progress(f"writing {split}", num_records)
     records = iter(serialized_records)
-    done = 0
-    for s in range(num_shards):
-        with tf.io.TFRecordWriter(os.path.join(out_dir, common.shard_name(split, s, num_shards))) as w:
+    names = [common.shard_name(split, s, num_shards) for s in range(num_shards)]
+    for s, name in enumerate(names):
+        with tf.io.TFRecordWriter(os.path.join(out_dir, name)) as w:
             for _ in range(bounds[s + 1] - bounds[s]):
                 w.write(next(records))
-                done += 1
-                progress.update(done)
-    progress.update(done, force=True)
-    return [common.shard_name(split, s, num_shards) for s in range(num_shards)]
+                progress.add(1)
+    progress.update(progress.done, force=True)
+    return names
 
 
 def _previous_run(output_dir, args):
-    """The summary of a finished run with the same args, None if there is none; else common.UserError."""
+    """The summary of a finished run with the same args; None if there is none; else UserError."""
     if not tf.io.gfile.exists(output_dir):
         return None
     marker = os.path.join(output_dir, "prepared.json")
@@ -354,11 +352,11 @@ def _previous_run(output_dir, args):
         old = summary.get("args") or {}
         diff = ", ".join(f"{k}: {old.get(k)!r} -> {args.get(k)!r}" for k in sorted(
             set(old) | set(args)) if old.get(k) != args.get(k))
-        raise common.UserError(f"{output_dir} was prepared with other arguments ({diff}); remove it or "
-                        f"choose another output directory")
+        raise common.UserError(f"{output_dir} was prepared with other arguments ({diff}); remove "
+                               f"it or choose another output directory")
     if tf.io.gfile.listdir(output_dir):
         raise common.UserError(f"{output_dir} exists and is not a finished preparation (no "
-                        f"prepared.json); remove it or choose another output directory")
+                               f"prepared.json); remove it or choose another output directory")
     return None
 
 
@@ -373,7 +371,7 @@ DEFAULT_FASHION_MNIST_SHARDS = types.MappingProxyType({"labeled": 2, "unlabeled"
 
 
 def read_idx(path, expected_dims):
-    """A gzip IDX file as a uint8 array; common.UserError naming the file if it is missing or corrupt.
+    """A gzip IDX file as a uint8 array; UserError naming the file if it is missing or corrupt.
 
     IDX: magic 0x0000 08 <ndim> (08 = unsigned byte), ndim big-endian int32 sizes, then data.
     """
@@ -388,12 +386,14 @@ def read_idx(path, expected_dims):
     header = 4 + 4 * ndim
     if len(raw) < header or raw[:4] != bytes([0, 0, 8, ndim]):
         raise common.UserError(f"corrupt IDX file {path}: expected the magic number "
-                        f"{0x800 + ndim} for uint8 with {ndim} dimensions")
+                               f"{0x800 + ndim} for uint8 with {ndim} dimensions")
     dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
     if any(want is not None and want != got for want, got in zip(expected_dims, dims)):
-        raise common.UserError(f"corrupt IDX file {path}: shape {dims}, expected {list(expected_dims)}")
+        raise common.UserError(f"corrupt IDX file {path}: shape {dims}, expected "
+                               f"{list(expected_dims)}")
     if len(raw) != header + int(np.prod(dims)):
-        raise common.UserError(f"corrupt IDX file {path}: {len(raw) - header} data bytes for shape {dims}")
+        raise common.UserError(f"corrupt IDX file {path}: {len(raw) - header} data bytes for "
+                               f"shape {dims}")
     return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
 
 
@@ -404,8 +404,13 @@ def read_fashion_mnist(source_dir, split):
     labels = read_idx(os.path.join(source_dir, labels_file), (count,))
     if labels.max() > 9:
         raise common.UserError(f"corrupt labels in {os.path.join(source_dir, labels_file)}: "
-                        f"label {labels.max()} > 9")
+                               f"label {labels.max()} > 9")
     return images, labels
+
+
+def pad_fashion_mnist(images):
+    """uint8 [N, 28, 28] -> [N, 32, 32, 1], zero-padded: the small-image models need >= 32 px."""
+    return np.pad(images, ((0, 0), (2, 2), (2, 2)))[..., None]
 
 
 def select_labeled(labels, num_per_class, seed):
@@ -415,8 +420,8 @@ def select_labeled(labels, num_per_class, seed):
     for c in range(int(labels.max()) + 1):
         members = np.flatnonzero(labels == c)
         if num_per_class > len(members):
-            raise common.UserError(f"--num_labeled_per_class={num_per_class} but class {c} has only "
-                            f"{len(members)} images")
+            raise common.UserError(f"--num_labeled_per_class={num_per_class} but class {c} has "
+                                   f"only {len(members)} images")
         chosen.append(rng.choice(members, num_per_class, replace=False))
     return np.sort(np.concatenate(chosen))
 
@@ -438,7 +443,8 @@ def prepare_fashion_mnist(output_dir, num_labeled_per_class=400, seed=0,
     """
     shards = dict(shards)
     if sorted(shards) != ["labeled", "test", "unlabeled"] or min(shards.values()) < 1:
-        raise common.UserError(f"shards must give labeled, unlabeled and test counts >= 1, got {shards}")
+        raise common.UserError(f"shards must give labeled, unlabeled and test counts >= 1, got "
+                               f"{shards}")
     if num_labeled_per_class < 1:
         raise common.UserError(f"--num_labeled_per_class must be >= 1, got {num_labeled_per_class}")
     args = {"dataset": "fashion_mnist", "num_labeled_per_class": int(num_labeled_per_class),
@@ -457,11 +463,8 @@ def prepare_fashion_mnist(output_dir, num_labeled_per_class=400, seed=0,
     rng = np.random.default_rng([seed, 1])
     labeled, unlabeled = rng.permutation(labeled), rng.permutation(unlabeled)
 
-    def pad(images):  # 28x28 -> 32x32x1 with zeros, as the small-image models need >= 32 px
-        return np.pad(images, ((0, 0), (2, 2), (2, 2)))[..., None]
-
     def records(images, labels, indices, name, with_label):
-        pngs = encode_png_batch(pad(images[indices]))
+        pngs = encode_png_batch(pad_fashion_mnist(images[indices]))
         for png, i in zip(pngs, indices):
             image_id = f"fashion_mnist/{name}/{i:05d}"
             if with_label:
@@ -512,7 +515,8 @@ def list_image_folder(src_dir):
         images = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
         skipped += len(files) - len(images)
         if not images:
-            raise common.UserError(f"class folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS)})")
+            raise common.UserError(f"class folder {folder} has no images "
+                                   f"({', '.join(IMAGE_EXTENSIONS)})")
         items += [(os.path.join(folder, f), label, f"{name}/{f}") for f in images]
     if skipped:
         logging.warning("skipped %d files without an image extension in %s", skipped, src_dir)
@@ -542,7 +546,7 @@ def folder_to_tfrecords(src_dir, output_dir, split, num_shards, seed=0):
             path = os.path.join(output_dir, other.rstrip("/"), "class_names.json")
             if tf.io.gfile.exists(path) and common.read_json(path) != classes:
                 raise common.UserError(f"the class folders of {src_dir} differ from {path}; every "
-                                f"split of one data set needs the same classes")
+                                       f"split of one data set needs the same classes")
     order = np.random.default_rng(seed).permutation(len(items))
 
     def records():
@@ -575,7 +579,7 @@ def decode_image(encoded, num_channels):
     return image
 
 
-def _to_uint8(image):
+def _round_to_uint8(image):
     return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
 
@@ -595,7 +599,8 @@ def _small_image(encoded, info, image_size):
     # are resized here (bicubic) so a folder of arbitrary images can use the small pipeline.
     image = tf.cond(tf.logical_and(shape[0] == image_size, shape[1] == image_size),
                     lambda: image,
-                    lambda: _to_uint8(_resize_bicubic(tf.cast(image, tf.float32), image_size)))
+                    lambda: _round_to_uint8(_resize_bicubic(tf.cast(image, tf.float32),
+                                                            image_size)))
     image.set_shape([image_size, image_size, info.num_channels])
     return image
 
@@ -677,7 +682,6 @@ def augment_batch(images, info, augment_name="randaugment", randaug_layer=2, ran
     """
     size = images.shape[1]
     if augment_name == "randaugment":
-        import randaugment  # lazy: data.py imports without it  pylint: disable=import-outside-toplevel
         small = info.input_kind == "small"
         # The reference truncates (cast) the imagenet view to uint8 here; values are clipped.
         images = randaugment.distort_batch_with_randaugment(
@@ -688,15 +692,6 @@ def augment_batch(images, info, augment_name="randaugment", randaug_layer=2, ran
     if info.input_kind == "small":
         images = _random_crop_and_flip(images, SMALL_IMAGE_PAD, info.flip)
     return tf.cast(images, tf.float32)
-
-
-def preprocess_for_train(encoded, info, image_size, augment_name="randaugment", randaug_layer=2,
-                         randaug_mag=10):
-    """Noised training view of one encoded image: float32 (S, S, C) in [0, 255]; the datasets'
-    train_views on a batch of one. augment_name="none" is preprocess_for_eval."""
-    _check_augment_name(augment_name)
-    return train_views(encoded[None], info, image_size, augment_name, randaug_layer,
-                       randaug_mag)[0]
 
 
 def train_image(encoded, info, image_size, augment_name):

@@ -1,31 +1,28 @@
 """EfficientNet-B0..B7 and L2 in Keras 3, with the student's model noise (dropout, stoch. depth).
 
-Paper: "Self-training with Noisy Student improves ImageNet classification", Sec. 2 ("Noising
-Student": model noise = dropout + stochastic depth) and Sec. 3.1 ("Noise": survival probability
-0.8 for the final layer with the linear decay rule, dropout 0.5 on the final layer for B7/L2).
-Architecture: EfficientNet (Tan & Le, 2019) as defined by the authors' code (block strings,
-(width, depth, resolution, dropout) table, round_filters / round_repeats; see
-../shared/REFERENCE.md, "EfficientNet"), plus the reference's small-image variant for 32 px inputs.
+Paper Sec. 2 ("Noising Student": model noise = dropout + stochastic depth) and Sec. 3.1 ("Noise":
+survival probability 0.8 for the final layer with the linear decay rule, dropout 0.5 on the final
+layer for B7/L2). The architecture is EfficientNet (Tan & Le, 2019) as the authors' code defines
+it (block strings, the (width, depth, resolution, dropout) table, round_filters / round_repeats),
+plus the reference's small-image variant for 32 px inputs.
 
-The model takes float32 images in [0, 255] (shape (H, W, C), C = 1 or 3), normalises them inside
-with constant dataset mean/std, and returns logits. `model(x, training=True)` applies dropout,
-stochastic depth and batch-statistics BN; `set_noise(model, False)` switches dropout and stochastic
-depth off without touching BN. `save_model_dir` / `load_model_dir` are the one way to write and
-read "the model in this model dir" (model.json + tf.train.Checkpoint with `model` and `ema_model`).
+The model takes float32 images in [0, 255] (H, W, C), C = 1 or 3, normalises them inside with
+constant dataset mean/std and returns logits. `model(x, training=True)` applies dropout,
+stochastic depth and batch-statistics BN; `set_noise(model, False)` switches dropout and
+stochastic depth off without touching BN. `load_model_dir` reads "the model in this model dir"
+(model.json + a tf.train.Checkpoint with `model` and `ema_model`); `save_model_dir` writes one.
 
-Run as a script to print parameters and FLOPs (multiply-adds of one image, B = 1e9):
+As a script it prints parameters and FLOPs (multiply-adds of one image, B = 1e9):
 
     python efficientnet_builder.py --model_names=efficientnet-b0,efficientnet-b4
     python efficientnet_builder.py --model_names=efficientnet-b0 --small_image --image_size=32 \
         --num_channels=1 --num_classes=10
-
-prints one row per model: model, resolution, parameters (all weights, BN moving statistics
-included, as keras' count_params), trainable parameters, FLOPs.
+        -> one row per model: model, resolution, parameters (all weights, BN moving statistics
+           included, as keras' count_params), trainable parameters, FLOPs.
 """
 
 import dataclasses
 import inspect
-import json
 import math
 import os
 import re
@@ -76,8 +73,7 @@ IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 
 # ---------------------------------------------------------------------------------------------
-# The architecture as data: block strings -> scaled per-block specs (shared by the builder and
-# the analytic parameter count).
+# The architecture as data: block strings -> scaled per-block specs.
 
 @dataclasses.dataclass(frozen=True)
 class BlockArgs:
@@ -150,7 +146,8 @@ class Block:
 def efficientnet_params(model_name):
     """(width, depth, resolution, dropout) of a named model; common.UserError for unknown names."""
     if model_name not in _PARAMS:
-        raise common.UserError(f"unknown model name {model_name!r}; expected one of {', '.join(_PARAMS)}")
+        raise common.UserError(f"unknown model name {model_name!r}; expected one of "
+                               f"{', '.join(_PARAMS)}")
     return _PARAMS[model_name]
 
 
@@ -189,35 +186,6 @@ def block_specs(width, depth, small_image=False, stochastic_depth_rate=0.2,
                 residual=residual,
                 drop_rate=stochastic_depth_rate * len(blocks) / num_blocks if residual else 0.0))
     return blocks
-
-
-def count_params_analytic(model_name="efficientnet-b0", num_classes=1000, num_channels=3,
-                          width=None, depth=None, trainable_only=False):
-    """Parameters of build_model(...) without building it: all weights (BN moving statistics
-    included, like keras count_params) or, with trainable_only, the trainable ones.
-
-    Mirrors build_model layer by layer; tests check it against built models, and use it for the
-    big ones (L2 has 480M parameters).
-    """
-    table_width, table_depth, _, _ = efficientnet_params(model_name)
-    width = table_width if width is None else width
-    depth = table_depth if depth is None else depth
-    bn = 2 if trainable_only else 4   # gamma, beta (+ moving mean, moving variance) per channel
-    stem = round_filters(32, width)
-    total = 3 * 3 * num_channels * stem + bn * stem
-    blocks = block_specs(width, depth)
-    for b in blocks:
-        expanded = b.expanded_filters
-        if b.expand_ratio != 1:
-            total += b.input_filters * expanded + bn * expanded
-        total += b.kernel_size * b.kernel_size * expanded + bn * expanded
-        if b.se_filters:
-            total += (expanded * b.se_filters + b.se_filters) + (b.se_filters * expanded + expanded)
-        total += expanded * b.output_filters + bn * b.output_filters
-    head = round_filters(1280, width)
-    total += blocks[-1].output_filters * head + bn * head
-    total += head * num_classes + num_classes
-    return total
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,7 +383,7 @@ def _normalisation_constants(num_channels, mean, std):
     mean, std = tuple(mean), tuple(std)
     if len(mean) != num_channels or len(std) != num_channels:
         raise common.UserError(f"mean {mean} and std {std} need one value per channel "
-                        f"(num_channels={num_channels})")
+                               f"(num_channels={num_channels})")
     if min(std) <= 0:
         raise common.UserError(f"std {std} must be positive")
     return mean, std
@@ -518,17 +486,11 @@ def save_model_dir(model_dir, config, model, ema_model=None, step=0):
 
 def load_model_dir(model_dir, use_ema=True):
     """(model, config) of the model in `model_dir`: built from model.json, weights from the latest
-    checkpoint's `ema_model` (use_ema) or `model`. common.UserError if anything is missing/mismatched."""
+    checkpoint's `ema_model` (use_ema) or `model`. UserError if anything is missing/mismatched."""
     if not tf.io.gfile.isdir(model_dir):
         raise common.UserError(f"model dir {model_dir} does not exist")
     config_path = os.path.join(model_dir, MODEL_CONFIG_FILE)
-    if not tf.io.gfile.exists(config_path):
-        raise common.UserError(f"{config_path} is missing (not a model dir written by main.py?)")
-    try:
-        with tf.io.gfile.GFile(config_path) as f:
-            config = json.load(f)
-    except (OSError, ValueError, tf.errors.OpError) as e:
-        raise common.UserError(f"{config_path}: cannot read ({e})") from e
+    config = common.read_json(config_path, what="model config (written by main.py)")
     checkpoint_path = tf.train.latest_checkpoint(model_dir)
     if checkpoint_path is None:
         raise common.UserError(f"no checkpoint in model dir {model_dir}")
@@ -540,7 +502,7 @@ def load_model_dir(model_dir, use_ema=True):
         status.expect_partial().assert_existing_objects_matched()
     except (AssertionError, ValueError) as e:
         raise common.UserError(f"{checkpoint_path}: `{key}` does not match {config_path} "
-                        f"({str(e).splitlines()[0]})") from e
+                               f"({str(e).splitlines()[0]})") from e
     logging.info("loaded %s (%s) from %s", config.get("model_name"), key, checkpoint_path)
     return model, config
 

@@ -1,50 +1,28 @@
 """RandAugment, the student's input noise, as TF ops that run inside a tf.data map (graph mode).
 
-Paper: "Self-training with Noisy Student improves ImageNet classification" (Xie et al., 2020),
-Sec. 2 ("Noising Student": input noise is RandAugment) and Sec. 3.1 ("Noise": two random
-operations with magnitude 27 for EfficientNet-B7 and L2). RandAugment itself: Cubuk et al., 2020.
-Specification: the authors' randaugment.py (google-research/noisystudent, a copy of
-tensorflow/tpu models/official/efficientnet/autoaugment.py); see ../shared/REFERENCE.md.
+Paper: Sec. 2 ("Noising Student": input noise is RandAugment) and Sec. 3.1 ("Noise": two random
+operations at magnitude 27 for EfficientNet-B7 and L2); RandAugment: Cubuk et al., 2020. As the
+authors' randaugment.py (google-research/noisystudent, from tensorflow/tpu's autoaugment.py):
+- 16 ops on uint8 images, in the reference's order (AVAILABLE_OPS). Each of N layers picks one
+  op uniformly at random per image and always applies it (the reference samples a probability
+  per op but never uses it) at magnitude M; M maps linearly to each op's argument
+  (level_to_arg) and M > 10 extrapolates (the paper: 27). Rotate, shear and translate get a
+  random sign; geometric ops and cutout fill empty pixels with 128.
+- Every op has one implementation, for a batch with per-image statistics and arguments; one
+  image (H, W, C) runs as a batch of one. 1-channel images are accepted (the reference: RGB).
+- distort_image_with_randaugment: one image, as the reference's per-image map.
+  distort_batch_with_randaugment: a batch after .batch(), what data.py runs, with the same
+  per-image choices: each layer splits the batch by chosen op (tf.dynamic_partition), runs each
+  op once and puts the images back in order (tf.dynamic_stitch).
 
-What the reference does, and so what this file does:
-- 16 ops on uint8 images, in the reference's order (AVAILABLE_OPS). Each of N layers picks one op
-  uniformly at random, per image, and always applies it (the reference samples a probability per
-  op but never uses it) at the fixed magnitude M.
-- Magnitude M in [0, 10] maps linearly to each op's argument (level_to_arg); M > 10 extrapolates
-  the same lines (the paper uses M = 27). Rotate, shear and translate get a random sign.
-- Geometric ops: projective transform, nearest neighbour, empty pixels filled with 128.
-- Small (32 px) images: the reference's CIFAR/SVHN path calls RandAugment with
-  cutout_const = translate_const = image_size // 8 and then adds one more cutout of
-  2 * (image_size // 4) px with fill 128 (data.py does that; this file provides `cutout`).
-Unlike the reference, every op also takes 1-channel (grayscale) images.
-
-Two entry points with the same per-image semantics and distribution:
-- distort_image_with_randaugment(image, N, M, ...): one image (H, W, C), as the reference's
-  per-image tf.data map; it is the batch function on a batch of one.
-- distort_batch_with_randaugment(images, N, M, ...): a batch (B, H, W, C), for a map after
-  .batch() (what data.py does); B may be unknown or 0. Each layer draws one op per image, splits the batch by op
-  (tf.dynamic_partition), runs each op once on its images and puts them back in order
-  (tf.dynamic_stitch): ~16 large ops per layer and batch instead of one small op per image.
-Every op (autocontrast, ..., cutout; NAME_TO_FUNC) has one implementation, written for a batch
-with per-image statistics (min/max, histogram, mean) and per-image arguments (a scalar shared by
-the batch, or one value per image: a sign, a Cutout centre); given one image (H, W, C) it runs it
-as a batch of one. apply_op draws the reference's random sign / Cutout centre per image, and
-cutout(images, pad_size) on a batch draws a centre per image (data.py's extra cutout).
-
-Run as a script to draw every op at a few magnitudes on real images (Fashion-MNIST padded to
-32 px, and a colour photo shipped with matplotlib):
-
-    python randaugment.py --output=bench/randaugment_grid.png
-        -> a PNG grid: one row per op; columns = magnitudes 0, 5, 10, 27 for each image.
+A library of data.py (which also adds the reference's extra `cutout` for 32 px images).
+bench/randaugment_grid.py draws every op at a few magnitudes on real images.
 """
 
 import functools
-import gzip
 import math
-import os
 
-import common  # first: it silences TensorFlow's start-up lines
-import numpy as np
+import common  # noqa: F401  (first: it silences TensorFlow's start-up lines)
 import tensorflow as tf
 
 MAX_LEVEL = 10.0  # the reference's _MAX_LEVEL: M = 10 is the top of the searched range
@@ -57,7 +35,6 @@ AVAILABLE_OPS = (
     "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "Color", "Contrast",
     "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateX", "TranslateY", "SolarizeAdd",
     "Cutout")
-available_ops = AVAILABLE_OPS  # the name used in the project's interface contract
 
 SIGNED_OPS = ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")  # random sign per call
 
@@ -105,7 +82,7 @@ def _per_image(value, dtype):
     return tf.reshape(tf.cast(value, dtype), [-1, 1, 1, 1])
 
 
-def _to_uint8(image_float):
+def _truncate_to_uint8(image_float):
     """Clip to [0, 255] and truncate, as the reference's tf.cast (and Pillow's C code) do."""
     return tf.cast(tf.clip_by_value(image_float, 0.0, 255.0), tf.uint8)
 
@@ -120,7 +97,7 @@ def blend(image1, image2, factor):
     """
     image1 = tf.cast(image1, tf.float32)
     image2 = tf.cast(image2, tf.float32)
-    return _to_uint8(image1 + tf.cast(factor, tf.float32) * (image2 - image1))
+    return _truncate_to_uint8(image1 + tf.cast(factor, tf.float32) * (image2 - image1))
 
 
 def _grayscale(images):
@@ -164,7 +141,7 @@ def autocontrast(images):
     hi = tf.cast(tf.reduce_max(images, axis=[1, 2], keepdims=True), tf.float32)
     scale = 255.0 / tf.maximum(hi - lo, 1.0)
     offset = -lo * scale
-    stretched = _to_uint8(tf.cast(images, tf.float32) * scale + offset)
+    stretched = _truncate_to_uint8(tf.cast(images, tf.float32) * scale + offset)
     return tf.where(hi > lo, stretched, images)
 
 
@@ -294,7 +271,7 @@ def sharpness(images, factor):
     smooth = tf.nn.depthwise_conv2d(tf.cast(images, tf.float32), kernel, strides=[1, 1, 1, 1],
                                     padding="SAME")
     interior = tf.pad(tf.ones(tf.shape(images)[1:3] - 2, tf.bool), [[1, 1], [1, 1]])
-    degenerate = tf.where(interior[:, :, None], _to_uint8(smooth), images)
+    degenerate = tf.where(interior[:, :, None], _truncate_to_uint8(smooth), images)
     return blend(degenerate, images, _per_image(factor, tf.float32))
 
 
@@ -530,147 +507,3 @@ def distort_batch_with_randaugment(images, num_layers, magnitude, cutout_const=4
             images = _randaugment_batch_layer(images, magnitude, cutout_const, translate_const,
                                               magnitude_policy)
     return images
-
-
-# ---------------------------------------------------------------------------------------------
-# Real images for the grid, the tests and the benchmark.
-# ---------------------------------------------------------------------------------------------
-FASHION_MNIST_TEST_IMAGES = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
-
-
-def load_fashion_mnist(count, path=FASHION_MNIST_TEST_IMAGES):
-    """The first `count` images of an IDX image file, zero-padded 28 -> 32: uint8 (n, 32, 32, 1)."""
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    if raw[:4] != b"\x00\x00\x08\x03":
-        raise ValueError(f"{path} is not an IDX file of uint8 images")
-    num, rows, cols = (int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(3))
-    images = np.frombuffer(raw, np.uint8, offset=16).reshape(num, rows, cols)[:count]
-    return np.pad(images, [(0, 0), (2, 2), (2, 2)])[..., None]
-
-
-def sample_photo_path():
-    """A real colour photo shipped by an installed package (matplotlib's grace_hopper.jpg), or
-    None if there is none."""
-    try:
-        import matplotlib  # pylint: disable=import-outside-toplevel
-    except ImportError:
-        return None
-    path = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "sample_data",
-                        "grace_hopper.jpg")
-    return path if os.path.exists(path) else None
-
-
-def load_photo(path, width):
-    """The photo at `path` resized (Pillow, bicubic) to `width` pixels wide: uint8 (h, w, 3)."""
-    from PIL import Image  # pylint: disable=import-outside-toplevel
-    with Image.open(path) as photo:
-        photo = photo.convert("RGB")
-        height = round(photo.height * width / photo.width)
-        return np.asarray(photo.resize((width, height), Image.BICUBIC))
-
-
-# ---------------------------------------------------------------------------------------------
-# Script: the grid picture.
-# ---------------------------------------------------------------------------------------------
-def op_grid(images, magnitudes, cutout_const, translate_const, magnitude_policy):
-    """rows[op][image][magnitude] = uint8 array: each op at each magnitude on each image, with
-    the positive sign for geometric ops. Cutout and translation constants per image."""
-    rows = {}
-    for name in AVAILABLE_OPS:
-        rows[name] = [[NAME_TO_FUNC[name](image, *level_to_arg(
-            name, m, cutout_const[i], translate_const[i], magnitude_policy)).numpy()
-            for m in magnitudes] for i, image in enumerate(images)]
-    return rows
-
-
-def draw_grid(path, images, titles, rows, magnitudes, magnitude_policy):
-    import matplotlib  # pylint: disable=import-outside-toplevel
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-    num_cols = len(images) * (len(magnitudes) + 1)
-    fig, axes = plt.subplots(len(rows) + 1, num_cols,
-                             figsize=(1.1 * num_cols, 1.15 * (len(rows) + 1)))
-    for i, image in enumerate(images):
-        col0 = i * (len(magnitudes) + 1)
-        ax = axes[0, col0]
-        ax.imshow(image.squeeze(), cmap="gray", vmin=0, vmax=255)
-        ax.set_title(titles[i], fontsize=7)
-        for j, m in enumerate(magnitudes):
-            axes[0, col0 + 1 + j].set_title(f"M={m}", fontsize=8)
-        for r, name in enumerate(rows):
-            axes[r + 1, col0].text(0.5, 0.5, name, ha="center", va="center", fontsize=8,
-                                   transform=axes[r + 1, col0].transAxes)
-            for j in range(len(magnitudes)):
-                axes[r + 1, col0 + 1 + j].imshow(rows[name][i][j].squeeze(), cmap="gray",
-                                                 vmin=0, vmax=255, interpolation="nearest")
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for spine in ax.spines.values():
-            spine.set_visible(False)
-    fig.suptitle(f"RandAugment ops at M = {', '.join(map(str, magnitudes))} "
-                 f"(magnitude_policy={magnitude_policy}; geometric ops with the + sign).\n"
-                 "32 px: translate = cutout const = 4 (image_size // 8); photo: the ImageNet "
-                 "constants (100, 40 at 224 px) scaled to its width", fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 0.975))
-    fig.savefig(path, dpi=90, format="png")
-    plt.close(fig)
-
-
-def define_flags():
-    """Defined only when run as a script: importing this file registers no flags."""
-    from absl import flags  # pylint: disable=import-outside-toplevel
-    flags.DEFINE_string("output", None, "PNG file to write the grid to (required).")
-    flags.DEFINE_list("magnitudes", ["0", "5", "10", "27"], "Magnitudes M, one grid column each.")
-    flags.DEFINE_enum("magnitude_policy", "reference", list(MAGNITUDE_POLICIES),
-                      "How Posterize and Solarize read M (see _posterize_bits).")
-    flags.DEFINE_integer("fashion_mnist_index", 0, "Which Fashion-MNIST test image to show.")
-    flags.DEFINE_integer("photo_width", 96, "Width in pixels the colour photo is resized to.")
-    flags.DEFINE_integer("seed", 0, "TF seed (Cutout's random centre).")
-
-
-def main(argv):
-    from absl import flags, logging  # pylint: disable=import-outside-toplevel
-    F = flags.FLAGS
-    if len(argv) > 1:
-        raise common.UserError(f"unexpected arguments {argv[1:]}")
-    if not F.output:
-        raise common.UserError("--output is required (a .png path)")
-    try:
-        magnitudes = [int(m) if float(m).is_integer() else float(m) for m in F.magnitudes]
-    except ValueError:
-        raise common.UserError(f"--magnitudes must be numbers, got {','.join(F.magnitudes)}")
-    if any(m < 0 for m in magnitudes):
-        raise common.UserError(f"--magnitudes must be >= 0, got {','.join(F.magnitudes)}")
-    if not os.path.exists(FASHION_MNIST_TEST_IMAGES):
-        raise common.UserError(f"missing file {FASHION_MNIST_TEST_IMAGES} (run setup.sh)")
-    if not 0 <= F.fashion_mnist_index < 10000:
-        raise common.UserError(f"--fashion_mnist_index must be in 0..9999, "
-                             f"got {F.fashion_mnist_index}")
-    if F.photo_width < 16:
-        raise common.UserError(f"--photo_width must be >= 16, got {F.photo_width}")
-    tf.random.set_seed(F.seed)
-    images = [load_fashion_mnist(F.fashion_mnist_index + 1)[-1]]
-    titles = [f"Fashion-MNIST #{F.fashion_mnist_index}"]
-    photo = sample_photo_path()
-    if photo is None:
-        logging.warning("no colour photo found (matplotlib sample data); grid without it")
-    else:
-        images.append(load_photo(photo, F.photo_width))
-        titles.append(os.path.basename(photo))
-    # Translate / cutout constants as data.py passes them: image_size // 8 for 32 px images,
-    # the ImageNet values scaled to the photo's width (100 and 40 at 224 px) for the photo.
-    sizes = [image.shape[1] for image in images]
-    translate_const = [s // 8 if s <= 32 else round(100 * s / 224) for s in sizes]
-    cutout_const = [s // 8 if s <= 32 else round(40 * s / 224) for s in sizes]
-    rows = op_grid(images, magnitudes, cutout_const, translate_const, F.magnitude_policy)
-    with common.atomic_output(F.output) as tmp:
-        draw_grid(tmp, images, titles, rows, magnitudes, F.magnitude_policy)
-    logging.info("wrote %s: %d ops x %d magnitudes x %d images", F.output, len(rows),
-                 len(magnitudes), len(images))
-
-
-if __name__ == "__main__":
-    define_flags()
-    common.run_main(main)

@@ -24,17 +24,17 @@ import subprocess
 import sys
 import time
 
-from absl import flags
-from absl import logging
-import numpy as np
-import tensorflow as tf
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import common  # noqa: E402
-import data  # noqa: E402  pylint: disable=wrong-import-position
-import randaugment  # noqa: E402  pylint: disable=wrong-import-position
+import common  # noqa: E402  (first: it silences TensorFlow's start-up lines)
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import data  # noqa: E402
+import randaugment  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output", os.path.join(ROOT, "bench", "randaugment_throughput.md"),
@@ -47,7 +47,6 @@ flags.DEFINE_integer("num_source_images", 4096,
 
 def augmenters():
     """name -> function(uint8 image (32, 32, 1)) -> image, built once (the Keras layer too)."""
-    import keras  # pylint: disable=import-outside-toplevel
     keras_layer = keras.layers.RandAugment(value_range=(0, 255), num_ops=2, factor=1.0)
 
     def ours(magnitude, distort):
@@ -94,7 +93,6 @@ def cpu_model():
 
 
 def markdown(results, command, num_source_images, batch_size, num_images):
-    import keras  # pylint: disable=import-outside-toplevel
     nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=False).stdout.strip()
     keras_rate = results[-1][1]
     with open("/proc/loadavg") as f:
@@ -136,13 +134,12 @@ def markdown(results, command, num_source_images, batch_size, num_images):
 def main(argv):
     if len(argv) > 1:
         raise common.UserError(f"unexpected arguments {argv[1:]}")
-    if not os.path.exists(randaugment.FASHION_MNIST_TEST_IMAGES):
-        raise common.UserError(f"missing file {randaugment.FASHION_MNIST_TEST_IMAGES} (run setup.sh)")
     if FLAGS.num_images < FLAGS.batch_size or FLAGS.batch_size < 1:
         raise common.UserError("--num_images must be >= --batch_size >= 1")
     if not 1 <= FLAGS.num_source_images <= 10000:
         raise common.UserError("--num_source_images must be in 1..10000 (the test set)")
-    images = randaugment.load_fashion_mnist(FLAGS.num_source_images)
+    images, _ = data.read_fashion_mnist(data.FASHION_MNIST_DIR, "test")
+    images = data.pad_fashion_mnist(images[:FLAGS.num_source_images])
     results = []
     for name, (augment, batched) in augmenters().items():
         rate = images_per_second(images, augment, batched, FLAGS.num_images, FLAGS.batch_size)

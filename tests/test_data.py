@@ -99,6 +99,7 @@ def prepare_small(src, out, seed=0, k=20):
 # ---------------------------------------------------------------------------------------------
 # Fashion-MNIST preparation.
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_prepare_fashion_mnist_counts_labels_pixels_and_disjoint_splits(fashion_dir):
     out, summary = fashion_dir
     assert summary["counts"] == {"labeled": 10 * K, "unlabeled": 60000 - 10 * K, "test": 10000}
@@ -138,6 +139,7 @@ def test_prepare_fashion_mnist_counts_labels_pixels_and_disjoint_splits(fashion_
     np.testing.assert_array_equal(test["image/class/label"], test_y)
 
 
+@pytest.mark.slow
 def test_unlabeled_records_hide_the_true_label_from_training_parses(fashion_dir):
     out, _ = fashion_dir
     files = common.list_files(os.path.join(out, "unlabeled"))
@@ -156,9 +158,10 @@ def test_unlabeled_records_hide_the_true_label_from_training_parses(fashion_dir)
     assert all(spec.shape.as_list() == [4, 32, 32, 1] for spec in pair.element_spec)
 
 
+@pytest.mark.slow
 def test_prepare_is_deterministic_skips_reruns_and_refuses_other_args(small_idx, tmp_path):
     a = prepare_small(small_idx, tmp_path / "a", seed=3)
-    b = prepare_small(small_idx, tmp_path / "b", seed=3)
+    prepare_small(small_idx, tmp_path / "b", seed=3)
     c = prepare_small(small_idx, tmp_path / "c", seed=4)
     assert a["counts"] == {"labeled": 200, "unlabeled": 2800, "test": 500}
     for split, names in a["files"].items():
@@ -295,6 +298,7 @@ def test_folder_bad_inputs_name_the_path(image_folder, tmp_path):
     assert not (tmp_path / "o" / "train").exists()
 
 
+@pytest.mark.slow
 def test_imagenet_style_records_read_with_label_offset(tmp_path):
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 256, (40 + 4 * i, 56, 3), dtype=np.uint8) for i in range(6)]
@@ -349,7 +353,7 @@ def test_eval_preprocessing_centre_crop_is_deterministic():
     small = data.preprocess_for_eval(tf.constant(png(grey)), FASHION, 32)
     np.testing.assert_array_equal(small.numpy(), grey.astype(np.float32))
     np.testing.assert_array_equal(
-        data.preprocess_for_train(tf.constant(png(grey)), FASHION, 32, "none").numpy(),
+        data.train_views(tf.constant([png(grey)]), FASHION, 32, "none", 2, 10)[0].numpy(),
         small.numpy())
 
 
@@ -362,16 +366,15 @@ def test_train_preprocessing_shapes_range_and_randomness(kind):
     else:
         info, size = data.dataset_info("imagenet"), 24
         image = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
-    encoded = tf.constant(png(image))
-    outs = [data.preprocess_for_train(encoded, info, size, "basic").numpy() for _ in range(6)]
-    for out in outs:
-        assert out.shape == (size, size, info.num_channels) and out.dtype == np.float32
-        assert out.min() >= 0 and out.max() <= 255
-    assert any(not np.array_equal(outs[0], o) for o in outs[1:])  # random views
+    outs = data.train_views(tf.constant([png(image)] * 6), info, size, "basic", 2, 10).numpy()
+    assert outs.shape == (6, size, size, info.num_channels) and outs.dtype == np.float32
+    assert outs.min() >= 0 and outs.max() <= 255
+    assert any(not np.array_equal(outs[0], o) for o in outs[1:])  # random views per image
     with pytest.raises(common.UserError, match="augment_name"):
-        data.preprocess_for_train(encoded, info, size, "autoaugment")
+        data.labeled_dataset(["unread.tfrecord"], info, size, 6, True, "autoaugment")
 
 
+@pytest.mark.slow
 def test_small_basic_view_is_a_reflect_padded_crop_or_its_mirror(fashion_dir):
     out, _ = fashion_dir
     pairs = data.unlabeled_pair_dataset(os.path.join(out, "unlabeled"), FASHION, 32, 16, "basic",
@@ -389,24 +392,21 @@ def test_small_basic_view_is_a_reflect_padded_crop_or_its_mirror(fashion_dir):
     assert needs_pad_4 > 0  # crops reach beyond a 2-pixel padding
 
 
-def test_randaugment_path_when_available():
-    randaugment = pytest.importorskip("randaugment")
-    assert hasattr(randaugment, "distort_image_with_randaugment")
+@pytest.mark.slow
+def test_randaugment_views():
     rng = np.random.default_rng(4)
     for info, size, shape in [(FASHION, 32, (32, 32, 1)),
                               (data.dataset_info("imagenet"), 40, (48, 64, 3))]:
-        encoded = tf.constant(png(rng.integers(0, 256, shape, dtype=np.uint8)))
-        fn = tf.function(lambda e: data.preprocess_for_train(e, info, size, "randaugment", 2, 10))
-        for _ in range(4):
-            out = fn(encoded).numpy()
-            assert out.shape == (size, size, info.num_channels) and out.dtype == np.float32
-            assert out.min() >= 0 and out.max() <= 255
+        encoded = tf.constant([png(rng.integers(0, 256, shape, dtype=np.uint8))] * 4)
+        fn = tf.function(lambda e: data.train_views(e, info, size, "randaugment", 2, 10))
+        out = fn(encoded).numpy()
+        assert out.shape == (4, size, size, info.num_channels) and out.dtype == np.float32
+        assert out.min() >= 0 and out.max() <= 255
     # Small images then get one cutout square of up to 16x16 filled with 128 (clipped at the
     # border; the reflect padding may mirror up to 4 more rows/columns of it into the crop).
-    flat = tf.constant(png(np.zeros((32, 32, 1), np.uint8)))
+    flat = tf.constant([png(np.zeros((32, 32, 1), np.uint8))] * 8)
     sides = []
-    for _ in range(8):
-        grey = data.preprocess_for_train(flat, FASHION, 32, "randaugment", 0, 0).numpy()[..., 0]
+    for grey in data.train_views(flat, FASHION, 32, "randaugment", 0, 0).numpy()[..., 0]:
         assert set(np.unique(grey)) <= {0.0, 128.0}
         mask = grey == 128
         rows, cols = mask.any(axis=1), mask.any(axis=0)
@@ -419,6 +419,7 @@ def test_randaugment_path_when_available():
 # ---------------------------------------------------------------------------------------------
 # Datasets.
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_pseudo_labeled_dataset_repeats_each_record_copies_times(tmp_path):
     copies = [1, 3, 2, 1, 4, None, 2]
     examples = []
@@ -442,6 +443,7 @@ def test_pseudo_labeled_dataset_repeats_each_record_copies_times(tmp_path):
     assert all(b[1].shape == (8, 10) for b in batches)
 
 
+@pytest.mark.slow
 def test_labeled_dataset_training_repeats_and_eval_makes_one_pass(fashion_dir):
     out, _ = fashion_dir
     test_dir = os.path.join(out, "test")
@@ -457,6 +459,7 @@ def test_labeled_dataset_training_repeats_and_eval_makes_one_pass(fashion_dir):
     assert sizes == [3000, 3000, 3000, 1000]
 
 
+@pytest.mark.slow
 def test_unlabeled_records_dataset_is_ordered_with_ids_and_true_labels(fashion_dir, tmp_path):
     out, _ = fashion_dir
     files = common.list_files(os.path.join(out, "unlabeled"))[:1]
@@ -544,6 +547,7 @@ def test_list_files_and_corrupt_records_give_user_errors(tmp_path):
             list(data.labeled_dataset(str(tmp_path / "e"), FASHION, 32, 8, False))
 
 
+@pytest.mark.slow
 def test_script_reports_user_errors_in_one_line(image_folder, tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     src, files = image_folder

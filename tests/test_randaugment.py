@@ -26,12 +26,15 @@ Tolerance per op against Pillow (max absolute difference of uint8 values):
   below the tie: only those pixels may differ (at most a few rows or columns).
 """
 import math
+import os
 
+import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 import pytest
 import tensorflow as tf
 
+import data
 import randaugment as ra
 
 MAGNITUDES = (0, 3, 5, 10, 23, 27)
@@ -49,17 +52,27 @@ def _dimmed(image):
 
 
 @pytest.fixture(scope="module")
-def fashion():
-    images = ra.load_fashion_mnist(8)
+def fashion_images():
+    """The first 16 Fashion-MNIST test images, padded to (32, 32, 1)."""
+    images, _ = data.read_fashion_mnist(data.FASHION_MNIST_DIR, "test")
+    return data.pad_fashion_mnist(images[:16])
+
+
+@pytest.fixture(scope="module")
+def fashion(fashion_images):
+    images = fashion_images
     return [images[0], images[3], images[7], _dimmed(images[1])]
 
 
 @pytest.fixture(scope="module")
 def photo_image():
-    path = ra.sample_photo_path()
-    if path is None:
+    """matplotlib's grace_hopper.jpg resized (Pillow, bicubic) to 72 px wide: (84, 72, 3)."""
+    path = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "sample_data",
+                        "grace_hopper.jpg")
+    if not os.path.exists(path):
         pytest.skip("no colour photo shipped by an installed package (matplotlib sample data)")
-    return ra.load_photo(path, 72)
+    with Image.open(path) as photo:
+        return np.asarray(photo.convert("RGB").resize((72, 84), Image.BICUBIC))
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +193,7 @@ def op_cases(name, image, policy="reference"):
 # ---------------------------------------------------------------------------------------------
 # Every op = Pillow.
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ra.AVAILABLE_OPS)
 def test_op_matches_pillow(name, images):
     changed = False
@@ -283,6 +297,7 @@ def test_bad_arguments_are_rejected(fashion):
 # ---------------------------------------------------------------------------------------------
 # Identities.
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("name,magnitude,policy", [
     ("Rotate", 0, "reference"), ("ShearX", 0, "reference"), ("ShearY", 0, "reference"),
     ("TranslateX", 0, "reference"), ("TranslateY", 0, "reference"), ("Cutout", 0, "reference"),
@@ -297,6 +312,7 @@ def test_identity_magnitudes(name, magnitude, policy, images):
             np.testing.assert_array_equal(out, image)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ra.AVAILABLE_OPS)
 def test_one_channel_equals_the_op_on_the_grey_rgb_copy(name, fashion):
     """The reference is RGB-only; on 1 channel each op equals its RGB version on the grey RGB
@@ -340,6 +356,7 @@ def possible_ops(image, out, magnitude, consts):
     return frozenset(names)
 
 
+@pytest.mark.slow
 def test_op_choice_varies_per_image_within_a_batch(fashion):
     """64 copies of one image through a tf.data map + batch, N = 1: every output is one op's
     result, and the batch holds many different ops (one choice per batch would give 1)."""
@@ -353,6 +370,7 @@ def test_op_choice_varies_per_image_within_a_batch(fashion):
     assert len(set(explained)) >= 8, f"only {len(set(explained))} different ops in the batch"
 
 
+@pytest.mark.slow
 def test_random_sign_varies(fashion):
     image = fashion[0]
     ds = tf.data.Dataset.from_tensors(image).repeat(32).map(
@@ -362,6 +380,7 @@ def test_random_sign_varies(fashion):
     assert outs == expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("magnitude,policy", [(0, "reference"), (10, "reference"),
                                               (27, "reference"), (27, "increasing")])
 def test_randaugment_in_tf_data_keeps_dtype_and_shape(magnitude, policy, images):
@@ -380,6 +399,7 @@ def test_randaugment_in_tf_data_keeps_dtype_and_shape(magnitude, policy, images)
         assert out.dtype == np.uint8 and out.shape == image.shape
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ra.AVAILABLE_OPS)
 def test_every_op_in_a_tf_data_map_equals_eager(name, fashion, photo):
     for image in (fashion[0], photo[0]):
@@ -400,9 +420,9 @@ BATCH_MAGNITUDES = (0, 4.3, 5, 9.2, 10, 15, 27)
 
 
 @pytest.fixture(scope="module")
-def fashion_batch():
+def fashion_batch(fashion_images):
     """16 Fashion-MNIST images (32, 32, 1), every fourth dimmed."""
-    images = ra.load_fashion_mnist(16).copy()
+    images = fashion_images.copy()
     images[::4] = _dimmed(images[::4])
     return images
 
@@ -446,6 +466,7 @@ def per_image_cases(name, batch, same_magnitude):
     return list(zip(args, kwargs)), batch_args, batch_kwargs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("same_magnitude", [0, 5, 10, 15, 27, None])
 @pytest.mark.parametrize("name", ra.AVAILABLE_OPS)
 def test_batch_op_equals_the_single_image_op_stacked(name, same_magnitude, batch):
@@ -465,6 +486,7 @@ def test_batch_op_equals_the_single_image_op_stacked(name, same_magnitude, batch
             f"{name} changed no image: the comparison proves little"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ra.AVAILABLE_OPS)
 def test_batch_op_takes_shared_scalar_arguments_and_an_empty_batch(name, fashion_batch):
     op = ra.NAME_TO_FUNC[name]
@@ -510,6 +532,7 @@ def test_cutout_on_a_batch_draws_a_centre_per_image():
 # ---------------------------------------------------------------------------------------------
 # distort_batch_with_randaugment.
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("magnitude,policy", [(0, "reference"), (10, "reference"),
                                               (27, "reference"), (27, "increasing")])
 def test_distort_batch_keeps_dtype_and_shape(magnitude, policy, batch):
@@ -523,6 +546,7 @@ def test_distort_batch_zero_layers_is_the_identity(fashion_batch):
                                   fashion_batch)
 
 
+@pytest.mark.slow
 def test_distort_batch_chooses_the_op_per_image_in_tf_data(fashion):
     """64 copies of one image, batched and then distorted in a tf.data map (graph mode, unknown
     batch dimension), N = 1: every output is one op's result (= the single-image op exactly),
@@ -583,6 +607,7 @@ def test_distort_batch_op_choice_and_sign_are_uniform(fashion):
     assert chi2 < 20.5, {op: (np.sum(s > 0), np.sum(s < 0)) for op, s in signs.items()}
 
 
+@pytest.mark.slow
 def test_distort_batch_of_one_and_of_none(fashion):
     consts, magnitude = dict(cutout_const=4, translate_const=4), 10
     one = ra.distort_batch_with_randaugment(fashion[1][None], 1, magnitude, **consts).numpy()
@@ -596,6 +621,7 @@ def test_distort_batch_of_one_and_of_none(fashion):
     assert graph(fashion[1][None]).shape == (1, 32, 32, 1)
 
 
+@pytest.mark.slow
 def test_distort_batch_in_tf_data_with_a_partial_last_batch(batch):
     """.batch(6).map(...) over 16 images: batches of 6, 6 and 4 with an unknown batch
     dimension at graph-build time; N = 2, M = 27."""
