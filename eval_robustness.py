@@ -592,20 +592,15 @@ def normalise_p(p, baseline_p):
         p["mfr_baseline"], p["mfr_perturbations"] = mean_flip_rate(fps, baseline_p["flip_probability"])
 
 
+SUMMARY_KEYS = (("clean", "top_1"), ("a", "top_1"), ("c", "mce_unnormalized"), ("c", "mce_baseline"),
+                ("c", "relative_mce_baseline"), ("c", "mce_alexnet"), ("c", "relative_mce_alexnet"),
+                ("p", "mean_flip_probability"), ("p", "mfr_baseline"))
+
+
 def summary(result):
-    """The headline numbers (report.py reads this)."""
-    out = {}
-    for key, path in (("clean_top_1", ("clean", "top_1")), ("a_top_1", ("a", "top_1")),
-                      ("c_mce_unnormalized", ("c", "mce_unnormalized")),
-                      ("c_mce_baseline", ("c", "mce_baseline")),
-                      ("c_relative_mce_baseline", ("c", "relative_mce_baseline")),
-                      ("c_mce_alexnet", ("c", "mce_alexnet")),
-                      ("c_relative_mce_alexnet", ("c", "relative_mce_alexnet")),
-                      ("p_mean_flip_probability", ("p", "mean_flip_probability")),
-                      ("p_mfr_baseline", ("p", "mfr_baseline"))):
-        value = result.get(path[0], {}).get(path[1])
-        if value is not None:
-            out[key] = value
+    """The headline numbers, as <suite>_<key> (report.py reads this)."""
+    out = {f"{suite}_{key}": result[suite][key] for suite, key in SUMMARY_KEYS
+           if result.get(suite, {}).get(key) is not None}
     for attack in ("fgsm", "pgd"):
         if attack in result:
             r = result[attack]
