@@ -892,7 +892,8 @@ def run(config):
 # ---------------------------------------------------------------------------------------------
 # Settings and flags: each RobustnessConfig field is the flag of its name, type, default and help.
 
-def _flag(default, help_text):
+def setting(default, help_text):
+    """A RobustnessConfig field carrying the help text of its flag."""
     return dataclasses.field(default=default, metadata={"help": help_text})
 
 
@@ -907,39 +908,39 @@ def _choose(values, known, flag):
 class RobustnessConfig:
     """The settings of a run, checked on construction (UserError naming the flag); recorded in
     every robustness.json."""
-    model_dir: tuple = _flag((), "Model dir(s) written by main.py, comma-separated (e.g. the "
-                             "teacher, then students). Each gets its robustness.json.")
-    suite: tuple = _flag(("clean", "c", "p", "fgsm", "pgd"), f"Any subset of {','.join(SUITES)}.")
-    data_dir: str = _flag("data/fashion_mnist", "Prepared data dir (data.py output); the eval split "
-                          "defaults to <data_dir>/test.")
-    eval_data_dir: str = _flag("", "Eval records (a dir or a glob) for clean, generated C/P and the "
-                               "attacks. Default: <data_dir>/test.")
-    output_dir: str = _flag("", "Where robustness.md and the plots go. Default: the first model dir.")
-    baseline_results: str = _flag("", "A baseline's robustness.json for mCE / mFR normalised by it "
-                                  "(e.g. the teacher's). Default: the first --model_dir when several "
-                                  "are given; 'none' disables. A model dir of this run may be named: "
-                                  "its fresh results are used.")
-    num_examples: int = _flag(0, "Cap on images for clean, C (per corruption and severity) and A; "
-                              "0 = all.")
-    p_num_examples: int = _flag(0, "Cap on P sequences (16-41 frames each); 0 = --num_examples.")
-    attack_num_examples: int = _flag(0, "Cap on images attacked; 0 = --num_examples.")
-    batch_size: int = _flag(256, "Images per forward pass.")
-    seed: int = _flag(0, "Seed of generated corruptions/sequences, subsets and PGD starts.")
-    perturbations: tuple = _flag(corruptions.PERTURBATIONS, "P perturbations to evaluate.")
+    model_dir: tuple = setting((), "Model dir(s) written by main.py, comma-separated (e.g. the "
+                               "teacher, then students). Each gets its robustness.json.")
+    suite: tuple = setting(("clean", "c", "p", "fgsm", "pgd"), f"Any subset of {','.join(SUITES)}.")
+    data_dir: str = setting("data/fashion_mnist", "Prepared data dir (data.py output); the eval split "
+                            "defaults to <data_dir>/test.")
+    eval_data_dir: str = setting("", "Eval records (a dir or a glob) for clean, generated C/P and the "
+                                 "attacks. Default: <data_dir>/test.")
+    output_dir: str = setting("", "Where robustness.md and the plots go. Default: the first model dir.")
+    baseline_results: str = setting("", "A baseline's robustness.json for mCE / mFR normalised by it "
+                                    "(e.g. the teacher's). Default: the first --model_dir when several "
+                                    "are given; 'none' disables. A model dir of this run may be named: "
+                                    "its fresh results are used.")
+    num_examples: int = setting(0, "Cap on images for clean, C (per corruption and severity) and A; "
+                                "0 = all.")
+    p_num_examples: int = setting(0, "Cap on P sequences (16-41 frames each); 0 = --num_examples.")
+    attack_num_examples: int = setting(0, "Cap on images attacked; 0 = --num_examples.")
+    batch_size: int = setting(256, "Images per forward pass.")
+    seed: int = setting(0, "Seed of generated corruptions/sequences, subsets and PGD starts.")
+    perturbations: tuple = setting(corruptions.PERTURBATIONS, "P perturbations to evaluate.")
     # (below this field, `corruptions` in this class body is the field, not the module)
-    corruptions: tuple = _flag(corruptions.ALL_CORRUPTIONS, "C corruptions to evaluate (mCE uses the "
-                               "15 benchmark ones only).")
-    c_dir: str = _flag("", "ImageNet-C folders or CIFAR-10-C .npy arrays; empty = generate.")
-    p_dir: str = _flag("", "CIFAR-10-P style .npy arrays; empty = generate.")
-    a_dir: str = _flag("", "Class folders of ImageNet-A (or any folder data set), for suite a.")
-    class_index_json: str = _flag("", "JSON {folder name: model class index} for folder inputs (A, "
-                                  "ImageNet-C folders).")
-    imagenet_wnids: str = _flag("", "The 1000 ImageNet wnids (text, one per line, or JSON); folder "
-                                "wnids map to their index in the sorted list.")
-    epsilons: tuple = _flag((0, 1, 2, 4, 8, 16), "Attack epsilons in pixels of [0, 255].")
-    pgd_steps: int = _flag(10, "PGD iterations (paper: 10).")
-    pgd_step_size: str = _flag("eps/4", "PGD step: pixels, or 'eps/K' (the paper gives none).")
-    pgd_random_start: bool = _flag(False, "Start PGD at a uniform random point of the eps ball.")
+    corruptions: tuple = setting(corruptions.ALL_CORRUPTIONS, "C corruptions to evaluate (mCE uses the "
+                                 "15 benchmark ones only).")
+    c_dir: str = setting("", "ImageNet-C folders or CIFAR-10-C .npy arrays; empty = generate.")
+    p_dir: str = setting("", "CIFAR-10-P style .npy arrays; empty = generate.")
+    a_dir: str = setting("", "Class folders of ImageNet-A (or any folder data set), for suite a.")
+    class_index_json: str = setting("", "JSON {folder name: model class index} for folder inputs (A, "
+                                    "ImageNet-C folders).")
+    imagenet_wnids: str = setting("", "The 1000 ImageNet wnids (text, one per line, or JSON); folder "
+                                  "wnids map to their index in the sorted list.")
+    epsilons: tuple = setting((0, 1, 2, 4, 8, 16), "Attack epsilons in pixels of [0, 255].")
+    pgd_steps: int = setting(10, "PGD iterations (paper: 10).")
+    pgd_step_size: str = setting("eps/4", "PGD step: pixels, or 'eps/K' (the paper gives none).")
+    pgd_random_start: bool = setting(False, "Start PGD at a uniform random point of the eps ball.")
 
     def __post_init__(self):
         self.suite = _choose(self.suite, SUITES, "suite")
