@@ -49,7 +49,7 @@ def _read(split):
 def fashion_mnist(split, n):
     """n real images (zero-padded 28 -> 32, uint8 [n, 32, 32, 1]) and labels."""
     x, y = _read(split)
-    return np.pad(x[:n], ((0, 0), (2, 2), (2, 2)))[..., None], y[:n].astype(np.int32)
+    return data.pad_fashion_mnist(x[:n]), y[:n].astype(np.int32)
 
 
 def _png(image):
