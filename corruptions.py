@@ -545,9 +545,9 @@ def perturbation_sequence(image, name, rng, scale):
     x = image.astype(np.float32) / 255.0
     frames = []
     if name == "gaussian_noise":
-        frames = [x] + [x + rng.normal(size=x.shape, scale=p) for _ in range(30)]
+        frames = [x] + [gaussian_noise(x, p, rng, k) for _ in range(30)]
     elif name == "shot_noise":
-        frames = [x] + [rng.poisson(x * p) / p for _ in range(30)]
+        frames = [x] + [shot_noise(x, p, rng, k) for _ in range(30)]
     elif name == "motion_blur":
         n, radius, sigma, step, centre = p
         frames = [_motion_blur(x, radius * k, sigma * k, (i - centre) * step) for i in range(n)]

@@ -207,6 +207,11 @@ def _int64(default):
     return tf.io.FixedLenFeature([], tf.int64, default_value=default)
 
 
+# Every image record: the encoded image and its id (the ImageNet converter's image/filename).
+_IMAGE_FEATURES = {"image/encoded": tf.io.FixedLenFeature([], tf.string),
+                   "image/id": _string(), "image/filename": _string()}
+
+
 def _record_id(parsed, fallback_id):
     """image/id, else image/filename (ImageNet converter), else the fallback (file:index)."""
     image_id = tf.where(parsed["image/id"] != "", parsed["image/id"], parsed["image/filename"])
@@ -219,9 +224,7 @@ def parse_labeled(serialized, label_offset=0, fallback_id=None):
     """{"image": encoded bytes, "label": int32 (stored label - label_offset), "id": string}; of
     one record, or of a batch of records (each value then has the batch's leading dimension)."""
     parsed = tf.io.parse_example(serialized, {
-        "image/encoded": tf.io.FixedLenFeature([], tf.string),
-        "image/class/label": tf.io.FixedLenFeature([], tf.int64),
-        "image/id": _string(), "image/filename": _string()})
+        **_IMAGE_FEATURES, "image/class/label": tf.io.FixedLenFeature([], tf.int64)})
     label = tf.cast(parsed["image/class/label"], tf.int32) - label_offset
     return {"image": parsed["image/encoded"], "label": label,
             "id": _record_id(parsed, fallback_id)}
@@ -229,9 +232,7 @@ def parse_labeled(serialized, label_offset=0, fallback_id=None):
 
 def parse_unlabeled(serialized, fallback_id=None):
     """{"image", "id"} of one record or a batch: never the true label (it is not even parsed)."""
-    parsed = tf.io.parse_example(serialized, {
-        "image/encoded": tf.io.FixedLenFeature([], tf.string),
-        "image/id": _string(), "image/filename": _string()})
+    parsed = tf.io.parse_example(serialized, _IMAGE_FEATURES)
     return {"image": parsed["image/encoded"], "id": _record_id(parsed, fallback_id)}
 
 
@@ -242,8 +243,7 @@ def parse_pseudo_labeled(serialized, num_classes, fallback_id=None):
     and `prob` default to the argmax / max of the probabilities, `copies` to 1.
     """
     parsed = tf.io.parse_single_example(serialized, {
-        "image/encoded": tf.io.FixedLenFeature([], tf.string),
-        "image/id": _string(), "image/filename": _string(),
+        **_IMAGE_FEATURES,
         "probabilities": tf.io.VarLenFeature(tf.float32),
         "probabilities/float16": _string(),
         "label": _int64(-1),

@@ -424,6 +424,12 @@ def build_model(model_name="efficientnet-b0", num_classes=1000, image_size=None,
     return keras.Model(inputs, logits, name=name or model_name)
 
 
+def build_from_config(config):
+    """build_model from a model.json `config`: its build_model arguments, other keys ignored."""
+    arguments = inspect.signature(build_model).parameters
+    return build_model(**{k: v for k, v in config.items() if k in arguments})
+
+
 def _all_layers(model):
     for layer in model.layers:
         yield layer
@@ -494,8 +500,7 @@ def load_model_dir(model_dir, use_ema=True):
     checkpoint_path = tf.train.latest_checkpoint(model_dir)
     if checkpoint_path is None:
         raise common.UserError(f"no checkpoint in model dir {model_dir}")
-    build_args = set(inspect.signature(build_model).parameters)
-    model = build_model(**{k: v for k, v in config.items() if k in build_args})
+    model = build_from_config(config)
     key = "ema_model" if use_ema else "model"
     try:   # shape mismatches raise ValueError in read(), missing weights fail the assertion
         status = tf.train.Checkpoint(**{key: model}).read(checkpoint_path)

@@ -311,7 +311,7 @@ def test_model_noise_switches():
 # Inputs.
 
 def test_small_image_variant_keeps_a_4x4_map_and_takes_1_channel():
-    small = eb.build_model(**TINY)
+    small = eb.build_from_config({**TINY, "dataset": "fashion_mnist"})  # model.json keys
     assert small.get_layer("top_conv").output.shape[1:3] == (4, 4)
     images = fashion_mnist_images(8)
     logits = np.asarray(small(images, training=False))
@@ -453,6 +453,18 @@ def test_fused_batch_norm_matches_keras_batch_norm():
     np.testing.assert_allclose(fused(x, training=True), ref(x, training=True), atol=1e-5)
 
 
+def assert_same_outputs_and_gradients(ref, ours, x, tol, grad_tol):
+    """ours(x) = ref(x), and so are the gradients of a nonlinear loss for x and every weight."""
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        y_ref, y_ours = ref(x), ours(x)
+        loss_ref, loss_ours = (tf.reduce_sum(y * tf.sin(y)) for y in (y_ref, y_ours))
+    np.testing.assert_allclose(y_ours, y_ref, rtol=tol, atol=tol)
+    for a, b in zip([x] + ref.weights, [x] + ours.weights):
+        np.testing.assert_allclose(tape.gradient(loss_ours, b), tape.gradient(loss_ref, a),
+                                   rtol=grad_tol, atol=grad_tol)
+
+
 @pytest.mark.parametrize("size,kernel_size,stride",
                          [(n, k, s) for n in (1, 2, 3, 4, 6) for k in (3, 5) for s in (1, 2)])
 def test_live_taps_are_the_taps_that_meet_pixels(size, kernel_size, stride):
@@ -480,14 +492,7 @@ def test_trimmed_depthwise_conv_equals_keras(size, kernel_size, stride):
         layer.build(x.shape)
     ours.kernel.assign(rng.normal(0, 1, ours.kernel.shape).astype("float32"))
     ref.kernel.assign(ours.kernel)
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch(x)
-        y_ref, y_ours = ref(x), ours(x)
-        loss_ref, loss_ours = (tf.reduce_sum(y * tf.sin(y)) for y in (y_ref, y_ours))
-    np.testing.assert_allclose(y_ours, y_ref, atol=1e-5)
-    np.testing.assert_allclose(tape.gradient(loss_ours, x), tape.gradient(loss_ref, x), atol=1e-5)
-    np.testing.assert_allclose(tape.gradient(loss_ours, ours.kernel),
-                               tape.gradient(loss_ref, ref.kernel), atol=1e-5)
+    assert_same_outputs_and_gradients(ref, ours, x, 1e-5, 1e-5)
 
 
 @pytest.mark.parametrize("kernel_size,stride,bias", [(1, 1, False), (1, 1, True), (3, 1, False),
@@ -504,11 +509,4 @@ def test_conv2d_as_matmul_equals_keras(kernel_size, stride, bias):
     for a, b in zip(ref.weights, ours.weights):
         b.assign(rng.normal(0, 1, b.shape).astype("float32"))
         a.assign(b)
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch(x)
-        y_ref, y_ours = ref(x), ours(x)
-        loss_ref, loss_ours = (tf.reduce_sum(y * tf.sin(y)) for y in (y_ref, y_ours))
-    np.testing.assert_allclose(y_ours, y_ref, rtol=1e-5, atol=1e-5)
-    for a, b in zip([x] + ref.weights, [x] + ours.weights):
-        np.testing.assert_allclose(tape.gradient(loss_ours, b), tape.gradient(loss_ref, a),
-                                   rtol=1e-4, atol=1e-4)
+    assert_same_outputs_and_gradients(ref, ours, x, 1e-5, 1e-4)
