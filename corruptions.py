@@ -235,8 +235,7 @@ def _plasma(h, w, wibbledecay, rng):
 
 
 def _sample(x, rows, cols, order=1, mode="constant"):
-    """Each channel of x read at the flat (rows, cols) coordinates of its pixels (zeros outside
-    for mode="constant"); HxWxC."""
+    """Each channel of x read at flat coordinates (rows, cols), one per output pixel: HxWxC."""
     h, w = x.shape[:2]
     return np.stack([ndimage.map_coordinates(x[..., c], [rows, cols], order=order, mode=mode)
                      .reshape(h, w) for c in range(x.shape[2])], axis=-1)
@@ -456,8 +455,8 @@ def elastic_transform(x, c, rng, length):
     a = np.linalg.solve(np.hstack([pts1, np.ones((3, 1))]), pts2).T
     src = _source_points(np.linalg.inv(np.vstack([a, [0, 0, 1]])), h, w)
     warped = _sample(x, src[1], src[0], mode="mirror")
-    dx = ndimage.gaussian_filter(rng.uniform(-1, 1, size=(h, w)), sigma, mode="reflect", truncate=3) * alpha
-    dy = ndimage.gaussian_filter(rng.uniform(-1, 1, size=(h, w)), sigma, mode="reflect", truncate=3) * alpha
+    dx, dy = (ndimage.gaussian_filter(rng.uniform(-1, 1, size=(h, w)), sigma, mode="reflect",
+                                      truncate=3) * alpha for _ in range(2))
     ys, xs = np.mgrid[0:h, 0:w]
     return _sample(warped, (ys + dy).ravel(), (xs + dx).ravel(), mode="reflect")
 
