@@ -14,7 +14,7 @@ def run(workdir, *extra):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     return subprocess.run(["bash", "run_iterations.sh", "--preset=smoke", f"--workdir={workdir}",
                            "--skip_setup", *extra], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=900)
+                          text=True, timeout=3600)  # (a shared 2-core machine)
 
 
 # A growing unlabeled batch and a student 3 wider than the teacher (and so a supervised baseline).
