@@ -29,6 +29,7 @@ common.UserError naming the bad file and record.
 import contextlib
 import dataclasses
 import gzip
+import hashlib
 import json
 import os
 import types
@@ -620,13 +621,13 @@ def _center_crop(image, image_size):
     return _resize_bicubic(tf.cast(image, tf.float32), image_size)
 
 
-def _random_bbox_crop(image, image_size):
+def _random_bbox_crop(image, image_size, seed):
     """Inception-style crop: area 8-100%, aspect 3/4-4/3, 10 attempts; else the centre crop."""
     shape = tf.shape(image)
-    begin, size, _ = tf.image.sample_distorted_bounding_box(
-        shape, bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), min_object_covered=0.1,
-        aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0), max_attempts=10,
-        use_image_if_no_bounding_boxes=True)
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape, bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
+        min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0),
+        max_attempts=10, use_image_if_no_bounding_boxes=True)
     crop = tf.slice(image, begin, size)
     failed = tf.reduce_all(tf.equal(shape, tf.shape(crop)))  # no box found: whole image back
     return tf.cond(failed, lambda: _center_crop(image, image_size),
@@ -638,7 +639,12 @@ def _check_augment_name(augment_name):
         raise common.UserError(f"augment_name={augment_name!r} is not one of {AUGMENT_NAMES}")
 
 
-def _random_crop_and_flip(images, pad, flip):
+def _split_seed(seed, num):
+    """`num` independent [2] seeds from one [2] seed (stateless)."""
+    return tf.unstack(tf.random.experimental.stateless_split(seed, num))
+
+
+def _random_crop_and_flip(images, pad, flip, seed):
     """Per image of a batch [B, S, S, C]: reflect-pad `pad` px, a random S x S crop and (flip) a
     random left-right flip, as tf.pad(REFLECT) + tf.image.random_crop + random_flip_left_right
     per image do, but as two gathers over the whole batch. The padding is never built: crop
@@ -646,71 +652,75 @@ def _random_crop_and_flip(images, pad, flip):
     more CPU than the rest of the crop)."""
     size = images.shape[1]
     batch = tf.shape(images)[0]
-    offsets = tf.random.uniform([batch, 2], maxval=2 * pad + 1, dtype=tf.int32) - pad
+    offset_seed, flip_seed = _split_seed(seed, 2)
+    offsets = tf.random.stateless_uniform([batch, 2], offset_seed, maxval=2 * pad + 1,
+                                          dtype=tf.int32) - pad
     reflect = lambda i: (size - 1) - tf.abs((size - 1) - tf.abs(i))  # -1 -> 1, size -> size - 2
     rows = reflect(offsets[:, :1] + tf.range(size)[None])
     cols = reflect(offsets[:, 1:] + tf.range(size)[None])
     if flip:
-        cols = tf.where(tf.random.uniform([batch, 1]) < 0.5, tf.reverse(cols, [1]), cols)
+        mirror = tf.random.stateless_uniform([batch, 1], flip_seed) < 0.5
+        cols = tf.where(mirror, tf.reverse(cols, [1]), cols)
     crops = tf.gather(tf.gather(images, rows, axis=1, batch_dims=1), cols, axis=2, batch_dims=1)
     crops.set_shape(images.shape)
     return crops
 
 
-def decode_for_train(encoded, info, image_size):
+def decode_for_train(encoded, info, image_size, seed):
     """The per-image part of the training view (the rest, `augment_batch`, runs on batches).
 
     small: the decoded image, uint8 (S, S, C). imagenet: distorted bounding-box crop -> bicubic
-    resize S -> random flip, float32 (S, S, C) in [0, 255].
+    resize S -> random flip, float32 (S, S, C) in [0, 255], drawn from `seed` ([2] ints).
     """
     if info.input_kind == "small":
         return _small_image(encoded, info, image_size)
+    crop_seed, flip_seed = _split_seed(seed, 2)
     # decode fully, then crop (as noisystudent; records may be PNG, not only JPEG)
-    image = _random_bbox_crop(decode_image(encoded, info.num_channels), image_size)
+    image = _random_bbox_crop(decode_image(encoded, info.num_channels), image_size, crop_seed)
     image.set_shape([image_size, image_size, info.num_channels])
-    return tf.image.random_flip_left_right(image) if info.flip else image
+    return tf.image.stateless_random_flip_left_right(image, flip_seed) if info.flip else image
 
 
-def augment_batch(images, info, augment_name="randaugment", randaug_layer=2, randaug_mag=10):
+def augment_batch(images, info, augment_name, randaug_layer, randaug_mag, seed):
     """The batch part of the training view: `decode_for_train` images [B, S, S, C] -> float32.
 
     small:    [RandAugment(translate = cutout const = S // 8) -> cutout 2*(S//4) px, fill 128]
               -> reflect-pad 4 + random crop S -> random flip (if info.flip)
     imagenet: [RandAugment(translate 100, cutout const 40) on the uint8-truncated image]
     The bracketed parts run for augment_name="randaugment" only. Every random choice is made per
-    image, as the reference's per-image tf.data map makes them; batching only saves op overhead.
+    image, as the reference's per-image tf.data map makes them, from `seed` ([2] ints); batching
+    only saves op overhead.
     """
     size = images.shape[1]
+    small = info.input_kind == "small"
+    randaug_seed, cutout_seed, crop_seed = _split_seed(seed, 3)
     if augment_name == "randaugment":
-        small = info.input_kind == "small"
         # The reference truncates (cast) the imagenet view to uint8 here; values are clipped.
         images = randaugment.distort_batch_with_randaugment(
-            tf.cast(images, tf.uint8), randaug_layer, randaug_mag,
+            tf.cast(images, tf.uint8), randaug_layer, randaug_mag, randaug_seed,
             cutout_const=size // 8 if small else 40, translate_const=size // 8 if small else 100)
         if small:
-            images = randaugment.cutout(images, pad_size=size // 4, replace=128)
-    if info.input_kind == "small":
-        images = _random_crop_and_flip(images, SMALL_IMAGE_PAD, info.flip)
+            images = randaugment.cutout(images, pad_size=size // 4, replace=128, seed=cutout_seed)
+    if small:
+        images = _random_crop_and_flip(images, SMALL_IMAGE_PAD, info.flip, crop_seed)
     return tf.cast(images, tf.float32)
 
 
-def train_image(encoded, info, image_size, augment_name):
-    """The per-image part of a training view (augment_name="none": the eval view)."""
+def train_views(encoded, info, image_size, augment_name, randaug_layer, randaug_mag, seed):
+    """Training views of a batch of encoded images [B] -> float32 [B, S, S, C], every random
+    choice drawn from `seed` ([2] ints): decode_for_train per image (one tf.map_fn: far cheaper
+    on CPU than a per-record tf.data map), then augment_batch. augment_name="none": eval views."""
     if augment_name == "none":
-        return preprocess_for_eval(encoded, info, image_size)
-    return decode_for_train(encoded, info, image_size)
-
-
-def train_views(encoded, info, image_size, augment_name, randaug_layer, randaug_mag):
-    """Training views of a batch of encoded images [B] -> float32 [B, S, S, C]: train_image per
-    image (one tf.map_fn: far cheaper on CPU than a per-record tf.data map), then augment_batch."""
-    dtype = tf.uint8 if info.input_kind == "small" and augment_name != "none" else tf.float32
-    images = tf.map_fn(lambda e: train_image(e, info, image_size, augment_name), encoded,
-                       fn_output_signature=tf.TensorSpec(
+        return tf.map_fn(lambda e: preprocess_for_eval(e, info, image_size), encoded,
+                         fn_output_signature=tf.TensorSpec(
+                             [image_size, image_size, info.num_channels], tf.float32))
+    image_seed, batch_seed = _split_seed(seed, 2)
+    image_seeds = tf.random.experimental.stateless_split(image_seed, tf.shape(encoded)[0])
+    dtype = tf.uint8 if info.input_kind == "small" else tf.float32
+    images = tf.map_fn(lambda args: decode_for_train(args[0], info, image_size, args[1]),
+                       (encoded, image_seeds), fn_output_signature=tf.TensorSpec(
                            [image_size, image_size, info.num_channels], dtype))
-    if augment_name == "none":
-        return images
-    return augment_batch(images, info, augment_name, randaug_layer, randaug_mag)
+    return augment_batch(images, info, augment_name, randaug_layer, randaug_mag, batch_seed)
 
 
 def preprocess_for_eval(encoded, info, image_size):
@@ -729,6 +739,13 @@ def preprocess_for_eval(encoded, info, image_size):
 # image) -> prefetch. Eval maps per record, then batches. Nothing is cached unless cache=True.
 # On a 2-core host the input pipeline takes CPU from the model step: per-batch ops cut its cost
 # against a per-record map (bench/train_throughput.md).
+#
+# Randomness: a training dataset is one stream named by (seed, stream), e.g. (0, "labeled") and
+# (0, "unlabeled"): its shuffles are seeded with hashes of the pair and batch i is noised with
+# the stateless seed (hash, i), so streams are independent of each other and of the global seed,
+# and the same (seed, stream) gives the same batches, also with parallel maps. seed=None: a fresh
+# random seed (not reproducible). start_batch=n (a resumed run at step n) continues the noise at
+# batch n; its record order is a fresh shuffle (seeded with n), not the interrupted run's.
 # ---------------------------------------------------------------------------------------------
 def _default_shuffle_buffer(info):
     # NOTE: the reference shuffles 1024 records (16K only when the data set is cached in memory);
@@ -744,20 +761,36 @@ def _files(pattern_or_files, what):
     return common.list_files(pattern_or_files, what)
 
 
-def _records(files, is_training, seed=None, cache=False, shuffle_buffer=1024,
-             input_context=None):
-    """Serialized records of `files`; training: shuffled and repeated forever."""
+def stream_key(seed, stream, *more):
+    """A 63-bit key naming the random stream (seed, stream, *more); seed=None: a fresh one."""
+    if seed is None:
+        seed = f"fresh-{np.random.SeedSequence().entropy}"
+    text = "/".join(str(part) for part in (seed, stream) + more)
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") >> 1
+
+
+def _stream(seed, stream, start_batch, input_context):
+    """(noise key, shuffle key, deterministic) of a training stream, one per input pipeline."""
+    pipeline = input_context.input_pipeline_id if input_context is not None else 0
+    key = stream_key(seed, stream, pipeline)
+    return key, stream_key(key, "shuffle", start_batch), seed is not None
+
+
+def _records(files, is_training, key=0, cache=False, shuffle_buffer=1024, input_context=None,
+             deterministic=True):
+    """Serialized records of `files`; training: shuffled (seeds from `key`), repeated forever."""
     by_file = (input_context is not None and input_context.num_input_pipelines > 1
-              and len(files) >= input_context.num_input_pipelines)
+               and len(files) >= input_context.num_input_pipelines)
     ds = tf.data.Dataset.from_tensor_slices(files)
     if by_file:
         ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    deterministic = not is_training or seed is not None
     if is_training and not cache:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
+        ds = ds.shuffle(len(files), seed=stream_key(key, "files"),
+                        reshuffle_each_iteration=True).repeat()
     ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, buffer_size=8 * 1024 * 1024),
                        cycle_length=min(len(files), 16), block_length=1,
-                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+                       num_parallel_calls=tf.data.AUTOTUNE,
+                       deterministic=deterministic or not is_training)
     if input_context is not None and input_context.num_input_pipelines > 1 and not by_file:
         ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     if cache:
@@ -765,23 +798,34 @@ def _records(files, is_training, seed=None, cache=False, shuffle_buffer=1024,
         if is_training:
             ds = ds.repeat()
     if is_training:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(shuffle_buffer, seed=stream_key(key, "records"),
+                        reshuffle_each_iteration=True)
     return ds
 
 
+def _noised_batches(ds, batch_size, drop_remainder, key, start_batch, deterministic, views):
+    """Batches of `ds` mapped by views(batch, seed) in parallel, batch i with seed (key, i)."""
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).enumerate(start_batch)
+    ds = ds.map(lambda i, batch: views(batch, tf.stack([tf.constant(key, tf.int64), i])),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
 def labeled_dataset(pattern, info, image_size, batch_size, is_training, augment_name="randaugment",
-                    randaug_layer=2, randaug_mag=10, seed=None, drop_remainder=None, cache=False,
-                    shuffle_buffer=None, input_context=None):
+                    randaug_layer=2, randaug_mag=10, seed=None, stream="labeled", start_batch=0,
+                    drop_remainder=None, cache=False, shuffle_buffer=None, input_context=None):
     """Batches (images float32 [B, S, S, C], labels int32 [B]).
 
-    is_training: shuffled, repeated forever, noised (augment_name), drop_remainder by default.
-    Otherwise one ordered pass with eval preprocessing that keeps the last partial batch.
-    Labels outside [0, num_classes) fail the pipeline with a message naming the range.
+    is_training: shuffled, repeated forever, noised (augment_name), drop_remainder by default;
+    the random stream (seed, stream, start_batch) as described above. Otherwise one ordered pass
+    with eval preprocessing that keeps the last partial batch. Labels outside [0, num_classes)
+    fail the pipeline with a message naming the range.
     """
     _check_augment_name(augment_name)
     files = _files(pattern, "labeled")
-    ds = _records(files, is_training, seed, cache, shuffle_buffer or _default_shuffle_buffer(info),
-                  input_context)
+    key, shuffle_key, deterministic = _stream(seed, stream, start_batch, input_context)
+    ds = _records(files, is_training, shuffle_key, cache,
+                  shuffle_buffer or _default_shuffle_buffer(info), input_context, deterministic)
 
     def parse(serialized):  # one record (eval) or a batch of records (training)
         record = parse_labeled(serialized, info.label_offset)
@@ -796,79 +840,87 @@ def labeled_dataset(pattern, info, image_size, batch_size, is_training, augment_
         encoded, label = parse(serialized)
         return preprocess_for_eval(encoded, info, image_size), label
 
-    def train_batch(serialized):  # batches of records are parsed, decoded and noised together
+    def train_batch(serialized, batch_seed):  # a batch of records: parsed, decoded and noised
         encoded, label = parse(serialized)
-        return train_views(encoded, info, image_size, augment_name, randaug_layer,
-                           randaug_mag), label
+        return train_views(encoded, info, image_size, augment_name, randaug_layer, randaug_mag,
+                           batch_seed), label
 
     drop = is_training if drop_remainder is None else drop_remainder
     if not is_training:
         ds = ds.map(eval_view, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.batch(batch_size, drop_remainder=drop).prefetch(tf.data.AUTOTUNE)
-    ds = ds.batch(batch_size, drop_remainder=drop).map(
-        train_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed is not None)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return _noised_batches(ds, batch_size, drop, key, start_batch, deterministic, train_batch)
 
 
 def pseudo_labeled_dataset(pattern, info, image_size, batch_size, num_classes, augment_name,
-                           randaug_layer=2, randaug_mag=10, seed=None, repeat=True, cache=False,
-                           shuffle_buffer=None, input_context=None):
+                           randaug_layer=2, randaug_mag=10, seed=None, stream="unlabeled",
+                           start_batch=0, repeat=True, cache=False, shuffle_buffer=None,
+                           input_context=None):
     """Batches (images float32 [B, S, S, C], probabilities float32 [B, K]) for the student.
 
     Each record is read `copies` times per pass (filter_balance's duplication of under-full
-    classes), shuffled, and (repeat=True) repeated forever; batches are full.
+    classes), spread far apart, shuffled and (repeat=True) repeated forever with full batches;
+    the random stream (seed, stream, start_batch) as for labeled_dataset.
     """
     _check_augment_name(augment_name)
     files = _files(pattern, "pseudo-labeled")
     buffer = shuffle_buffer or _default_shuffle_buffer(info)
-    ds = _records(files, repeat, seed, cache, buffer, input_context)
+    key, shuffle_key, deterministic = _stream(seed, stream, start_batch, input_context)
+    ds = _records(files, repeat, shuffle_key, cache, buffer, input_context, deterministic)
     ds = ds.map(lambda r: parse_pseudo_labeled(r, num_classes),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=not repeat or seed is not None)
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic or not repeat)
 
-    def repeat_copies(record):
+    def copies_of(record):
         copies = record["copies"]
         tf.debugging.assert_positive(copies, message="pseudo-labeled record with copies < 1")
         return tf.data.Dataset.from_tensors(record).repeat(tf.cast(copies, tf.int64))
 
     # NOTE: the reference's filter_unlabel.py wrote each kept image `include_copy` times into the
-    # shards; here filter_balance stores the count once (`copies`) and the reader repeats it.
-    ds = ds.flat_map(repeat_copies)
-    if repeat:  # duplicates arrive together: shuffle again after repeating them
-        ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    # shards (shuffled per 10,000-record flush); here filter_balance stores the count once
+    # (`copies`) and the reader repeats it. Repeated back to back, the copies would fill the
+    # shuffle buffer together (one batch could hold dozens of one image); a round-robin over
+    # L = min(buffer, 1024) records puts a record's copies L records apart, before the shuffle
+    # (tf.data's interleave costs more per element above ~1024).
+    ds = ds.interleave(copies_of, cycle_length=min(buffer, 1024), block_length=1)
+    if repeat:
+        ds = ds.shuffle(buffer, seed=stream_key(shuffle_key, "copies"),
+                        reshuffle_each_iteration=True)
 
-    ds = ds.map(lambda r: (r["image"], r["probabilities"]))
-    ds = ds.batch(batch_size, drop_remainder=repeat).map(
-        lambda encoded, probabilities: (train_views(encoded, info, image_size, augment_name,
-                                                    randaug_layer, randaug_mag), probabilities),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=not repeat or seed is not None)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    def views(batch, batch_seed):
+        return (train_views(batch["image"], info, image_size, augment_name, randaug_layer,
+                            randaug_mag, batch_seed), batch["probabilities"])
+
+    ds = ds.map(lambda r: {"image": r["image"], "probabilities": r["probabilities"]})
+    return _noised_batches(ds, batch_size, repeat, key, start_batch, deterministic or not repeat,
+                           views)
 
 
 def unlabeled_pair_dataset(pattern, info, image_size, batch_size, augment_name, randaug_layer=2,
-                           randaug_mag=10, seed=None, teacher_image_size=None, cache=False,
-                           shuffle_buffer=None, input_context=None):
+                           randaug_mag=10, seed=None, stream="unlabeled", start_batch=0,
+                           teacher_image_size=None, cache=False, shuffle_buffer=None,
+                           input_context=None):
     """Batches (student_images, teacher_images) of the same unlabeled images, forever.
 
     The student sees train preprocessing (augment_name), the teacher eval preprocessing at
     teacher_image_size (default image_size): labels made on the fly by an unnoised teacher.
+    The random stream (seed, stream, start_batch) as for labeled_dataset.
     """
     _check_augment_name(augment_name)
     files = _files(pattern, "unlabeled")
     teacher_size = teacher_image_size or image_size
-    ds = _records(files, True, seed, cache, shuffle_buffer or _default_shuffle_buffer(info),
-                  input_context)
+    key, shuffle_key, deterministic = _stream(seed, stream, start_batch, input_context)
+    ds = _records(files, True, shuffle_key, cache, shuffle_buffer or _default_shuffle_buffer(info),
+                  input_context, deterministic)
 
-    def views(serialized):  # a batch of records
+    def views(serialized, batch_seed):  # a batch of records
         encoded = parse_unlabeled(serialized)["image"]
         teacher = tf.map_fn(lambda e: preprocess_for_eval(e, info, teacher_size), encoded,
                             fn_output_signature=tf.TensorSpec(
                                 [teacher_size, teacher_size, info.num_channels], tf.float32))
-        return (train_views(encoded, info, image_size, augment_name, randaug_layer, randaug_mag),
-                teacher)
+        return (train_views(encoded, info, image_size, augment_name, randaug_layer, randaug_mag,
+                            batch_seed), teacher)
 
-    ds = ds.batch(batch_size, drop_remainder=True).map(
-        views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed is not None)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return _noised_batches(ds, batch_size, True, key, start_batch, deterministic, views)
 
 
 def unlabeled_records_dataset(files, info, image_size, batch_size):

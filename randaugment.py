@@ -14,6 +14,8 @@ authors' randaugment.py (google-research/noisystudent, from tensorflow/tpu's aut
   distort_batch_with_randaugment: a batch after .batch(), what data.py runs, with the same
   per-image choices: each layer splits the batch by chosen op (tf.dynamic_partition), runs each
   op once and puts the images back in order (tf.dynamic_stitch).
+- Every random draw (op choice, sign, Cutout centre) is a stateless op of an explicit `seed`, a
+  [2] int tensor: the same seed gives the same result, in a tf.data map, in parallel, anywhere.
 
 A library of data.py (which also adds the reference's extra `cutout` for 32 px images).
 bench/randaugment_grid.py draws every op at a few magnitudes on real images.
@@ -302,19 +304,22 @@ def translate_y(images, pixels, replace=FILL_VALUE):
 
 
 @_batch_op
-def cutout(images, pad_size, replace=FILL_VALUE, center=None):
+def cutout(images, pad_size, replace=FILL_VALUE, center=None, seed=None):
     """Fill a (2 pad_size) x (2 pad_size) square, clipped at the image border, with `replace`.
 
     The square covers rows [cy - pad_size, cy + pad_size) and the same for columns. Its centre
-    (cy, cx) is uniform over all pixels, drawn independently for each image of a batch (as the
-    reference draws it per call), unless `center` = (cy, cx) is given (scalars, or vectors [B]
-    for a batch). `pad_size` is a scalar or one value per image.
+    (cy, cx) is `center` (scalars, or vectors [B] for a batch) or, with `seed` instead, uniform
+    over all pixels, drawn independently for each image of a batch (as the reference draws it per
+    call). `pad_size` is a scalar or one value per image.
     """
     shape = tf.shape(images)
     batch_size, height, width = shape[0], shape[1], shape[2]
     if center is None:
-        cy = tf.random.uniform([batch_size], 0, height, dtype=tf.int32)
-        cx = tf.random.uniform([batch_size], 0, width, dtype=tf.int32)
+        if seed is None:
+            raise ValueError("cutout needs a center or a seed")
+        cy_seed, cx_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        cy = tf.random.stateless_uniform([batch_size], cy_seed, maxval=height, dtype=tf.int32)
+        cx = tf.random.stateless_uniform([batch_size], cx_seed, maxval=width, dtype=tf.int32)
     else:
         cy, cx = center
     cy, cx, pad_size = (tf.reshape(tf.cast(v, tf.int32), [-1, 1, 1]) for v in (cy, cx, pad_size))
@@ -418,20 +423,23 @@ def level_to_arg(name, magnitude, cutout_const=40, translate_const=100,
     raise ValueError(f"unknown RandAugment op {name!r}; known: {AVAILABLE_OPS}")
 
 
-def _random_sign(value, batch_size):
+def _random_sign(value, batch_size, seed):
     """`value` (float32) with a random sign for each of `batch_size` images: [batch_size]."""
     value = tf.constant(value, tf.float32)
-    return tf.where(tf.random.uniform([batch_size]) < 0.5, -value, value)
+    return tf.where(tf.random.stateless_uniform([batch_size], seed) < 0.5, -value, value)
 
 
 @_batch_op
-def apply_op(images, name, magnitude, cutout_const=40, translate_const=100,
+def apply_op(images, name, magnitude, seed, cutout_const=40, translate_const=100,
              magnitude_policy="reference"):
     """Op `name` at magnitude M on one image or a batch, with the reference's random draws made
-    per image: a random sign for geometric ops, a random centre for Cutout."""
+    per image from `seed` ([2] ints): a random sign for geometric ops, a random centre for
+    Cutout."""
     args = level_to_arg(name, magnitude, cutout_const, translate_const, magnitude_policy)
     if name in SIGNED_OPS:
-        args = (_random_sign(args[0], tf.shape(images)[0]),)
+        args = (_random_sign(args[0], tf.shape(images)[0], seed),)
+    if name == "Cutout":
+        return cutout(images, *args, seed=seed)
     return NAME_TO_FUNC[name](images, *args)
 
 
@@ -441,7 +449,7 @@ def _check_randaugment_args(magnitude, cutout_const, translate_const, magnitude_
         level_to_arg(name, magnitude, cutout_const, translate_const, magnitude_policy)
 
 
-def distort_image_with_randaugment(image, num_layers, magnitude, cutout_const=40,
+def distort_image_with_randaugment(image, num_layers, magnitude, seed, cutout_const=40,
                                    translate_const=100, magnitude_policy="reference"):
     """RandAugment: `num_layers` times, apply one op chosen uniformly at random at magnitude M.
 
@@ -451,6 +459,7 @@ def distort_image_with_randaugment(image, num_layers, magnitude, cutout_const=40
       num_layers: N, the number of ops applied in sequence (the paper: 2).
       magnitude: M, a Python number >= 0 shared by all ops (the paper: 27; 10 = top of the
         original range).
+      seed: [2] ints (a tensor in a tf.data map) from which every random choice is drawn.
       cutout_const, translate_const: Cutout pad and translation in pixels at M = 10. ImageNet:
         40 and 100 (the defaults); the reference's 32 px path: image_size // 8 for both.
       magnitude_policy: how Posterize and Solarize read M: "reference" (default; bit-for-bit what
@@ -460,11 +469,11 @@ def distort_image_with_randaugment(image, num_layers, magnitude, cutout_const=40
       uint8 image of the same shape.
     """
     image = _check_uint8(image, ranks=(3,))
-    return distort_batch_with_randaugment(image[None], num_layers, magnitude, cutout_const,
+    return distort_batch_with_randaugment(image[None], num_layers, magnitude, seed, cutout_const,
                                           translate_const, magnitude_policy)[0]
 
 
-def _randaugment_batch_layer(images, magnitude, cutout_const, translate_const,
+def _randaugment_batch_layer(images, magnitude, seed, cutout_const, translate_const,
                              magnitude_policy):
     """One RandAugment layer on a batch: each image gets one op chosen uniformly at random.
 
@@ -473,17 +482,21 @@ def _randaugment_batch_layer(images, magnitude, cutout_const, translate_const,
     """
     num_ops = len(AVAILABLE_OPS)
     batch_size = tf.shape(images)[0]
-    op_index = tf.random.uniform([batch_size], maxval=num_ops, dtype=tf.int32)
+    # NOTE: the reference draws with stateful ops (tf.random_uniform); stateless draws from `seed`
+    # have the same distributions and make streams reproducible and independent of each other.
+    seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 1 + num_ops))
+    op_index = tf.random.stateless_uniform([batch_size], seeds[0], maxval=num_ops, dtype=tf.int32)
     positions = tf.dynamic_partition(tf.range(batch_size), op_index, num_ops)
     parts = tf.dynamic_partition(images, op_index, num_ops)
-    outs = [apply_op(part, name, magnitude, cutout_const, translate_const, magnitude_policy)
-            for name, part in zip(AVAILABLE_OPS, parts)]
+    outs = [apply_op(part, name, magnitude, op_seed, cutout_const, translate_const,
+                     magnitude_policy)
+            for name, part, op_seed in zip(AVAILABLE_OPS, parts, seeds[1:])]
     out = tf.dynamic_stitch(positions, outs)
     out.set_shape(images.shape)
     return out
 
 
-def distort_batch_with_randaugment(images, num_layers, magnitude, cutout_const=40,
+def distort_batch_with_randaugment(images, num_layers, magnitude, seed, cutout_const=40,
                                    translate_const=100, magnitude_policy="reference"):
     """RandAugment on a batch, with the per-image semantics of distort_image_with_randaugment.
 
@@ -495,7 +508,7 @@ def distort_batch_with_randaugment(images, num_layers, magnitude, cutout_const=4
 
     Args:
       images: uint8 (B, H, W, C), C = 1 or 3 (static); B may be unknown (None) and may be 0.
-      num_layers, magnitude, cutout_const, translate_const, magnitude_policy: as in
+      num_layers, magnitude, seed, cutout_const, translate_const, magnitude_policy: as in
         distort_image_with_randaugment.
     Returns:
       uint8 batch of the same shape.
@@ -504,6 +517,7 @@ def distort_batch_with_randaugment(images, num_layers, magnitude, cutout_const=4
     _check_randaugment_args(magnitude, cutout_const, translate_const, magnitude_policy)
     for layer in range(num_layers):
         with tf.name_scope(f"randaug_batch_layer_{layer}"):
-            images = _randaugment_batch_layer(images, magnitude, cutout_const, translate_const,
-                                              magnitude_policy)
+            layer_seed = tf.random.experimental.stateless_fold_in(seed, layer)
+            images = _randaugment_batch_layer(images, magnitude, layer_seed, cutout_const,
+                                              translate_const, magnitude_policy)
     return images

@@ -18,7 +18,6 @@ from absl import logging  # noqa: E402
 import matplotlib  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 import data  # noqa: E402
 import randaugment  # noqa: E402
@@ -36,7 +35,7 @@ flags.DEFINE_enum("magnitude_policy", "reference", list(randaugment.MAGNITUDE_PO
                   "How Posterize and Solarize read M (see randaugment._posterize_bits).")
 flags.DEFINE_integer("fashion_mnist_index", 0, "Which Fashion-MNIST test image to show.")
 flags.DEFINE_integer("photo_width", 96, "Width in pixels the colour photo is resized to.")
-flags.DEFINE_integer("seed", 0, "TF seed (Cutout's random centre).")
+flags.DEFINE_integer("seed", 0, "Seed of Cutout's random centres.")
 
 
 def load_photo(path, width):
@@ -47,14 +46,16 @@ def load_photo(path, width):
         return np.asarray(photo.resize((width, height), Image.BICUBIC))
 
 
-def op_grid(images, magnitudes, cutout_const, translate_const, magnitude_policy):
+def op_grid(images, magnitudes, cutout_const, translate_const, magnitude_policy, seed):
     """rows[op][image][magnitude] = uint8 array: each op at each magnitude on each image, with
-    the positive sign for geometric ops. Cutout and translation constants per image."""
+    the positive sign for geometric ops; Cutout's centre drawn from (seed, magnitude index).
+    Cutout and translation constants per image."""
     rows = {}
     for name in randaugment.AVAILABLE_OPS:
         rows[name] = [[randaugment.NAME_TO_FUNC[name](image, *randaugment.level_to_arg(
-            name, m, cutout_const[i], translate_const[i], magnitude_policy)).numpy()
-            for m in magnitudes] for i, image in enumerate(images)]
+            name, m, cutout_const[i], translate_const[i], magnitude_policy),
+            **({"seed": [seed, j]} if name == "Cutout" else {})).numpy()
+            for j, m in enumerate(magnitudes)] for i, image in enumerate(images)]
     return rows
 
 
@@ -105,7 +106,6 @@ def main(argv):
                                f"got {FLAGS.fashion_mnist_index}")
     if FLAGS.photo_width < 16:
         raise common.UserError(f"--photo_width must be >= 16, got {FLAGS.photo_width}")
-    tf.random.set_seed(FLAGS.seed)
     fashion, _ = data.read_fashion_mnist(data.FASHION_MNIST_DIR, "test")
     images = [data.pad_fashion_mnist(fashion[FLAGS.fashion_mnist_index][None])[0]]
     titles = [f"Fashion-MNIST #{FLAGS.fashion_mnist_index}"]
@@ -119,7 +119,8 @@ def main(argv):
     sizes = [image.shape[1] for image in images]
     translate_const = [s // 8 if s <= 32 else round(100 * s / 224) for s in sizes]
     cutout_const = [s // 8 if s <= 32 else round(40 * s / 224) for s in sizes]
-    rows = op_grid(images, magnitudes, cutout_const, translate_const, FLAGS.magnitude_policy)
+    rows = op_grid(images, magnitudes, cutout_const, translate_const, FLAGS.magnitude_policy,
+                   FLAGS.seed)
     with common.atomic_output(FLAGS.output) as tmp:
         draw_grid(tmp, images, titles, rows, magnitudes, FLAGS.magnitude_policy)
     logging.info("wrote %s: %d ops x %d magnitudes x %d images", FLAGS.output, len(rows),

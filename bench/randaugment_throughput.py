@@ -46,33 +46,36 @@ flags.DEFINE_integer("num_source_images", 4096,
 
 
 def augmenters():
-    """name -> function(uint8 image (32, 32, 1)) -> image, built once (the Keras layer too)."""
+    """name -> function(uint8 image (32, 32, 1) or batch, seed [2]) -> the same, built once
+    (the Keras layer too; it and the ceiling ignore the seed)."""
     keras_layer = keras.layers.RandAugment(value_range=(0, 255), num_ops=2, factor=1.0)
 
     def ours(magnitude, distort):
-        return lambda image: distort(image, num_layers=2, magnitude=magnitude, cutout_const=4,
-                                     translate_const=4)
+        return lambda image, seed: distort(image, num_layers=2, magnitude=magnitude, seed=seed,
+                                           cutout_const=4, translate_const=4)
 
     per_image, batch = (randaugment.distort_image_with_randaugment,
                         randaugment.distort_batch_with_randaugment)
     return {  # name -> (function, whether it takes the whole batch)
-        "no augmentation (pipeline ceiling)": (lambda image: image, False),
+        "no augmentation (pipeline ceiling)": (lambda image, seed: image, False),
         "randaugment.py N=2 M=10, per image": (ours(10, per_image), False),
         "randaugment.py N=2 M=27, per image": (ours(27, per_image), False),
         "randaugment.py N=2 M=10, per batch (as data.py)": (ours(10, batch), True),
         "randaugment.py N=2 M=27, per batch (as data.py)": (ours(27, batch), True),
         "keras.layers.RandAugment num_ops=2 factor=1.0": (
-            lambda image: keras_layer(image, training=True), False),
+            lambda image, seed: keras_layer(image, training=True), False),
     }
 
 
 def images_per_second(images, augment, batched, num_images, batch_size):
-    """map(augment) per image then batch, or (batched) batch then map(augment) per batch."""
+    """map(augment) per image then batch, or (batched) batch then map(augment) per batch;
+    element i (an image or a batch) is augmented with the seed (0, i), as data.py seeds batches."""
     ds = tf.data.Dataset.from_tensor_slices(images).repeat()
+    seeded = lambda i, x: augment(x, tf.stack([tf.constant(0, tf.int64), i]))  # noqa: E731
     if batched:
-        ds = ds.batch(batch_size).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.batch(batch_size).enumerate().map(seeded, num_parallel_calls=tf.data.AUTOTUNE)
     else:
-        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+        ds = ds.enumerate().map(seeded, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     it = iter(ds)
     for _ in range(3):  # warm-up: tracing, AUTOTUNE ramp-up

@@ -22,6 +22,7 @@ import data  # noqa: E402
 
 FASHION = data.DATASETS["fashion_mnist"]
 K = 400
+SEED = (0, 0)  # the [2] seed of train_views where a test needs one but not a particular one
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,7 +354,7 @@ def test_eval_preprocessing_centre_crop_is_deterministic():
     small = data.preprocess_for_eval(tf.constant(png(grey)), FASHION, 32)
     np.testing.assert_array_equal(small.numpy(), grey.astype(np.float32))
     np.testing.assert_array_equal(
-        data.train_views(tf.constant([png(grey)]), FASHION, 32, "none", 2, 10)[0].numpy(),
+        data.train_views(tf.constant([png(grey)]), FASHION, 32, "none", 2, 10, SEED)[0].numpy(),
         small.numpy())
 
 
@@ -366,7 +367,8 @@ def test_train_preprocessing_shapes_range_and_randomness(kind):
     else:
         info, size = data.dataset_info("imagenet"), 24
         image = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
-    outs = data.train_views(tf.constant([png(image)] * 6), info, size, "basic", 2, 10).numpy()
+    outs = data.train_views(tf.constant([png(image)] * 6), info, size, "basic", 2, 10,
+                            SEED).numpy()
     assert outs.shape == (6, size, size, info.num_channels) and outs.dtype == np.float32
     assert outs.min() >= 0 and outs.max() <= 255
     assert any(not np.array_equal(outs[0], o) for o in outs[1:])  # random views per image
@@ -398,7 +400,7 @@ def test_randaugment_views():
     for info, size, shape in [(FASHION, 32, (32, 32, 1)),
                               (data.dataset_info("imagenet"), 40, (48, 64, 3))]:
         encoded = tf.constant([png(rng.integers(0, 256, shape, dtype=np.uint8))] * 4)
-        fn = tf.function(lambda e: data.train_views(e, info, size, "randaugment", 2, 10))
+        fn = tf.function(lambda e: data.train_views(e, info, size, "randaugment", 2, 10, SEED))
         out = fn(encoded).numpy()
         assert out.shape == (4, size, size, info.num_channels) and out.dtype == np.float32
         assert out.min() >= 0 and out.max() <= 255
@@ -406,7 +408,7 @@ def test_randaugment_views():
     # border; the reflect padding may mirror up to 4 more rows/columns of it into the crop).
     flat = tf.constant([png(np.zeros((32, 32, 1), np.uint8))] * 8)
     sides = []
-    for grey in data.train_views(flat, FASHION, 32, "randaugment", 0, 0).numpy()[..., 0]:
+    for grey in data.train_views(flat, FASHION, 32, "randaugment", 0, 0, SEED).numpy()[..., 0]:
         assert set(np.unique(grey)) <= {0.0, 128.0}
         mask = grey == 128
         rows, cols = mask.any(axis=1), mask.any(axis=0)
@@ -564,20 +566,29 @@ def test_script_reports_user_errors_in_one_line(image_folder, tmp_path):
     assert len(errors) == 1 and str(tmp_path / "nope") in errors[0]
 
 
-def test_batch_crop_and_flip_is_uniform_per_image():
-    """data._random_crop_and_flip on a batch: every image gets its own offset (all 9 x 9 equally
-    likely) and its own flip (half of them), as the per-image pad + random_crop + flip."""
-    n = 4096
-    image = np.arange(32 * 32, dtype=np.float32).reshape(32, 32, 1)  # every pixel unique
-    tf.random.set_seed(0)
-    crops = data._random_crop_and_flip(tf.constant(np.repeat(image[None], n, 0)), 4, True).numpy()
+def crop_views(image):
+    """Every small-image "basic" view of `image` (reflect-pad 4, 32 x 32 crop, maybe mirrored)
+    as float32 bytes -> (offset y, offset x, flipped)."""
+    image = image.astype(np.float32)
     padded = np.pad(image, ((4, 4), (4, 4), (0, 0)), mode="reflect")
-    views = {}  # every allowed view -> (offset y, offset x, flipped)
+    views = {}
     for y in range(9):
         for x in range(9):
             window = padded[y:y + 32, x:x + 32]
             views[window.tobytes()] = (y, x, 0)
             views[np.ascontiguousarray(window[:, ::-1]).tobytes()] = (y, x, 1)
+    assert len(views) == 162, "the test image has symmetric views"
+    return views
+
+
+def test_batch_crop_and_flip_is_uniform_per_image():
+    """data._random_crop_and_flip on a batch: every image gets its own offset (all 9 x 9 equally
+    likely) and its own flip (half of them), as the per-image pad + random_crop + flip."""
+    n = 4096
+    image = np.arange(32 * 32, dtype=np.float32).reshape(32, 32, 1)  # every pixel unique
+    crops = data._random_crop_and_flip(tf.constant(np.repeat(image[None], n, 0)), 4, True,
+                                       SEED).numpy()
+    views = crop_views(image)
     counts, flips = np.zeros((9, 9)), 0
     for crop in crops:
         y, x, flipped = views[crop.tobytes()]  # KeyError: not a crop of the padded image
@@ -586,3 +597,132 @@ def test_batch_crop_and_flip_is_uniform_per_image():
     expected = n / 81
     assert ((counts - expected) ** 2 / expected).sum() < 140  # chi-square, 80 dof: p ~ 1e-4
     assert abs(flips - n / 2) < 4 * np.sqrt(n / 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Random streams: (seed, stream) -> reproducible, independent noise.
+# ---------------------------------------------------------------------------------------------
+def same_image_records(tmp_path, image, n=64):
+    """n labeled, unlabeled and pseudo-labeled records of one image: (labeled, unlabeled,
+    pseudo-labeled) paths. Whatever order a stream reads them in, image i of batch b shows
+    only the noise drawn for that position."""
+    encoded = png(image)
+    paths = [str(tmp_path / f"{name}.tfrecord") for name in ("l", "u", "p")]
+    write_records(paths[0], [data.image_example(encoded, 0, f"l/{i}") for i in range(n)])
+    write_records(paths[1], [data.image_example(encoded, None, f"u/{i}") for i in range(n)])
+    write_records(paths[2], [data.pseudo_label_example(encoded, f"p/{i}", np.eye(10)[0])
+                             for i in range(n)])
+    return paths
+
+
+def test_labeled_and_unlabeled_streams_of_one_seed_are_independent(tmp_path):
+    """One seed, equal batch shapes, the same image in every record: image i gets its own crop
+    offset and flip in the labeled, the on-the-fly and the pseudo-labeled stream (equal across
+    streams only by chance: 1 in 162 views), and another seed (the next model's) differs too."""
+    image = np.random.default_rng(5).integers(0, 256, (32, 32, 1), dtype=np.uint8)
+    labeled, unlabeled, pseudo = same_image_records(tmp_path, image)
+    views = crop_views(image)
+
+    def offsets(ds):  # the (y, x, flip) of every image of the first 4 batches of 16
+        return [views[x.tobytes()] for batch in ds.take(4).as_numpy_iterator()
+                for x in batch[0]]
+
+    small = dict(shuffle_buffer=64)
+    streams = {
+        "labeled": offsets(data.labeled_dataset(labeled, FASHION, 32, 16, True, "basic", seed=0,
+                                                **small)),
+        "pair": offsets(data.unlabeled_pair_dataset(unlabeled, FASHION, 32, 16, "basic", seed=0,
+                                                    **small)),
+        "pseudo": offsets(data.pseudo_labeled_dataset(pseudo, FASHION, 32, 16, 10, "basic",
+                                                      seed=0, **small)),
+        "pair, seed 1": offsets(data.unlabeled_pair_dataset(unlabeled, FASHION, 32, 16, "basic",
+                                                            seed=1, **small)),
+    }
+    assert len(set(streams["labeled"])) > 40  # the views vary: matching them means something
+    for a, b in [("labeled", "pair"), ("labeled", "pseudo"), ("pair", "pair, seed 1")]:
+        same = sum(x == y for x, y in zip(streams[a], streams[b]))
+        assert same <= 4, f"{a} and {b}: {same} of 64 images with the same view (0.4 expected)"
+
+
+@pytest.mark.parametrize("kind,augment", [
+    ("small", "basic"), ("imagenet", "basic"),
+    pytest.param("small", "randaugment", marks=pytest.mark.slow),
+    pytest.param("imagenet", "randaugment", marks=pytest.mark.slow)])
+def test_one_seed_gives_the_same_batches_another_seed_others(tmp_path, kind, augment):
+    """Training batches from parallel maps, bit for bit: the same seed twice gives the same
+    batches; another seed or seed=None gives others."""
+    rng = np.random.default_rng(6)
+    if kind == "small":
+        info, size, shape = FASHION, 32, (32, 32, 1)
+    else:
+        info = data.dataset_info("imagenet", num_classes=10, label_offset=0)
+        size, shape = 40, (48, 64, 3)
+    path = str(tmp_path / "a.tfrecord")
+    write_records(path, [data.image_example(png(rng.integers(0, 256, shape, dtype=np.uint8)),
+                                            i % 10, f"a/{i}") for i in range(40)])
+
+    def batches(seed):
+        ds = data.labeled_dataset(path, info, size, 8, True, augment, seed=seed,
+                                  shuffle_buffer=40)
+        return [x for x, _ in ds.take(3).as_numpy_iterator()]
+
+    first = batches(0)
+    for again, x in zip(batches(0), first):
+        np.testing.assert_array_equal(again, x)
+    for other in batches(1) + batches(None):
+        assert not any(np.array_equal(other, x) for x in first)
+
+
+def test_start_batch_continues_the_noise_stream(tmp_path):
+    """A run resumed at batch 2 draws the noise the uninterrupted run drew for batches 2, 3
+    (records of one image: the record order, reshuffled on resumption, does not show)."""
+    image = np.random.default_rng(7).integers(0, 256, (32, 32, 1), dtype=np.uint8)
+    labeled, _, pseudo = same_image_records(tmp_path, image, n=16)
+    for make in (lambda **kw: data.labeled_dataset(labeled, FASHION, 32, 8, True, "basic",
+                                                   shuffle_buffer=16, **kw),
+                 lambda **kw: data.pseudo_labeled_dataset(pseudo, FASHION, 32, 8, 10, "basic",
+                                                          shuffle_buffer=16, **kw)):
+        full = [b[0] for b in make(seed=3).take(4).as_numpy_iterator()]
+        resumed = [b[0] for b in make(seed=3, start_batch=2).take(2).as_numpy_iterator()]
+        np.testing.assert_array_equal(resumed[0], full[2])
+        np.testing.assert_array_equal(resumed[1], full[3])
+        assert not np.array_equal(full[0], full[2])
+
+
+def pseudo_records_with_copies(path, num_records, copies):
+    """Records of 8 x 8 grey images whose pixels (0, 0) and (0, 1) encode the record index."""
+    examples = []
+    for i in range(num_records):
+        pixels = np.zeros((8, 8, 1), np.uint8)
+        pixels[0, :2, 0] = divmod(i, 256)
+        examples.append(data.pseudo_label_example(png(pixels), f"u/{i}", np.eye(10)[i % 10],
+                                                  copies=copies))
+    write_records(path, examples)
+
+
+def record_index(images):
+    return (images[:, 0, 0, 0] * 256 + images[:, 0, 1, 0]).astype(int)
+
+
+def test_copies_of_one_record_are_spread_over_many_batches(tmp_path):
+    """1,000 records with copies=64, a 256-record shuffle buffer, batches of 64: read back to
+    back, 64 copies would fill a quarter of the buffer (~16 in a batch); spread L = 256 records
+    apart, a batch holds 64/256 = 0.25 copies of an image on average and at most a few."""
+    path = str(tmp_path / "p.tfrecord")
+    pseudo_records_with_copies(path, 1000, copies=64)
+    info = data.dataset_info("fashion_mnist", image_size=8)
+    ds = data.pseudo_labeled_dataset(path, info, 8, 64, 10, "none", seed=0, shuffle_buffer=256)
+    most = [max(collections.Counter(record_index(images)).values())
+            for images, _ in ds.take(50).as_numpy_iterator()]
+    assert max(most) <= 4, collections.Counter(most)
+
+
+def test_every_copy_is_read_once_per_pass(tmp_path):
+    path = str(tmp_path / "p.tfrecord")
+    pseudo_records_with_copies(path, 100, copies=64)
+    info = data.dataset_info("fashion_mnist", image_size=8)
+    ds = data.pseudo_labeled_dataset(path, info, 8, 64, 10, "none", repeat=False,
+                                     shuffle_buffer=256)
+    seen = collections.Counter(np.concatenate([record_index(images)
+                                               for images, _ in ds.as_numpy_iterator()]))
+    assert seen == {i: 64 for i in range(100)}
