@@ -10,6 +10,8 @@ Noised student (step 4) on filtered pseudo-labels written by filter_balance.py:
         --teacher_model_dir=runs/teacher --unlabel_ratio=3 --label_type=soft
 or with the unnoised teacher run on the fly (no label_data/filter_balance step):
     python main.py --model_dir=runs/student --teacher_model_dir=runs/teacher --unlabel_ratio=3
+In a program: train_and_evaluate(TrainConfig(..., student=StudentConfig(...)), model_dir). Every
+field of the two configs is the flag of the same name.
 
 Writes into --model_dir: flags.json, model.json (what efficientnet_builder.load_model_dir needs),
 ckpt-* (model, EMA model, optimizer, step), TensorBoard events (train/, loss, lr, accuracy, img/s),
@@ -32,137 +34,137 @@ import keras
 import data
 import efficientnet_builder
 
-FLAGS = flags.FLAGS
+
+# ---------------------------------------------------------------------------------------------
+# Configs: every field is also the command-line flag of the same name (defined at the bottom).
+# ---------------------------------------------------------------------------------------------
+def setting(default, help_text, choices=None):
+    """A config field carrying the help text (and the choices, for an enum) of its flag."""
+    return dataclasses.field(default=default, metadata={"help": help_text, "choices": choices})
 
 
-def define_flags():
-    """The flags of this script (defined only when it runs, so other code can import it)."""
-    predefined = set(FLAGS)
+@dataclasses.dataclass(frozen=True)
+class StudentConfig:
+    """Algorithm 1 step 4: what makes a run a noised student."""
+    unlabel_data_dir: str = setting("", "Filtered pseudo-labeled shards (filter_balance.py output; "
+        "each record repeated `copies` times). Makes this run a student.")
+    teacher_model_dir: str = setting("", "Teacher model dir. Without --unlabel_data_dir the "
+        "unnoised teacher labels the unlabeled images on the fly.")
+    unlabel_source_dir: str = setting("", "Unlabeled shards for the on-the-fly teacher. Default: "
+        "<data_dir>/unlabeled.")
+    unlabel_ratio: float = setting(1.0, "Unlabeled batch = ceil(train_batch_size * ratio); the "
+        "unlabeled loss is weighted by it (paper: 14 then 28 for L2; 1 for B0, 3 B1..B7).")
+    label_type: str = setting("soft", "Soft (teacher's distribution) or hard (argmax, with label "
+        "smoothing) pseudo-labels.", ["soft", "hard"])
+    teacher_softmax_temp: float = setting(1.0, "Temperature T applied to the teacher's "
+        "probabilities: p^(1/T) / sum p^(1/T).")
+    allow_smaller_student: bool = setting(False, "Allow a student with fewer parameters than its "
+        "teacher (that is knowledge distillation, not Noisy Student).")
+    unlabeled_noise: str = setting("full", "Table 6 ablation: noise on the unlabeled part only. "
+        "no_aug: no augmentation; none: no augmentation, stochastic depth or dropout. The labeled "
+        "part keeps its noise.", ["full", "no_aug", "none"])
+    noised_teacher: bool = setting(False, "Table 6 ablation (on-the-fly teacher only): the teacher "
+        "labels the student's augmented image with dropout and stochastic depth on.")
 
+    def __post_init__(self):
+        if not (self.unlabel_data_dir or self.teacher_model_dir):
+            raise common.UserError("a student needs --unlabel_data_dir or --teacher_model_dir")
+        if self.noised_teacher and self.unlabel_data_dir:
+            raise common.UserError("--noised_teacher needs the on-the-fly teacher: drop "
+                                   "--unlabel_data_dir")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One run: data, model and noise, optimisation, fine-tuning, distribution; `student` makes
+    it Algorithm 1 step 4 (None: the teacher, step 1)."""
     # Run and data.
-    flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval"], "What to run.")
-    flags.DEFINE_string("model_dir", "runs/teacher",
-        "Directory for checkpoints, flags.json, model.json, TensorBoard events and "
-        "eval_results.json. Rerunning with the same dir resumes.")
-    flags.DEFINE_string("dataset", "fashion_mnist",
-        "Dataset preset in data.DATASETS (fashion_mnist, imagenet, ...): sets classes, image "
-        "size, channels, preprocessing, mean/std.")
-    flags.DEFINE_string("data_dir", "data/fashion_mnist",
-        "For --dataset=fashion_mnist: where the prepared shards live; prepared from "
-        "/usr/share/datasets/fashion-mnist when missing.")
-    flags.DEFINE_integer("num_labeled_per_class", 400,
-        "Fashion-MNIST only: labeled images per class (the rest of the train set becomes the "
-        "unlabeled split).")
-    flags.DEFINE_integer("data_seed", 0, "Fashion-MNIST only: seed of the labeled/unlabeled split.")
-    flags.DEFINE_string("label_data_dir", "",
-        "Labeled training shards: a directory or a glob. Default: <data_dir>/labeled.")
-    flags.DEFINE_string("eval_data_dir", "",
-        "Evaluation shards: a directory or a glob. Default: <data_dir>/test.")
-    flags.DEFINE_integer("num_train_images", 0,
-        "Labeled training images (epochs are counted on labeled data); 0 counts the records "
-        "once.")
-    flags.DEFINE_integer("num_classes", 0, "Number of classes; 0 takes the dataset preset's.")
-    flags.DEFINE_integer("label_offset", -1,
-        "Subtracted from stored labels (1 for ImageNet converter records); -1 takes the dataset "
-        "preset's.")
+    mode: str = setting("train_and_eval", "What to run.", ["train", "eval", "train_and_eval"])
+    dataset: str = setting("fashion_mnist", "Dataset preset in data.DATASETS (fashion_mnist, "
+        "imagenet, ...): sets classes, image size, channels, preprocessing, mean/std.")
+    data_dir: str = setting("data/fashion_mnist", "For --dataset=fashion_mnist: where the prepared "
+        "shards live; prepared from /usr/share/datasets/fashion-mnist when missing.")
+    num_labeled_per_class: int = setting(400, "Fashion-MNIST only: labeled images per class (the "
+        "rest of the train set becomes the unlabeled split).")
+    data_seed: int = setting(0, "Fashion-MNIST only: seed of the labeled/unlabeled split.")
+    label_data_dir: str = setting("", "Labeled training shards: a directory or a glob. Default: "
+        "<data_dir>/labeled.")
+    eval_data_dir: str = setting("", "Evaluation shards: a directory or a glob. Default: "
+        "<data_dir>/test.")
+    num_train_images: int = setting(0, "Labeled training images (epochs are counted on labeled "
+        "data); 0 counts the records once.")
+    num_classes: int = setting(0, "Number of classes; 0 takes the dataset preset's.")
+    label_offset: int = setting(-1, "Subtracted from stored labels (1 for ImageNet converter "
+        "records); -1 takes the dataset preset's.")
 
     # Model and noise.
-    flags.DEFINE_string("model_name", "efficientnet-b0",
-        "efficientnet-b0 .. efficientnet-b7, efficientnet-l2.")
-    flags.DEFINE_integer("image_size", 0, "Input resolution; 0 takes the dataset preset's.")
-    flags.DEFINE_enum("small_image", "auto", ["auto", "true", "false"],
-        "Small-image EfficientNet (blocks 2 and 3 with stride 1); auto: true for the small-"
-        "image datasets.")
-    flags.DEFINE_float("width_coefficient", None, "Override the model's width multiplier.")
-    flags.DEFINE_float("depth_coefficient", None, "Override the model's depth multiplier.")
-    flags.DEFINE_float("dropout_rate", None,
-        "Dropout before the classifier; default: the model's (0.2 for b0 .. 0.5 for b7/l2). 0 "
-        "turns it off.")
-    flags.DEFINE_float("stochastic_depth_rate", 0.2,
-        "Drop rate of the last block (linear rule over blocks; paper: survival 0.8). 0 turns "
-        "stochastic depth off.")
-    flags.DEFINE_enum("augment_name", "randaugment", ["randaugment", "basic", "none"],
-        "Input noise: RandAugment (+ cutout, crop, flip), basic (crop, flip) or none.")
-    flags.DEFINE_integer("randaug_layer", 2, "RandAugment: number of ops per image (N).")
-    flags.DEFINE_integer("randaug_mag", 10, "RandAugment: magnitude M (paper: 27 for B7/L2).")
+    model_name: str = setting("efficientnet-b0", "efficientnet-b0 .. efficientnet-b7, "
+        "efficientnet-l2.")
+    image_size: int = setting(0, "Input resolution; 0 takes the dataset preset's.")
+    small_image: str = setting("auto", "Small-image EfficientNet (blocks 2 and 3 with stride 1); "
+        "auto: true for the small-image datasets.", ["auto", "true", "false"])
+    width_coefficient: float | None = setting(None, "Override the model's width multiplier.")
+    depth_coefficient: float | None = setting(None, "Override the model's depth multiplier.")
+    dropout_rate: float | None = setting(None, "Dropout before the classifier; default: the "
+        "model's (0.2 for b0 .. 0.5 for b7/l2). 0 turns it off.")
+    stochastic_depth_rate: float = setting(0.2, "Drop rate of the last block (linear rule over "
+        "blocks; paper: survival 0.8). 0 turns stochastic depth off.")
+    augment_name: str = setting("randaugment", "Input noise: RandAugment (+ cutout, crop, flip), "
+        "basic (crop, flip) or none.", ["randaugment", "basic", "none"])
+    randaug_layer: int = setting(2, "RandAugment: number of ops per image (N).")
+    randaug_mag: int = setting(10, "RandAugment: magnitude M (paper: 27 for B7/L2).")
 
     # Optimisation (reference defaults).
-    flags.DEFINE_integer("train_batch_size", 128, "Global labeled batch size.")
-    flags.DEFINE_integer("eval_batch_size", 256, "Global evaluation batch size.")
-    flags.DEFINE_integer("train_steps", 0, "Training steps; 0 uses --train_epochs.")
-    flags.DEFINE_float("train_epochs", 40, "Epochs over the labeled data, when --train_steps=0.")
-    flags.DEFINE_float("base_learning_rate", 0.016, "Peak learning rate per 256 labeled images.")
-    flags.DEFINE_float("final_base_learning_rate", None,
-        "If set, the decay period is chosen so the learning rate ends here (per 256 images; "
-        "reference SVHN variant).")
-    flags.DEFINE_float("lr_warmup_epochs", 5, "Linear warm-up epochs.")
-    flags.DEFINE_float("lr_decay_epochs", 2.4,
-        "Staircase decay period in epochs (4.8 for 700 epochs).")
-    flags.DEFINE_float("lr_decay_factor", 0.97, "Staircase decay factor.")
-    flags.DEFINE_enum("optimizer", "rmsprop", ["rmsprop", "momentum", "sgd"],
-        "rmsprop: the reference's (decay 0.9, momentum 0.9, eps 1e-3, TF1 semantics); momentum: "
-        "SGD with momentum 0.9 (fits an un-noised full-width B0 on 4,000 labels faster: "
-        "bench/b0_optimizer_diag.md); sgd: plain gradient descent. The reference's names.")
-    flags.DEFINE_float("weight_decay", 1e-05, "L2 weight decay on non-BN weights (SVHN: 1e-4).")
-    flags.DEFINE_float("label_smoothing", 0.1,
-        "Label smoothing for labeled and hard pseudo-labels.")
-    flags.DEFINE_float("moving_average_decay", 0.9999,
-        "EMA decay over weights and BN statistics; 0 off.")
-    flags.DEFINE_integer("seed", 0, "Seed for weights, shuffling and augmentation.")
-
-    # Student (Algorithm 1 step 4).
-    flags.DEFINE_string("unlabel_data_dir", "",
-        "Filtered pseudo-labeled shards (filter_balance.py output; each record repeated "
-        "`copies` times). Makes this run a student.")
-    flags.DEFINE_string("teacher_model_dir", "",
-        "Teacher model dir. Without --unlabel_data_dir the unnoised teacher labels the "
-        "unlabeled images on the fly.")
-    flags.DEFINE_string("unlabel_source_dir", "",
-        "Unlabeled shards for the on-the-fly teacher. Default: <data_dir>/unlabeled.")
-    flags.DEFINE_float("unlabel_ratio", 1.0,
-        "Unlabeled batch = ceil(train_batch_size * ratio); the unlabeled loss is weighted by it "
-        "(paper: 14 then 28 for L2; 1 for B0, 3 B1..B7).")
-    flags.DEFINE_enum("label_type", "soft", ["soft", "hard"],
-        "Soft (teacher's distribution) or hard (argmax, with label smoothing) pseudo-labels.")
-    flags.DEFINE_float("teacher_softmax_temp", 1.0,
-        "Temperature T applied to the teacher's probabilities: p^(1/T) / sum p^(1/T).")
-    flags.DEFINE_bool("allow_smaller_student", False,
-        "Allow a student with fewer parameters than its teacher (that is knowledge "
-        "distillation, not Noisy Student).")
-    flags.DEFINE_enum("unlabeled_noise", "full", ["full", "no_aug", "none"],
-        "Table 6 ablation: noise on the unlabeled part only. no_aug: no augmentation; none: no "
-        "augmentation, stochastic depth or dropout. The labeled part keeps its noise.")
-    flags.DEFINE_bool("noised_teacher", False,
-        "Table 6 ablation (on-the-fly teacher only): the teacher labels the student's augmented "
-        "image with dropout and stochastic depth on.")
+    train_batch_size: int = setting(128, "Global labeled batch size.")
+    eval_batch_size: int = setting(256, "Global evaluation batch size.")
+    train_steps: int = setting(0, "Training steps; 0 uses --train_epochs.")
+    train_epochs: float = setting(40.0, "Epochs over the labeled data, when --train_steps=0.")
+    base_learning_rate: float = setting(0.016, "Peak learning rate per 256 labeled images.")
+    final_base_learning_rate: float | None = setting(None, "If set, the decay period is chosen so "
+        "the learning rate ends here (per 256 images; reference SVHN variant).")
+    lr_warmup_epochs: float = setting(5.0, "Linear warm-up epochs.")
+    lr_decay_epochs: float = setting(2.4, "Staircase decay period in epochs (4.8 for 700 epochs).")
+    lr_decay_factor: float = setting(0.97, "Staircase decay factor.")
+    optimizer: str = setting("rmsprop", "rmsprop: the reference's (decay 0.9, momentum 0.9, eps "
+        "1e-3, TF1 semantics); momentum: SGD with momentum 0.9 (fits an un-noised full-width B0 on "
+        "4,000 labels faster: bench/b0_optimizer_diag.md); sgd: plain gradient descent. The "
+        "reference's names.", ["rmsprop", "momentum", "sgd"])
+    weight_decay: float = setting(1e-05, "L2 weight decay on non-BN weights (SVHN: 1e-4).")
+    label_smoothing: float = setting(0.1, "Label smoothing for labeled and hard pseudo-labels.")
+    moving_average_decay: float = setting(0.9999, "EMA decay over weights and BN statistics; 0 "
+        "off.")
+    seed: int = setting(0, "Seed for weights, shuffling and augmentation.")
 
     # Fine-tuning at a larger resolution after training (paper Sec. 3.1, after Touvron et al. FixRes).
-    flags.DEFINE_integer("finetune_image_size", 0,
-        "If > 0, after training fine-tune the EMA model at this resolution on unaugmented "
-        "labeled images into <model_dir>/finetune_<size> (its own model dir). Paper: L2 trained "
-        "at 475, fine-tuned at 800.")
-    flags.DEFINE_float("finetune_epochs", 1.5,
-        "Fine-tuning epochs over the labeled data (paper: 1.5).")
-    flags.DEFINE_integer("finetune_frozen_stages", 4,
-        "Shallow layers kept fixed while fine-tuning: the stem and the first N of the 7 block "
-        "stages.")
-    flags.DEFINE_float("finetune_base_learning_rate", 0.0016,
-        "Constant fine-tuning learning rate per 256 labeled images.")
+    finetune_image_size: int = setting(0, "If > 0, after training fine-tune the EMA model at this "
+        "resolution on unaugmented labeled images into <model_dir>/finetune_<size> (its own model "
+        "dir). Paper: L2 trained at 475, fine-tuned at 800.")
+    finetune_epochs: float = setting(1.5, "Fine-tuning epochs over the labeled data (paper: 1.5).")
+    finetune_frozen_stages: int = setting(4, "Shallow layers kept fixed while fine-tuning: the "
+        "stem and the first N of the 7 block stages.")
+    finetune_base_learning_rate: float = setting(0.0016, "Constant fine-tuning learning rate per "
+        "256 labeled images.")
 
     # Distribution, checkpoints, logging.
-    flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker", "tpu"],
-        "tf.distribute strategy. multi_worker reads TF_CONFIG.")
-    flags.DEFINE_string("tpu", "", "TPU address or name for --strategy=tpu.")
-    flags.DEFINE_integer("save_checkpoints_steps", 500, "Steps between checkpoints.")
-    flags.DEFINE_integer("keep_checkpoint_max", 3, "Checkpoints kept.")
-    flags.DEFINE_integer("log_every_steps", 50, "Steps between progress lines and summaries.")
-    flags.DEFINE_bool("export_saved_model", False,
-        "After training, export the EMA model as a SavedModel into <model_dir>/saved_model.")
-    return sorted(set(FLAGS) - predefined)
+    strategy: str = setting("default", "tf.distribute strategy. multi_worker reads "
+        "TF_CONFIG.", list(common.STRATEGIES))
+    tpu: str = setting("", "TPU address or name for --strategy=tpu.")
+    save_checkpoints_steps: int = setting(500, "Steps between checkpoints.")
+    keep_checkpoint_max: int = setting(3, "Checkpoints kept.")
+    log_every_steps: int = setting(50, "Steps between progress lines and summaries.")
+    export_saved_model: bool = setting(False, "After training, export the EMA model as a "
+        "SavedModel into <model_dir>/saved_model.")
+
+    student: StudentConfig | None = None
 
 
-MODEL_FLAGS = ("model_name", "num_classes", "image_size", "num_channels", "small_image", "width",
-               "depth", "dropout_rate", "stochastic_depth_rate", "mean", "std")
+def flags_record(config, model_dir):
+    """flags.json: the value of every flag of this run (a teacher's student flags: the defaults)."""
+    settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+                if f.name != "student"}
+    student = dataclasses.asdict(config.student) if config.student else {
+        f.name: f.default for f in dataclasses.fields(StudentConfig)}
+    return dict(settings, **student, model_dir=model_dir)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,43 +275,99 @@ def float_weights(model):
 
 
 # ---------------------------------------------------------------------------------------------
-# Setup: strategy, configs, data.
+# Setup: data settings, model.json, model dirs.
 # ---------------------------------------------------------------------------------------------
-def model_config(info, *, dataset, model_name, num_classes, image_size, small_image, width, depth,
-                 dropout_rate, stochastic_depth_rate):
+def dataset_info(config, label_pattern):
+    """The preset of config.dataset with the config's class count, label offset and resolution."""
+    overrides = dict(num_classes=config.num_classes or None, image_size=config.image_size or None,
+                     label_offset=None if config.label_offset < 0 else config.label_offset)
+    return data.dataset_info(config.dataset, data_dir=label_pattern,
+                             **{k: v for k, v in overrides.items() if v is not None})
+
+
+def model_config(config, info):
     """model.json: build_model's kwargs plus what eval preprocessing needs."""
-    efficientnet_builder.efficientnet_params(model_name)  # UserError on an unknown name
-    return dict(model_name=model_name, num_classes=num_classes, image_size=image_size,
-                num_channels=info.num_channels, small_image=small_image, width=width, depth=depth,
-                dropout_rate=dropout_rate, stochastic_depth_rate=stochastic_depth_rate,
-                mean=list(info.mean), std=list(info.std), dataset=dataset,
-                input_kind=info.input_kind, label_offset=info.label_offset)
-
-
-def build_kwargs(config):
-    return {k: config[k] for k in MODEL_FLAGS}
+    efficientnet_builder.efficientnet_params(config.model_name)  # UserError on an unknown name
+    small_image = (info.input_kind == "small" if config.small_image == "auto"
+                   else config.small_image == "true")
+    return dict(model_name=config.model_name, num_classes=info.num_classes,
+                image_size=info.image_size, num_channels=info.num_channels,
+                small_image=small_image, width=config.width_coefficient,
+                depth=config.depth_coefficient, dropout_rate=config.dropout_rate,
+                stochastic_depth_rate=config.stochastic_depth_rate, mean=list(info.mean),
+                std=list(info.std), dataset=config.dataset, input_kind=info.input_kind,
+                label_offset=info.label_offset)
 
 
 def check_model_dir(model_dir, config):
     """A model dir holds one model: refuse to resume with a different architecture."""
-    path = os.path.join(model_dir, efficientnet_builder.MODEL_CONFIG_FILE)
-    if not tf.io.gfile.exists(path):
-        return
-    with tf.io.gfile.GFile(path) as f:
-        saved = json.load(f)
-    diff = [k for k in config if saved.get(k) != config[k]]
-    if diff:
-        k = diff[0]
-        raise common.UserError(f"--model_dir={model_dir} holds a model with {k}={saved.get(k)!r}, "
-                             f"not {config[k]!r}; use a new --model_dir")
+    saved = common.read_json(os.path.join(model_dir, efficientnet_builder.MODEL_CONFIG_FILE),
+                             default=None) or {}
+    for k in config:
+        if saved and saved.get(k) != config[k]:
+            raise common.UserError(f"--model_dir={model_dir} holds a model with "
+                                   f"{k}={saved.get(k)!r}, not {config[k]!r}; use a new --model_dir")
+
+
+def check_teacher(student_model, student, num_classes):
+    """The teacher's DatasetInfo (None without --teacher_model_dir). Noisy Student trains an
+    equal-or-larger student on the teacher's classes; a smaller one is distillation."""
+    if not student.teacher_model_dir:
+        return None
+    path = os.path.join(student.teacher_model_dir, efficientnet_builder.MODEL_CONFIG_FILE)
+    teacher_config = common.read_json(path, what="--teacher_model_dir's model config")
+    teacher_info = data.model_dataset_info(teacher_config, where=path)
+    if teacher_info.num_classes != num_classes:
+        raise common.UserError(f"the teacher in {student.teacher_model_dir} predicts "
+                               f"{teacher_info.num_classes} classes, the student {num_classes}")
+    teacher = efficientnet_builder.build_from_config(teacher_config)
+    n_teacher, n_student = num_params(teacher), num_params(student_model)
+    if n_student < n_teacher and not student.allow_smaller_student:
+        raise common.UserError(f"the student ({n_student:,} params) is smaller than the teacher in "
+                               f"{student.teacher_model_dir} ({n_teacher:,}); Noisy Student uses "
+                               f"an equal-or-larger student (pass --allow_smaller_student to "
+                               f"distill)")
+    return teacher_info
 
 
 def num_params(model):
     return int(sum(np.prod(w.shape) for w in model.weights))
 
 
+def finetune_path(model_dir, image_size):
+    return os.path.join(model_dir, f"finetune_{image_size}")
+
+
+def build_train_dataset(config, info, label_files, batch_u, teacher_image_size=None):
+    """Labeled batches, zipped with unlabeled ones for a student: (x_l, y_l[, x_u, u])."""
+    noise = dict(randaug_layer=config.randaug_layer, randaug_mag=config.randaug_mag,
+                 seed=config.seed)
+    labeled = data.labeled_dataset(label_files, info, info.image_size, config.train_batch_size,
+                                   is_training=True, augment_name=config.augment_name, **noise)
+    student = config.student
+    if not student:
+        return labeled
+    augment_u = config.augment_name if student.unlabeled_noise == "full" else "none"
+    if student.unlabel_data_dir:
+        files = common.list_files(student.unlabel_data_dir,
+                                  "pseudo-labeled data (--unlabel_data_dir)")
+        if not any(tf.io.gfile.stat(f).length for f in files):
+            raise common.UserError(f"--unlabel_data_dir={student.unlabel_data_dir} holds no "
+                                   f"records (did the teacher keep any image above the "
+                                   f"confidence threshold?)")
+        unlabeled = data.pseudo_labeled_dataset(files, info, info.image_size, batch_u,
+                                                info.num_classes, augment_u, **noise)
+    else:
+        source = student.unlabel_source_dir or os.path.join(config.data_dir, "unlabeled")
+        files = common.list_files(source, "unlabeled data (--unlabel_source_dir)")
+        unlabeled = data.unlabeled_pair_dataset(files, info, info.image_size, batch_u, augment_u,
+                                                teacher_image_size=teacher_image_size, **noise)
+    return tf.data.Dataset.zip((labeled, unlabeled)).map(
+        lambda lab, unl: (lab[0], lab[1], unl[0], unl[1]))
+
+
 # ---------------------------------------------------------------------------------------------
-# Training.
+# Training: one step of Algorithm 1 (teacher: labeled loss; student: labeled + unlabeled).
 # ---------------------------------------------------------------------------------------------
 class Trainer:
     """Holds the model, its EMA twin, the optimizer and the (optional) teacher for one run."""
@@ -317,15 +375,15 @@ class Trainer:
     def __init__(self, strategy, config, *, peak_lr, warmup_steps, decay_steps, decay_factor,
                  weight_decay, label_smoothing, ema_decay_rate, seed, student=None,
                  frozen_prefixes=(), init_weights=None, optimizer="rmsprop"):
-        self.strategy, self.config, self.student = strategy, config, student or {}
+        self.strategy, self.config, self.student = strategy, config, student
         self.hparams = dict(peak_lr=peak_lr, warmup_steps=warmup_steps, decay_steps=decay_steps,
                             decay_factor=decay_factor)
         self.weight_decay, self.label_smoothing = weight_decay, label_smoothing
         self.ema_decay_rate = ema_decay_rate
         keras.utils.set_random_seed(seed)
         with strategy.scope():
-            self.model = efficientnet_builder.build_model(**build_kwargs(config))
-            self.ema_model = efficientnet_builder.build_model(**build_kwargs(config))
+            self.model = efficientnet_builder.build_from_config(config)
+            self.ema_model = efficientnet_builder.build_from_config(config)
             if init_weights is not None:
                 self.model.set_weights(init_weights)
             self.ema_model.set_weights(self.model.get_weights())
@@ -337,9 +395,9 @@ class Trainer:
             # Keras 3 under tf.distribute: build the optimizer in scope before the first step.
             self.optimizer.build(self.model.trainable_variables)
             self.teacher = None
-            if self.student.get("teacher_model_dir") and not self.student.get("unlabel_data_dir"):
-                self.teacher, _ = efficientnet_builder.load_model_dir(self.student["teacher_model_dir"])
-                if self.student.get("noised_teacher"):
+            if student and student.teacher_model_dir and not student.unlabel_data_dir:
+                self.teacher, _ = efficientnet_builder.load_model_dir(student.teacher_model_dir)
+                if student.noised_teacher:
                     # Dropout and stochastic depth on, BN on its moving statistics.
                     # NOTE: the noised-teacher ablation (Table 6) is offered for the on-the-fly
                     # teacher only: it labels the student's augmented view with model noise on.
@@ -355,7 +413,7 @@ class Trainer:
         """Logits of the labeled and unlabeled parts: one pass over the concatenation (BN sees both),
         or, for the 'none' ablation, a second pass over the unlabeled part with dropout/SD off."""
         n_l = tf.shape(x_l)[0]
-        if self.student.get("unlabeled_noise") == "none":
+        if self.student.unlabeled_noise == "none":
             # NOTE: two forward passes, so BN batch statistics are computed per part here.
             logits_l = self.model(x_l, training=True)
             efficientnet_builder.set_noise(self.model, False)
@@ -374,12 +432,11 @@ class Trainer:
             if self.student:
                 x_u, u = batch[2], batch[3]
                 if self.teacher is not None:  # on the fly: u are the teacher's eval-preprocessed images
-                    teacher_in = x_u if self.student.get("noised_teacher") else u
-                    probs = tf.nn.softmax(self.teacher(teacher_in, training=bool(
-                        self.student.get("noised_teacher"))), -1)
+                    noised = self.student.noised_teacher
+                    probs = tf.nn.softmax(self.teacher(x_u if noised else u, training=noised), -1)
                     u = tf.stop_gradient(probs)
-                targets_u = pseudo_label_targets(u, self.student["label_type"],
-                                                 self.student["teacher_softmax_temp"],
+                targets_u = pseudo_label_targets(u, self.student.label_type,
+                                                 self.student.teacher_softmax_temp,
                                                  self.label_smoothing)
                 logits_l, logits_u = self._forward_student(x_l, x_u)
                 loss_u = tf.reduce_sum(cross_entropy(targets_u, logits_u)) / global_batch_u
@@ -387,7 +444,7 @@ class Trainer:
                 logits_l = self.model(x_l, training=True)
                 loss_u = tf.constant(0.0)
             loss_l = tf.reduce_sum(cross_entropy(targets_l, logits_l)) / global_batch_l
-            ratio = self.student.get("unlabel_ratio", 0.0)
+            ratio = self.student.unlabel_ratio if self.student else 0.0
             loss = (loss_l + ratio * loss_u
                     + weight_decay_loss(self.model, self.weight_decay) / replicas)
         grads = tape.gradient(loss, self.model.trainable_variables)
@@ -407,16 +464,100 @@ class Trainer:
             out = {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
                    for k, v in out.items()}
             self.step.assign_add(1)
-            if self.ema_decay_rate > 0:
-                ema_update(self.ema_weights, self.model_weights, ema_decay(self.step,
-                                                                            self.ema_decay_rate))
-            else:
-                ema_update(self.ema_weights, self.model_weights, 0.0)
+            decay = ema_decay(self.step, self.ema_decay_rate) if self.ema_decay_rate > 0 else 0.0
+            ema_update(self.ema_weights, self.model_weights, decay)
             out["learning_rate"] = lr
             return out
         return train_step
 
 
+def train(trainer, dataset, config, *, train_steps, model_dir, chief, images_per_step):
+    """The training loop: resumes from the latest checkpoint in model_dir, stops at train_steps."""
+    ckpt_dir = model_dir if chief else os.path.join(model_dir, f".worker-{os.getpid()}")
+    manager = tf.train.CheckpointManager(trainer.checkpoint, ckpt_dir,
+                                         max_to_keep=config.keep_checkpoint_max,
+                                         checkpoint_name="ckpt", step_counter=trainer.step)
+    if manager.latest_checkpoint:
+        trainer.checkpoint.restore(manager.latest_checkpoint)
+        logging.info("Resumed from %s (step %d).", manager.latest_checkpoint, trainer.step.numpy())
+    start = int(trainer.step.numpy())  # .numpy(): also a MirroredVariable under tf.distribute
+    if start >= train_steps:
+        logging.info("Already trained to step %d of %d: nothing to do.", start, train_steps)
+        return
+    writer = tf.summary.create_file_writer(os.path.join(model_dir, "train") if chief
+                                           else os.path.join(ckpt_dir, "train"))
+    # NOTE: the input position is not checkpointed (as TPUEstimator, which restarted its input_fn):
+    # a resumed run continues the schedule from the restored step on a fresh shuffle of the data.
+    iterator = iter(trainer.strategy.experimental_distribute_dataset(dataset))
+    train_step = trainer.make_train_step(*images_per_step)
+    t0, t_last, step_last = time.time(), time.time(), start
+    logging.info("Training from step %d to %d.", start, train_steps)
+    for step in range(start + 1, train_steps + 1):
+        try:
+            out = train_step(iterator)
+        except tf.errors.InvalidArgumentError as e:
+            raise common.UserError(f"bad training input at step {step}: {common.tf_error_line(e)}")
+        loss = float(out["loss"])
+        if not math.isfinite(loss):
+            raise common.UserError(f"loss became {loss} at step {step}; checkpoints untouched "
+                                   f"(latest: {manager.latest_checkpoint}). Lower "
+                                   f"--base_learning_rate or check the input data.")
+        if step % config.log_every_steps == 0 or step == train_steps:
+            now = time.time()
+            ips = (step - step_last) * sum(images_per_step) / max(now - t_last, 1e-9)
+            eta = (train_steps - step) * (now - t0) / max(step - start, 1)
+            logging.info("step %d/%d  loss %.4f (lab %.4f unl %.4f)  acc %.3f  lr %.5f  "
+                         "%.0f img/s  ETA %s", step, train_steps, loss, float(out["loss_labeled"]),
+                         float(out["loss_unlabeled"]), float(out["accuracy"]),
+                         float(out["learning_rate"]), ips, common.format_eta(eta))
+            with writer.as_default(step=step):
+                for k, v in out.items():
+                    tf.summary.scalar(k, v)
+                tf.summary.scalar("images_per_second", ips)
+            t_last, step_last = now, step
+        if step % config.save_checkpoints_steps == 0 or step == train_steps:
+            manager.save(checkpoint_number=step)
+    writer.flush()
+    if not chief:
+        tf.io.gfile.rmtree(ckpt_dir)
+
+
+def finetune(config, model_dir, strategy, model_cfg, info, label_files, num_train, chief):
+    """Paper Sec. 3.1: fine-tune the trained (EMA) model at a larger resolution for a short time on
+    unaugmented labeled images with the shallow layers fixed. Writes its own model dir."""
+    size = config.finetune_image_size
+    ft_dir = finetune_path(model_dir, size)
+    ft_config = dict(model_cfg, image_size=size)
+    check_model_dir(ft_dir, ft_config)
+    if chief:
+        tf.io.gfile.makedirs(ft_dir)
+        common.write_json(os.path.join(ft_dir, efficientnet_builder.MODEL_CONFIG_FILE), ft_config)
+    init = None
+    if not tf.train.latest_checkpoint(ft_dir):
+        ema, _ = efficientnet_builder.load_model_dir(model_dir)
+        init = ema.get_weights()
+    # NOTE: the paper names neither the fixed layers nor the fine-tuning learning rate; we fix the
+    # stem and the first --finetune_frozen_stages stages (BN there in inference mode) and use a
+    # constant --finetune_base_learning_rate.
+    frozen = ("stem",) + tuple(f"block{i}" for i in range(1, config.finetune_frozen_stages + 1))
+    trainer = Trainer(strategy, ft_config,
+                      peak_lr=config.finetune_base_learning_rate * config.train_batch_size / 256,
+                      warmup_steps=0, decay_steps=1, decay_factor=1.0,
+                      weight_decay=config.weight_decay, label_smoothing=config.label_smoothing,
+                      ema_decay_rate=config.moving_average_decay, seed=config.seed,
+                      frozen_prefixes=frozen, init_weights=init, optimizer=config.optimizer)
+    dataset = data.labeled_dataset(label_files, info, size, config.train_batch_size,
+                                   is_training=True, augment_name="none", seed=config.seed)
+    steps = int(math.ceil(config.finetune_epochs * num_train / config.train_batch_size))
+    logging.info("Fine-tuning at %d px for %d steps (%d frozen layers) into %s.", size, steps,
+                 sum(not l.trainable for l in trainer.model.layers), ft_dir)
+    train(trainer, dataset, config, train_steps=steps, model_dir=ft_dir, chief=chief,
+          images_per_step=(config.train_batch_size, 0))
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation.
+# ---------------------------------------------------------------------------------------------
 def evaluate(strategy, model, dataset, num_classes):
     """Top-1, top-5 and mean cross-entropy of `model` in inference mode over one pass of `dataset`."""
     @tf.function
@@ -438,176 +579,18 @@ def evaluate(strategy, model, dataset, num_classes):
             "num_examples": int(totals[3])}
 
 
-def check_labels(dataset, num_classes):
-    """Labels must lie in [0, num_classes): fail in the input pipeline, naming the flag."""
-    def check(images, labels):
-        tf.debugging.assert_less(tf.cast(labels, tf.int64), tf.cast(num_classes, tf.int64),
-                                 message=f"label >= --num_classes={num_classes}")
-        tf.debugging.assert_non_negative(labels, message="negative label (check --label_offset)")
-        return images, labels
-    return dataset.map(check)
-
-
-def train(trainer, dataset, *, train_steps, model_dir, save_every, keep_max, log_every, chief,
-          images_per_step):
-    """The training loop: resumes from the latest checkpoint in model_dir, stops at train_steps."""
-    ckpt_dir = model_dir if chief else os.path.join(model_dir, f".worker-{os.getpid()}")
-    manager = tf.train.CheckpointManager(trainer.checkpoint, ckpt_dir, max_to_keep=keep_max,
-                                         checkpoint_name="ckpt", step_counter=trainer.step)
-    if manager.latest_checkpoint:
-        trainer.checkpoint.restore(manager.latest_checkpoint)
-    start = int(trainer.step.numpy())  # .numpy(): also a MirroredVariable under tf.distribute
-    if manager.latest_checkpoint:
-        logging.info("Resumed from %s (step %d).", manager.latest_checkpoint, start)
-    if start >= train_steps:
-        logging.info("Already trained to step %d of %d: nothing to do.", start, train_steps)
-        return
-    writer = tf.summary.create_file_writer(os.path.join(model_dir, "train") if chief
-                                           else os.path.join(ckpt_dir, "train"))
-    # NOTE: the input position is not checkpointed (as TPUEstimator, which restarted its input_fn):
-    # a resumed run continues the schedule from the restored step on a fresh shuffle of the data.
-    iterator = iter(trainer.strategy.experimental_distribute_dataset(dataset))
-    train_step = trainer.make_train_step(*images_per_step)
-    t0, t_last, step_last = time.time(), time.time(), start
-    logging.info("Training from step %d to %d.", start, train_steps)
-    for step in range(start + 1, train_steps + 1):
-        try:
-            out = train_step(iterator)
-        except tf.errors.InvalidArgumentError as e:
-            raise common.UserError(f"bad training input at step {step}: {common.tf_error_line(e)}")
-        loss = float(out["loss"])
-        if not math.isfinite(loss):
-            raise common.UserError(f"loss became {loss} at step {step}; checkpoints untouched "
-                                 f"(latest: {manager.latest_checkpoint}). Lower "
-                                 f"--base_learning_rate or check the input data.")
-        if step % log_every == 0 or step == train_steps:
-            now = time.time()
-            ips = (step - step_last) * sum(images_per_step) / max(now - t_last, 1e-9)
-            eta = (train_steps - step) * (now - t0) / max(step - start, 1)
-            logging.info("step %d/%d  loss %.4f (lab %.4f unl %.4f)  acc %.3f  lr %.5f  "
-                         "%.0f img/s  ETA %s", step, train_steps, loss, float(out["loss_labeled"]),
-                         float(out["loss_unlabeled"]), float(out["accuracy"]),
-                         float(out["learning_rate"]), ips, common.format_eta(eta))
-            with writer.as_default(step=step):
-                for k, v in out.items():
-                    tf.summary.scalar(k, v)
-                tf.summary.scalar("images_per_second", ips)
-            t_last, step_last = now, step
-        if step % save_every == 0 or step == train_steps:
-            manager.save(checkpoint_number=step)
-    writer.flush()
-    if not chief:
-        tf.io.gfile.rmtree(ckpt_dir)
-
-
-def export_saved_model(model, model_dir):
-    path = os.path.join(model_dir, "saved_model")
-    with common.atomic_output(path) as tmp:
-        model.export(tmp)
-    logging.info("Exported the EMA model to %s", path)
-
-
-# ---------------------------------------------------------------------------------------------
-# main: read flags, resolve data, train, evaluate.
-# ---------------------------------------------------------------------------------------------
-def resolve_data(dataset, data_dir, label_data_dir, eval_data_dir, num_labeled_per_class, data_seed):
-    """Flags -> (labeled files, eval files, unlabeled source pattern); prepares Fashion-MNIST."""
-    if dataset == "fashion_mnist" and not (label_data_dir and eval_data_dir):
-        data.prepare_fashion_mnist(data_dir, num_labeled_per_class=num_labeled_per_class,
-                                   seed=data_seed)
-    label_data_dir = label_data_dir or os.path.join(data_dir, "labeled")
-    eval_data_dir = eval_data_dir or os.path.join(data_dir, "test")
-    return label_data_dir, eval_data_dir
-
-
-def main(_):
-    F = FLAGS
-    if F.dataset not in data.DATASETS:
-        raise common.UserError(f"--dataset={F.dataset} is not one of {sorted(data.DATASETS)}")
-    info = data.DATASETS[F.dataset]
-    num_classes = F.num_classes or info.num_classes
-    label_offset = info.label_offset if F.label_offset < 0 else F.label_offset
-    info = dataclasses.replace(info, num_classes=num_classes, label_offset=label_offset)
-    image_size = F.image_size or info.image_size
-    small_image = (info.input_kind == "small") if F.small_image == "auto" else F.small_image == "true"
-    config = model_config(info, dataset=F.dataset, model_name=F.model_name, num_classes=num_classes,
-                          image_size=image_size, small_image=small_image,
-                          width=F.width_coefficient, depth=F.depth_coefficient,
-                          dropout_rate=F.dropout_rate, stochastic_depth_rate=F.stochastic_depth_rate)
-    strategy = common.make_strategy(F.strategy, F.tpu)
-    chief = common.is_chief(strategy)
-    check_model_dir(F.model_dir, config)
-    label_pattern, eval_pattern = resolve_data(F.dataset, F.data_dir, F.label_data_dir,
-                                               F.eval_data_dir, F.num_labeled_per_class, F.data_seed)
-    if chief:
-        tf.io.gfile.makedirs(F.model_dir)
-        common.write_json(os.path.join(F.model_dir, "flags.json"),
-                        {name: F[name].value for name in OWN_FLAGS})
-        common.write_json(os.path.join(F.model_dir, efficientnet_builder.MODEL_CONFIG_FILE), config)
-
-    student = None
-    if F.unlabel_data_dir or F.teacher_model_dir:
-        student = dict(unlabel_data_dir=F.unlabel_data_dir, teacher_model_dir=F.teacher_model_dir,
-                       unlabel_ratio=F.unlabel_ratio, label_type=F.label_type,
-                       teacher_softmax_temp=F.teacher_softmax_temp,
-                       unlabeled_noise=F.unlabeled_noise, noised_teacher=F.noised_teacher)
-        if F.noised_teacher and F.unlabel_data_dir:
-            raise common.UserError("--noised_teacher needs the on-the-fly teacher: drop "
-                                 "--unlabel_data_dir")
-
-    if F.mode in ("train", "train_and_eval"):
-        label_files = common.list_files(label_pattern, "labeled training data (--label_data_dir)")
-        num_train = F.num_train_images or common.count_records(label_files)
-        steps_per_epoch = num_train / F.train_batch_size
-        train_steps = F.train_steps or int(math.ceil(F.train_epochs * steps_per_epoch))
-        peak_lr = F.base_learning_rate * F.train_batch_size / 256
-        decay_epochs = F.lr_decay_epochs
-        if F.final_base_learning_rate:
-            n_decays = math.log(F.final_base_learning_rate / F.base_learning_rate) / math.log(
-                F.lr_decay_factor)
-            decay_epochs = (train_steps / steps_per_epoch) / max(n_decays, 1e-9)
-        trainer = Trainer(strategy, config, peak_lr=peak_lr,
-                          warmup_steps=int(F.lr_warmup_epochs * steps_per_epoch),
-                          decay_steps=int(max(1, decay_epochs * steps_per_epoch)),
-                          decay_factor=F.lr_decay_factor, weight_decay=F.weight_decay,
-                          label_smoothing=F.label_smoothing,
-                          ema_decay_rate=F.moving_average_decay, seed=F.seed, student=student,
-                          optimizer=F.optimizer)
-        batch_u = int(math.ceil(F.train_batch_size * F.unlabel_ratio)) if student else 0
-        if student:
-            check_student_size(trainer, F.teacher_model_dir, F.allow_smaller_student)
-        dataset = build_train_dataset(info, image_size, F, label_pattern, student, batch_u)
-        logging.info("%s: %s (%d params), %d labeled images, batch %d%s, %d steps, peak lr %.4f.",
-                     "Student" if student else "Teacher", F.model_name,
-                     num_params(trainer.model), num_train, F.train_batch_size,
-                     f" + {batch_u} unlabeled" if student else "", train_steps, peak_lr)
-        train(trainer, dataset, train_steps=train_steps, model_dir=F.model_dir,
-              save_every=F.save_checkpoints_steps, keep_max=F.keep_checkpoint_max,
-              log_every=F.log_every_steps, chief=chief,
-              images_per_step=(F.train_batch_size, batch_u))
-        if F.export_saved_model and chief:
-            export_saved_model(trainer.ema_model, F.model_dir)
-
-        if F.finetune_image_size:
-            finetune(F, strategy, config, info, label_pattern, num_train, chief)
-
-    if F.mode in ("eval", "train_and_eval"):
-        for model_dir in [F.model_dir] + ([finetune_path(F.model_dir, F.finetune_image_size)]
-                                          if F.finetune_image_size else []):
-            evaluate_model_dir(strategy, model_dir, info, eval_pattern, F.eval_batch_size, chief)
-
-
-def evaluate_model_dir(strategy, model_dir, info, eval_pattern, batch_size, chief):
+def evaluate_model_dir(strategy, model_dir, eval_pattern, batch_size, chief):
     """Evaluates the EMA model of model_dir; writes eval_results.json there."""
     with strategy.scope():
         model, config = efficientnet_builder.load_model_dir(model_dir)
-    step = checkpoint_step(model_dir)
-    common.list_files(eval_pattern, "evaluation data (--eval_data_dir)")
-    eval_ds = data.labeled_dataset(eval_pattern, info, config["image_size"], batch_size,
-                                   is_training=False)
-    eval_ds = strategy.experimental_distribute_dataset(check_labels(eval_ds, info.num_classes))
+    info = data.model_dataset_info(
+        config, where=os.path.join(model_dir, efficientnet_builder.MODEL_CONFIG_FILE))
+    step = int(tf.train.latest_checkpoint(model_dir).rsplit("-", 1)[1])  # load_model_dir found one
+    files = common.list_files(eval_pattern, "evaluation data (--eval_data_dir)")
+    eval_ds = data.labeled_dataset(files, info, info.image_size, batch_size, is_training=False)
     try:
-        results = evaluate(strategy, model, eval_ds, info.num_classes)
+        results = evaluate(strategy, model, strategy.experimental_distribute_dataset(eval_ds),
+                           info.num_classes)
     except tf.errors.InvalidArgumentError as e:
         raise common.UserError(f"bad evaluation input in {eval_pattern}: {common.tf_error_line(e)}")
     results["global_step"] = step
@@ -620,100 +603,101 @@ def evaluate_model_dir(strategy, model_dir, info, eval_pattern, batch_size, chie
     return results
 
 
-def finetune_path(model_dir, image_size):
-    return os.path.join(model_dir, f"finetune_{image_size}")
-
-
-def finetune(F, strategy, config, info, label_pattern, num_train, chief):
-    """Paper Sec. 3.1: fine-tune the trained (EMA) model at a larger resolution for a short time on
-    unaugmented labeled images with the shallow layers fixed. Writes its own model dir."""
-    size = F.finetune_image_size
-    model_dir = finetune_path(F.model_dir, size)
-    ft_config = dict(config, image_size=size)
-    check_model_dir(model_dir, ft_config)
+# ---------------------------------------------------------------------------------------------
+# Algorithm 1, step 1 (teacher) or step 4 (noised student), then evaluation.
+# ---------------------------------------------------------------------------------------------
+def train_and_evaluate(config, model_dir):
+    """Trains the model of `config` in `model_dir` (resuming from its checkpoints), fine-tunes it if
+    asked, and evaluates it, as config.mode says. Returns {model dir: eval results}."""
+    label_pattern = config.label_data_dir or os.path.join(config.data_dir, "labeled")
+    eval_pattern = config.eval_data_dir or os.path.join(config.data_dir, "test")
+    info = dataset_info(config, label_pattern)
+    model_cfg = model_config(config, info)
+    strategy = common.make_strategy(config.strategy, config.tpu)
+    chief = common.is_chief(strategy)
+    check_model_dir(model_dir, model_cfg)
+    if config.dataset == "fashion_mnist" and not (config.label_data_dir and config.eval_data_dir):
+        data.prepare_fashion_mnist(config.data_dir, seed=config.data_seed,
+                                   num_labeled_per_class=config.num_labeled_per_class)
     if chief:
         tf.io.gfile.makedirs(model_dir)
-        common.write_json(os.path.join(model_dir, efficientnet_builder.MODEL_CONFIG_FILE), ft_config)
-    init = None
-    if not tf.train.latest_checkpoint(model_dir):
-        ema, _ = efficientnet_builder.load_model_dir(F.model_dir)
-        init = ema.get_weights()
-    # NOTE: the paper names neither the fixed layers nor the fine-tuning learning rate; we fix the
-    # stem and the first --finetune_frozen_stages stages (BN there in inference mode) and use a
-    # constant --finetune_base_learning_rate.
-    frozen = ("stem",) + tuple(f"block{i}" for i in range(1, F.finetune_frozen_stages + 1))
-    trainer = Trainer(strategy, ft_config,
-                      peak_lr=F.finetune_base_learning_rate * F.train_batch_size / 256,
-                      warmup_steps=0, decay_steps=1, decay_factor=1.0,
-                      weight_decay=F.weight_decay, label_smoothing=F.label_smoothing,
-                      ema_decay_rate=F.moving_average_decay, seed=F.seed,
-                      frozen_prefixes=frozen, init_weights=init, optimizer=F.optimizer)
-    dataset = check_labels(data.labeled_dataset(label_pattern, info, size, F.train_batch_size,
-                                                is_training=True, augment_name="none",
-                                                seed=F.seed), info.num_classes)
-    steps = int(math.ceil(F.finetune_epochs * num_train / F.train_batch_size))
-    logging.info("Fine-tuning at %d px for %d steps (%d frozen layers) into %s.", size, steps,
-                 sum(not l.trainable for l in trainer.model.layers), model_dir)
-    train(trainer, dataset, train_steps=steps, model_dir=model_dir,
-          save_every=F.save_checkpoints_steps, keep_max=F.keep_checkpoint_max,
-          log_every=F.log_every_steps, chief=chief, images_per_step=(F.train_batch_size, 0))
-    return model_dir
+        common.write_json(os.path.join(model_dir, "flags.json"), flags_record(config, model_dir))
+        common.write_json(os.path.join(model_dir, efficientnet_builder.MODEL_CONFIG_FILE),
+                          model_cfg)
+
+    student = config.student
+    if config.mode in ("train", "train_and_eval"):
+        label_files = common.list_files(label_pattern, "labeled training data (--label_data_dir)")
+        num_train = config.num_train_images or common.count_records(label_files)
+        steps_per_epoch = num_train / config.train_batch_size
+        train_steps = config.train_steps or int(math.ceil(config.train_epochs * steps_per_epoch))
+        peak_lr = config.base_learning_rate * config.train_batch_size / 256
+        decay_epochs = config.lr_decay_epochs
+        if config.final_base_learning_rate:
+            n_decays = math.log(config.final_base_learning_rate / config.base_learning_rate) / (
+                math.log(config.lr_decay_factor))
+            decay_epochs = (train_steps / steps_per_epoch) / max(n_decays, 1e-9)
+        trainer = Trainer(strategy, model_cfg, peak_lr=peak_lr,
+                          warmup_steps=int(config.lr_warmup_epochs * steps_per_epoch),
+                          decay_steps=int(max(1, decay_epochs * steps_per_epoch)),
+                          decay_factor=config.lr_decay_factor, weight_decay=config.weight_decay,
+                          label_smoothing=config.label_smoothing,
+                          ema_decay_rate=config.moving_average_decay, seed=config.seed,
+                          student=student, optimizer=config.optimizer)
+        batch_u = int(math.ceil(config.train_batch_size * student.unlabel_ratio)) if student else 0
+        teacher_info = check_teacher(trainer.model, student, info.num_classes) if student else None
+        dataset = build_train_dataset(config, info, label_files, batch_u,
+                                      teacher_info.image_size if teacher_info else None)
+        logging.info("%s: %s (%d params), %d labeled images, batch %d%s, %d steps, peak lr %.4f.",
+                     "Student" if student else "Teacher", config.model_name,
+                     num_params(trainer.model), num_train, config.train_batch_size,
+                     f" + {batch_u} unlabeled" if student else "", train_steps, peak_lr)
+        train(trainer, dataset, config, train_steps=train_steps, model_dir=model_dir, chief=chief,
+              images_per_step=(config.train_batch_size, batch_u))
+        if config.export_saved_model and chief:
+            with common.atomic_output(os.path.join(model_dir, "saved_model")) as tmp:
+                trainer.ema_model.export(tmp)  # the EMA weights, as every later stage uses
+        if config.finetune_image_size:
+            finetune(config, model_dir, strategy, model_cfg, info, label_files, num_train, chief)
+
+    if config.mode == "train":
+        return {}
+    model_dirs = [model_dir] + ([finetune_path(model_dir, config.finetune_image_size)]
+                                if config.finetune_image_size else [])
+    return {d: evaluate_model_dir(strategy, d, eval_pattern, config.eval_batch_size, chief)
+            for d in model_dirs}
 
 
-def checkpoint_step(model_dir):
-    latest = tf.train.latest_checkpoint(model_dir)
-    return int(latest.rsplit("-", 1)[1]) if latest else 0
+def main(_):
+    def values(cls):  # the flags of the config class `cls`
+        return {f.name: FLAGS[f.name].value for f in dataclasses.fields(cls) if f.name in FLAGS}
+
+    student = (StudentConfig(**values(StudentConfig))
+               if FLAGS.unlabel_data_dir or FLAGS.teacher_model_dir else None)
+    train_and_evaluate(TrainConfig(**values(TrainConfig), student=student), FLAGS.model_dir)
 
 
-def check_student_size(trainer, teacher_model_dir, allow_smaller):
-    """Noisy Student trains an equal-or-larger student; a smaller one is distillation."""
-    if not teacher_model_dir:
-        return
-    path = os.path.join(teacher_model_dir, efficientnet_builder.MODEL_CONFIG_FILE)
-    if not tf.io.gfile.exists(path):
-        raise common.UserError(f"--teacher_model_dir={teacher_model_dir} has no "
-                             f"{efficientnet_builder.MODEL_CONFIG_FILE}")
-    with tf.io.gfile.GFile(path) as f:
-        teacher_cfg = json.load(f)
-    teacher = efficientnet_builder.build_model(**build_kwargs(teacher_cfg))
-    n_teacher, n_student = num_params(teacher), num_params(trainer.model)
-    if n_student < n_teacher and not allow_smaller:
-        raise common.UserError(f"the student ({n_student:,} params) is smaller than the teacher in "
-                             f"{teacher_model_dir} ({n_teacher:,}); Noisy Student uses an "
-                             f"equal-or-larger student (pass --allow_smaller_student to distill)")
+# ---------------------------------------------------------------------------------------------
+# Command line: --model_dir and one flag per config field, with the field's default.
+# ---------------------------------------------------------------------------------------------
+FLAGS = flags.FLAGS
+DEFINE = {str: flags.DEFINE_string, int: flags.DEFINE_integer, float: flags.DEFINE_float,
+          float | None: flags.DEFINE_float, bool: flags.DEFINE_bool}
 
 
-def build_train_dataset(info, image_size, F, label_pattern, student, batch_u):
-    """Labeled batches, zipped with unlabeled ones for a student: (x_l, y_l[, x_u, u])."""
-    labeled = data.labeled_dataset(label_pattern, info, image_size, F.train_batch_size,
-                                   is_training=True, augment_name=F.augment_name,
-                                   randaug_layer=F.randaug_layer, randaug_mag=F.randaug_mag,
-                                   seed=F.seed)
-    labeled = check_labels(labeled, info.num_classes)
-    if not student:
-        return labeled
-    augment_u = F.augment_name if F.unlabeled_noise == "full" else "none"
-    if F.unlabel_data_dir:
-        files = common.list_files(F.unlabel_data_dir, "pseudo-labeled data (--unlabel_data_dir)")
-        if not any(tf.io.gfile.stat(f).length for f in files):
-            raise common.UserError(f"--unlabel_data_dir={F.unlabel_data_dir} holds no records (did "
-                                 f"the teacher keep any image above the confidence threshold?)")
-        unlabeled = data.pseudo_labeled_dataset(F.unlabel_data_dir, info, image_size, batch_u,
-                                                info.num_classes, augment_u,
-                                                randaug_layer=F.randaug_layer,
-                                                randaug_mag=F.randaug_mag, seed=F.seed)
-    else:
-        source = F.unlabel_source_dir or os.path.join(F.data_dir, "unlabeled")
-        common.list_files(source, "unlabeled data (--unlabel_source_dir)")
-        unlabeled = data.unlabeled_pair_dataset(source, info, image_size, batch_u, augment_u,
-                                                randaug_layer=F.randaug_layer,
-                                                randaug_mag=F.randaug_mag, seed=F.seed)
-    return tf.data.Dataset.zip((labeled, unlabeled)).map(
-        lambda lab, unl: (lab[0], lab[1], unl[0], unl[1]))
+def define_flags(flag_values=FLAGS):
+    """Defines the flags (only when main.py runs, so that importing it defines none)."""
+    flags.DEFINE_string("model_dir", "runs/teacher",
+        "Directory for checkpoints, flags.json, model.json, TensorBoard events and "
+        "eval_results.json. Rerunning with the same dir resumes.", flag_values=flag_values)
+    for field in dataclasses.fields(TrainConfig) + dataclasses.fields(StudentConfig):
+        help_text, choices = field.metadata.get("help"), field.metadata.get("choices")
+        if choices:
+            flags.DEFINE_enum(field.name, field.default, choices, help_text, flag_values=flag_values)
+        elif help_text:  # every field but TrainConfig.student
+            DEFINE[field.type](field.name, field.default, help_text, flag_values=flag_values)
 
-
-OWN_FLAGS = []
 
 if __name__ == "__main__":
-    OWN_FLAGS = define_flags()
+    define_flags()
     common.run_main(main)

@@ -26,5 +26,5 @@ if __name__ == "__main__":
     name = os.environ.get("DIAG_OPT", "rmsprop")
     if name in OPTIMIZERS:
         main.build_optimizer = lambda _, lr: OPTIMIZERS[name](lr)
-    main.OWN_FLAGS = main.define_flags()
+    main.define_flags()
     common.run_main(main.main)

@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 import data
+import efficientnet_builder
 import main as main_lib
 
 flags.DEFINE_integer("batch_size", 128, "Global batch size.")
@@ -134,7 +135,7 @@ def main(_):
           f"{keras.applications.EfficientNetB0(weights=None, input_shape=(32, 32, 1), classes=10).count_params():,} | {kb0:.0f} |")
     for spec in specs:
         cfg = parse(spec)
-        n = main_lib.num_params(main_lib.efficientnet_builder.build_model(**main_lib.build_kwargs(cfg)))
+        n = main_lib.num_params(efficientnet_builder.build_from_config(cfg))
         print(f"| ours {spec} ({'small-image' if cfg['small_image'] else 'standard strides'}) | "
               f"{n:,} | {ips[spec]:.0f} ({ips[spec] / kb0:.2f}x keras) |", flush=True)
     if FLAGS.pipeline_configs:
