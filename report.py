@@ -2,9 +2,10 @@
 
     python report.py --workdir=runs/quick-seed0
 
-Reads the run directory (teacher/, iter{1,2,3}/{labels,filtered,student}/) and writes
-report.json (per model: name, architecture, unlabeled batch ratio, top-1, top-5, robustness figures
-when robustness.json exists; per iteration: pseudo-label quality and class balance), report.md, the
+Reads the run directory (teacher/, iter1/, iter2/, ... each with labels/, filtered/, student/,
+and supervised_baseline/ if trained) and writes report.json (per model: name, architecture from
+its model.json, unlabeled batch ratio, top-1, top-5, robustness figures when robustness.json
+exists; per iteration: pseudo-label quality and class balance), report.md, the
 plots top1_per_iteration.png, pseudo_label_quality.png, class_balance.png and, with ablation/,
 the Table 6 ablation table and ablation.png. Prints a short table.
 """
@@ -68,19 +69,18 @@ def collect(workdir):
     iterations = []
     num_classes = common.read_json(os.path.join(workdir, "teacher", "model.json"),
                                    default={}).get("num_classes", 10)
-    for i in (1, 2, 3):
-        it = os.path.join(workdir, f"iter{i}")
-        if not os.path.isdir(it):
-            break
+    i = 1
+    while os.path.isdir(it := os.path.join(workdir, f"iter{i}")):
         models.append(model_entry(f"student {i}", os.path.join(it, "student")))
         iterations.append({"iteration": i,
                            "labels": pseudo_label_stats(os.path.join(it, "labels", "*.tfrecord"),
                                                         num_classes),
                            "filtered": pseudo_label_stats(
                                os.path.join(it, "filtered", "*.tfrecord"), num_classes)})
-    baseline = os.path.join(workdir, "supervised_baseline")  # student 3's size, labels only
+        i += 1
+    baseline = os.path.join(workdir, "supervised_baseline")  # the last student's size, labels only
     return {"models": models, "iterations": iterations, "ablation": collect_ablation(workdir),
-            "supervised_baseline": model_entry("supervised, student 3's size", baseline)
+            "supervised_baseline": model_entry(f"supervised, student {i - 1}'s size", baseline)
             if os.path.isdir(baseline) else None}
 
 
@@ -112,15 +112,20 @@ def fmt(x, scale=100.0, digits=2):
     return "-" if x is None else f"{x * scale:.{digits}f}"
 
 
+def architecture(a):
+    """'efficientnet-b1 @240', or with multipliers given: 'efficientnet-b0 w0.25 d0.25 @32'."""
+    return " ".join([str(a.get("model_name"))] + [f"{k[0]}{a[k]:g}" for k in ("width", "depth")
+                                                  if a.get(k) is not None]
+                    + [f"@{a.get('image_size')}"])
+
+
 def markdown(report):
     lines = ["| model | architecture | unlabeled ratio | top-1 | top-5 | step |",
              "|---|---|---|---|---|---|"]
     for m in report["models"] + [report["supervised_baseline"]] * bool(
             report.get("supervised_baseline")):
-        a = m["architecture"]
-        arch = f"{a['model_name']} w{a['width'] or 1} d{a['depth'] or 1} @{a['image_size']}"
         ratio = "-" if m.get("unlabel_ratio") is None else f"{m['unlabel_ratio']:g}"
-        lines.append(f"| {m['name']} | {arch} | {ratio} | {fmt(m['top_1'])} | {fmt(m['top_5'])} | "
+        lines.append(f"| {m['name']} | {architecture(m['architecture'])} | {ratio} | {fmt(m['top_1'])} | {fmt(m['top_5'])} | "
                      f"{m['global_step'] or '-'} |")
     lines += ["", "| iteration | pseudo-label accuracy (all) | after filter+balance | images "
               "(unique) |", "|---|---|---|---|"]
@@ -208,21 +213,32 @@ def save(fig, path):
     return path
 
 
-def main(_):
-    workdir = FLAGS.workdir
+DATASET_NAMES = {"fashion_mnist": "Fashion-MNIST", "imagenet": "ImageNet records",
+                 "folder": "image folders"}
+
+
+def write_report(workdir, preset="", seconds=0):
+    """report.json, report.md and the plots into `workdir`; returns the markdown table."""
     if not os.path.isdir(os.path.join(workdir, "teacher")):
         raise common.UserError(f"--workdir={workdir} has no teacher/ (run run_iterations.sh first)")
     report = collect(workdir)
-    report.update(preset=FLAGS.preset, seconds=FLAGS.seconds)
+    report.update(preset=preset, seconds=seconds)
     common.write_json(os.path.join(workdir, "report.json"), report)
     table = markdown(report)
     plots = plot(report, workdir)
+    dataset = common.read_json(os.path.join(workdir, "teacher", "flags.json"),
+                               default={}).get("dataset", "fashion_mnist")
     with common.atomic_output(os.path.join(workdir, "report.md")) as tmp:
         with open(tmp, "w") as f:
-            f.write(f"# Noisy Student on Fashion-MNIST: preset {FLAGS.preset}\n\n{table}\n")
+            f.write(f"# Noisy Student on {DATASET_NAMES.get(dataset, dataset)}: preset {preset}"
+                    f"\n\n{table}\n")
             f.write("".join(f"![{os.path.basename(p)}]({os.path.basename(p)})\n" for p in plots))
-    print(table)
     logging.info("Wrote %s/report.json, report.md and %d plots.", workdir, len(plots))
+    return table
+
+
+def main(_):
+    print(write_report(FLAGS.workdir, FLAGS.preset, FLAGS.seconds))
 
 
 if __name__ == "__main__":
