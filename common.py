@@ -7,6 +7,7 @@ TF's start-up lines about missing CUDA drivers and CPU instructions are silenced
 """
 
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -39,6 +40,7 @@ def _import_tensorflow_quietly():
 
 tf = _import_tensorflow_quietly()
 from absl import app  # noqa: E402  (after the quiet TF import: absl is TF's dependency)
+from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
 
@@ -61,6 +63,35 @@ def run_main(main):
             sys.exit(2)
 
     app.run(wrapped)
+
+
+def setting(default, help_text, choices=None):
+    """A config dataclass field that is also a flag: its default, help text and (enum) choices."""
+    return dataclasses.field(default=default, metadata={"help": help_text, "choices": choices})
+
+
+_DEFINE = {str: flags.DEFINE_string, int: flags.DEFINE_integer, float: flags.DEFINE_float,
+           float | None: flags.DEFINE_float, bool: flags.DEFINE_bool, tuple: flags.DEFINE_list}
+
+
+def define_config_flags(config_classes, flag_values=flags.FLAGS):
+    """One flag per `setting` field of the config dataclasses (fields without help are skipped)."""
+    for cls in config_classes:
+        for field in dataclasses.fields(cls):
+            help_text, choices = field.metadata.get("help"), field.metadata.get("choices")
+            if choices:
+                flags.DEFINE_enum(field.name, field.default, choices, help_text,
+                                  flag_values=flag_values)
+            elif help_text:
+                default = list(field.default) if field.type is tuple else field.default
+                _DEFINE[field.type](field.name, default, help_text, flag_values=flag_values)
+
+
+def config_from_flags(cls, flag_values=flags.FLAGS, **extra):
+    """The config dataclass `cls` built from the flags of its `setting` fields (plus `extra`)."""
+    values = {f.name: flag_values[f.name].value for f in dataclasses.fields(cls)
+              if f.metadata.get("help")}
+    return cls(**values, **extra)
 
 
 def tf_error_line(error):

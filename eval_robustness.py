@@ -892,11 +892,6 @@ def run(config):
 # ---------------------------------------------------------------------------------------------
 # Settings and flags: each RobustnessConfig field is the flag of its name, type, default and help.
 
-def setting(default, help_text):
-    """A RobustnessConfig field carrying the help text of its flag."""
-    return dataclasses.field(default=default, metadata={"help": help_text})
-
-
 def _choose(values, known, flag):
     unknown = [v for v in values if v not in known]
     if unknown or not values:
@@ -908,39 +903,39 @@ def _choose(values, known, flag):
 class RobustnessConfig:
     """The settings of a run, checked on construction (UserError naming the flag); recorded in
     every robustness.json."""
-    model_dir: tuple = setting((), "Model dir(s) written by main.py, comma-separated (e.g. the "
+    model_dir: tuple = common.setting((), "Model dir(s) written by main.py, comma-separated (e.g. the "
                                "teacher, then students). Each gets its robustness.json.")
-    suite: tuple = setting(("clean", "c", "p", "fgsm", "pgd"), f"Any subset of {','.join(SUITES)}.")
-    data_dir: str = setting("data/fashion_mnist", "Prepared data dir (data.py output); the eval split "
+    suite: tuple = common.setting(("clean", "c", "p", "fgsm", "pgd"), f"Any subset of {','.join(SUITES)}.")
+    data_dir: str = common.setting("data/fashion_mnist", "Prepared data dir (data.py output); the eval split "
                             "defaults to <data_dir>/test.")
-    eval_data_dir: str = setting("", "Eval records (a dir or a glob) for clean, generated C/P and the "
+    eval_data_dir: str = common.setting("", "Eval records (a dir or a glob) for clean, generated C/P and the "
                                  "attacks. Default: <data_dir>/test.")
-    output_dir: str = setting("", "Where robustness.md and the plots go. Default: the first model dir.")
-    baseline_results: str = setting("", "A baseline's robustness.json for mCE / mFR normalised by it "
+    output_dir: str = common.setting("", "Where robustness.md and the plots go. Default: the first model dir.")
+    baseline_results: str = common.setting("", "A baseline's robustness.json for mCE / mFR normalised by it "
                                     "(e.g. the teacher's). Default: the first --model_dir when several "
                                     "are given; 'none' disables. A model dir of this run may be named: "
                                     "its fresh results are used.")
-    num_examples: int = setting(0, "Cap on images for clean, C (per corruption and severity) and A; "
+    num_examples: int = common.setting(0, "Cap on images for clean, C (per corruption and severity) and A; "
                                 "0 = all.")
-    p_num_examples: int = setting(0, "Cap on P sequences (16-41 frames each); 0 = --num_examples.")
-    attack_num_examples: int = setting(0, "Cap on images attacked; 0 = --num_examples.")
-    batch_size: int = setting(256, "Images per forward pass.")
-    seed: int = setting(0, "Seed of generated corruptions/sequences, subsets and PGD starts.")
-    perturbations: tuple = setting(corruptions.PERTURBATIONS, "P perturbations to evaluate.")
+    p_num_examples: int = common.setting(0, "Cap on P sequences (16-41 frames each); 0 = --num_examples.")
+    attack_num_examples: int = common.setting(0, "Cap on images attacked; 0 = --num_examples.")
+    batch_size: int = common.setting(256, "Images per forward pass.")
+    seed: int = common.setting(0, "Seed of generated corruptions/sequences, subsets and PGD starts.")
+    perturbations: tuple = common.setting(corruptions.PERTURBATIONS, "P perturbations to evaluate.")
     # (below this field, `corruptions` in this class body is the field, not the module)
-    corruptions: tuple = setting(corruptions.ALL_CORRUPTIONS, "C corruptions to evaluate (mCE uses the "
+    corruptions: tuple = common.setting(corruptions.ALL_CORRUPTIONS, "C corruptions to evaluate (mCE uses the "
                                  "15 benchmark ones only).")
-    c_dir: str = setting("", "ImageNet-C folders or CIFAR-10-C .npy arrays; empty = generate.")
-    p_dir: str = setting("", "CIFAR-10-P style .npy arrays; empty = generate.")
-    a_dir: str = setting("", "Class folders of ImageNet-A (or any folder data set), for suite a.")
-    class_index_json: str = setting("", "JSON {folder name: model class index} for folder inputs (A, "
+    c_dir: str = common.setting("", "ImageNet-C folders or CIFAR-10-C .npy arrays; empty = generate.")
+    p_dir: str = common.setting("", "CIFAR-10-P style .npy arrays; empty = generate.")
+    a_dir: str = common.setting("", "Class folders of ImageNet-A (or any folder data set), for suite a.")
+    class_index_json: str = common.setting("", "JSON {folder name: model class index} for folder inputs (A, "
                                     "ImageNet-C folders).")
-    imagenet_wnids: str = setting("", "The 1000 ImageNet wnids (text, one per line, or JSON); folder "
+    imagenet_wnids: str = common.setting("", "The 1000 ImageNet wnids (text, one per line, or JSON); folder "
                                   "wnids map to their index in the sorted list.")
-    epsilons: tuple = setting((0, 1, 2, 4, 8, 16), "Attack epsilons in pixels of [0, 255].")
-    pgd_steps: int = setting(10, "PGD iterations (paper: 10).")
-    pgd_step_size: str = setting("eps/4", "PGD step: pixels, or 'eps/K' (the paper gives none).")
-    pgd_random_start: bool = setting(False, "Start PGD at a uniform random point of the eps ball.")
+    epsilons: tuple = common.setting((0, 1, 2, 4, 8, 16), "Attack epsilons in pixels of [0, 255].")
+    pgd_steps: int = common.setting(10, "PGD iterations (paper: 10).")
+    pgd_step_size: str = common.setting("eps/4", "PGD step: pixels, or 'eps/K' (the paper gives none).")
+    pgd_random_start: bool = common.setting(False, "Start PGD at a uniform random point of the eps ball.")
 
     def __post_init__(self):
         self.suite = _choose(self.suite, SUITES, "suite")
@@ -964,17 +959,12 @@ class RobustnessConfig:
 def define_flags(flag_values=flags.FLAGS):
     """One flag per RobustnessConfig field. Defined only when run as a script (or into a private
     FlagValues in tests), so that importing this file next to other stage scripts defines no flags."""
-    define = {tuple: flags.DEFINE_list, str: flags.DEFINE_string, int: flags.DEFINE_integer,
-              bool: flags.DEFINE_bool}
-    for field in dataclasses.fields(RobustnessConfig):
-        default = list(field.default) if field.type is tuple else field.default
-        define[field.type](field.name, default, field.metadata["help"], flag_values=flag_values)
+    common.define_config_flags([RobustnessConfig], flag_values)
 
 
 def main(argv, flag_values=flags.FLAGS):
     del argv
-    config = RobustnessConfig(**{field.name: flag_values[field.name].value
-                                 for field in dataclasses.fields(RobustnessConfig)})
+    config = common.config_from_flags(RobustnessConfig, flag_values)
     print(run(config))
 
 

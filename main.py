@@ -38,32 +38,27 @@ import efficientnet_builder
 # ---------------------------------------------------------------------------------------------
 # Configs: every field is also the command-line flag of the same name (defined at the bottom).
 # ---------------------------------------------------------------------------------------------
-def setting(default, help_text, choices=None):
-    """A config field carrying the help text (and the choices, for an enum) of its flag."""
-    return dataclasses.field(default=default, metadata={"help": help_text, "choices": choices})
-
-
 @dataclasses.dataclass(frozen=True)
 class StudentConfig:
     """Algorithm 1 step 4: what makes a run a noised student."""
-    unlabel_data_dir: str = setting("", "Filtered pseudo-labeled shards (filter_balance.py output; "
+    unlabel_data_dir: str = common.setting("", "Filtered pseudo-labeled shards (filter_balance.py output; "
         "each record repeated `copies` times). Makes this run a student.")
-    teacher_model_dir: str = setting("", "Teacher model dir. Without --unlabel_data_dir the "
+    teacher_model_dir: str = common.setting("", "Teacher model dir. Without --unlabel_data_dir the "
         "unnoised teacher labels the unlabeled images on the fly.")
-    unlabel_source_dir: str = setting("", "Unlabeled shards for the on-the-fly teacher. Default: "
+    unlabel_source_dir: str = common.setting("", "Unlabeled shards for the on-the-fly teacher. Default: "
         "<data_dir>/unlabeled.")
-    unlabel_ratio: float = setting(1.0, "Unlabeled batch = ceil(train_batch_size * ratio); the "
+    unlabel_ratio: float = common.setting(1.0, "Unlabeled batch = ceil(train_batch_size * ratio); the "
         "unlabeled loss is weighted by it (paper: 14 then 28 for L2; 1 for B0, 3 B1..B7).")
-    label_type: str = setting("soft", "Soft (teacher's distribution) or hard (argmax, with label "
+    label_type: str = common.setting("soft", "Soft (teacher's distribution) or hard (argmax, with label "
         "smoothing) pseudo-labels.", ["soft", "hard"])
-    teacher_softmax_temp: float = setting(1.0, "Temperature T applied to the teacher's "
+    teacher_softmax_temp: float = common.setting(1.0, "Temperature T applied to the teacher's "
         "probabilities: p^(1/T) / sum p^(1/T).")
-    allow_smaller_student: bool = setting(False, "Allow a student with fewer parameters than its "
+    allow_smaller_student: bool = common.setting(False, "Allow a student with fewer parameters than its "
         "teacher (that is knowledge distillation, not Noisy Student).")
-    unlabeled_noise: str = setting("full", "Table 6 ablation: noise on the unlabeled part only. "
+    unlabeled_noise: str = common.setting("full", "Table 6 ablation: noise on the unlabeled part only. "
         "no_aug: no augmentation; none: no augmentation, stochastic depth or dropout. The labeled "
         "part keeps its noise.", ["full", "no_aug", "none"])
-    noised_teacher: bool = setting(False, "Table 6 ablation (on-the-fly teacher only): the teacher "
+    noised_teacher: bool = common.setting(False, "Table 6 ablation (on-the-fly teacher only): the teacher "
         "labels the student's augmented image with dropout and stochastic depth on.")
 
     def __post_init__(self):
@@ -79,80 +74,80 @@ class TrainConfig:
     """One run: data, model and noise, optimisation, fine-tuning, distribution; `student` makes
     it Algorithm 1 step 4 (None: the teacher, step 1)."""
     # Run and data.
-    mode: str = setting("train_and_eval", "What to run.", ["train", "eval", "train_and_eval"])
-    dataset: str = setting("fashion_mnist", "Dataset preset in data.DATASETS (fashion_mnist, "
+    mode: str = common.setting("train_and_eval", "What to run.", ["train", "eval", "train_and_eval"])
+    dataset: str = common.setting("fashion_mnist", "Dataset preset in data.DATASETS (fashion_mnist, "
         "imagenet, ...): sets classes, image size, channels, preprocessing, mean/std.")
-    data_dir: str = setting("data/fashion_mnist", "For --dataset=fashion_mnist: where the prepared "
+    data_dir: str = common.setting("data/fashion_mnist", "For --dataset=fashion_mnist: where the prepared "
         "shards live; prepared from /usr/share/datasets/fashion-mnist when missing.")
-    num_labeled_per_class: int = setting(400, "Fashion-MNIST only: labeled images per class (the "
+    num_labeled_per_class: int = common.setting(400, "Fashion-MNIST only: labeled images per class (the "
         "rest of the train set becomes the unlabeled split).")
-    data_seed: int = setting(0, "Fashion-MNIST only: seed of the labeled/unlabeled split.")
-    label_data_dir: str = setting("", "Labeled training shards: a directory or a glob. Default: "
+    data_seed: int = common.setting(0, "Fashion-MNIST only: seed of the labeled/unlabeled split.")
+    label_data_dir: str = common.setting("", "Labeled training shards: a directory or a glob. Default: "
         "<data_dir>/labeled.")
-    eval_data_dir: str = setting("", "Evaluation shards: a directory or a glob. Default: "
+    eval_data_dir: str = common.setting("", "Evaluation shards: a directory or a glob. Default: "
         "<data_dir>/test.")
-    num_train_images: int = setting(0, "Labeled training images (epochs are counted on labeled "
+    num_train_images: int = common.setting(0, "Labeled training images (epochs are counted on labeled "
         "data); 0 counts the records once.")
-    num_classes: int = setting(0, "Number of classes; 0 takes the dataset preset's.")
-    label_offset: int = setting(-1, "Subtracted from stored labels (1 for ImageNet converter "
+    num_classes: int = common.setting(0, "Number of classes; 0 takes the dataset preset's.")
+    label_offset: int = common.setting(-1, "Subtracted from stored labels (1 for ImageNet converter "
         "records); -1 takes the dataset preset's.")
 
     # Model and noise.
-    model_name: str = setting("efficientnet-b0", "efficientnet-b0 .. efficientnet-b7, "
+    model_name: str = common.setting("efficientnet-b0", "efficientnet-b0 .. efficientnet-b7, "
         "efficientnet-l2.")
-    image_size: int = setting(0, "Input resolution; 0 takes the dataset preset's.")
-    small_image: str = setting("auto", "Small-image EfficientNet (blocks 2 and 3 with stride 1); "
+    image_size: int = common.setting(0, "Input resolution; 0 takes the dataset preset's.")
+    small_image: str = common.setting("auto", "Small-image EfficientNet (blocks 2 and 3 with stride 1); "
         "auto: true for the small-image datasets.", ["auto", "true", "false"])
-    width_coefficient: float | None = setting(None, "Override the model's width multiplier.")
-    depth_coefficient: float | None = setting(None, "Override the model's depth multiplier.")
-    dropout_rate: float | None = setting(None, "Dropout before the classifier; default: the "
+    width_coefficient: float | None = common.setting(None, "Override the model's width multiplier.")
+    depth_coefficient: float | None = common.setting(None, "Override the model's depth multiplier.")
+    dropout_rate: float | None = common.setting(None, "Dropout before the classifier; default: the "
         "model's (0.2 for b0 .. 0.5 for b7/l2). 0 turns it off.")
-    stochastic_depth_rate: float = setting(0.2, "Drop rate of the last block (linear rule over "
+    stochastic_depth_rate: float = common.setting(0.2, "Drop rate of the last block (linear rule over "
         "blocks; paper: survival 0.8). 0 turns stochastic depth off.")
-    augment_name: str = setting("randaugment", "Input noise: RandAugment (+ cutout, crop, flip), "
+    augment_name: str = common.setting("randaugment", "Input noise: RandAugment (+ cutout, crop, flip), "
         "basic (crop, flip) or none.", ["randaugment", "basic", "none"])
-    randaug_layer: int = setting(2, "RandAugment: number of ops per image (N).")
-    randaug_mag: int = setting(10, "RandAugment: magnitude M (paper: 27 for B7/L2).")
+    randaug_layer: int = common.setting(2, "RandAugment: number of ops per image (N).")
+    randaug_mag: int = common.setting(10, "RandAugment: magnitude M (paper: 27 for B7/L2).")
 
     # Optimisation (reference defaults).
-    train_batch_size: int = setting(128, "Global labeled batch size.")
-    eval_batch_size: int = setting(256, "Global evaluation batch size.")
-    train_steps: int = setting(0, "Training steps; 0 uses --train_epochs.")
-    train_epochs: float = setting(40.0, "Epochs over the labeled data, when --train_steps=0.")
-    base_learning_rate: float = setting(0.016, "Peak learning rate per 256 labeled images.")
-    final_base_learning_rate: float | None = setting(None, "If set, the decay period is chosen so "
+    train_batch_size: int = common.setting(128, "Global labeled batch size.")
+    eval_batch_size: int = common.setting(256, "Global evaluation batch size.")
+    train_steps: int = common.setting(0, "Training steps; 0 uses --train_epochs.")
+    train_epochs: float = common.setting(40.0, "Epochs over the labeled data, when --train_steps=0.")
+    base_learning_rate: float = common.setting(0.016, "Peak learning rate per 256 labeled images.")
+    final_base_learning_rate: float | None = common.setting(None, "If set, the decay period is chosen so "
         "the learning rate ends here (per 256 images; reference SVHN variant).")
-    lr_warmup_epochs: float = setting(5.0, "Linear warm-up epochs.")
-    lr_decay_epochs: float = setting(2.4, "Staircase decay period in epochs (4.8 for 700 epochs).")
-    lr_decay_factor: float = setting(0.97, "Staircase decay factor.")
-    optimizer: str = setting("rmsprop", "rmsprop: the reference's (decay 0.9, momentum 0.9, eps "
+    lr_warmup_epochs: float = common.setting(5.0, "Linear warm-up epochs.")
+    lr_decay_epochs: float = common.setting(2.4, "Staircase decay period in epochs (4.8 for 700 epochs).")
+    lr_decay_factor: float = common.setting(0.97, "Staircase decay factor.")
+    optimizer: str = common.setting("rmsprop", "rmsprop: the reference's (decay 0.9, momentum 0.9, eps "
         "1e-3, TF1 semantics); momentum: SGD with momentum 0.9 (fits an un-noised full-width B0 on "
         "4,000 labels faster: bench/b0_optimizer_diag.md); sgd: plain gradient descent. The "
         "reference's names.", ["rmsprop", "momentum", "sgd"])
-    weight_decay: float = setting(1e-05, "L2 weight decay on non-BN weights (SVHN: 1e-4).")
-    label_smoothing: float = setting(0.1, "Label smoothing for labeled and hard pseudo-labels.")
-    moving_average_decay: float = setting(0.9999, "EMA decay over weights and BN statistics; 0 "
+    weight_decay: float = common.setting(1e-05, "L2 weight decay on non-BN weights (SVHN: 1e-4).")
+    label_smoothing: float = common.setting(0.1, "Label smoothing for labeled and hard pseudo-labels.")
+    moving_average_decay: float = common.setting(0.9999, "EMA decay over weights and BN statistics; 0 "
         "off.")
-    seed: int = setting(0, "Seed for weights, shuffling and augmentation.")
+    seed: int = common.setting(0, "Seed for weights, shuffling and augmentation.")
 
     # Fine-tuning at a larger resolution after training (paper Sec. 3.1, after Touvron et al. FixRes).
-    finetune_image_size: int = setting(0, "If > 0, after training fine-tune the EMA model at this "
+    finetune_image_size: int = common.setting(0, "If > 0, after training fine-tune the EMA model at this "
         "resolution on unaugmented labeled images into <model_dir>/finetune_<size> (its own model "
         "dir). Paper: L2 trained at 475, fine-tuned at 800.")
-    finetune_epochs: float = setting(1.5, "Fine-tuning epochs over the labeled data (paper: 1.5).")
-    finetune_frozen_stages: int = setting(4, "Shallow layers kept fixed while fine-tuning: the "
+    finetune_epochs: float = common.setting(1.5, "Fine-tuning epochs over the labeled data (paper: 1.5).")
+    finetune_frozen_stages: int = common.setting(4, "Shallow layers kept fixed while fine-tuning: the "
         "stem and the first N of the 7 block stages.")
-    finetune_base_learning_rate: float = setting(0.0016, "Constant fine-tuning learning rate per "
+    finetune_base_learning_rate: float = common.setting(0.0016, "Constant fine-tuning learning rate per "
         "256 labeled images.")
 
     # Distribution, checkpoints, logging.
-    strategy: str = setting("default", "tf.distribute strategy. multi_worker reads "
+    strategy: str = common.setting("default", "tf.distribute strategy. multi_worker reads "
         "TF_CONFIG.", list(common.STRATEGIES))
-    tpu: str = setting("", "TPU address or name for --strategy=tpu.")
-    save_checkpoints_steps: int = setting(500, "Steps between checkpoints.")
-    keep_checkpoint_max: int = setting(3, "Checkpoints kept.")
-    log_every_steps: int = setting(50, "Steps between progress lines and summaries.")
-    export_saved_model: bool = setting(False, "After training, export the EMA model as a "
+    tpu: str = common.setting("", "TPU address or name for --strategy=tpu.")
+    save_checkpoints_steps: int = common.setting(500, "Steps between checkpoints.")
+    keep_checkpoint_max: int = common.setting(3, "Checkpoints kept.")
+    log_every_steps: int = common.setting(50, "Steps between progress lines and summaries.")
+    export_saved_model: bool = common.setting(False, "After training, export the EMA model as a "
         "SavedModel into <model_dir>/saved_model.")
 
     student: StudentConfig | None = None
@@ -669,20 +664,16 @@ def train_and_evaluate(config, model_dir):
 
 
 def main(_):
-    def values(cls):  # the flags of the config class `cls`
-        return {f.name: FLAGS[f.name].value for f in dataclasses.fields(cls) if f.name in FLAGS}
-
-    student = (StudentConfig(**values(StudentConfig))
+    student = (common.config_from_flags(StudentConfig, FLAGS)
                if FLAGS.unlabel_data_dir or FLAGS.teacher_model_dir else None)
-    train_and_evaluate(TrainConfig(**values(TrainConfig), student=student), FLAGS.model_dir)
+    train_and_evaluate(common.config_from_flags(TrainConfig, FLAGS, student=student),
+                       FLAGS.model_dir)
 
 
 # ---------------------------------------------------------------------------------------------
 # Command line: --model_dir and one flag per config field, with the field's default.
 # ---------------------------------------------------------------------------------------------
 FLAGS = flags.FLAGS
-DEFINE = {str: flags.DEFINE_string, int: flags.DEFINE_integer, float: flags.DEFINE_float,
-          float | None: flags.DEFINE_float, bool: flags.DEFINE_bool}
 
 
 def define_flags(flag_values=FLAGS):
@@ -690,12 +681,7 @@ def define_flags(flag_values=FLAGS):
     flags.DEFINE_string("model_dir", "runs/teacher",
         "Directory for checkpoints, flags.json, model.json, TensorBoard events and "
         "eval_results.json. Rerunning with the same dir resumes.", flag_values=flag_values)
-    for field in dataclasses.fields(TrainConfig) + dataclasses.fields(StudentConfig):
-        help_text, choices = field.metadata.get("help"), field.metadata.get("choices")
-        if choices:
-            flags.DEFINE_enum(field.name, field.default, choices, help_text, flag_values=flag_values)
-        elif help_text:  # every field but TrainConfig.student
-            DEFINE[field.type](field.name, field.default, help_text, flag_values=flag_values)
+    common.define_config_flags([TrainConfig, StudentConfig], flag_values)
 
 
 if __name__ == "__main__":
