@@ -12,13 +12,18 @@ sets as sharded TFRecords:
          DIR/test/       the official 10k test set
          DIR/prepared.json  arguments and counts (written last; a rerun with the same
                             arguments does nothing)
-  python data.py --dataset=folder --source_dir=SRC --output_dir=DIR --split=train --num_shards=4
-      -> DIR/train/train-0000i-of-00004.tfrecord  one record per image of SRC/<class>/<image>,
-         labels 0..K-1 from the sorted class folder names, image bytes passed through unchanged;
-         DIR/train/class_names.json, DIR/train/prepared.json
+  python data.py --dataset=folder --labeled_dir=L --unlabeled_dir=U --test_dir=T --output_dir=DIR
+      -> DIR/labeled/    one record per image of L/<class>/..., labels 0..K-1 in sorted
+                         class folder order, image bytes unchanged
+         DIR/unlabeled/  every image under U (a flat or nested pile; no labels)
+         DIR/test/       T/<class>/... with the labeled classes' labels
+         DIR/class_names.json, DIR/dataset.json (settings measured on the labeled images:
+         resolution, channels, small-image or ImageNet preprocessing, flips, mean/std; every
+         stage reads them through dataset_info("folder", data_dir=...)), DIR/prepared.json
 
 ImageNet records of the standard converter (`image/encoded` JPEG, 1-based `image/class/label`,
-shards `train-00000-of-01024`) are read as they are: a glob `DIR/train-*` and DATASETS["imagenet"].
+shards `train-00000-of-01024`) are read as they are: a glob `DIR/train-*` and DATASETS["imagenet"];
+unlabeled records need only `image/encoded` (ids default to "<file>:<index>").
 
 Conventions: images are uint8 HxWxC; preprocessing returns float32 in [0, 255] (the model
 normalises); labels are 0-based int32. tf.data reports corrupt records lazily and without the
@@ -79,9 +84,9 @@ DATASETS = {
                                  flip=True, mean=(55.844957,), std=(84.611900,), label_offset=0),
     "imagenet": DatasetInfo(num_classes=1000, image_size=224, num_channels=3, input_kind="imagenet",
                             flip=True, mean=IMAGENET_MEAN, std=IMAGENET_STD, label_offset=1),
-    # A folder of images converted by folder_to_tfrecords. num_classes=0 means "read it from the
-    # class_names.json next to the records": use dataset_info("folder", data_dir=..., ...), which
-    # also takes overrides such as image_size=32, input_kind="small" for small images.
+    # Image folders converted by prepare_folders. num_classes=0 means "read the settings measured
+    # at conversion": dataset_info("folder", data_dir=...) takes them from the dataset.json and
+    # class_names.json next to the records; these values apply only to folders without them.
     "folder": DatasetInfo(num_classes=0, image_size=224, num_channels=3, input_kind="imagenet",
                           flip=True, mean=IMAGENET_MEAN, std=IMAGENET_STD, label_offset=0),
 }
@@ -90,9 +95,10 @@ DATASETS = {
 def dataset_info(name, data_dir=None, **overrides):
     """DATASETS[name] with `overrides` (DatasetInfo fields) applied, validated.
 
-    For presets without a class count (num_classes=0, e.g. "folder") the count comes from
-    `class_names.json` in `data_dir` (a directory or glob of records) or its parent directory.
-    Changing num_channels without giving mean/std averages the preset's mean/std over channels.
+    For presets without a class count (num_classes=0: "folder") the settings measured at
+    conversion (folder_settings) replace the preset's, found next to `data_dir` (the output
+    directory, a split directory or a glob of records); `overrides` still win. Changing
+    num_channels without giving mean/std averages the mean/std over channels.
     """
     if name not in DATASETS:
         raise common.UserError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
@@ -101,16 +107,17 @@ def dataset_info(name, data_dir=None, **overrides):
     if unknown:
         raise common.UserError(f"unknown dataset setting(s) {unknown}; known: {sorted(fields)}")
     info = DATASETS[name]
+    if info.num_classes == 0 and data_dir:
+        info = dataclasses.replace(info, **folder_settings(data_dir))
     channels = overrides.get("num_channels", info.num_channels)
     if channels != len(info.mean):
         overrides.setdefault("mean", (float(np.mean(info.mean)),) * channels)
         overrides.setdefault("std", (float(np.mean(info.std)),) * channels)
     info = dataclasses.replace(info, **overrides)
     if info.num_classes == 0:
-        if not data_dir:
-            raise common.UserError(f"dataset {name!r} needs num_classes or a data_dir with "
-                                   f"class_names.json")
-        info = dataclasses.replace(info, num_classes=len(read_class_names(data_dir)))
+        raise common.UserError(f"dataset {name!r} needs num_classes, or a data dir with the "
+                               f"class_names.json that data.py --dataset={name} writes (none "
+                               f"next to {data_dir})")
     if info.input_kind not in INPUT_KINDS:
         raise common.UserError(f"input_kind={info.input_kind!r} is not one of {INPUT_KINDS}")
     if info.num_channels not in (1, 3):
@@ -141,14 +148,26 @@ def model_dataset_info(config, image_size=None, where="model.json"):
                         **overrides)
 
 
-def read_class_names(data_dir):
-    """The class names written by folder_to_tfrecords, looked up in data_dir or its parent."""
+def folder_settings(data_dir):
+    """The DatasetInfo fields prepare_folders wrote: the class count of class_names.json and the
+    measured settings of dataset.json beside it, looked up in data_dir (a directory, else the
+    directory of a file or glob) and the directory above; {} if there are none."""
     base = data_dir if tf.io.gfile.isdir(data_dir) else os.path.dirname(data_dir)
     for d in (base, os.path.dirname(os.path.normpath(base))):
         path = os.path.join(d, "class_names.json")
         if tf.io.gfile.exists(path):
-            return common.read_json(path)
-    raise common.UserError(f"no class_names.json in {base} or its parent; pass num_classes")
+            break
+    else:
+        return {}
+    classes = common.read_json(path, what="class names")
+    settings = common.read_json(os.path.join(d, "dataset.json"), what="dataset settings",
+                                default={})
+    if settings.get("num_classes", len(classes)) != len(classes):
+        raise common.UserError(f"{d}: dataset.json says {settings['num_classes']} classes, "
+                               f"class_names.json names {len(classes)}")
+    settings = {k: tuple(v) if k in ("mean", "std") else v for k, v in settings.items()
+                if k in FOLDER_SETTINGS}
+    return {**settings, "num_classes": len(classes)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -495,77 +514,209 @@ def prepare_fashion_mnist(output_dir, num_labeled_per_class=400, seed=0,
 
 
 # ---------------------------------------------------------------------------------------------
-# A folder of images (one sub-folder per class) -> TFRecords.
+# Folders of images -> labeled / unlabeled / test TFRecords, with settings measured on them.
 # ---------------------------------------------------------------------------------------------
-_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+SMALL_IMAGE_MAX_SIDE = 64  # median short side up to which a folder gets small-image preprocessing
+FOLDER_IMAGE_SIZE = 224  # the resolution of ImageNet-style preprocessing for larger images
+FOLDER_SETTINGS = ("num_classes", "image_size", "num_channels", "input_kind", "flip", "mean",
+                   "std")
+IMAGES_PER_SHARD = 10000
+MIN_UNLABELED_SHARDS = 8  # labeling runs as parallel jobs over the unlabeled shards
 
 
-def list_image_folder(src_dir):
-    """(class names sorted, [(path, label, relative id)]) of src_dir/<class>/<image>."""
-    if not tf.io.gfile.isdir(src_dir):
-        raise common.UserError(f"source directory {src_dir} does not exist")
-    classes = sorted(d for d in tf.io.gfile.listdir(src_dir)
+def _images_under(folder):
+    """Sorted paths of the image files anywhere under `folder` (hidden files and folders
+    skipped) and the number of other files."""
+    paths, skipped = [], 0
+    for root, dirs, files in tf.io.gfile.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for f in files:
+            if f.startswith("."):
+                continue
+            if f.lower().endswith(IMAGE_EXTENSIONS):
+                paths.append(os.path.join(root, f))
+            else:
+                skipped += 1
+    return sorted(paths), skipped
+
+
+def _check_dir(path, what):
+    if not tf.io.gfile.isdir(path):
+        raise common.UserError(f"{what} {path} is not a directory")
+
+
+def _skipped(count, src_dir):
+    if count:
+        logging.warning("skipped %d files without an image extension in %s", count, src_dir)
+
+
+def list_image_folder(src_dir, what="source directory"):
+    """(sorted class names, [(path, label, path relative to src_dir)]) of src_dir/<class>/...
+    (images at any depth below their class folder)."""
+    _check_dir(src_dir, what)
+    classes = sorted(d.rstrip("/") for d in tf.io.gfile.listdir(src_dir)
                      if not d.startswith(".") and tf.io.gfile.isdir(os.path.join(src_dir, d)))
-    classes = [c.rstrip("/") for c in classes]
     if not classes:
-        raise common.UserError(f"source directory {src_dir} has no class sub-folders")
+        raise common.UserError(f"{what} {src_dir} has no class sub-folders")
     items, skipped = [], 0
     for label, name in enumerate(classes):
-        folder = os.path.join(src_dir, name)
-        files = sorted(f for f in tf.io.gfile.listdir(folder) if not f.startswith("."))
-        images = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
-        skipped += len(files) - len(images)
-        if not images:
-            raise common.UserError(f"class folder {folder} has no images "
+        paths, n = _images_under(os.path.join(src_dir, name))
+        if not paths:
+            raise common.UserError(f"class folder {os.path.join(src_dir, name)} has no images "
                                    f"({', '.join(IMAGE_EXTENSIONS)})")
-        items += [(os.path.join(folder, f), label, f"{name}/{f}") for f in images]
-    if skipped:
-        logging.warning("skipped %d files without an image extension in %s", skipped, src_dir)
+        items += [(p, label, os.path.relpath(p, src_dir)) for p in paths]
+        skipped += n
+    _skipped(skipped, src_dir)
     return classes, items
 
 
-def folder_to_tfrecords(src_dir, output_dir, split, num_shards, seed=0):
-    """Writes output_dir/<split>/<split>-0000i-of-0000n.tfrecord, class_names.json, prepared.json.
+def list_image_pile(src_dir, what="source directory"):
+    """[(path, None, path relative to src_dir)] of every image under src_dir: a flat or nested
+    pile whose sub-folders mean nothing (no labels)."""
+    _check_dir(src_dir, what)
+    paths, skipped = _images_under(src_dir)
+    if not paths:
+        raise common.UserError(f"{what} {src_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    _skipped(skipped, src_dir)
+    return [(p, None, os.path.relpath(p, src_dir)) for p in paths]
 
-    Labels 0..K-1 follow the sorted class folder names; image bytes are stored unchanged (JPEG,
-    PNG, ...) with the id "<split>/<class>/<file>"; records are shuffled (seeded) across shards.
-    Another split already written under output_dir must have the same class names.
-    """
-    if num_shards < 1:
-        raise common.UserError(f"--num_shards must be >= 1, got {num_shards}")
-    if not split or "/" in split:
-        raise common.UserError(f"--split must be a plain name such as train, got {split!r}")
-    args = {"dataset": "folder", "source_dir": os.path.abspath(src_dir), "split": split,
-            "num_shards": int(num_shards), "seed": int(seed)}
-    split_dir = os.path.join(output_dir, split)
-    previous = _previous_run(split_dir, args)
-    if previous is not None:
-        return previous
-    classes, items = list_image_folder(src_dir)
-    if tf.io.gfile.isdir(output_dir):
-        for other in tf.io.gfile.listdir(output_dir):
-            path = os.path.join(output_dir, other.rstrip("/"), "class_names.json")
-            if tf.io.gfile.exists(path) and common.read_json(path) != classes:
-                raise common.UserError(f"the class folders of {src_dir} differ from {path}; every "
-                                       f"split of one data set needs the same classes")
-    order = np.random.default_rng(seed).permutation(len(items))
+
+def _image_facts(encoded, measure):
+    """Of one encoded image: its size and (measure) whether it is grey, and per-channel sums and
+    sums of squares of its R, G, B and luma (tf.image.rgb_to_grayscale) values."""
+    image = tf.io.decode_image(encoded, channels=0, expand_animations=False)
+    if not measure:
+        return {"size": tf.shape(image)[:2]}
+    rgb = tf.cond(tf.shape(image)[2] < 3, lambda: tf.tile(image[..., :1], [1, 1, 3]),
+                  lambda: image[..., :3])  # grey (+ alpha) -> RGB; RGBA -> RGB
+    rgb.set_shape([None, None, 3])
+    values = tf.cast(tf.concat([rgb, tf.image.rgb_to_grayscale(rgb)], axis=-1), tf.float64)
+    return {"size": tf.shape(image)[:2], "grey": tf.reduce_all(rgb[..., :1] == rgb),
+            "sum": tf.reduce_sum(values, [0, 1]), "sum_sq": tf.reduce_sum(values ** 2, [0, 1])}
+
+
+def _read_images(paths, measure):
+    """(encoded bytes, _image_facts) of each file, in order, decoded in parallel; UserError
+    naming the first file that does not decode."""
+    def read(path):
+        encoded = tf.io.read_file(path)
+        return encoded, _image_facts(encoded, measure)
+
+    ds = tf.data.Dataset.from_tensor_slices(paths).map(read, num_parallel_calls=tf.data.AUTOTUNE,
+                                                       deterministic=True)
+    it = ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+    for path in paths:  # a deterministic map reports an element's error in its place
+        try:
+            yield next(it)
+        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
+            raise common.UserError(f"{path} is not a readable image (JPEG, PNG, GIF or BMP): "
+                                   f"{common.tf_error_line(e)}") from None
+
+
+def _num_shards(split, count, num_shards):
+    if not num_shards:
+        num_shards = max(-(-count // IMAGES_PER_SHARD),
+                         MIN_UNLABELED_SHARDS if split == "unlabeled" else 1)
+    return max(1, min(num_shards, count))
+
+
+def write_image_split(out_dir, split, items, num_shards, seed):
+    """Writes `items` [(path, label or None, relative path)] as shards of out_dir in a seeded
+    random order, ids "<split>/<relative path>"; returns (shard names, facts of the images,
+    measured for the labeled split)."""
+    order = np.random.default_rng([seed, zlib.crc32(split.encode())]).permutation(len(items))
+    paths = [items[i][0] for i in order]
+    facts = []
 
     def records():
-        for i in order:
-            path, label, rel = items[i]
-            with tf.io.gfile.GFile(path, "rb") as f:
-                encoded = f.read()
-            if not encoded.startswith(_MAGIC):
-                raise common.UserError(f"{path} is not a JPEG/PNG/GIF/BMP image")
-            yield image_example(encoded, label, f"{split}/{rel}").SerializeToString()
+        for i, (encoded, image_facts) in zip(order, _read_images(paths, split == "labeled")):
+            _, label, relative = items[i]
+            facts.append(image_facts)
+            yield image_example(encoded, label, f"{split}/{relative}").SerializeToString()
 
-    summary = {"args": args, "num_classes": len(classes), "counts": {split: len(items)},
-               "per_class": np.bincount([it[1] for it in items], minlength=len(classes)).tolist()}
-    with common.atomic_output(split_dir) as tmp:
-        summary["files"] = {split: write_shards(tmp, split, records(), len(items), num_shards)}
+    names = write_shards(out_dir, split, records(), len(items), num_shards)
+    return names, facts
+
+
+def measured_settings(facts, num_classes, image_size=0, input_kind="auto", flip="auto",
+                      num_channels=0):
+    """dataset.json of a folder data set from the facts of its labeled images; explicit
+    arguments win over "auto" / 0.
+
+    input_kind auto: "small" (pad, crop, flip) if the median short side is <= 64 px, else
+    "imagenet"; image_size 0: the median short side for small images, else 224; num_channels 0:
+    1 if every image is grey, else 3; flip auto: true. mean/std per channel over every pixel.
+    """
+    short_side = float(np.median([min(f["size"]) for f in facts]))
+    if input_kind == "auto":
+        input_kind = "small" if short_side <= SMALL_IMAGE_MAX_SIDE else "imagenet"
+    if not image_size:
+        image_size = int(short_side) if input_kind == "small" else FOLDER_IMAGE_SIZE
+    num_channels = num_channels or (1 if all(f["grey"] for f in facts) else 3)
+    pixels = float(sum(np.prod(f["size"]) for f in facts))
+    mean = sum(f["sum"] for f in facts) / pixels
+    std = np.sqrt(np.maximum(sum(f["sum_sq"] for f in facts) / pixels - mean ** 2, 0.0))
+    channels = slice(3, 4) if num_channels == 1 else slice(0, 3)  # luma or R, G, B
+    return {"num_classes": num_classes, "image_size": int(image_size),
+            "num_channels": num_channels, "input_kind": input_kind, "flip": flip != "false",
+            "mean": [round(float(m), 4) for m in mean[channels]],
+            "std": [round(float(s), 4) for s in std[channels]]}
+
+
+def prepare_folders(output_dir, labeled_dir, unlabeled_dir=None, test_dir=None, image_size=0,
+                    input_kind="auto", flip="auto", num_channels=0, num_shards=0, seed=0):
+    """Writes output_dir/{labeled,unlabeled,test}/ (the given ones), class_names.json,
+    dataset.json and prepared.json; returns the summary dict.
+
+    labeled_dir and test_dir hold one sub-folder per class (labels 0..K-1 in sorted order of the
+    labeled folders; test may have fewer classes); unlabeled_dir is a pile of images whose
+    sub-folders are ignored. Image bytes are stored unchanged. Written under a temporary name
+    and renamed into place (prepared.json last); a rerun with the same arguments does nothing.
+    """
+    if image_size < 0 or num_shards < 0:
+        raise common.UserError("--image_size and --num_shards must be >= 0 (0: automatic)")
+    if num_channels not in (0, 1, 3):
+        raise common.UserError(f"--num_channels must be 0 (automatic), 1 or 3, got {num_channels}")
+    dirs = {"labeled": labeled_dir, "unlabeled": unlabeled_dir, "test": test_dir}
+    args = {"dataset": "folder", "image_size": int(image_size), "input_kind": input_kind,
+            "flip": flip, "num_channels": int(num_channels), "num_shards": int(num_shards),
+            "seed": int(seed), **{f"{split}_dir": os.path.abspath(d) if d else None
+                                  for split, d in dirs.items()}}
+    common.remove_stale_temporaries(output_dir)
+    previous = _previous_run(output_dir, args)
+    if previous is not None:
+        return previous
+    classes, labeled = list_image_folder(labeled_dir, "--labeled_dir")
+    splits = {"labeled": labeled}
+    if unlabeled_dir:
+        splits["unlabeled"] = list_image_pile(unlabeled_dir, "--unlabeled_dir")
+    if test_dir:
+        test_classes, test = list_image_folder(test_dir, "--test_dir")
+        unknown = sorted(set(test_classes) - set(classes))
+        if unknown:
+            raise common.UserError(f"--test_dir={test_dir} has classes the labeled folders do not "
+                                   f"have: {', '.join(unknown[:5])}")
+        splits["test"] = [(p, classes.index(test_classes[label]), relative)
+                          for p, label, relative in test]
+    summary = {"args": args, "counts": {}, "files": {}, "per_class": {}}
+    with common.atomic_output(output_dir) as tmp:
+        for split, items in splits.items():
+            shards = _num_shards(split, len(items), num_shards)
+            summary["files"][split], facts = write_image_split(
+                os.path.join(tmp, split), split, items, shards, seed)
+            summary["counts"][split] = len(items)
+            if split != "unlabeled":
+                summary["per_class"][split] = np.bincount(
+                    [label for _, label, _ in items], minlength=len(classes)).tolist()
+            if split == "labeled":
+                settings = measured_settings(facts, len(classes), image_size, input_kind, flip,
+                                             num_channels)
+        summary["dataset"] = settings
         common.write_json(os.path.join(tmp, "class_names.json"), classes)
+        common.write_json(os.path.join(tmp, "dataset.json"), settings)
         common.write_json(os.path.join(tmp, "prepared.json"), summary)
-    logging.info("Wrote %d images of %d classes to %s", len(items), len(classes), split_dir)
+    logging.info("Prepared %s from image folders: %s; settings %s", output_dir,
+                 summary["counts"], settings)
     return summary
 
 
@@ -956,21 +1107,41 @@ def define_flags():
     data.py never registers flags in another stage's namespace."""
     flags.DEFINE_enum("dataset", None, ["fashion_mnist", "folder"],
                       "What to prepare: fashion_mnist (IDX files -> labeled/unlabeled/test "
-                      "splits) or folder (SRC/<class>/<image> -> one split of TFRecords).")
+                      "splits) or folder (image folders -> the same splits, with the settings "
+                      "measured on the labeled images in dataset.json).")
     flags.DEFINE_string("output_dir", None, "Directory to write; written under a temporary name "
                         "and renamed into place when complete.")
     flags.DEFINE_string("source_dir", None, "fashion_mnist: directory of the four IDX .gz files "
-                        f"(default {FASHION_MNIST_DIR}); folder: the image folder with one "
-                        "sub-folder per class.")
+                        f"(default {FASHION_MNIST_DIR}).")
     flags.DEFINE_integer("num_labeled_per_class", 400, "fashion_mnist: K labeled images per "
                          "class, chosen with --seed from the 60k train images; the rest become "
-                         "unlabeled.")
+                         "unlabeled. folder: every labeled image is kept. (Balancing the "
+                         "pseudo-labeled data to K images per class is filter_balance.py's "
+                         "--num_images_per_class.)")
     flags.DEFINE_integer("seed", 0, "Seed of the labeled subset (fashion_mnist) or of the record "
                          "order across shards (folder).")
-    flags.DEFINE_string("split", "train", "folder: split name; records go to "
-                        "OUTPUT_DIR/<split>/<split>-0000i-of-0000n.tfrecord.")
-    flags.DEFINE_integer("num_shards", None, "folder: number of output shards (default 4). "
-                         "fashion_mnist uses 2 labeled, 8 unlabeled and 2 test shards.")
+    flags.DEFINE_string("labeled_dir", None, "folder: labeled images, one sub-folder per class "
+                        "(labels 0..K-1 in sorted folder order; images at any depth below).")
+    flags.DEFINE_string("unlabeled_dir", None, "folder: unlabeled images, a flat or nested pile "
+                        "(sub-folders are ignored; no labels).")
+    flags.DEFINE_string("test_dir", None, "folder: test images, class sub-folders named as in "
+                        "--labeled_dir.")
+    flags.DEFINE_integer("image_size", 0, "folder: resolution; 0 = the labeled images' median "
+                         f"short side if it is <= {SMALL_IMAGE_MAX_SIDE} px (small images), else "
+                         f"{FOLDER_IMAGE_SIZE}. Models named on main.py's command line may use "
+                         "their own resolution for large images.")
+    flags.DEFINE_enum("input_kind", "auto", ["auto"] + list(INPUT_KINDS), "folder: "
+                      "preprocessing; auto = small (reflect-pad, crop, flip: the paper's "
+                      f"CIFAR/SVHN setting) if the median short side is <= {SMALL_IMAGE_MAX_SIDE}"
+                      " px, else imagenet (random-resized crop, flip; centre crop for eval).")
+    flags.DEFINE_enum("flip", "auto", ["auto", "true", "false"], "folder: random horizontal "
+                      "flips in training; auto = true. Say false for digits or text.")
+    flags.DEFINE_enum("num_channels", "0", ["0", "1", "3"], "folder: 0 = 1 if every labeled "
+                      "image is grey, else 3.")
+    flags.DEFINE_integer("num_shards", None, "folder: shards per split (default: one per "
+                         f"{IMAGES_PER_SHARD:,} images, at least {MIN_UNLABELED_SHARDS} unlabeled "
+                         "shards for parallel labeling jobs). fashion_mnist uses 2 labeled, 8 "
+                         "unlabeled and 2 test shards.")
 
 
 def main(argv):
@@ -979,16 +1150,22 @@ def main(argv):
     F = flags.FLAGS
     if not F.dataset or not F.output_dir:
         raise common.UserError("--dataset and --output_dir are required")
+    folder_flags = ("labeled_dir", "unlabeled_dir", "test_dir")
     if F.dataset == "fashion_mnist":
-        if F.num_shards is not None:
-            raise common.UserError("--num_shards applies to --dataset=folder only")
+        if F.num_shards is not None or any(F[f].present for f in folder_flags):
+            raise common.UserError("--num_shards and --*_dir apply to --dataset=folder only")
         summary = prepare_fashion_mnist(F.output_dir, F.num_labeled_per_class, F.seed,
                                         F.source_dir or FASHION_MNIST_DIR)
     else:
-        if not F.source_dir:
-            raise common.UserError("--dataset=folder needs --source_dir")
-        summary = folder_to_tfrecords(F.source_dir, F.output_dir, F.split,
-                                      4 if F.num_shards is None else F.num_shards, F.seed)
+        if not F.labeled_dir:
+            raise common.UserError("--dataset=folder needs --labeled_dir (and --unlabeled_dir, "
+                                   "--test_dir)")
+        if F.source_dir:
+            raise common.UserError("--source_dir is for fashion_mnist; folders take "
+                                   "--labeled_dir, --unlabeled_dir and --test_dir")
+        summary = prepare_folders(F.output_dir, F.labeled_dir, F.unlabeled_dir, F.test_dir,
+                                  F.image_size, F.input_kind, F.flip, int(F.num_channels),
+                                  F.num_shards or 0, F.seed)
     print(json.dumps(summary["counts"]))
 
 

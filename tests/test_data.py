@@ -241,68 +241,166 @@ def test_image_records_round_trip_and_id_fallbacks():
 # ---------------------------------------------------------------------------------------------
 # Folders of images and ImageNet-style records.
 # ---------------------------------------------------------------------------------------------
+def write_image(path, array, fmt):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    encoded = {"png": png, "jpg": jpeg}[fmt](array)
+    path.write_bytes(encoded)
+    return encoded
+
+
 @pytest.fixture
-def image_folder(tmp_path):
-    """3 classes of PNG/JPEG, RGB and grey images; returns (dir, {relative path: bytes})."""
+def image_folders(tmp_path):
+    """labeled/<class>/ (3 classes; PNG and JPEG, colour and grey, 20-26 x 30 px), a nested
+    unlabeled pile and test/<class>/ with 2 of the classes; returns (root, {id: bytes})."""
     rng = np.random.default_rng(0)
-    src = tmp_path / "src"
-    files = {}
+    root, files = tmp_path / "src", {}
     for c, name in enumerate(["zebra", "ant", "moth"]):
-        (src / name).mkdir(parents=True)
         for i in range(4 + c):
             rgb = rng.integers(0, 256, (20 + i, 30, 3), dtype=np.uint8)
-            encoded = [png(rgb), jpeg(rgb), png(rgb[..., :1])][i % 3]
-            fname = f"img{i}.{'jpg' if i % 3 == 1 else 'png'}"
-            (src / name / fname).write_bytes(encoded)
-            files[f"{name}/{fname}"] = encoded
-    (src / "ant" / "notes.txt").write_text("not an image")
-    return src, files
+            image, fmt = [(rgb, "png"), (rgb, "jpg"), (rgb[..., :1], "png")][i % 3]
+            rel = f"{name}/img{i}.{fmt}"
+            files[f"labeled/{rel}"] = write_image(root / "labeled" / rel, image, fmt)
+    for rel in ["a.png", "b.jpg", "deep/down/c.png", "deep/d.jpg"]:
+        image = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+        files[f"unlabeled/{rel}"] = write_image(root / "unlabeled" / rel, image, rel[-3:])
+    for rel in ["moth/t0.png", "ant/t1.png", "ant/t2.jpg"]:
+        image = rng.integers(0, 256, (22, 22, 3), dtype=np.uint8)
+        files[f"test/{rel}"] = write_image(root / "test" / rel, image, rel[-3:])
+    (root / "labeled" / "ant" / "notes.txt").write_text("not an image")
+    (root / "unlabeled" / ".hidden.png").write_bytes(b"skipped")
+    return root, files
 
 
-def test_folder_to_tfrecords_keeps_bytes_and_sorted_labels(image_folder, tmp_path):
-    src, files = image_folder
+def prepare(root, out, **kwargs):
+    return data.prepare_folders(str(out), str(root / "labeled"), str(root / "unlabeled"),
+                                str(root / "test"), **kwargs)
+
+
+def test_prepare_folders_keeps_bytes_labels_and_measures_settings(image_folders, tmp_path):
+    root, files = image_folders
     out = tmp_path / "out"
-    summary = data.folder_to_tfrecords(str(src), str(out), "train", num_shards=2)
-    assert summary["counts"] == {"train": len(files)} and summary["num_classes"] == 3
-    classes = json.loads((out / "train" / "class_names.json").read_text())
+    (tmp_path / ".out.tmp-1-dead").mkdir()  # left by a killed run: removed
+    summary = prepare(root, out, num_shards=2)
+    assert not (tmp_path / ".out.tmp-1-dead").exists()
+    assert summary["counts"] == {"labeled": 15, "unlabeled": 4, "test": 3}
+    assert sorted(os.listdir(out)) == ["class_names.json", "dataset.json", "labeled",
+                                       "prepared.json", "test", "unlabeled"]
+    classes = json.loads((out / "class_names.json").read_text())
     assert classes == ["ant", "moth", "zebra"]
-    assert data.dataset_info("folder", data_dir=str(out / "train")).num_classes == 3
-    shards = common.list_files(str(out / "train"))
-    assert [os.path.basename(f) for f in shards] == [
-        "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
     seen = {}
-    for serialized in tf.data.TFRecordDataset(shards):
-        r = data.parse_labeled(serialized)
-        split, rel = r["id"].numpy().decode().split("/", 1)
-        assert split == "train"
-        assert r["image"].numpy() == files[rel]  # bytes passed through unchanged
-        assert classes[int(r["label"])] == rel.split("/")[0]
-        seen[rel] = int(r["label"])
-    assert sorted(seen) == sorted(files)
-    assert list(seen) != sorted(seen, key=lambda k: seen[k])  # shuffled across shards
-    # Another split with other class folders is refused.
-    (src / "zebra").rename(src / "horse")
-    with pytest.raises(common.UserError, match="differ"):
-        data.folder_to_tfrecords(str(src), str(out), "validation", num_shards=1)
+    for split in ("labeled", "unlabeled", "test"):
+        shards = common.list_files(str(out / split))
+        assert [os.path.basename(f) for f in shards] == [
+            f"{split}-0000{i}-of-0000{len(shards)}.tfrecord" for i in range(len(shards))]
+        for serialized in tf.data.TFRecordDataset(shards):
+            if split == "unlabeled":  # image and id only: no label to parse
+                with pytest.raises(tf.errors.InvalidArgumentError):
+                    data.parse_labeled(serialized)
+                r = data.parse_unlabeled(serialized)
+            else:
+                r = data.parse_labeled(serialized)
+                assert classes[int(r["label"])] == r["id"].numpy().decode().split("/")[1]
+            image_id = r["id"].numpy().decode()
+            assert r["image"].numpy() == files[image_id]  # bytes stored unchanged
+            seen[image_id] = split
+    assert sorted(seen) == sorted(files)  # nested unlabeled images included, others skipped
+    assert summary["per_class"] == {"labeled": [5, 6, 4], "test": [2, 1, 0]}
+    # Settings measured on the labeled images: median short side 22 px -> small images at 22 px;
+    # some are colour -> 3 channels; mean/std over every pixel, as decoded.
+    pixels = np.concatenate([
+        tf.io.decode_image(files[k], channels=3).numpy().reshape(-1, 3)
+        for k in files if k.startswith("labeled/")]).astype(np.float64)
+    settings = json.loads((out / "dataset.json").read_text())
+    assert {k: settings[k] for k in ("num_classes", "image_size", "num_channels", "input_kind",
+                                     "flip")} == dict(num_classes=3, image_size=22,
+                                                      num_channels=3, input_kind="small", flip=True)
+    np.testing.assert_allclose(settings["mean"], pixels.mean(0), atol=1e-3)
+    np.testing.assert_allclose(settings["std"], pixels.std(0), atol=1e-3)
+    # Every stage gets them from the output dir, a split dir or a glob of records.
+    for where in (out, out / "labeled", out / "test" / "*"):
+        info = data.dataset_info("folder", data_dir=str(where))
+        assert (info.num_classes, info.image_size, info.num_channels, info.input_kind,
+                info.flip) == (3, 22, 3, "small", True)
+        assert info.mean == tuple(settings["mean"]) and info.label_offset == 0
+    assert data.dataset_info("folder", data_dir=str(out), image_size=32).image_size == 32
+    # A rerun with the same arguments does nothing; other arguments are one clear error.
+    assert prepare(root, out, num_shards=2) == summary
+    with pytest.raises(common.UserError, match="num_shards: 2 -> 1"):
+        prepare(root, out, num_shards=1)
 
 
-def test_folder_bad_inputs_name_the_path(image_folder, tmp_path):
-    src, _ = image_folder
-    with pytest.raises(common.UserError, match="missing_dir"):
-        data.folder_to_tfrecords(str(tmp_path / "missing_dir"), str(tmp_path / "o"), "train", 1)
+def test_grey_large_images_get_imagenet_preprocessing_in_one_channel(tmp_path):
+    rng = np.random.default_rng(1)
+    for c in range(2):
+        for i in range(3):
+            grey = rng.integers(0, 256, (80 + 10 * i, 100, 1), dtype=np.uint8)
+            write_image(tmp_path / "l" / f"digit{c}" / f"{i}.png", grey, "png")
+            rgb_grey = np.repeat(grey, 3, axis=-1)  # grey saved as RGB is grey too
+            write_image(tmp_path / "l" / f"digit{c}" / f"{i}_rgb.png", rgb_grey, "png")
+    summary = data.prepare_folders(str(tmp_path / "out"), str(tmp_path / "l"), flip="false")
+    assert summary["counts"] == {"labeled": 12}
+    settings = summary["dataset"]
+    assert (settings["input_kind"], settings["image_size"], settings["num_channels"],
+            settings["flip"]) == ("imagenet", 224, 1, False)
+    info = data.dataset_info("folder", data_dir=str(tmp_path / "out" / "labeled"))
+    assert len(info.mean) == len(info.std) == 1 and not info.flip
+    # Explicit settings win over the measured ones.
+    forced = data.prepare_folders(str(tmp_path / "o2"), str(tmp_path / "l"), image_size=40,
+                                  input_kind="small", num_channels=3)["dataset"]
+    assert (forced["input_kind"], forced["image_size"], forced["num_channels"],
+            len(forced["mean"])) == ("small", 40, 3, 3)
+
+
+def test_prepare_folders_bad_inputs_name_the_path(image_folders, tmp_path):
+    root, _ = image_folders
+    out = tmp_path / "o"
+    with pytest.raises(common.UserError, match="--labeled_dir .*missing_dir is not a directory"):
+        data.prepare_folders(str(out), str(tmp_path / "missing_dir"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(common.UserError, match="no class sub-folders"):
-        data.folder_to_tfrecords(str(tmp_path / "empty"), str(tmp_path / "o"), "train", 1)
-    (src / "ant" / "broken.jpg").write_bytes(b"this is not a jpeg")
-    with pytest.raises(common.UserError, match="broken.jpg"):
-        data.folder_to_tfrecords(str(src), str(tmp_path / "o"), "train", 1)
-    assert not (tmp_path / "o" / "train").exists()
+        data.prepare_folders(str(out), str(tmp_path / "empty"))
+    with pytest.raises(common.UserError, match="--unlabeled_dir .*empty holds no images"):
+        data.prepare_folders(str(out), str(root / "labeled"), str(tmp_path / "empty"))
+    (root / "test" / "horse").mkdir()
+    write_image(root / "test" / "horse" / "h.png", np.zeros((8, 8, 3), np.uint8), "png")
+    with pytest.raises(common.UserError, match="--test_dir=.* classes the labeled .*: horse"):
+        prepare(root, out)
+    for bad in (root / "labeled" / "ant" / "broken.jpg", root / "unlabeled" / "deep" / "x.png"):
+        bad.write_bytes(b"this is not an image")
+        with pytest.raises(common.UserError, match=f"{bad} is not a readable image"):
+            data.prepare_folders(str(out), str(root / "labeled"), str(root / "unlabeled"))
+        bad.unlink()
+    assert not out.exists() and os.listdir(tmp_path) == ["src", "empty"]  # nothing half-written
+
+
+@pytest.mark.slow
+def test_folder_data_reads_through_the_datasets(image_folders, tmp_path):
+    """Converted folders train and evaluate with their own settings (small, 22 px, 3 channels):
+    labeled batches, on-the-fly pairs from the label-free pile, eval of the test split."""
+    root, _ = image_folders
+    out = tmp_path / "out"
+    prepare(root, out)
+    info = data.dataset_info("folder", data_dir=str(out))
+    x, y = next(iter(data.labeled_dataset(str(out / "labeled"), info, info.image_size, 4, True,
+                                          "basic", seed=0, shuffle_buffer=16)))
+    assert x.shape == (4, 22, 22, 3) and set(y.numpy()) <= {0, 1, 2}
+    student, teacher = next(iter(data.unlabeled_pair_dataset(
+        str(out / "unlabeled"), info, 22, 4, "basic", seed=0, shuffle_buffer=16)))
+    assert student.shape == teacher.shape == (4, 22, 22, 3)
+    labels = np.concatenate([y for _, y in data.labeled_dataset(
+        str(out / "test"), info, 22, 2, False).as_numpy_iterator()])
+    assert sorted(labels) == [0, 0, 1]
 
 
 @pytest.mark.slow
 def test_imagenet_style_records_read_with_label_offset(tmp_path):
+    """Records as the standard ImageNet converter writes them (JPEG, 1-based labels,
+    image/filename, shards without extension) and unlabeled records holding only
+    image/encoded, at 224 px, through every reader."""
     rng = np.random.default_rng(1)
-    images = [rng.integers(0, 256, (40 + 4 * i, 56, 3), dtype=np.uint8) for i in range(6)]
+    smooth = lambda h, w: np.clip(  # noqa: E731  (compresses well: small records)
+        rng.normal(128, 40, (h // 8, w // 8, 3)).repeat(8, 0).repeat(8, 1), 0, 255).astype(np.uint8)
+    images = [smooth(256 + 16 * i, 320) for i in range(6)]
     for shard in range(2):  # converter names: no extension, 1-based labels, image/filename
         write_records(tmp_path / f"train-0000{shard}-of-00002", [
             tf.train.Example(features=tf.train.Features(feature={
@@ -310,21 +408,34 @@ def test_imagenet_style_records_read_with_label_offset(tmp_path):
                 "image/class/label": data._int(i % 3 + 1),
                 "image/filename": data._bytes(f"img_{i}.JPEG".encode())}))
             for i in range(shard * 3, shard * 3 + 3)])
+    write_records(tmp_path / "unlabeled-00000-of-00001", [
+        tf.train.Example(features=tf.train.Features(feature={
+            "image/encoded": data._bytes(jpeg(image))})) for image in images])
     with pytest.raises(common.UserError, match=r"train-\*"):  # a dir means *.tfrecord*: hint
         common.list_files(str(tmp_path))
     info = data.dataset_info("imagenet", num_classes=3)
-    assert info.label_offset == 1 and info.input_kind == "imagenet"
-    ds = data.labeled_dataset(str(tmp_path / "train-*"), info, 32, 4, is_training=False)
+    assert info.label_offset == 1 and info.input_kind == "imagenet" and info.image_size == 224
+    ds = data.labeled_dataset(str(tmp_path / "train-*"), info, 224, 4, is_training=False)
     batches = list(ds.as_numpy_iterator())
     assert [len(b[1]) for b in batches] == [4, 2]  # one pass, last partial batch kept
     labels = np.concatenate([b[1] for b in batches])
     # Deterministic order: file 0 (records 0, 1, 2) interleaved with file 1 (3, 4, 5).
     np.testing.assert_array_equal(labels, [0, 0, 1, 1, 2, 2])
-    assert batches[0][0].shape == (4, 32, 32, 3) and batches[0][0].dtype == np.float32
-    train = data.labeled_dataset(str(tmp_path / "train-*"), info, 32, 4, is_training=True,
-                                 augment_name="basic", seed=0)
+    assert batches[0][0].shape == (4, 224, 224, 3) and batches[0][0].dtype == np.float32
+    train = data.labeled_dataset(str(tmp_path / "train-*"), info, 224, 4, is_training=True,
+                                 augment_name="randaugment", seed=0, shuffle_buffer=6)
     x, y = next(iter(train))
-    assert x.shape == (4, 32, 32, 3) and set(y.numpy()) <= {0, 1, 2}
+    assert x.shape == (4, 224, 224, 3) and set(y.numpy()) <= {0, 1, 2}
+    # Unlabeled records without ids: a student at 224 px, its teacher at 240 px.
+    unlabeled = str(tmp_path / "unlabeled-*")
+    student, teacher = next(iter(data.unlabeled_pair_dataset(
+        unlabeled, info, 224, 3, "randaugment", seed=0, teacher_image_size=240,
+        shuffle_buffer=6)))
+    assert student.shape == (3, 224, 224, 3) and teacher.shape == (3, 240, 240, 3)
+    batch = next(iter(data.unlabeled_records_dataset(common.list_files(unlabeled), info, 240, 6)))
+    assert batch["image"].shape == (6, 240, 240, 3)
+    assert batch["id"].numpy().tolist() == [f"unlabeled-00000-of-00001:{i}".encode()
+                                            for i in range(6)]
     # With the wrong offset the labels leave [0, num_classes): one clear error.
     bad = data.dataset_info("imagenet", num_classes=3, label_offset=0)
     with pytest.raises(common.UserError, match="label >= num_classes=3"):
@@ -550,20 +661,33 @@ def test_list_files_and_corrupt_records_give_user_errors(tmp_path):
 
 
 @pytest.mark.slow
-def test_script_reports_user_errors_in_one_line(image_folder, tmp_path):
+def test_script_converts_folders_and_reports_user_errors_in_one_line(image_folders, tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    src, files = image_folder
-    ok = subprocess.run([sys.executable, "data.py", "--dataset=folder", f"--source_dir={src}",
-                         f"--output_dir={tmp_path / 'o'}", "--split=val", "--num_shards=1"],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    root, files = image_folders
+
+    def run(*args):
+        return subprocess.run([sys.executable, "data.py", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    ok = run("--dataset=folder", f"--labeled_dir={root / 'labeled'}",
+             f"--unlabeled_dir={root / 'unlabeled'}", f"--output_dir={tmp_path / 'o'}",
+             "--flip=false")
     assert ok.returncode == 0, ok.stderr
-    assert json.loads(ok.stdout.strip().splitlines()[-1]) == {"val": len(files)}
-    bad = subprocess.run([sys.executable, "data.py", "--dataset=folder",
-                          f"--source_dir={tmp_path / 'nope'}", f"--output_dir={tmp_path / 'o'}"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2
-    errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and str(tmp_path / "nope") in errors[0]
+    assert json.loads(ok.stdout.strip().splitlines()[-1]) == {"labeled": 15, "unlabeled": 4}
+    assert json.loads((tmp_path / "o" / "dataset.json").read_text())["flip"] is False
+    assert len(os.listdir(tmp_path / "o" / "unlabeled")) == 4  # 8 shards, at most one per image
+    for args, where in [(["--dataset=folder", f"--labeled_dir={tmp_path / 'nope'}"], "nope"),
+                        (["--dataset=folder", f"--source_dir={root}"], "--labeled_dir")]:
+        bad = run(*args, f"--output_dir={tmp_path / 'o2'}")
+        assert bad.returncode == 2
+        errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and where in errors[0], bad.stderr
+    # --help states the automatic choices.
+    help_text = " ".join(run("--helpfull").stdout.split())
+    for default in ("median short side if it is <= 64 px (small images), else 224",
+                    "auto = true", "1 if every labeled image is grey, else 3",
+                    "folder: every labeled image is kept"):
+        assert default in help_text
 
 
 def crop_views(image):
@@ -597,6 +721,10 @@ def test_batch_crop_and_flip_is_uniform_per_image():
     expected = n / 81
     assert ((counts - expected) ** 2 / expected).sum() < 140  # chi-square, 80 dof: p ~ 1e-4
     assert abs(flips - n / 2) < 4 * np.sqrt(n / 4)
+    # flip=False (info.flip: digits, text): crops only, never mirrored.
+    crops = data._random_crop_and_flip(tf.constant(np.repeat(image[None], 256, 0)), 4, False,
+                                       SEED).numpy()
+    assert not any(views[crop.tobytes()][2] for crop in crops)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -645,7 +773,7 @@ def test_labeled_and_unlabeled_streams_of_one_seed_are_independent(tmp_path):
 
 
 @pytest.mark.parametrize("kind,augment", [
-    ("small", "basic"), ("imagenet", "basic"),
+    ("small", "basic"), pytest.param("imagenet", "basic", marks=pytest.mark.slow),
     pytest.param("small", "randaugment", marks=pytest.mark.slow),
     pytest.param("imagenet", "randaugment", marks=pytest.mark.slow)])
 def test_one_seed_gives_the_same_batches_another_seed_others(tmp_path, kind, augment):
@@ -673,6 +801,7 @@ def test_one_seed_gives_the_same_batches_another_seed_others(tmp_path, kind, aug
         assert not any(np.array_equal(other, x) for x in first)
 
 
+@pytest.mark.slow
 def test_start_batch_continues_the_noise_stream(tmp_path):
     """A run resumed at batch 2 draws the noise the uninterrupted run drew for batches 2, 3
     (records of one image: the record order, reshuffled on resumption, does not show)."""
