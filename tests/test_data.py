@@ -683,7 +683,7 @@ def test_script_converts_folders_and_reports_user_errors_in_one_line(image_folde
         errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and where in errors[0], bad.stderr
     # --help states the automatic choices.
-    help_text = " ".join(run("--helpfull").stdout.split())
+    help_text = " ".join(run("--help").stdout.split())
     for default in ("median short side if it is <= 64 px (small images), else 224",
                     "auto = true", "1 if every labeled image is grey, else 3",
                     "folder: every labeled image is kept"):
