@@ -221,10 +221,27 @@ class Normalize(keras.layers.Layer):
         return {**super().get_config(), "mean": self.mean, "std": self.std}
 
 
+def _noise_off(layer, training):
+    """Not training, frozen (trainable=False) or switched off (noised_rows the Python int 0)."""
+    rows = layer.noised_rows
+    return not training or not layer.trainable or (isinstance(rows, int) and rows == 0)
+
+
+def _noise_rows_only(noised, clean, noised_rows):
+    """Rows [0, noised_rows) from `noised`, the rest from `clean` (noised_rows None: all noised)."""
+    if noised_rows is None:
+        return noised
+    shape = (ops.shape(noised)[0],) + (1,) * (len(noised.shape) - 1)
+    rows = ops.reshape(ops.arange(ops.shape(noised)[0]), shape)
+    return ops.where(rows < noised_rows, noised, clean)
+
+
 class StochasticDepth(keras.layers.Layer):
     """Drops a residual branch for whole examples: x / keep * Bernoulli(keep), training only.
 
-    `noise_enabled` (Python bool, read in call(); see set_noise) switches it off.
+    `noised_rows` (set by set_noise, read in call()): None noises every row, n only the first n
+    (0: off). A frozen layer (trainable=False, fine-tuning) is off, as the reference's fixed
+    blocks, which it calls with training=False.
     """
 
     def __init__(self, rate, seed=None, **kwargs):
@@ -233,33 +250,34 @@ class StochasticDepth(keras.layers.Layer):
             raise ValueError(f"stochastic depth rate must be in [0, 1), got {rate}")
         self.rate = float(rate)
         self.seed = seed
-        self.noise_enabled = True
+        self.noised_rows = None
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, x, training=False):
-        if not training or not self.noise_enabled or self.rate == 0.0:
+        if _noise_off(self, training) or self.rate == 0.0:
             return x
         keep = 1.0 - self.rate
         shape = (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
         mask = ops.floor(keep + keras.random.uniform(shape, seed=self.seed_generator,
                                                       dtype=x.dtype))
-        return x * (mask / keep)  # one full-size multiply
+        mask = _noise_rows_only(mask / keep, ops.ones_like(mask), self.noised_rows)
+        return x * mask  # one full-size multiply
 
     def get_config(self):
         return {**super().get_config(), "rate": self.rate, "seed": self.seed}
 
 
 class NoiseDropout(keras.layers.Dropout):
-    """keras Dropout that set_noise can switch off (Python bool `noise_enabled`)."""
+    """keras Dropout on the rows set_noise names (`noised_rows`, as StochasticDepth's)."""
 
     def __init__(self, rate, **kwargs):
         super().__init__(rate, **kwargs)
-        self.noise_enabled = True
+        self.noised_rows = None
 
     def call(self, inputs, training=False):
-        if not self.noise_enabled:
+        if _noise_off(self, training):
             return inputs
-        return super().call(inputs, training=training)
+        return _noise_rows_only(super().call(inputs, training=training), inputs, self.noised_rows)
 
 
 class Conv2D(layers.Conv2D):
@@ -437,16 +455,17 @@ def _all_layers(model):
             yield from _all_layers(layer)
 
 
-def set_noise(model, enabled):
-    """Switches dropout and stochastic depth on/off (BN untouched); returns the layers switched.
+def set_noise(model, enabled, noised_rows=None):
+    """Switches dropout and stochastic depth on (for all rows, or only the first `noised_rows`,
+    a Python int or scalar tensor) or off; BN untouched. Returns the number of layers switched.
 
-    The switch is a Python attribute read in call(): a tf.function traced before the switch keeps
-    the old behaviour; trace a separate function for each setting.
+    The setting is a Python attribute read in call(): set it around the call inside the traced
+    function (a tf.function traced before the switch keeps the old behaviour).
     """
     switched = 0
     for layer in _all_layers(model):
         if isinstance(layer, (StochasticDepth, NoiseDropout)):
-            layer.noise_enabled = bool(enabled)
+            layer.noised_rows = noised_rows if enabled else 0
             switched += 1
     return switched
 

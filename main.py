@@ -405,17 +405,14 @@ class Trainer:
                                               optimizer=self.optimizer, step=self.step)
 
     def _forward_student(self, x_l, x_u):
-        """Logits of the labeled and unlabeled parts: one pass over the concatenation (BN sees both),
-        or, for the 'none' ablation, a second pass over the unlabeled part with dropout/SD off."""
+        """Logits of the labeled and unlabeled parts: one pass over the concatenation, so BN sees
+        the whole batch once; for the 'none' ablation dropout and stochastic depth noise only the
+        labeled rows."""
         n_l = tf.shape(x_l)[0]
         if self.student.unlabeled_noise == "none":
-            # NOTE: two forward passes, so BN batch statistics are computed per part here.
-            logits_l = self.model(x_l, training=True)
-            efficientnet_builder.set_noise(self.model, False)
-            logits_u = self.model(x_u, training=True)
-            efficientnet_builder.set_noise(self.model, True)
-            return logits_l, logits_u
+            efficientnet_builder.set_noise(self.model, True, noised_rows=n_l)
         logits = self.model(tf.concat([x_l, x_u], 0), training=True)
+        efficientnet_builder.set_noise(self.model, True)
         return logits[:n_l], logits[n_l:]
 
     def _step_fn(self, batch, global_batch_l, global_batch_u):

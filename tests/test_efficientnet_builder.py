@@ -243,9 +243,25 @@ def test_stochastic_depth_drops_at_rate_per_example():
     assert abs(y.mean() - 1.0) < 5 * math.sqrt(rate / (1 - rate) / (n * 1.0))  # unbiased
     # Identity in inference, when switched off, and at rate 0.
     np.testing.assert_array_equal(layer(x, training=False), x)
-    layer.noise_enabled = False
+    layer.noised_rows = 0
     np.testing.assert_array_equal(layer(x, training=True), x)
     np.testing.assert_array_equal(eb.StochasticDepth(0.0)(x, training=True), x)
+
+
+@pytest.mark.parametrize("layer", [eb.StochasticDepth(0.5), eb.NoiseDropout(0.5)],
+                         ids=["stochastic_depth", "dropout"])
+def test_noised_rows_and_frozen_layers(layer):
+    """noised_rows = n noises the first n rows only (the `none` ablation's one pass); a frozen
+    layer (fine-tuning's fixed blocks) is the identity, as the reference's training=False."""
+    x = np.ones((400, 3, 3, 2), np.float32)
+    layer.noised_rows = tf.constant(300)
+    y = np.asarray(layer(x, training=True))
+    np.testing.assert_array_equal(y[300:], x[300:])
+    assert 0.3 < np.mean(y[:300] == 0) < 0.7      # Bernoulli(0.5) over >= 300 draws
+    layer.noised_rows = None
+    assert 0.3 < np.mean(np.asarray(layer(x, training=True))[300:] == 0) < 0.7
+    layer.trainable = False
+    np.testing.assert_array_equal(layer(x, training=True), x)
 
 
 def test_block_specs_stochastic_depth_rule():

@@ -151,6 +151,37 @@ def parsed_flags(*args):
     return flag_values
 
 
+TINY_MODEL = dict(model_name="efficientnet-b0", num_classes=10, image_size=32, num_channels=1,
+                  small_image=True, width=0.25, depth=0.25, dropout_rate=0.0,
+                  stochastic_depth_rate=0.0, mean=[72.9], std=[90.0])
+
+
+@pytest.mark.slow
+def test_none_ablation_is_one_pass_updating_bn_once():
+    """unlabeled_noise=none: BN sees concat(labeled, unlabeled) once per step, so its moving
+    statistics after a step are those of ONE training pass over the whole batch."""
+    rng = np.random.RandomState(0)
+    x_l, x_u = (rng.uniform(0, 255, (n, 32, 32, 1)).astype("float32") for n in (4, 8))
+    batch = (x_l, rng.randint(0, 10, 4).astype("int32"), x_u,
+             np.full((8, 10), 0.1, np.float32))
+    student = main.StudentConfig(unlabel_data_dir="unused", unlabeled_noise="none",
+                                 unlabel_ratio=2.0)
+    t = main.Trainer(tf.distribute.get_strategy(), TINY_MODEL, peak_lr=0.01, warmup_steps=0,
+                     decay_steps=100, decay_factor=0.97, weight_decay=1e-5, label_smoothing=0.1,
+                     ema_decay_rate=0.9999, seed=0, student=student)
+    reference = efficientnet_builder.build_from_config(TINY_MODEL)
+    reference.set_weights(t.model.get_weights())
+    reference(np.concatenate([x_l, x_u]), training=True)
+    t.make_train_step(4, 8)(iter([batch]))
+    bn = [l.name for l in reference.layers if isinstance(l, keras.layers.BatchNormalization)]
+    for name in bn:
+        np.testing.assert_allclose(t.model.get_layer(name).moving_variance,
+                                   reference.get_layer(name).moving_variance, rtol=1e-5)
+        np.testing.assert_allclose(t.model.get_layer(name).moving_mean,
+                                   reference.get_layer(name).moving_mean, rtol=1e-4, atol=1e-6)
+
+
+
 def test_flags_are_the_config_fields_with_their_defaults():
     flag_values = parsed_flags()
     fields = {f.name: f for cls in (main.TrainConfig, main.StudentConfig)
