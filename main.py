@@ -166,11 +166,30 @@ def flags_record(config, model_dir):
 # Small pure pieces: learning rate, EMA decay, losses, optimizer.
 # ---------------------------------------------------------------------------------------------
 def learning_rate(step, peak_lr, warmup_steps, decay_steps, decay_factor):
-    """Reference schedule: linear warm-up, then staircase exponential decay on the global step."""
+    """Reference schedule: linear warm-up, then staircase exponential decay on the global step
+    (decay_steps a float, as the reference's steps_per_epoch * decay_epochs)."""
     step = tf.cast(step, tf.float32)
-    decayed = peak_lr * tf.pow(decay_factor, tf.floor(step / float(max(decay_steps, 1))))
+    decayed = peak_lr * tf.pow(decay_factor, tf.floor(step / max(float(decay_steps), 1e-9)))
     warmup = peak_lr * step / float(max(warmup_steps, 1))
     return tf.where(step < warmup_steps, warmup, decayed)
+
+
+def lr_schedule(config, steps_per_epoch, train_steps):
+    """learning_rate()'s arguments for a run of train_steps: the reference's utils.build_learning_rate
+    and, with --final_base_learning_rate, its main.py: the decay period that reaches the final
+    rate after the warm-up, total_epochs = train_epochs - warm-up epochs, decay_epochs =
+    total_epochs / (log(final / base) / log(decay_factor)), decay_steps = steps_per_epoch *
+    decay_epochs (a float; the staircase floors step / decay_steps)."""
+    decay_epochs = config.lr_decay_epochs
+    if config.final_base_learning_rate:
+        decay_times = math.log(config.final_base_learning_rate / config.base_learning_rate) / (
+            math.log(config.lr_decay_factor))
+        total_epochs = train_steps / steps_per_epoch - config.lr_warmup_epochs
+        decay_epochs = total_epochs / max(decay_times, 1e-9)
+    return dict(peak_lr=config.base_learning_rate * config.train_batch_size / 256,
+                warmup_steps=int(config.lr_warmup_epochs * steps_per_epoch),
+                decay_steps=max(steps_per_epoch * decay_epochs, 1e-9),
+                decay_factor=config.lr_decay_factor)
 
 
 def ema_decay(step, decay):
@@ -623,19 +642,14 @@ def train_and_evaluate(config, model_dir):
         num_train = config.num_train_images or common.count_records(label_files)
         steps_per_epoch = num_train / config.train_batch_size
         train_steps = config.train_steps or int(math.ceil(config.train_epochs * steps_per_epoch))
-        peak_lr = config.base_learning_rate * config.train_batch_size / 256
-        decay_epochs = config.lr_decay_epochs
-        if config.final_base_learning_rate:
-            n_decays = math.log(config.final_base_learning_rate / config.base_learning_rate) / (
-                math.log(config.lr_decay_factor))
-            decay_epochs = (train_steps / steps_per_epoch) / max(n_decays, 1e-9)
-        trainer = Trainer(strategy, model_cfg, peak_lr=peak_lr,
-                          warmup_steps=int(config.lr_warmup_epochs * steps_per_epoch),
-                          decay_steps=int(max(1, decay_epochs * steps_per_epoch)),
-                          decay_factor=config.lr_decay_factor, weight_decay=config.weight_decay,
+        schedule = lr_schedule(config, steps_per_epoch, train_steps)
+        peak_lr = schedule["peak_lr"]
+        trainer = Trainer(strategy, model_cfg, **schedule, weight_decay=config.weight_decay,
                           label_smoothing=config.label_smoothing,
                           ema_decay_rate=config.moving_average_decay, seed=config.seed,
                           student=student, optimizer=config.optimizer)
+        logging.info("lr ends at 1/%.1f of the peak.",
+                     peak_lr / float(learning_rate(train_steps, **schedule)))
         batch_u = int(math.ceil(config.train_batch_size * student.unlabel_ratio)) if student else 0
         teacher_info = check_teacher(trainer.model, student, info.num_classes) if student else None
         dataset = build_train_dataset(config, info, label_files, batch_u,

@@ -3,6 +3,7 @@ Fashion-MNIST through train_and_evaluate in-process, and the command line as a s
 import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import socket
@@ -53,6 +54,26 @@ def test_learning_rate_warmup_then_staircase():
     assert lr(10) == pytest.approx(0.1 * 0.5 ** 2)
     assert lr(11) == pytest.approx(0.1 * 0.5 ** 2)
     assert lr(12) == pytest.approx(0.1 * 0.5 ** 3)
+
+
+@pytest.mark.parametrize("warmup", [5.0, 2.0])
+def test_final_learning_rate_schedule_is_the_references(warmup):
+    """--final_base_learning_rate: the decay period omits the warm-up epochs and stays a float
+    (reference main.py)."""
+    config = main.TrainConfig(train_batch_size=64, base_learning_rate=0.016,
+                              final_base_learning_rate=0.0008, lr_warmup_epochs=warmup)
+    steps_per_epoch, train_steps = 4000 / 64, 2500
+    s = main.lr_schedule(config, steps_per_epoch, train_steps)
+    decay_times = math.log(0.0008 / 0.016) / math.log(0.97)
+    assert s["decay_steps"] == pytest.approx(
+        steps_per_epoch * (train_steps / steps_per_epoch - warmup) / decay_times)
+    assert s["peak_lr"] == pytest.approx(0.016 * 64 / 256)
+    assert s["warmup_steps"] == int(warmup * steps_per_epoch)
+    end = float(main.learning_rate(train_steps, **s))
+    assert end == pytest.approx(
+        s["peak_lr"] * 0.97 ** math.floor(train_steps / s["decay_steps"]), rel=1e-5)
+    # The staircase counts the warm-up steps too (global step), so it passes the final rate.
+    assert end < 0.0008 * 64 / 256
 
 
 def test_ema_decay_num_updates_warmup():
