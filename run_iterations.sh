@@ -13,6 +13,23 @@
 #   bash run_iterations.sh --preset=full --student_epochs=50,50,75  # ... per iteration
 #   bash run_iterations.sh --preset=full --ablation  # + Table 6 noise ablation, soft vs hard labels
 #
+# Your own data (any preset sets the schedule; --preset=smoke checks a new dataset in minutes):
+#   bash run_iterations.sh --dataset=folder --labeled_dir=L --unlabeled_dir=U --test_dir=T
+#       (L and T: one sub-folder of images per class; U: a flat or nested pile, sub-folders mean
+#       nothing; converted once into the workdir's data/, with its measured settings)
+#   bash run_iterations.sh --dataset=imagenet --label_data_dir='train-*' \
+#       --eval_data_dir='validation-*' --unlabel_data_dir='unlabeled-*'  # ImageNet-schema records
+#   --teacher_model=efficientnet-b0 --student_models=efficientnet-b1,efficientnet-b2,efficientnet-b3
+#       models grown by name, each at its own resolution (default: efficientnet-b0 for every model;
+#       Fashion-MNIST: B0 at width/depth 0.25)
+#   --supervised_baseline      also train the last student's architecture on the labels only
+#   --init_checkpoint=PATH     the teacher starts from pretrained weights (Keras or official TF)
+#   --jobs=N                   label with N parallel label_data.py jobs (same bytes as one job)
+#   --num_images_per_class=K   K after balancing; default: the preset's on Fashion-MNIST, else
+#       unlabeled images / classes (a uniform pile's share; paper: 130K for ImageNet)
+#   --train_flags='--train_steps=20 ...'  appended to every main.py command (overrides)
+#   Robustness (Sec. 3.3-3.4) is evaluated on Fashion-MNIST only.
+#
 # Produces in the workdir: data/{labeled,unlabeled,test}, teacher/, iter{1,2,3}/{labels,filtered,
 # student}/, ablation/ (with --ablation), report.json, report.md and plots (top-1 per iteration,
 # pseudo-label quality, class balance, ablation). Every stage writes to a temporary name and
@@ -21,7 +38,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-PRESET=quick; WORKDIR=""; SEED=0; PY=${PYTHON:-python3}
+PRESET=quick; WORKDIR=""; SEED=0; PY=${PYTHON:-python3}; DATASET=fashion_mnist; JOBS=1; TRAIN_FLAGS=""
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 for arg in "$@"; do
   case "$arg" in
@@ -32,12 +49,26 @@ for arg in "$@"; do
     --student_depths=*) DEPTHS_FLAG=${arg#*=} ;;
     --unlabel_ratios=*) RATIOS_FLAG=${arg#*=} ;;
     --student_epochs=*) STUDENT_EPOCHS=${arg#*=} ;;
+    --dataset=*) DATASET=${arg#*=} ;;
+    --labeled_dir=*) LABELED_DIR=${arg#*=} ;;
+    --unlabeled_dir=*) UNLABELED_DIR=${arg#*=} ;;
+    --test_dir=*) TEST_DIR=${arg#*=} ;;
+    --label_data_dir=*) LABEL_DATA_DIR=${arg#*=} ;;
+    --eval_data_dir=*) EVAL_DATA_DIR=${arg#*=} ;;
+    --unlabel_data_dir=*) UNLABEL_DATA_DIR=${arg#*=} ;;
+    --teacher_model=*) TEACHER_MODEL=${arg#*=} ;;
+    --student_models=*) STUDENT_MODELS=${arg#*=} ;;
+    --supervised_baseline) BASELINE=1 ;;
+    --init_checkpoint=*) INIT_CHECKPOINT=${arg#*=} ;;
+    --jobs=*) JOBS=${arg#*=} ;;
+    --num_images_per_class=*) PER_CLASS_FLAG=${arg#*=} ;;
+    --train_flags=*) TRAIN_FLAGS=${arg#*=} ;;
     --skip_setup) SKIP_SETUP=1 ;;
     --ablation) ABLATION=1 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "error: unknown argument $arg (use --preset=smoke|quick|full --workdir=DIR --seed=N" \
             "--student_widths=W1,W2,W3 --student_depths=D1,D2,D3 --unlabel_ratios=R1,R2,R3" \
-            "--student_epochs=N|N1,N2,N3 --ablation)" >&2
+            "--student_epochs=N|N1,N2,N3 --ablation; --help for the data, model and job flags)" >&2
      exit 2 ;;
   esac
 done
@@ -51,11 +82,12 @@ ABLATION_STEPS=(); WIDTHS=""; DEPTHS=""
 # The data split is SEED's; each model has its own --seed (weights, shuffling, augmentation), so no two
 # replay one augmentation stream: the teacher SEED, student i SEED*10+i (the ablation's students share
 # student 1's, so they differ from it only in their noise), the supervised baseline SEED*10+4.
-COMMON=(--dataset=fashion_mnist --num_labeled_per_class=400 --data_seed="$SEED")
-# NOTE: 2-core schedules: peak lr 0.032 per 256 (reference 0.016), decay to 1/20 and M=5 (its SVHN run).
+# NOTE: 2-core schedules: peak lr 0.032 per 256 (reference 0.016), final lr 1/20, M=5 (its SVHN run).
 SCHEDULE=(--train_batch_size=128 --base_learning_rate=0.032 --final_base_learning_rate=0.0016
           --lr_warmup_epochs=5 --randaug_mag=5)
 NET=(--model_name=efficientnet-b0 --width_coefficient=0.25 --depth_coefficient=0.25)  # 131k params
+[ "$DATASET" = fashion_mnist ] || NET=(--model_name=efficientnet-b0)
+[ -z "${TEACHER_MODEL:-}" ] || NET=(--model_name="$TEACHER_MODEL")
 case "$PRESET" in
   # smoke: the plumbing, not the paper (tests/test_run_iterations.py). Algorithm 1 end to end with
   #   300-step models (BN's moving statistics need that many) on 2 of 8 unlabeled shards, K = 600.
@@ -96,6 +128,26 @@ EPOCHS=${STUDENT_EPOCHS:-$EPOCHS}
 [[ "$EPOCHS" =~ ^[0-9]+(\.[0-9]+)?(,[0-9]+(\.[0-9]+)?){2}$ ]] || {
   echo "error: --student_epochs=${STUDENT_EPOCHS:-$EPOCHS} must be one number of epochs or three," \
        "one per iteration (e.g. 50 or 50,50,75)" >&2; exit 2; }
+fail() { echo "error: $*" >&2; exit 2; }
+need() {  # need DATASET FLAG...: each --FLAG (variable FLAG in capitals) is set
+  local d=$1 f v; shift
+  for f in "$@"; do v=${f^^}; [ -n "${!v:-}" ] || fail "--dataset=$d needs --$f"; done
+}
+case "$DATASET" in
+  fashion_mnist) ;;
+  folder) need folder labeled_dir unlabeled_dir test_dir ;;
+  imagenet) need imagenet label_data_dir eval_data_dir unlabel_data_dir ;;
+  *) fail "--dataset=$DATASET is not one of fashion_mnist, folder, imagenet" ;;
+esac
+[[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || fail "--jobs=$JOBS must be a positive number of labeling jobs"
+[ -z "${PER_CLASS_FLAG:-}" ] || [[ "$PER_CLASS_FLAG" =~ ^[1-9][0-9]*$ ]] ||
+  fail "--num_images_per_class=$PER_CLASS_FLAG must be a positive number of images"
+[ -z "${STUDENT_MODELS:-}" ] || [[ "$STUDENT_MODELS" =~ ^[a-z0-9-]+,[a-z0-9-]+,[a-z0-9-]+$ ]] ||
+  fail "--student_models=$STUDENT_MODELS must be three model names, one per iteration" \
+       "(e.g. efficientnet-b1,efficientnet-b2,efficientnet-b3)"
+[ -z "${INIT_CHECKPOINT:-}" ] || [ -e "$INIT_CHECKPOINT" ] ||
+  fail "--init_checkpoint=$INIT_CHECKPOINT does not exist"
+read -ra EXTRA <<< "$TRAIN_FLAGS"
 for size in "widths=$STUDENT_WIDTHS" "depths=$STUDENT_DEPTHS"; do
   [ "${size#*=}" = "" ] || [[ "${size#*=}" =~ ^[0-9.]+,[0-9.]+,[0-9.]+$ ]] || {
     echo "error: --student_$size must be three multipliers, one per iteration (e.g. 0.3,0.35,0.4)" >&2
@@ -115,43 +167,73 @@ done_or_run() {
 mkdir -p "$WORKDIR"
 START=$(date +%s)
 DATA="$WORKDIR/data"
-done_or_run "$DATA/prepared.json" "prepare Fashion-MNIST" \
-  $PY data.py --dataset=fashion_mnist --output_dir="$DATA" --num_labeled_per_class=400 --seed="$SEED"
+case "$DATASET" in  # DATA_FLAGS: what every main.py is told about the data
+  fashion_mnist)
+    done_or_run "$DATA/prepared.json" "prepare Fashion-MNIST" \
+      $PY data.py --dataset=fashion_mnist --output_dir="$DATA" --num_labeled_per_class=400 --seed="$SEED"
+    DATA_FLAGS=(--dataset=fashion_mnist --num_labeled_per_class=400 --data_seed="$SEED" --data_dir="$DATA")
+    UNLABELED="$DATA/unlabeled/$UNLABELED_SHARDS" ;;
+  folder)
+    done_or_run "$DATA/prepared.json" "convert the image folders" \
+      $PY data.py --dataset=folder --labeled_dir="$LABELED_DIR" --unlabeled_dir="$UNLABELED_DIR" \
+        --test_dir="$TEST_DIR" --output_dir="$DATA" --seed="$SEED"
+    DATA_FLAGS=(--dataset=folder --data_dir="$DATA"); UNLABELED="$DATA/unlabeled/*"
+    EVAL_ROBUSTNESS=0 ;;
+  imagenet)
+    DATA_FLAGS=(--dataset=imagenet --label_data_dir="$LABEL_DATA_DIR" --eval_data_dir="$EVAL_DATA_DIR")
+    UNLABELED=$UNLABEL_DATA_DIR; EVAL_ROBUSTNESS=0 ;;
+esac
 
 train() {  # train MODEL_DIR SEED extra-flags...: train and evaluate one model (resumes by itself)
   local model_dir=$1 seed=$2; shift 2
   done_or_run "$model_dir/eval_results.json" "train+eval $model_dir" \
-    $PY main.py "${COMMON[@]}" "${NET[@]}" --data_dir="$DATA" --model_dir="$model_dir" \
-    --seed="$seed" --log_every_steps=100 "$@"
+    $PY main.py "${DATA_FLAGS[@]}" "${NET[@]}" --model_dir="$model_dir" \
+    --seed="$seed" --log_every_steps=100 "$@" ${EXTRA[@]+"${EXTRA[@]}"}
+}
+label() {  # label TEACHER_DIR OUTPUT_DIR: $JOBS label_data.py jobs, job j takes every JOBS-th shard
+  local pids=() failed=0 j p
+  for (( j = 0; j < JOBS; j++ )); do
+    $PY label_data.py --teacher_model_dir="$1" --input_pattern="$UNLABELED" --output_dir="$2" \
+      --num_shards="$JOBS" --shard_id=$j & pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p" || failed=1; done
+  (( failed == 0 )) || { echo "error: a labeling job failed (its log is above)" >&2; return 1; }
+  touch "$2/.complete"
+}
+per_class() {  # per_class LABELS_DIR TEACHER_DIR: unlabeled images / classes (the default K)
+  $PY -c 'import glob, json, sys
+n = sum(json.load(open(f))["count"] for f in glob.glob(sys.argv[1] + "/summaries/*.json"))
+print(max(1, n // json.load(open(sys.argv[2] + "/model.json"))["num_classes"]))' "$1" "$2"
 }
 
-train "$WORKDIR/teacher" "$SEED" "${TEACHER[@]}"
+train "$WORKDIR/teacher" "$SEED" "${TEACHER[@]}" ${INIT_CHECKPOINT:+--init_checkpoint="$INIT_CHECKPOINT"}
 TEACHER_DIR="$WORKDIR/teacher"
 for i in 1 2 3; do
   IT="$WORKDIR/iter$i"
   mkdir -p "$IT"
   # Step 2: the unnoised teacher labels every unlabeled shard (skips shards already labeled).
-  done_or_run "$IT/labels/.complete" "iter $i: label" bash -c "
-    $PY label_data.py --teacher_model_dir='$TEACHER_DIR' --input_pattern='$DATA/unlabeled/$UNLABELED_SHARDS' \
-      --output_dir='$IT/labels' && touch '$IT/labels/.complete'"
+  done_or_run "$IT/labels/.complete" "iter $i: label" label "$TEACHER_DIR" "$IT/labels"
+  K=${PER_CLASS_FLAG:-$PER_CLASS}
+  [ "$DATASET" = fashion_mnist ] || [ -n "${PER_CLASS_FLAG:-}" ] || K=$(per_class "$IT/labels" "$TEACHER_DIR")
   # Step 3: confidence filtering and class balancing (stats, merge, write and report in one job).
   done_or_run "$IT/filtered/summary.json" "iter $i: filter and balance" \
     $PY filter_balance.py all --input_pattern="$IT/labels/*.tfrecord" --work_dir="$IT/filter_work" \
-      --output_dir="$IT/filtered" --num_images_per_class=$PER_CLASS --min_threshold=0.3 --seed="$SEED"
+      --output_dir="$IT/filtered" --num_images_per_class="$K" --min_threshold=0.3 --seed="$SEED"
   # Step 4: the noised student, trained from scratch on labeled + pseudo-labeled data.
   SIZE=()
   [ -z "${STUDENT_WIDTHS:-}" ] || SIZE+=(--width_coefficient="$(echo "$STUDENT_WIDTHS" | cut -d, -f$i)")
   [ -z "${STUDENT_DEPTHS:-}" ] || SIZE+=(--depth_coefficient="$(echo "$STUDENT_DEPTHS" | cut -d, -f$i)")
+  [ -z "${STUDENT_MODELS:-}" ] || SIZE+=(--model_name="$(echo "$STUDENT_MODELS" | cut -d, -f$i)")
   RATIO=$(echo "$RATIOS" | cut -d, -f$i)
   EP=$(echo "$EPOCHS" | cut -d, -f$i)
-  train "$IT/student" $(( SEED * 10 + i )) "${STUDENT[@]}" --train_epochs="$EP" "${SIZE[@]}" \
+  train "$IT/student" $(( SEED * 10 + i )) "${STUDENT[@]}" --train_epochs="$EP" ${SIZE[@]+"${SIZE[@]}"} \
     --unlabel_ratio="$RATIO" --unlabel_data_dir="$IT/filtered" --teacher_model_dir="$TEACHER_DIR"
   TEACHER_DIR="$IT/student"   # Step 5: the student becomes the teacher.
 done
-if [ -n "$STUDENT_WIDTHS$STUDENT_DEPTHS" ]; then
+if [ -n "$STUDENT_WIDTHS$STUDENT_DEPTHS${STUDENT_MODELS:-}${BASELINE:-}" ]; then
   # The paper's baseline for a student is a supervised model of the same architecture (Tables 2-4):
   # trained like the teacher at student 3's size, it shows how much of the gain is only the size.
-  train "$WORKDIR/supervised_baseline" $(( SEED * 10 + 4 )) "${TEACHER[@]}" "${SIZE[@]}"
+  train "$WORKDIR/supervised_baseline" $(( SEED * 10 + 4 )) "${TEACHER[@]}" ${SIZE[@]+"${SIZE[@]}"}
 fi
 
 if [ -n "${ABLATION:-}" ]; then

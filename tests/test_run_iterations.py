@@ -1,11 +1,20 @@
 """run_iterations.sh: flag errors are one line before any work (fast); --preset=smoke runs the whole
 pipeline (teacher, three label/filter/student iterations, report) on real Fashion-MNIST, then a
-rerun that skips every finished stage and the Table 6 ablation (slow)."""
+rerun that skips every finished stage and the Table 6 ablation; the driver on generated image
+folders (with --jobs=2 labeling, byte-identical to one job) and on ImageNet-schema JPEG records with
+a growing B0 -> B1 chain (slow)."""
 import json
 import os
 import subprocess
+import sys
 
+import common  # first: it silences TensorFlow's start-up lines
+import numpy as np
+from PIL import Image
 import pytest
+import tensorflow as tf
+
+import data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -135,3 +144,99 @@ def test_smoke_ablation_adds_table6_rows(smoke_run):
     # The ablation's students are iteration 1's: its epochs (7 of --student_epochs=7,8,9).
     assert json.load(open(os.path.join(workdir, "ablation/no_aug/flags.json")))["train_epochs"] == 7
     assert os.path.getsize(os.path.join(workdir, "ablation.png")) > 0
+
+
+@pytest.mark.parametrize("flag,error", [
+    ("--dataset=mnist", "is not one of fashion_mnist, folder, imagenet"),
+    ("--jobs=0", "must be a positive number of labeling jobs"),
+    ("--num_images_per_class=many", "must be a positive number of images"),
+    ("--student_models=efficientnet-b1", "must be three model names, one per iteration "
+     "(e.g. efficientnet-b1,efficientnet-b2,efficientnet-b3)"),
+    ("--init_checkpoint=/nonexistent.weights.h5", "does not exist")])
+def test_bad_data_or_model_flag_is_one_line_before_any_work(tmp_path, flag, error):
+    proc = subprocess.run(["bash", "run_iterations.sh", flag, "--skip_setup",
+                           f"--workdir={tmp_path}/run"], cwd=ROOT, capture_output=True, text=True)
+    assert (proc.returncode, proc.stderr.strip()) == (2, f"error: {flag} {error}")
+    assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.parametrize("dataset,missing", [("folder", "labeled_dir"),
+                                             ("imagenet", "label_data_dir")])
+def test_own_data_names_the_missing_flag(tmp_path, dataset, missing):
+    proc = subprocess.run(["bash", "run_iterations.sh", f"--dataset={dataset}", "--skip_setup",
+                           f"--workdir={tmp_path}/run"], cwd=ROOT, capture_output=True, text=True)
+    assert (proc.returncode, proc.stderr.strip()) == (2, f"error: --dataset={dataset} needs "
+                                                         f"--{missing}")
+
+
+def write_images(folder, count, size, seed, classes=None):
+    """`count` PNGs (classes: one sub-folder each, brightness by class; else a flat pile)."""
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        c = i % 3
+        sub = os.path.join(folder, f"class_{c}") if classes else folder
+        os.makedirs(sub, exist_ok=True)
+        pixels = np.clip(rng.normal(60 + 70 * c, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(os.path.join(sub, f"{i:03d}.png"))
+
+
+# Tiny steps on any data: --preset=smoke with every model shrunk and shortened.
+TINY = "--train_flags=--train_steps=8 --train_batch_size=8 --width_coefficient=0.1"
+
+
+@pytest.mark.slow
+def test_driver_on_image_folders_with_parallel_labeling(tmp_path):
+    for split, count in (("labeled", 24), ("test", 12)):
+        write_images(str(tmp_path / split), count, 32, seed=len(split), classes=True)
+    write_images(str(tmp_path / "pile" / "a"), 18, 32, seed=5)   # nested, meaningless folders
+    write_images(str(tmp_path / "pile"), 12, 32, seed=6)
+    workdir = tmp_path / "run"
+    proc = run(workdir, "--dataset=folder", f"--labeled_dir={tmp_path}/labeled",
+               f"--unlabeled_dir={tmp_path}/pile", f"--test_dir={tmp_path}/test", "--jobs=2",
+               "--supervised_baseline", TINY)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.load(open(workdir / "report.json"))
+    assert [m["name"] for m in report["models"]] == ["teacher", "student 1", "student 2",
+                                                     "student 3"]
+    assert all(0.0 <= m["top_1"] <= 1.0 and m["global_step"] == 8 for m in report["models"])
+    assert report["models"][0]["architecture"]["image_size"] == 32   # small-image data
+    assert report["supervised_baseline"]["global_step"] == 8
+    for it in report["iterations"]:
+        assert it["labels"]["images"] == 30   # every unlabeled image, K = 30 / 3 classes
+        assert set(it["filtered"]["per_class"]) <= {0, 10}
+    # Two labeling jobs wrote what one job writes.
+    single = tmp_path / "single"
+    subprocess.run([sys.executable, "label_data.py", f"--teacher_model_dir={workdir}/teacher",
+                    f"--input_pattern={workdir}/data/unlabeled/*", f"--output_dir={single}"],
+                   cwd=ROOT, check=True, capture_output=True)
+    names = sorted(p.name for p in single.glob("*") if p.is_file())
+    assert names and all((single / n).read_bytes() == (workdir / "iter1/labels" / n).read_bytes()
+                         for n in names)
+
+
+@pytest.mark.slow
+def test_driver_on_imagenet_records_with_a_growing_chain(tmp_path):
+    rng = np.random.default_rng(0)
+    for name, count, labeled in (("train", 12, True), ("validation", 6, True),
+                                 ("unlabeled", 12, False)):
+        with tf.io.TFRecordWriter(str(tmp_path / f"{name}-00000-of-00001")) as writer:
+            for i in range(count):
+                c = i % 3
+                pixels = np.clip(rng.normal(60 + 70 * c, 20, (224, 224, 3)), 0, 255)
+                encoded = tf.io.encode_jpeg(pixels.astype(np.uint8)).numpy()
+                writer.write(data.image_example(encoded, c + 1 if labeled else None,
+                                                f"{name}{i}").SerializeToString())
+    workdir = tmp_path / "run"
+    proc = run(workdir, "--dataset=imagenet", f"--label_data_dir={tmp_path}/train-*",
+               f"--eval_data_dir={tmp_path}/validation-*",
+               f"--unlabel_data_dir={tmp_path}/unlabeled-*", "--teacher_model=efficientnet-b0",
+               "--student_models=efficientnet-b1,efficientnet-b1,efficientnet-b1",
+               "--num_images_per_class=4", TINY + " --num_classes=3")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.load(open(workdir / "report.json"))
+    sizes = [(m["architecture"]["model_name"], m["architecture"]["image_size"])
+             for m in report["models"]]
+    assert sizes == [("efficientnet-b0", 224)] + [("efficientnet-b1", 240)] * 3
+    assert report["supervised_baseline"]["architecture"]["image_size"] == 240
+    assert all(it["filtered"]["images"] <= 12 for it in report["iterations"])
+    assert "| student 1 | efficientnet-b1 w0.1 @240 |" in open(workdir / "report.md").read()
