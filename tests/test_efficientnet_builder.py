@@ -439,8 +439,8 @@ def test_script_prints_the_table():
 
 def test_fused_batch_norm_matches_keras_batch_norm():
     """The fused training pass gives Keras BN's output and gradients; the moving mean is the
-    same and the moving variance uses the unbiased batch variance (n / (n - 1)), as the
-    reference's fused BN; inference and frozen layers are Keras BN itself."""
+    same and the moving variance uses the unbiased batch variance (n / (n - 1); the reference's
+    non-fused BN: the biased one); inference and frozen layers are Keras BN itself."""
     x = tf.constant(np.random.RandomState(0).normal(2, 3, (8, 5, 5, 4)).astype("float32"))
     ref = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-3)
     fused = eb.FusedBatchNorm(momentum=0.9, epsilon=1e-3)
