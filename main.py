@@ -136,9 +136,7 @@ class TrainConfig:
         "dir). Paper: L2 trained at 475, fine-tuned at 800.")
     finetune_epochs: float = common.setting(1.5, "Fine-tuning epochs over the labeled data (paper: 1.5).")
     finetune_frozen_stages: int = common.setting(4, "Shallow layers kept fixed while fine-tuning: the "
-        "stem and the first N of the 7 block stages.")
-    finetune_base_learning_rate: float = common.setting(0.0016, "Constant fine-tuning learning rate per "
-        "256 labeled images.")
+        "stem and the first N of the 7 block stages (reference: fix_layer_num).")
 
     # Distribution, checkpoints, logging.
     strategy: str = common.setting("default", "tf.distribute strategy. multi_worker reads "
@@ -388,8 +386,9 @@ class Trainer:
 
     def __init__(self, strategy, config, *, peak_lr, warmup_steps, decay_steps, decay_factor,
                  weight_decay, label_smoothing, ema_decay_rate, seed, student=None,
-                 frozen_prefixes=(), init_weights=None, optimizer="rmsprop"):
+                 frozen_prefixes=(), init_weights=None, optimizer="rmsprop", lr_step_offset=0):
         self.strategy, self.config, self.student = strategy, config, student
+        self.lr_step_offset = lr_step_offset  # fine-tuning: the schedule's tail
         self.hparams = dict(peak_lr=peak_lr, warmup_steps=warmup_steps, decay_steps=decay_steps,
                             decay_factor=decay_factor)
         self.weight_decay, self.label_smoothing = weight_decay, label_smoothing
@@ -468,7 +467,7 @@ class Trainer:
     def make_train_step(self, global_batch_l, global_batch_u):
         @tf.function
         def train_step(iterator):
-            lr = learning_rate(self.step, **self.hparams)
+            lr = learning_rate(self.step + self.lr_step_offset, **self.hparams)
             self.optimizer.learning_rate.assign(lr)
             out = self.strategy.run(self._step_fn, args=(next(iterator), global_batch_l,
                                                           global_batch_u))
@@ -533,9 +532,16 @@ def train(trainer, dataset, config, *, train_steps, model_dir, chief, images_per
         tf.io.gfile.rmtree(ckpt_dir)
 
 
-def finetune(config, model_dir, strategy, model_cfg, info, label_files, num_train, chief):
+def finetune(config, model_dir, strategy, model_cfg, info, label_files, num_train, chief,
+             schedule, train_steps):
     """Paper Sec. 3.1: fine-tune the trained (EMA) model at a larger resolution for a short time on
-    unaugmented labeled images with the shallow layers fixed. Writes its own model dir."""
+    unaugmented labeled images with the shallow layers fixed. Writes its own model dir.
+
+    As the reference (fix_layer_num, remove_aug, train_last_step_num): the fixed layers run in
+    inference mode (BN on its moving statistics, no stochastic depth), the images get the eval
+    preprocessing, and the learning rate is the tail of the training schedule: fine-tuning step s
+    takes the rate of step s + train_steps - finetune_steps.
+    """
     size = config.finetune_image_size
     ft_dir = finetune_path(model_dir, size)
     ft_config = dict(model_cfg, image_size=size)
@@ -547,21 +553,20 @@ def finetune(config, model_dir, strategy, model_cfg, info, label_files, num_trai
     if not tf.train.latest_checkpoint(ft_dir):
         ema, _ = efficientnet_builder.load_model_dir(model_dir)
         init = ema.get_weights()
-    # NOTE: the paper names neither the fixed layers nor the fine-tuning learning rate; we fix the
-    # stem and the first --finetune_frozen_stages stages (BN there in inference mode) and use a
-    # constant --finetune_base_learning_rate.
-    frozen = ("stem",) + tuple(f"block{i}" for i in range(1, config.finetune_frozen_stages + 1))
-    trainer = Trainer(strategy, ft_config,
-                      peak_lr=config.finetune_base_learning_rate * config.train_batch_size / 256,
-                      warmup_steps=0, decay_steps=1, decay_factor=1.0,
-                      weight_decay=config.weight_decay, label_smoothing=config.label_smoothing,
-                      ema_decay_rate=config.moving_average_decay, seed=config.seed,
-                      frozen_prefixes=frozen, init_weights=init, optimizer=config.optimizer)
-    dataset = data.labeled_dataset(label_files, info, size, config.train_batch_size,
-                                   is_training=True, augment_name="none", seed=config.seed)
     steps = int(math.ceil(config.finetune_epochs * num_train / config.train_batch_size))
-    logging.info("Fine-tuning at %d px for %d steps (%d frozen layers) into %s.", size, steps,
-                 sum(not l.trainable for l in trainer.model.layers), ft_dir)
+    frozen = ("stem",) + tuple(f"block{i}" for i in range(1, config.finetune_frozen_stages + 1))
+    trainer = Trainer(strategy, ft_config, **schedule, weight_decay=config.weight_decay,
+                      label_smoothing=config.label_smoothing,
+                      ema_decay_rate=config.moving_average_decay, seed=config.seed,
+                      frozen_prefixes=frozen, init_weights=init, optimizer=config.optimizer,
+                      lr_step_offset=max(train_steps - steps, 0))
+    dataset = data.labeled_dataset(label_files, info, size, config.train_batch_size,
+                                   is_training=True, augment_name="none", seed=config.seed,
+                                   stream="finetune")
+    logging.info("Fine-tuning at %d px for %d steps (%d frozen layers, lr %.2g -> %.2g) into %s.",
+                 size, steps, sum(not l.trainable for l in trainer.model.layers),
+                 float(learning_rate(trainer.lr_step_offset, **schedule)),
+                 float(learning_rate(trainer.lr_step_offset + steps, **schedule)), ft_dir)
     train(trainer, dataset, config, train_steps=steps, model_dir=ft_dir, chief=chief,
           images_per_step=(config.train_batch_size, 0))
 
@@ -664,7 +669,8 @@ def train_and_evaluate(config, model_dir):
             with common.atomic_output(os.path.join(model_dir, "saved_model")) as tmp:
                 trainer.ema_model.export(tmp)  # the EMA weights, as every later stage uses
         if config.finetune_image_size:
-            finetune(config, model_dir, strategy, model_cfg, info, label_files, num_train, chief)
+            finetune(config, model_dir, strategy, model_cfg, info, label_files, num_train, chief,
+                     schedule, train_steps)
 
     if config.mode == "train":
         return {}

@@ -203,6 +203,29 @@ def test_none_ablation_is_one_pass_updating_bn_once():
 
 
 
+@pytest.mark.slow
+def test_finetune_trainer_fixes_blocks_and_continues_the_schedule_tail():
+    """Fine-tuning (reference fix_layer_num, train_last_step_num): fixed blocks run without
+    stochastic depth and BN on moving statistics; step s takes lr(s + offset) of the schedule."""
+    schedule = dict(peak_lr=0.01, warmup_steps=5, decay_steps=2.5, decay_factor=0.97)
+    cfg = dict(TINY_MODEL, stochastic_depth_rate=0.5)
+    t = main.Trainer(tf.distribute.get_strategy(), cfg, **schedule, weight_decay=1e-5,
+                     label_smoothing=0.1, ema_decay_rate=0.9999, seed=0,
+                     frozen_prefixes=("stem", "block1", "block2"), lr_step_offset=275)
+    drops = [l for l in t.model.layers if isinstance(l, efficientnet_builder.StochasticDepth)]
+    assert any(l.name.startswith("block2") for l in drops)
+    for layer in drops:
+        assert layer.trainable == (not layer.name.startswith(("block1", "block2")))
+    x = np.random.RandomState(0).uniform(0, 255, (4, 32, 32, 1)).astype("float32")
+    fixed = keras.Model(t.model.input, t.model.get_layer("block2a_add").output)
+    np.testing.assert_array_equal(fixed(x, training=True), fixed(x, training=False))
+    step = t.make_train_step(4, 0)
+    batches = iter([(x, np.arange(4, dtype="int32"))] * 2)
+    lrs = [float(step(batches)["learning_rate"]) for _ in range(2)]
+    assert lrs == pytest.approx([float(main.learning_rate(s, **schedule)) for s in (275, 276)])
+    assert lrs[0] < 0.01 * 0.97 ** 100
+
+
 def test_flags_are_the_config_fields_with_their_defaults():
     flag_values = parsed_flags()
     fields = {f.name: f for cls in (main.TrainConfig, main.StudentConfig)
