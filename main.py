@@ -33,6 +33,7 @@ import keras
 
 import data
 import efficientnet_builder
+import pretrained
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,6 +130,9 @@ class TrainConfig:
     moving_average_decay: float = common.setting(0.9999, "EMA decay over weights and BN statistics; 0 "
         "off.")
     seed: int = common.setting(0, "Seed for weights, shuffling and augmentation.")
+    init_checkpoint: str = common.setting("", "Start the model (and its EMA twin) from these "
+        "pretrained weights: a Keras .h5/.keras file or an official EfficientNet checkpoint "
+        "(pretrained.py); only when --model_dir has no checkpoint yet.")
 
     # Fine-tuning at a larger resolution after training (paper Sec. 3.1, after Touvron et al. FixRes).
     finetune_image_size: int = common.setting(0, "If > 0, after training fine-tune the EMA model at this "
@@ -290,11 +294,17 @@ def float_weights(model):
 # Setup: data settings, model.json, model dirs.
 # ---------------------------------------------------------------------------------------------
 def dataset_info(config, label_pattern):
-    """The preset of config.dataset with the config's class count, label offset and resolution."""
+    """The preset of config.dataset (a folder's: its dataset.json) with the config's class count,
+    label offset and resolution; without --image_size imagenet-kind data takes the model's own
+    resolution (b0 224, b1 240, ...), small-image data keeps the dataset's."""
     overrides = dict(num_classes=config.num_classes or None, image_size=config.image_size or None,
                      label_offset=None if config.label_offset < 0 else config.label_offset)
-    return data.dataset_info(config.dataset, data_dir=label_pattern,
+    info = data.dataset_info(config.dataset, data_dir=label_pattern,
                              **{k: v for k, v in overrides.items() if v is not None})
+    if not config.image_size and info.input_kind == "imagenet":
+        info = dataclasses.replace(
+            info, image_size=efficientnet_builder.efficientnet_params(config.model_name)[2])
+    return info
 
 
 def model_config(config, info):
@@ -350,10 +360,29 @@ def finetune_path(model_dir, image_size):
     return os.path.join(model_dir, f"finetune_{image_size}")
 
 
-def build_train_dataset(config, info, label_files, batch_u, teacher_image_size=None):
-    """Labeled batches, zipped with unlabeled ones for a student: (x_l, y_l[, x_u, u])."""
+def restored_step(model_dir):
+    """The global step of model_dir's latest checkpoint (ckpt-<step>), 0 without one."""
+    latest = tf.train.latest_checkpoint(model_dir)
+    return int(latest.rsplit("-", 1)[1]) if latest else 0
+
+
+def initialize(trainer, init_checkpoint, model_dir):
+    """Loads --init_checkpoint into the model and EMA model of a run that has not started yet;
+    returns pretrained.load's summary (None when there is nothing to load)."""
+    if not init_checkpoint or restored_step(model_dir):
+        return None
+    summary = pretrained.load(trainer.model, init_checkpoint, ema_model=trainer.ema_model)
+    logging.info("Initialised from %s (%s): %s weights%s.", init_checkpoint, summary["format"],
+                 summary["weights"], "; " + "; ".join(summary["notes"]) if summary["notes"] else "")
+    return summary
+
+
+def build_train_dataset(config, info, label_files, batch_u, teacher_image_size=None,
+                        start_batch=0):
+    """Labeled batches, zipped with unlabeled ones for a student: (x_l, y_l[, x_u, u]); the
+    noise streams start at batch start_batch (a resumed run continues them)."""
     noise = dict(randaug_layer=config.randaug_layer, randaug_mag=config.randaug_mag,
-                 seed=config.seed)
+                 seed=config.seed, start_batch=start_batch)
     labeled = data.labeled_dataset(label_files, info, info.image_size, config.train_batch_size,
                                    is_training=True, augment_name=config.augment_name, **noise)
     student = config.student
@@ -497,7 +526,8 @@ def train(trainer, dataset, config, *, train_steps, model_dir, chief, images_per
     writer = tf.summary.create_file_writer(os.path.join(model_dir, "train") if chief
                                            else os.path.join(ckpt_dir, "train"))
     # NOTE: the input position is not checkpointed (as TPUEstimator, which restarted its input_fn):
-    # a resumed run continues the schedule from the restored step on a fresh shuffle of the data.
+    # a resumed run continues the schedule and the noise streams (the dataset's start_batch) from
+    # the restored step on a fresh shuffle of the data.
     iterator = iter(trainer.strategy.experimental_distribute_dataset(dataset))
     train_step = trainer.make_train_step(*images_per_step)
     t0, t_last, step_last = time.time(), time.time(), start
@@ -562,7 +592,7 @@ def finetune(config, model_dir, strategy, model_cfg, info, label_files, num_trai
                       lr_step_offset=max(train_steps - steps, 0))
     dataset = data.labeled_dataset(label_files, info, size, config.train_batch_size,
                                    is_training=True, augment_name="none", seed=config.seed,
-                                   stream="finetune")
+                                   stream="finetune", start_batch=restored_step(ft_dir))
     logging.info("Fine-tuning at %d px for %d steps (%d frozen layers, lr %.2g -> %.2g) into %s.",
                  size, steps, sum(not l.trainable for l in trainer.model.layers),
                  float(learning_rate(trainer.lr_step_offset, **schedule)),
@@ -655,10 +685,12 @@ def train_and_evaluate(config, model_dir):
                           student=student, optimizer=config.optimizer)
         logging.info("lr ends at 1/%.1f of the peak.",
                      peak_lr / float(learning_rate(train_steps, **schedule)))
+        initialize(trainer, config.init_checkpoint, model_dir)
         batch_u = int(math.ceil(config.train_batch_size * student.unlabel_ratio)) if student else 0
         teacher_info = check_teacher(trainer.model, student, info.num_classes) if student else None
         dataset = build_train_dataset(config, info, label_files, batch_u,
-                                      teacher_info.image_size if teacher_info else None)
+                                      teacher_info.image_size if teacher_info else None,
+                                      start_batch=restored_step(model_dir))
         logging.info("%s: %s (%d params), %d labeled images, batch %d%s, %d steps, peak lr %.4f.",
                      "Student" if student else "Teacher", config.model_name,
                      num_params(trainer.model), num_train, config.train_batch_size,

@@ -226,6 +226,62 @@ def test_finetune_trainer_fixes_blocks_and_continues_the_schedule_tail():
     assert lrs[0] < 0.01 * 0.97 ** 100
 
 
+
+def test_resumed_run_continues_the_noise_streams(tmp_path, monkeypatch):
+    """The data builders get start_batch = the restored global step (ckpt-<step>)."""
+    assert main.restored_step(str(tmp_path)) == 0
+    step = tf.Variable(7, dtype=tf.int64)
+    tf.train.CheckpointManager(tf.train.Checkpoint(step=step), str(tmp_path), 1,
+                               checkpoint_name="ckpt").save(checkpoint_number=7)
+    assert main.restored_step(str(tmp_path)) == 7
+    calls = {}
+    for name in ("labeled_dataset", "pseudo_labeled_dataset"):
+        monkeypatch.setattr(data, name, lambda *a, name=name, **kw: calls.setdefault(
+            name, kw) and tf.data.Dataset.from_tensors((0, 0)))
+    config = main.TrainConfig(student=main.StudentConfig(unlabel_data_dir=str(tmp_path)))
+    monkeypatch.setattr(common, "list_files", lambda *a: [str(tmp_path / "checkpoint")])
+    main.build_train_dataset(config, data.dataset_info("fashion_mnist"), [], 8,
+                             start_batch=main.restored_step(str(tmp_path)))
+    assert {k: (v["seed"], v["start_batch"]) for k, v in calls.items()} == {
+        "labeled_dataset": (0, 7), "pseudo_labeled_dataset": (0, 7)}
+
+
+
+@pytest.mark.slow
+def test_init_checkpoint_loads_model_and_ema_only_before_the_first_checkpoint(tmp_path):
+    source = efficientnet_builder.build_from_config(TINY_MODEL)
+    for w in source.weights:
+        w.assign(np.random.RandomState(1).normal(0, 0.1, w.shape).astype("float32") + 0.5)
+    path = str(tmp_path / "source.weights.h5")
+    source.save_weights(path)
+    t = main.Trainer(tf.distribute.get_strategy(), TINY_MODEL, peak_lr=0.01, warmup_steps=0,
+                     decay_steps=100, decay_factor=0.97, weight_decay=1e-5, label_smoothing=0.1,
+                     ema_decay_rate=0.9999, seed=0)
+    assert main.initialize(t, "", str(tmp_path)) is None
+    summary = main.initialize(t, path, str(tmp_path / "new_run"))
+    assert summary["format"] == "keras" and summary["weights"]
+    for model in (t.model, t.ema_model):
+        for a, b in zip(model.get_layer("top_conv").weights, source.get_layer("top_conv").weights):
+            np.testing.assert_array_equal(a, b)
+    t.checkpoint.write(str(tmp_path / "resumed" / "ckpt-5"))  # a run that has started: untouched
+    with open(tmp_path / "resumed" / "checkpoint", "w") as f:
+        f.write('model_checkpoint_path: "ckpt-5"\n')
+    assert main.initialize(t, str(tmp_path / "missing.h5"), str(tmp_path / "resumed")) is None
+    with pytest.raises(common.UserError, match="missing.h5"):
+        main.initialize(t, str(tmp_path / "missing.h5"), str(tmp_path / "new_run"))
+
+
+
+def test_imagenet_kind_data_takes_the_models_own_resolution():
+    info = lambda **kw: main.dataset_info(main.TrainConfig(**kw), "unused")
+    assert info(dataset="imagenet", model_name="efficientnet-b1").image_size == 240
+    assert info(dataset="imagenet", model_name="efficientnet-b3").image_size == 300
+    assert info(dataset="imagenet", model_name="efficientnet-b3", image_size=260).image_size == 260
+    small = data.dataset_info("fashion_mnist").image_size
+    assert info(dataset="fashion_mnist", model_name="efficientnet-b3").image_size == small
+
+
+
 def test_flags_are_the_config_fields_with_their_defaults():
     flag_values = parsed_flags()
     fields = {f.name: f for cls in (main.TrainConfig, main.StudentConfig)
