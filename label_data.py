@@ -15,10 +15,10 @@ Input: unlabeled TFRecord shards (image/encoded, image/id, optional diagnostic/t
 Job I of N labels the sorted input files i with i % N == I, so N independent jobs (on N machines,
 any batch scheduler) cover every file exactly once; inside a job, tf.distribute runs the batches
 on the local devices (--strategy=mirrored: all local GPUs).
-Output, per input file, the same basename in --output_dir: every record with its original image
-bytes (never re-encoded), image/id, diagnostic/true_label (passed through), the full probability
-vector `probabilities` (float32; or `probabilities/float16` bytes), `label` (argmax) and `prob`
-(top-1 probability) -- the field names of the reference code. Each file is written under a
+Output, per input file, the same basename in --output_dir (`.tfrecord` added if missing): every
+record with its original image bytes (never re-encoded), image/id, diagnostic/true_label (passed
+through), the full probability vector `probabilities` (float32; or `probabilities/float16`
+bytes), `label` (argmax) and `prob` (top-1 probability) -- the field names of the reference code. Each file is written under a
 temporary name and renamed when complete, then --output_dir/summaries/<basename>.json (count,
 mean confidence, class counts, seconds, img/s). Files whose output and summary exist are skipped,
 so rerunning a killed job finishes the rest. Same teacher, inputs, --batch_size and --strategy ->
@@ -166,6 +166,13 @@ def label_file(path, output_path, predict, info, batch_size, float16):
 
 # ----------------------------------------------------------------------------- the job
 
+def output_name(path):
+    """The output's basename: the input's, with `.tfrecord` added if it has none (ImageNet shard
+    names such as `train-00000-of-01024` have none; later stages read `*.tfrecord*`)."""
+    name = os.path.basename(path)
+    return name if ".tfrecord" in name else name + ".tfrecord"
+
+
 def run(teacher_model_dir, files, output_dir, batch_size=256, probabilities_dtype="float32",
         strategy_name="default"):
     """Labels `files` into `output_dir`, skipping those already done; returns the summaries."""
@@ -174,12 +181,12 @@ def run(teacher_model_dir, files, output_dir, batch_size=256, probabilities_dtyp
     if probabilities_dtype not in PROBABILITY_DTYPES:
         raise common.UserError(f"--probabilities_dtype must be one of {PROBABILITY_DTYPES}, "
                                f"got {probabilities_dtype!r}")
-    names = [os.path.basename(f) for f in files]
+    names = [output_name(f) for f in files]
     if len(set(names)) != len(names):
         raise common.UserError("the input files must have distinct basenames (outputs keep them)")
     done = lambda name: (tf.io.gfile.exists(os.path.join(output_dir, name))
                          and tf.io.gfile.exists(summary_path(output_dir, name)))
-    todo = [f for f, name in zip(files, names) if not done(name)]
+    todo = [f for f in files if not done(output_name(f))]
     logging.info("%d input files for this job, %d done before, %d to label",
                  len(files), len(files) - len(todo), len(todo))
     if not todo:
@@ -194,7 +201,7 @@ def run(teacher_model_dir, files, output_dir, batch_size=256, probabilities_dtyp
                           unit="bytes")
     summaries = []
     for k, path in enumerate(todo):
-        name = os.path.basename(path)
+        name = output_name(path)
         output_path = os.path.join(output_dir, name)
         common.remove_stale_temporaries(output_path)
         summary = label_file(path, output_path, predict, info, batch_size,
