@@ -304,3 +304,18 @@ def is_chief(strategy):
         return True
     return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0
                                              and "chief" not in resolver.cluster_spec().as_dict())
+
+
+# ---------------------------------------------------------------------------------------------
+# Numerics: precision and determinism (one place, so every stage means the same by them).
+# ---------------------------------------------------------------------------------------------
+PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+
+
+def set_precision(name):
+    """Keras' global dtype policy for models built after this call: float32, or bfloat16 compute
+    with float32 variables (Keras mixed precision). Losses, softmax and the EMA stay float32."""
+    if name not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
+    import keras  # pylint: disable=import-outside-toplevel
+    keras.mixed_precision.set_global_policy(PRECISIONS[name])
