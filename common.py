@@ -8,6 +8,7 @@ TF's start-up lines about missing CUDA drivers and CPU instructions are silenced
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import sys
@@ -51,14 +52,41 @@ class UserError(Exception):
     """A mistake of the user (bad flag, missing or corrupt file): reported as one line, exit 2."""
 
 
+# Filesystem trouble is the user's to fix (a full disk, a read-only or missing directory, a file
+# where a directory should be): reported like a UserError, naming the path.
+_FILESYSTEM_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS,
+                      errno.ENOTDIR, errno.EISDIR, errno.ENOENT, errno.EEXIST}
+_FILESYSTEM_TF_ERRORS = (tf.errors.PermissionDeniedError, tf.errors.NotFoundError,
+                         tf.errors.FailedPreconditionError, tf.errors.ResourceExhaustedError,
+                         tf.errors.UnknownError, tf.errors.AlreadyExistsError)
+_FILESYSTEM_WORDS = ("no space left", "read-only file system", "not a directory", "is a directory",
+                     "permission denied", "no such file or directory", "disk quota", "file exists")
+
+
+def filesystem_error_line(error):
+    """The one line for a filesystem error (OSError or TF's), None for anything else."""
+    if isinstance(error, OSError) and error.errno in _FILESYSTEM_ERRNOS:
+        return f"{error.strerror}: {error.filename}" if error.filename else str(error)
+    if isinstance(error, _FILESYSTEM_TF_ERRORS):
+        line = tf_error_line(error)
+        if isinstance(error, (tf.errors.PermissionDeniedError, tf.errors.NotFoundError)) or any(
+                w in (error.message or "").lower() for w in _FILESYSTEM_WORDS):
+            return line
+    return None
+
+
 def run_main(main):
-    """absl `app.run(main)`; a UserError prints one line `error: ...` on stderr and exits 2."""
+    """absl `app.run(main)`; a UserError or a filesystem error prints one line `error: ...` on
+    stderr and exits 2."""
 
     def wrapped(argv):
         try:
             return main(argv)
-        except UserError as e:
-            message = " ".join(str(e).split())  # one line, whatever the message holds
+        except (UserError, OSError, tf.errors.OpError) as e:
+            message = str(e) if isinstance(e, UserError) else filesystem_error_line(e)
+            if message is None:
+                raise
+            message = " ".join(message.split())  # one line, whatever the message holds
             print(f"error: {message}", file=sys.stderr, flush=True)
             sys.exit(2)
 

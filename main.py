@@ -68,6 +68,7 @@ class StudentConfig:
         if self.noised_teacher and self.unlabel_data_dir:
             raise common.UserError("--noised_teacher needs the on-the-fly teacher: drop "
                                    "--unlabel_data_dir")
+        check_ranges(self, unlabel_ratio="> 0", teacher_softmax_temp="> 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,6 +154,60 @@ class TrainConfig:
         "SavedModel into <model_dir>/saved_model.")
 
     student: StudentConfig | None = None
+
+    def __post_init__(self):
+        check_ranges(self, train_batch_size="> 0", eval_batch_size="> 0", train_steps=">= 0",
+                     train_epochs=">= 0", num_train_images=">= 0", num_classes=">= 0",
+                     image_size=">= 0", width_coefficient="> 0", depth_coefficient="> 0",
+                     dropout_rate="[0, 1)", stochastic_depth_rate="[0, 1)", randaug_layer=">= 0",
+                     randaug_mag=">= 0", base_learning_rate="> 0", final_base_learning_rate="> 0",
+                     lr_warmup_epochs=">= 0", lr_decay_epochs="> 0", lr_decay_factor="(0, 1]",
+                     weight_decay=">= 0", label_smoothing="[0, 1)", moving_average_decay="[0, 1)",
+                     finetune_image_size=">= 0", finetune_epochs="> 0",
+                     finetune_frozen_stages="[0, 7]", save_checkpoints_steps="> 0",
+                     keep_checkpoint_max="> 0", log_every_steps="> 0")
+        if self.num_classes == 1:
+            raise common.UserError("--num_classes=1: a classifier needs at least 2 classes")
+        if not (self.train_steps or self.train_epochs) and self.mode != "eval":
+            raise common.UserError("--train_steps=0 and --train_epochs=0: nothing to train "
+                                   "(use --mode=eval to evaluate a trained --model_dir)")
+
+
+_RANGES = {"> 0": (lambda v: v > 0, "positive"), ">= 0": (lambda v: v >= 0, "0 or more"),
+           "[0, 1)": (lambda v: 0 <= v < 1, "in [0, 1)"), "(0, 1]": (lambda v: 0 < v <= 1, "in (0, 1]"),
+           "[0, 7]": (lambda v: 0 <= v <= 7, "0 to 7")}
+
+
+def check_ranges(config, **ranges):
+    """UserError naming the first field (= flag) outside its range; None means unset."""
+    for name, allowed in ranges.items():
+        value = getattr(config, name)
+        ok, words = _RANGES[allowed]
+        if value is not None and not (math.isfinite(value) and ok(value)):
+            raise common.UserError(f"--{name}={value} must be {words}")
+
+
+# Flags a resumed run may change (paths can move; these do not change what is trained).
+RESUMABLE_CHANGES = {"mode", "model_dir", "data_dir", "label_data_dir", "eval_data_dir",
+                     "unlabel_data_dir", "teacher_model_dir", "unlabel_source_dir", "train_steps",
+                     "train_epochs", "eval_batch_size", "save_checkpoints_steps",
+                     "keep_checkpoint_max", "log_every_steps", "strategy", "tpu",
+                     "export_saved_model", "finetune_image_size", "finetune_epochs",
+                     "finetune_frozen_stages"}
+
+
+def check_resume_flags(model_dir, record):
+    """A model dir holds one run: resuming it with other training flags is refused (its flags.json
+    describes its checkpoints), except for the flags in RESUMABLE_CHANGES."""
+    if not restored_step(model_dir):
+        return
+    saved = common.read_json(os.path.join(model_dir, "flags.json"), default=None) or {}
+    for name, value in record.items():
+        value = json.loads(json.dumps(value))  # as flags.json holds it
+        if name in saved and name not in RESUMABLE_CHANGES and saved[name] != value:
+            raise common.UserError(f"--model_dir={model_dir} was trained with --{name}="
+                                   f"{saved[name]} (its flags.json), not {value}: resume with the "
+                                   f"same flags or use a new --model_dir")
 
 
 def flags_record(config, model_dir):
@@ -640,6 +695,10 @@ def evaluate_model_dir(strategy, model_dir, eval_pattern, batch_size, chief):
     except tf.errors.InvalidArgumentError as e:
         raise common.UserError(f"bad evaluation input in {eval_pattern}: {common.tf_error_line(e)}")
     results["global_step"] = step
+    if not math.isfinite(results["loss"]):
+        raise common.UserError(f"the model in {model_dir} evaluates to loss {results['loss']}: "
+                               f"its weights diverged (lower --base_learning_rate); "
+                               f"eval_results.json not written")
     if chief:
         common.write_json(os.path.join(model_dir, "eval_results.json"), results)
     logging.info("Eval of %s at step %d on %d images: top-1 %.4f  top-5 %.4f  loss %.4f",
@@ -665,18 +724,21 @@ def train_and_evaluate(config, model_dir):
     if config.dataset == "fashion_mnist" and not (config.label_data_dir and config.eval_data_dir):
         data.prepare_fashion_mnist(config.data_dir, seed=config.data_seed,
                                    num_labeled_per_class=config.num_labeled_per_class)
-    if chief:
-        tf.io.gfile.makedirs(model_dir)
-        common.write_json(os.path.join(model_dir, "flags.json"), flags_record(config, model_dir))
-        common.write_json(os.path.join(model_dir, efficientnet_builder.MODEL_CONFIG_FILE),
-                          model_cfg)
-
     student = config.student
     if config.mode in ("train", "train_and_eval"):
+        record = flags_record(config, model_dir)
+        check_resume_flags(model_dir, record)
         label_files = common.list_files(label_pattern, "labeled training data (--label_data_dir)")
         num_train = config.num_train_images or common.count_records(label_files)
         steps_per_epoch = num_train / config.train_batch_size
         train_steps = config.train_steps or int(math.ceil(config.train_epochs * steps_per_epoch))
+        if not train_steps:
+            raise common.UserError(f"no labeled training records in {label_pattern}")
+        if chief:  # written once the run's flags and data are known to be good
+            tf.io.gfile.makedirs(model_dir)
+            common.write_json(os.path.join(model_dir, "flags.json"), record)
+            common.write_json(os.path.join(model_dir, efficientnet_builder.MODEL_CONFIG_FILE),
+                              model_cfg)
         schedule = lr_schedule(config, steps_per_epoch, train_steps)
         peak_lr = schedule["peak_lr"]
         trainer = Trainer(strategy, model_cfg, **schedule, weight_decay=config.weight_decay,

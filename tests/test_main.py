@@ -341,8 +341,11 @@ def test_unknown_model_name_is_refused(tmp_path):
 
 def test_missing_or_corrupt_data_and_another_model_dir_are_named(tiny_shard, tmp_path):
     config = tiny(tmp_path, label_data_dir=str(tmp_path / "nope"), eval_data_dir=tiny_shard)
-    with pytest.raises(common.UserError, match="nope"):  # after writing model.json
+    with pytest.raises(common.UserError, match="nope"):
         main.train_and_evaluate(config, str(tmp_path / "m"))
+    assert not os.path.exists(tmp_path / "m")   # nothing written for a run that cannot start
+    common.write_json(str(tmp_path / "m" / "model.json"),
+                      main.model_config(config, data.DATASETS["fashion_mnist"]))
     with pytest.raises(common.UserError, match="width=0.25, not 0.5; use a new --model_dir"):
         main.train_and_evaluate(dataclasses.replace(config, width_coefficient=0.5),
                                 str(tmp_path / "m"))
@@ -353,6 +356,70 @@ def test_missing_or_corrupt_data_and_another_model_dir_are_named(tiny_shard, tmp
     config = dataclasses.replace(config, label_data_dir=str(bad.parent))
     with pytest.raises(common.UserError, match="corrupt TFRecord file .*labeled-00000-of-00001"):
         main.train_and_evaluate(config, str(tmp_path / "m"))
+
+
+@pytest.mark.parametrize("settings,error", [
+    (dict(train_batch_size=0), "--train_batch_size=0 must be positive"),
+    (dict(train_batch_size=-8), "--train_batch_size=-8 must be positive"),
+    (dict(eval_batch_size=0), "--eval_batch_size=0 must be positive"),
+    (dict(save_checkpoints_steps=0), "--save_checkpoints_steps=0 must be positive"),
+    (dict(log_every_steps=0), "--log_every_steps=0 must be positive"),
+    (dict(keep_checkpoint_max=0), "--keep_checkpoint_max=0 must be positive"),
+    (dict(train_steps=-5), "--train_steps=-5 must be 0 or more"),
+    (dict(train_steps=0, train_epochs=0.0), "--train_steps=0 and --train_epochs=0: nothing to "
+                                            "train"),
+    (dict(width_coefficient=0.0), "--width_coefficient=0.0 must be positive"),
+    (dict(base_learning_rate=float("nan")), "--base_learning_rate=nan must be positive"),
+    (dict(stochastic_depth_rate=1.0), "--stochastic_depth_rate=1.0 must be in [0, 1)"),
+    (dict(num_classes=1), "--num_classes=1: a classifier needs at least 2 classes")])
+def test_bad_training_flag_is_named(settings, error):
+    with pytest.raises(common.UserError) as e:
+        main.TrainConfig(**settings)
+    assert str(e.value).startswith(error)
+
+
+@pytest.mark.parametrize("ratio", [0.0, -1.0])
+def test_bad_unlabel_ratio_is_named(ratio):
+    with pytest.raises(common.UserError, match=f"--unlabel_ratio={ratio} must be positive"):
+        main.StudentConfig(teacher_model_dir="t", unlabel_ratio=ratio)
+
+
+def test_model_dir_under_a_file_is_one_line(tiny_shard, tmp_path):
+    (tmp_path / "file").write_text("")
+    config = tiny(tmp_path, label_data_dir=tiny_shard, eval_data_dir=tiny_shard, train_steps=1)
+    with pytest.raises(Exception) as e:
+        main.train_and_evaluate(config, str(tmp_path / "file" / "m"))
+    line = common.filesystem_error_line(e.value)
+    assert line and str(tmp_path / "file") in line, repr(e.value)
+
+
+def test_diverged_weights_are_refused_at_evaluation(tiny_shard, tmp_path):
+    cfg = main.model_config(main.TrainConfig(**TINY), data.DATASETS["fashion_mnist"])
+    model = efficientnet_builder.build_from_config(cfg)
+    model.set_weights([np.full_like(w, np.nan) for w in model.get_weights()])
+    efficientnet_builder.save_model_dir(str(tmp_path), cfg, model, step=5)
+    with pytest.raises(common.UserError, match="evaluates to loss nan: its weights diverged"):
+        main.evaluate_model_dir(tf.distribute.get_strategy(), str(tmp_path), tiny_shard, 32, True)
+    assert not os.path.exists(tmp_path / "eval_results.json")
+
+
+def test_rerun_with_other_flags_keeps_the_runs_flags_json(tiny_shard, tmp_path):
+    """flags.json describes the checkpoints: a resume with another training flag is refused, an
+    evaluation or a run that fails its checks leaves it as it was."""
+    model_dir = str(tmp_path / "m")
+    config = tiny(tmp_path, label_data_dir=tiny_shard, eval_data_dir=tiny_shard, train_steps=2,
+                  train_batch_size=16, mode="train")
+    main.train_and_evaluate(config, model_dir)
+    before = open(os.path.join(model_dir, "flags.json")).read()
+    with pytest.raises(common.UserError, match=r"was trained with --base_learning_rate=0.016 "
+                                               r"\(its flags.json\), not 0.5"):
+        main.train_and_evaluate(dataclasses.replace(config, base_learning_rate=0.5), model_dir)
+    (tmp_path / "empty.tfrecord").write_bytes(b"")
+    with pytest.raises(common.UserError, match="no labeled training records in .*empty"):
+        main.train_and_evaluate(dataclasses.replace(
+            config, label_data_dir=str(tmp_path / "empty.tfrecord"), train_steps=0), model_dir)
+    main.train_and_evaluate(dataclasses.replace(config, mode="eval", eval_batch_size=8), model_dir)
+    assert open(os.path.join(model_dir, "flags.json")).read() == before
 
 
 @pytest.mark.slow
