@@ -1,8 +1,8 @@
 """run_iterations.sh: flag errors are one line before any work (fast); --preset=smoke runs the whole
 pipeline (teacher, three label/filter/student iterations, report) on real Fashion-MNIST, then a
-rerun that skips every finished stage and the Table 6 ablation; the driver on generated image
-folders (with --jobs=2 labeling, byte-identical to one job) and on ImageNet-schema JPEG records with
-a growing B0 -> B1 chain (slow)."""
+rerun that skips every finished stage; the driver on generated image folders (with --jobs=2
+labeling, byte-identical to one job, and the Table 6 ablation) and on ImageNet-schema JPEG records
+with a growing B0 -> B1 chain (slow)."""
 import json
 import os
 import subprocess
@@ -125,27 +125,6 @@ def test_help_prints_the_whole_header():
     assert any("--student_epochs=50" in line for line in lines)
 
 
-@pytest.mark.slow
-def test_smoke_ablation_adds_table6_rows(smoke_run):
-    """--ablation on a finished run trains only the five Table 6 / hard-label students (60 steps
-    in smoke) and the report gains the ablation table next to the paper's numbers."""
-    workdir, _ = smoke_run
-    proc = run(workdir, *SMOKE_FLAGS, "--ablation")
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert proc.stderr.count("running") == 5, proc.stderr[-4000:]
-    report = json.load(open(os.path.join(workdir, "report.json")))
-    rows = {r["name"]: r for r in report["ablation"]}
-    assert len(rows) == 7
-    assert rows["NoisyStudent"]["paper_top_1"] == 84.9
-    for name in ("student w/o Aug", "student w/o Aug, SD, Dropout",
-                 "teacher w. Aug, SD, Dropout (on the fly)", "NoisyStudent, hard pseudo-labels"):
-        assert rows[name]["global_step"] == 60 and 0.0 < rows[name]["top_1"] <= 1.0
-    assert "| student w/o Aug |" in open(os.path.join(workdir, "report.md")).read()
-    # The ablation's students are iteration 1's: its epochs (7 of --student_epochs=7,8,9).
-    assert json.load(open(os.path.join(workdir, "ablation/no_aug/flags.json")))["train_epochs"] == 7
-    assert os.path.getsize(os.path.join(workdir, "ablation.png")) > 0
-
-
 @pytest.mark.parametrize("flag,error", [
     ("--dataset=mnist", "is not one of fashion_mnist, folder, imagenet"),
     ("--jobs=0", "must be a positive number of labeling jobs"),
@@ -185,7 +164,9 @@ TINY = "--train_flags=--train_steps=8 --train_batch_size=8 --width_coefficient=0
 
 
 @pytest.mark.slow
-def test_driver_on_image_folders_with_parallel_labeling(tmp_path):
+def test_driver_on_image_folders_with_parallel_labeling_and_ablation(tmp_path):
+    """The driver on image folders, with --jobs=2 labeling, a supervised baseline and --ablation:
+    the five Table 6 / hard-label students (iteration 1's settings) and the report's table."""
     for split, count in (("labeled", 24), ("test", 12)):
         write_images(str(tmp_path / split), count, 32, seed=len(split), classes=True)
     write_images(str(tmp_path / "pile" / "a"), 18, 32, seed=5)   # nested, meaningless folders
@@ -193,7 +174,7 @@ def test_driver_on_image_folders_with_parallel_labeling(tmp_path):
     workdir = tmp_path / "run"
     proc = run(workdir, "--dataset=folder", f"--labeled_dir={tmp_path}/labeled",
                f"--unlabeled_dir={tmp_path}/pile", f"--test_dir={tmp_path}/test", "--jobs=2",
-               "--supervised_baseline", TINY)
+               "--supervised_baseline", "--ablation", "--student_epochs=7,8,9", TINY)
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.load(open(workdir / "report.json"))
     assert [m["name"] for m in report["models"]] == ["teacher", "student 1", "student 2",
@@ -212,6 +193,18 @@ def test_driver_on_image_folders_with_parallel_labeling(tmp_path):
     names = sorted(p.name for p in single.glob("*") if p.is_file())
     assert names and all((single / n).read_bytes() == (workdir / "iter1/labels" / n).read_bytes()
                          for n in names)
+    # --ablation: Table 6's students next to the paper's numbers.
+    rows = {r["name"]: r for r in report["ablation"]}
+    assert len(rows) == 7 and rows["NoisyStudent"]["paper_top_1"] == 84.9
+    for name in ("student w/o Aug", "student w/o Aug, SD, Dropout",
+                 "teacher w. Aug, SD, Dropout (on the fly)", "NoisyStudent, hard pseudo-labels"):
+        assert rows[name]["global_step"] == 8 and 0.0 <= rows[name]["top_1"] <= 1.0
+    assert "| student w/o Aug |" in open(workdir / "report.md").read()
+    assert (workdir / "ablation.png").stat().st_size > 0
+    # The ablation's students are iteration 1's: its epochs (7 of --student_epochs=7,8,9) and seed.
+    flags = json.load(open(workdir / "ablation/no_aug/flags.json"))
+    assert (flags["train_epochs"], flags["seed"]) == (7, 1)
+    assert flags["unlabeled_noise"] == "no_aug"
 
 
 @pytest.mark.slow
