@@ -13,8 +13,11 @@ sets as sharded TFRecords:
          DIR/prepared.json  arguments and counts (written last; a rerun with the same
                             arguments does nothing)
   python data.py --dataset=folder --labeled_dir=L --unlabeled_dir=U --test_dir=T --output_dir=DIR
+                 [--skip_bad_images]
       -> DIR/labeled/    one record per image of L/<class>/..., labels 0..K-1 in sorted
-                         class folder order, image bytes unchanged
+                         class folder order (at least 2 classes), image bytes unchanged; every
+                         image is decoded first: one that does not stops the conversion naming
+                         the file, or (--skip_bad_images) is left out and counted
          DIR/unlabeled/  every image under U (a flat or nested pile; no labels)
          DIR/test/       T/<class>/... with the labeled classes' labels
          DIR/class_names.json, DIR/dataset.json (settings measured on the labeled images:
@@ -28,7 +31,8 @@ unlabeled records need only `image/encoded` (ids default to "<file>:<index>").
 Conventions: images are uint8 HxWxC; preprocessing returns float32 in [0, 255] (the model
 normalises); labels are 0-based int32. tf.data reports corrupt records lazily and without the
 file name: consume a dataset inside `with translate_data_errors(files):` to get a
-common.UserError naming the bad file and record.
+common.UserError naming the bad file and record. pseudo_labeled_dataset refuses records without
+soft labels (the raw unlabeled split) by its first record.
 """
 
 import contextlib
@@ -292,28 +296,66 @@ def parse_diagnostic_label(serialized):
     return tf.cast(parsed["diagnostic/true_label"], tf.int32)
 
 
-def check_records(files, keys=("image/encoded",), decode=False):
-    """Reads every record of `files`; returns the count. UserError naming the first bad file.
+def check_records(files, keys=("image/encoded",), decode=False, start=0):
+    """Reads every record of `files` from record `start` on; returns the count. UserError naming
+    the first bad file and record (index and image/id).
 
     A record is bad when the TFRecord framing/CRC is broken, it is not a tf.train.Example, a key
-    in `keys` is missing, or (decode=True) its image does not decode.
+    in `keys` is missing, or (decode) its image does not decode: decode=True tries
+    tf.io.decode_image, a function of the encoded bytes (e.g. an eval view) tries that.
     """
-    spec = {k: tf.io.FixedLenFeature([], tf.string if k == "image/encoded" else tf.int64)
-            for k in keys}
+    spec = {"image/id": _string(), **{k: tf.io.FixedLenFeature(
+        [], tf.string if k == "image/encoded" else tf.int64) for k in keys}}
+    view = decode if callable(decode) else (
+        lambda encoded: tf.io.decode_image(encoded, expand_animations=False))
     total = 0
     for path in files:
-        index = 0
+        index, image_id = start, ""
         try:
-            for record in tf.data.TFRecordDataset(path):
+            for record in tf.data.TFRecordDataset(path).skip(start):
+                image_id = ""
                 parsed = tf.io.parse_single_example(record, spec)
+                image_id = parsed["image/id"].numpy().decode("utf-8", "replace")
                 if decode:
-                    tf.io.decode_image(parsed["image/encoded"], expand_animations=False)
+                    view(parsed["image/encoded"])
                 index += 1
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-            raise common.UserError(f"corrupt record file {path}, record {index}: "
-                                   f"{common.tf_error_line(e)}")
+            name = f" (image/id {image_id})" if image_id else ""
+            raise common.UserError(f"corrupt record file {path}, record {index}{name}: "
+                                   f"{common.tf_error_line(e)}") from None
         total += index
     return total
+
+
+def check_pseudo_labeled(files, num_classes):
+    """UserError naming the file unless the first record of `files` holds `num_classes` soft
+    labels: raw unlabeled records (no probabilities) or another data set's labels are refused
+    here, in one line, not deep in the training graph."""
+    for path in files:
+        try:
+            first = [r.numpy() for r in tf.data.TFRecordDataset(path).take(1)]
+        except tf.errors.DataLossError as e:
+            raise common.UserError(f"corrupt record file {path}: {common.tf_error_line(e)}") \
+                from None
+        if not first:
+            continue  # an empty shard (filter_balance keeps none of some shards)
+        try:
+            feature = tf.train.Example.FromString(first[0]).features.feature
+        except Exception:  # protobuf's DecodeError  pylint: disable=broad-except
+            raise common.UserError(f"{path}: record 0 is not a tf.train.Example") from None
+        if "probabilities" in feature:
+            found = len(feature["probabilities"].float_list.value)
+        elif "probabilities/float16" in feature:
+            found = len(feature["probabilities/float16"].bytes_list.value[0]) // 2
+        else:
+            raise common.UserError(
+                f"{path}: record 0 has no soft labels (`probabilities`): these are unlabeled "
+                "images, not label_data.py or filter_balance.py output (main.py reads raw "
+                "unlabeled records with --unlabel_source_dir)")
+        if found != num_classes:
+            raise common.UserError(f"{path}: record 0 has {found} class probabilities, the "
+                                   f"model {num_classes} classes (another data set's labels?)")
+        return
 
 
 @contextlib.contextmanager
@@ -595,22 +637,33 @@ def _image_facts(encoded, measure):
             "sum": tf.reduce_sum(values, [0, 1]), "sum_sq": tf.reduce_sum(values ** 2, [0, 1])}
 
 
-def _read_images(paths, measure):
-    """(encoded bytes, _image_facts) of each file, in order, decoded in parallel; UserError
-    naming the first file that does not decode."""
-    def read(path):
-        encoded = tf.io.read_file(path)
-        return encoded, _image_facts(encoded, measure)
-
-    ds = tf.data.Dataset.from_tensor_slices(paths).map(read, num_parallel_calls=tf.data.AUTOTUNE,
-                                                       deterministic=True)
+def _scan_images(paths, measure, skip_bad=False):
+    """_image_facts of each file (None for a skipped one), decoded in parallel, and the list of
+    files that do not decode. Such a file is a UserError naming it, or (skip_bad) skipped with a
+    warning naming it."""
+    ds = tf.data.Dataset.from_tensor_slices(paths).map(
+        lambda path: _image_facts(tf.io.read_file(path), measure),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     it = ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+    facts, bad = [], []
+    progress = common.Progress("decoding", len(paths))
     for path in paths:  # a deterministic map reports an element's error in its place
         try:
-            yield next(it)
-        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
-            raise common.UserError(f"{path} is not a readable image (JPEG, PNG, GIF or BMP): "
-                                   f"{common.tf_error_line(e)}") from None
+            facts.append(next(it))
+        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.DataLossError,
+                tf.errors.PermissionDeniedError, tf.errors.FailedPreconditionError) as e:
+            reason = common.tf_error_line(e)
+            if "Iterator::" in reason:  # drop tf.data's "Error in user-defined function ..."
+                reason = reason.split("Iterator::", 1)[1].split(": ", 1)[-1]
+            line = f"{path} is not a readable image (JPEG, PNG, GIF or BMP): {reason}"
+            if not skip_bad:
+                raise common.UserError(f"{line} (--skip_bad_images skips such files)") from None
+            logging.warning("skipped: %s", line)
+            facts.append(None)
+            bad.append(path)
+        progress.add(1)
+    progress.update(progress.done, force=True)
+    return facts, bad
 
 
 def _num_shards(split, count, num_shards):
@@ -620,22 +673,31 @@ def _num_shards(split, count, num_shards):
     return max(1, min(num_shards, count))
 
 
-def write_image_split(out_dir, split, items, num_shards, seed):
+def write_image_split(out_dir, split, items, num_shards, seed, skip_bad=False):
     """Writes `items` [(path, label or None, relative path)] as shards of out_dir in a seeded
-    random order, ids "<split>/<relative path>"; returns (shard names, facts of the images,
-    measured for the labeled split)."""
+    random order, ids "<split>/<relative path>", after decoding every image (skip_bad: images
+    that do not decode are left out); returns (shard names, the items written, facts of their
+    images (measured for the labeled split), relative paths of the skipped files)."""
     order = np.random.default_rng([seed, zlib.crc32(split.encode())]).permutation(len(items))
-    paths = [items[i][0] for i in order]
-    facts = []
+    items = [items[i] for i in order]
+    facts, bad = _scan_images([path for path, _, _ in items], split == "labeled", skip_bad)
+    kept = [(item, f) for item, f in zip(items, facts) if f is not None]
+    skipped = [relative for (_, _, relative), f in zip(items, facts) if f is None]
+    if not kept:
+        raise common.UserError(f"none of the {len(items)} {split} images decodes (first: "
+                               f"{bad[0]})")
+    items, facts = [item for item, _ in kept], [f for _, f in kept]
+    encoded = tf.data.Dataset.from_tensor_slices([path for path, _, _ in items]).map(
+        tf.io.read_file, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
-    def records():
-        for i, (encoded, image_facts) in zip(order, _read_images(paths, split == "labeled")):
-            _, label, relative = items[i]
-            facts.append(image_facts)
-            yield image_example(encoded, label, f"{split}/{relative}").SerializeToString()
+    def records():  # the bytes are read again (cheap next to decoding), never re-encoded
+        for (_, label, relative), image in zip(items, encoded.prefetch(16).as_numpy_iterator()):
+            example = image_example(image, label, f"{split}/{relative}")
+            yield example.SerializeToString(deterministic=True)
 
-    names = write_shards(out_dir, split, records(), len(items), num_shards)
-    return names, facts
+    names = write_shards(out_dir, split, records(), len(items),
+                         _num_shards(split, len(items), num_shards))
+    return names, items, facts, skipped
 
 
 def measured_settings(facts, num_classes, image_size=0, input_kind="auto", flip="auto",
@@ -664,14 +726,18 @@ def measured_settings(facts, num_classes, image_size=0, input_kind="auto", flip=
 
 
 def prepare_folders(output_dir, labeled_dir, unlabeled_dir=None, test_dir=None, image_size=0,
-                    input_kind="auto", flip="auto", num_channels=0, num_shards=0, seed=0):
+                    input_kind="auto", flip="auto", num_channels=0, num_shards=0, seed=0,
+                    skip_bad_images=False):
     """Writes output_dir/{labeled,unlabeled,test}/ (the given ones), class_names.json,
     dataset.json and prepared.json; returns the summary dict.
 
-    labeled_dir and test_dir hold one sub-folder per class (labels 0..K-1 in sorted order of the
-    labeled folders; test may have fewer classes); unlabeled_dir is a pile of images whose
-    sub-folders are ignored. Image bytes are stored unchanged. Written under a temporary name
-    and renamed into place (prepared.json last); a rerun with the same arguments does nothing.
+    labeled_dir and test_dir hold one sub-folder per class, at least 2 (labels 0..K-1 in sorted
+    order of the labeled folders; test may have fewer classes); unlabeled_dir is a pile of
+    images whose sub-folders are ignored. Every image is decoded; one that does not is a
+    UserError naming it, or (skip_bad_images) left out, counted in prepared.json's
+    "skipped_bad_images" and logged. Image bytes are stored unchanged. Written under a temporary
+    name and renamed into place (prepared.json last); a rerun with the same arguments does
+    nothing.
     """
     if image_size < 0 or num_shards < 0:
         raise common.UserError("--image_size and --num_shards must be >= 0 (0: automatic)")
@@ -682,6 +748,8 @@ def prepare_folders(output_dir, labeled_dir, unlabeled_dir=None, test_dir=None, 
             "flip": flip, "num_channels": int(num_channels), "num_shards": int(num_shards),
             "seed": int(seed), **{f"{split}_dir": os.path.abspath(d) if d else None
                                   for split, d in dirs.items()}}
+    if skip_bad_images:  # only when given: earlier preparations stay "the same arguments"
+        args["skip_bad_images"] = True
     common.remove_stale_temporaries(output_dir)
     previous = _previous_run(output_dir, args)
     if previous is not None:
@@ -698,16 +766,34 @@ def prepare_folders(output_dir, labeled_dir, unlabeled_dir=None, test_dir=None, 
                                    f"have: {', '.join(unknown[:5])}")
         splits["test"] = [(p, classes.index(test_classes[label]), relative)
                           for p, label, relative in test]
+    for split, found in (("labeled", classes), ("test", test_dir and test_classes)):
+        if found and len(found) < 2:
+            raise common.UserError(
+                f"--{split}_dir={dirs[split]} has one class folder ({found[0]}): a classifier "
+                "needs at least 2 classes, one sub-folder each (is it a class folder itself?)")
     summary = {"args": args, "counts": {}, "files": {}, "per_class": {}}
+    if skip_bad_images:
+        summary["skipped_bad_images"] = {}
     with common.atomic_output(output_dir) as tmp:
         for split, items in splits.items():
-            shards = _num_shards(split, len(items), num_shards)
-            summary["files"][split], facts = write_image_split(
-                os.path.join(tmp, split), split, items, shards, seed)
+            summary["files"][split], items, facts, skipped = write_image_split(
+                os.path.join(tmp, split), split, items, num_shards, seed, skip_bad_images)
             summary["counts"][split] = len(items)
+            if skip_bad_images:
+                summary["skipped_bad_images"][split] = {"count": len(skipped),
+                                                        "files": sorted(skipped)[:100]}
+                logging.log(logging.WARNING if skipped else logging.INFO,
+                            "%s: skipped %d of %d images that do not decode (--skip_bad_images)",
+                            split, len(skipped), len(items) + len(skipped))
             if split != "unlabeled":
-                summary["per_class"][split] = np.bincount(
-                    [label for _, label, _ in items], minlength=len(classes)).tolist()
+                count = lambda some: np.bincount([label for _, label, _ in some],
+                                                 minlength=len(classes))
+                summary["per_class"][split] = count(items).tolist()
+                empty = [classes[c] for c in np.flatnonzero((count(items) == 0)
+                                                            & (count(splits[split]) > 0))]
+                if empty:  # every image of the class was skipped
+                    raise common.UserError(f"class folder {os.path.join(dirs[split], empty[0])}: "
+                                           "none of its images decodes")
             if split == "labeled":
                 settings = measured_settings(facts, len(classes), image_size, input_kind, flip,
                                              num_channels)
@@ -767,6 +853,7 @@ def _center_crop(image, image_size):
     height, width = shape[0], shape[1]
     crop = tf.cast(image_size / (image_size + IMAGENET_CROP_PADDING)
                    * tf.cast(tf.minimum(height, width), tf.float32), tf.int32)
+    crop = tf.maximum(crop, 1)  # NOTE: not in the reference, where a 1 px side crops 0 px
     top, left = (height - crop + 1) // 2, (width - crop + 1) // 2
     image = tf.image.crop_to_bounding_box(image, top, left, crop, crop)
     return _resize_bicubic(tf.cast(image, tf.float32), image_size)
@@ -1015,6 +1102,7 @@ def pseudo_labeled_dataset(pattern, info, image_size, batch_size, num_classes, a
     """
     _check_augment_name(augment_name)
     files = _files(pattern, "pseudo-labeled")
+    check_pseudo_labeled(files, num_classes)
     buffer = shuffle_buffer or _default_shuffle_buffer(info)
     key, shuffle_key, deterministic = _stream(seed, stream, start_batch, input_context)
     ds = _records(files, repeat, shuffle_key, cache, buffer, input_context, deterministic)
@@ -1074,10 +1162,13 @@ def unlabeled_pair_dataset(pattern, info, image_size, batch_size, augment_name, 
     return _noised_batches(ds, batch_size, True, key, start_batch, deterministic, views)
 
 
-def unlabeled_records_dataset(files, info, image_size, batch_size):
+def unlabeled_records_dataset(files, info, image_size, batch_size, skip_bad_images=False):
     """One ordered, deterministic pass for labeling: batches of dicts {"image": eval view,
     "encoded": the stored bytes, "id": string (fallback "<file basename>:<index>"),
-    "true_label": int32 (-1 if absent; for reports only)}."""
+    "index": int64 (the record's place in its file), "true_label": int32 (-1 if absent; for
+    reports only)}. skip_bad_images: records that do not parse or decode are left out (their
+    indices are missing); check the files' framing first (common.count_records), as a broken
+    file would be cut short silently too."""
     files = [files] if isinstance(files, str) else list(files)
     if not files:
         raise common.UserError("no unlabeled files given")
@@ -1085,17 +1176,19 @@ def unlabeled_records_dataset(files, info, image_size, batch_size):
 
     def read(path, name):
         return tf.data.TFRecordDataset(path, buffer_size=8 * 1024 * 1024).enumerate().map(
-            lambda i, r: (r, tf.strings.join([name, tf.strings.as_string(i)], ":")))
+            lambda i, r: (r, tf.strings.join([name, tf.strings.as_string(i)], ":"), i))
 
     ds = tf.data.Dataset.from_tensor_slices((files, names)).flat_map(read)
 
-    def parse(serialized, fallback_id):
+    def parse(serialized, fallback_id, index):
         record = parse_unlabeled(serialized, fallback_id)
         return {"image": preprocess_for_eval(record["image"], info, image_size),
-                "encoded": record["image"], "id": record["id"],
+                "encoded": record["image"], "id": record["id"], "index": index,
                 "true_label": parse_diagnostic_label(serialized)}
 
     ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if skip_bad_images:
+        ds = ds.ignore_errors()
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
@@ -1138,6 +1231,8 @@ def define_flags():
                       "flips in training; auto = true. Say false for digits or text.")
     flags.DEFINE_enum("num_channels", "0", ["0", "1", "3"], "folder: 0 = 1 if every labeled "
                       "image is grey, else 3.")
+    flags.DEFINE_bool("skip_bad_images", False, "folder: leave out images that do not decode "
+                      "(logged, counted in prepared.json) instead of stopping at the first one.")
     flags.DEFINE_integer("num_shards", None, "folder: shards per split (default: one per "
                          f"{IMAGES_PER_SHARD:,} images, at least {MIN_UNLABELED_SHARDS} unlabeled "
                          "shards for parallel labeling jobs). fashion_mnist uses 2 labeled, 8 "
@@ -1152,8 +1247,10 @@ def main(argv):
         raise common.UserError("--dataset and --output_dir are required")
     folder_flags = ("labeled_dir", "unlabeled_dir", "test_dir")
     if F.dataset == "fashion_mnist":
-        if F.num_shards is not None or any(F[f].present for f in folder_flags):
-            raise common.UserError("--num_shards and --*_dir apply to --dataset=folder only")
+        if F.num_shards is not None or F.skip_bad_images or any(
+                F[f].present for f in folder_flags):
+            raise common.UserError("--num_shards, --skip_bad_images and --*_dir apply to "
+                                   "--dataset=folder only")
         summary = prepare_fashion_mnist(F.output_dir, F.num_labeled_per_class, F.seed,
                                         F.source_dir or FASHION_MNIST_DIR)
     else:
@@ -1165,7 +1262,7 @@ def main(argv):
                                    "--labeled_dir, --unlabeled_dir and --test_dir")
         summary = prepare_folders(F.output_dir, F.labeled_dir, F.unlabeled_dir, F.test_dir,
                                   F.image_size, F.input_kind, F.flip, int(F.num_channels),
-                                  F.num_shards or 0, F.seed)
+                                  F.num_shards or 0, F.seed, F.skip_bad_images)
     print(json.dumps(summary["counts"]))
 
 

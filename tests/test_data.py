@@ -7,6 +7,8 @@ import gzip
 import io
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -371,6 +373,108 @@ def test_prepare_folders_bad_inputs_name_the_path(image_folders, tmp_path):
             data.prepare_folders(str(out), str(root / "labeled"), str(root / "unlabeled"))
         bad.unlink()
     assert not out.exists() and os.listdir(tmp_path) == ["src", "empty"]  # nothing half-written
+
+
+# Bad inputs: each test names its rows of bench/bad_inputs.md.
+def two_class_folder(root, per_class=3, shape=(20, 24, 3)):
+    rng = np.random.default_rng(5)
+    for c in ("cat", "dog"):
+        for i in range(per_class):
+            write_image(root / c / f"{i}.png", rng.integers(0, 256, shape, dtype=np.uint8), "png")
+    return root
+
+
+def test_images_that_do_not_decode_are_named_or_skipped(tmp_path):
+    """Rows "truncated JPEG", "random bytes behind a JPEG header", "unreadable file",
+    "--skip_bad_images": each refused naming the file; with the flag left out and counted."""
+    root, out = two_class_folder(tmp_path / "src"), tmp_path / "out"
+    rng = np.random.default_rng(2)
+    good = jpeg(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    header = good[:good.index(b"\xff\xda") + 14]  # everything up to the scan data
+    bad = {"cat/truncated.jpg": good[:len(good) // 2],
+           "dog/random.jpg": header + rng.integers(0, 256, 2000, dtype=np.uint8).tobytes(),
+           "dog/link.jpg": None}  # a link to a file that is gone
+    for rel, content in bad.items():
+        path = root / rel
+        if content is None:
+            path.symlink_to(tmp_path / "gone.jpg")
+        else:
+            path.write_bytes(content)
+        with pytest.raises(common.UserError, match=re.escape(str(path)) + " is not a readable "
+                           r"image \(JPEG, PNG, GIF or BMP\): .*\(--skip_bad_images skips"):
+            data.prepare_folders(str(out), str(root))
+        assert not out.exists()
+        path.unlink()
+    for rel, content in bad.items():
+        (root / rel).symlink_to(tmp_path / "gone.jpg") if content is None else (
+            root / rel).write_bytes(content)
+    summary = data.prepare_folders(str(out), str(root), skip_bad_images=True)
+    assert summary["counts"] == {"labeled": 6} and summary["per_class"]["labeled"] == [3, 3]
+    assert summary["skipped_bad_images"] == {"labeled": {"count": 3, "files": sorted(bad)}}
+    assert json.loads((out / "prepared.json").read_text())["skipped_bad_images"] == \
+        summary["skipped_bad_images"]
+    assert len(common.list_files(str(out / "labeled"))) == 1 and data.check_records(
+        common.list_files(str(out / "labeled")), decode=True) == 6
+    # A class whose every image is bad cannot be kept.
+    for i in range(3):
+        (root / "cat" / f"{i}.png").write_bytes(good[:100])
+    with pytest.raises(common.UserError, match=r"class folder .*src/cat: none of its images"):
+        data.prepare_folders(str(tmp_path / "o2"), str(root), skip_bad_images=True)
+
+
+def test_folders_with_one_class_are_refused(tmp_path):
+    """Row "a one-class folder" (labeled or test)."""
+    root = two_class_folder(tmp_path / "src")
+    shutil.copytree(root / "cat", tmp_path / "test" / "cat")
+    with pytest.raises(common.UserError, match=r"--test_dir=.*test has one class folder \(cat\): "
+                       "a classifier needs at least 2 classes"):
+        data.prepare_folders(str(tmp_path / "o"), str(root), test_dir=str(tmp_path / "test"))
+    shutil.rmtree(root / "dog")
+    with pytest.raises(common.UserError, match=r"--labeled_dir=.*src has one class folder "
+                       r"\(cat\): a classifier needs at least 2 classes, one sub-folder each "
+                       r"\(is it a class folder itself\?\)"):
+        data.prepare_folders(str(tmp_path / "o"), str(root))
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_1x1_image_gets_every_view(tmp_path):
+    """Row "a valid 1x1 image": it converts, and its eval and training views have the
+    pipeline's size (the centre crop of a 1 px side used to be 0 px: "target_width must be >
+    0")."""
+    root = two_class_folder(tmp_path / "src", shape=(1, 1, 3))
+    data.prepare_folders(str(tmp_path / "o"), str(root), input_kind="imagenet", image_size=32)
+    info = data.dataset_info("folder", data_dir=str(tmp_path / "o"))
+    images, labels = next(iter(data.labeled_dataset(str(tmp_path / "o" / "labeled"), info, 32,
+                                                    6, is_training=False)))
+    assert images.shape == (6, 32, 32, 3) and sorted(labels.numpy()) == [0, 0, 0, 1, 1, 1]
+    pixel = tf.io.decode_png((root / "cat" / "0.png").read_bytes())[0, 0].numpy()
+    view = data.preprocess_for_eval((root / "cat" / "0.png").read_bytes(), info, 32).numpy()
+    np.testing.assert_allclose(view, np.broadcast_to(pixel, (32, 32, 3)), atol=0.5)
+    encoded = tf.constant([(root / c / "0.png").read_bytes() for c in ("cat", "dog")])
+    train = data.train_views(encoded, info, 32, "basic", 2, 10, SEED)  # bbox crop, flip
+    assert train.shape == (2, 32, 32, 3) and np.isfinite(train.numpy()).all()
+
+
+def test_pseudo_labeled_reader_refuses_raw_unlabeled_records(tmp_path):
+    """Row "the raw unlabeled split as --unlabel_data_dir" (and another data set's labels)."""
+    image = png(np.zeros((32, 32, 1), np.uint8))
+    write_records(tmp_path / "empty.tfrecord", [])  # an empty shard is passed over
+    write_records(tmp_path / "raw.tfrecord", [data.image_example(image, None, "u/0")])
+    files = [str(tmp_path / "empty.tfrecord"), str(tmp_path / "raw.tfrecord")]
+    with pytest.raises(common.UserError, match=r"raw.tfrecord: record 0 has no soft labels "
+                       r"\(`probabilities`\): these are unlabeled images, not label_data.py or "
+                       "filter_balance.py output"):
+        data.pseudo_labeled_dataset(files, FASHION, 32, 4, 10, "none")
+    write_records(tmp_path / "five.tfrecord",
+                  [data.pseudo_label_example(image, "p/0", np.full(5, 0.2))])
+    with pytest.raises(common.UserError, match="five.tfrecord: record 0 has 5 class "
+                       "probabilities, the model 10 classes"):
+        data.pseudo_labeled_dataset(str(tmp_path / "five.tfrecord"), FASHION, 32, 4, 10, "none")
+    write_records(tmp_path / "ten.tfrecord",
+                  [data.pseudo_label_example(image, "p/0", np.full(10, 0.1), float16=True)])
+    batch = next(iter(data.pseudo_labeled_dataset(str(tmp_path / "ten.tfrecord"), FASHION, 32, 1,
+                                                  10, "none", shuffle_buffer=1)))
+    assert batch[1].shape == (1, 10)
 
 
 @pytest.mark.slow
