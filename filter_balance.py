@@ -8,7 +8,11 @@ duplicated up to K. `select()` below is the whole rule on arrays in memory.
 Reference: filter_unlabel.py of google-research/noisystudent (a 0.01 histogram, then a filter pass).
 
 On one machine, one command runs the four stages below (rerun it to finish a killed run: stats
-and write skip the shards they finished, merge skips when its plan is unchanged):
+and write skip the shards they finished, merge skips when its plan is unchanged). A shard's stats
+are fresh while its source is unchanged: size, mtime and label_data.py's summary beside it
+(provenance and record count); a relabeled shard is redone, and `write` refuses a plan made
+from other labels. A shard whose size or record count disagrees with that summary (cut short at
+a record boundary) is one error naming it:
 
   python filter_balance.py all --input_pattern=LABELS_DIR --work_dir=WORK --output_dir=OUT \\
       --num_images_per_class=K [--min_threshold=0.3] [--seed=0] [--materialize_duplicates]
@@ -186,6 +190,28 @@ def input_files(pattern):
     return files
 
 
+def labels_summary_path(path):
+    """label_data.py's summary of the output shard `path`: <its dir>/summaries/<name>.json."""
+    return os.path.join(os.path.dirname(path), "summaries", os.path.basename(path) + ".json")
+
+
+def shard_source(path):
+    """What a labels shard is, the freshness key of its stats and plan: size, mtime and (when
+    label_data.py's summary is beside it) the summary's provenance key and record count; a
+    relabeled shard is another source even at the same size. UserError if the shard's size
+    differs from the size its summary recorded (cut short or replaced after labeling)."""
+    stat = tf.io.gfile.stat(path)
+    summary_file = labels_summary_path(path)
+    summary = common.read_json(summary_file, "label_data.py summary", default=None) or {}
+    recorded = summary.get("output_bytes")
+    if recorded is not None and recorded != stat.length:
+        raise common.UserError(f"{path} has {stat.length} bytes, but {summary_file} says "
+                               f"{recorded} ({summary.get('count')} records): cut short or "
+                               "replaced after labeling; rerun label_data.py (it relabels it)")
+    return {"size_bytes": stat.length, "mtime_nsec": stat.mtime_nsec,
+            "labels": summary.get("provenance_key"), "count": summary.get("count")}
+
+
 def work_file(work_dir, kind, name):
     """WORK/<stats|plan|counts>/<shard name>.json"""
     return os.path.join(work_dir, kind, name + ".json")
@@ -216,13 +242,14 @@ def _parse_batch(serialized, path, start):
         raise
 
 
-def read_batches(path, num_classes=None, batch_size=READ_BATCH):
+def read_batches(path, num_classes=None, batch_size=READ_BATCH, expected_count=None):
     """Streams a label_data.py output shard in batches.
 
     Yields dicts: "serialized" (bytes), "label" (int64), "prob" (float32), "id" (object array of
     bytes: image/id, else image/filename, else b"<basename>:<index>"), "num_classes" (given, else
     the first record's). Every record is checked: a missing or out-of-range field ends in a
-    UserError naming file and record.
+    UserError naming file and record, and so does a record count other than `expected_count`
+    (label_data.py's summary: a file cut at a record boundary frames correctly).
     """
     batches = iter(tf.data.TFRecordDataset(path, buffer_size=1 << 22).batch(batch_size).prefetch(2))
     start, framed_bytes = 0, 0
@@ -261,15 +288,20 @@ def read_batches(path, num_classes=None, batch_size=READ_BATCH):
     if framed_bytes != size:
         raise common.UserError(f"{path}: truncated or not an uncompressed TFRecord file "
                                f"({size - framed_bytes} bytes after record {start - 1})")
+    if expected_count is not None and start != expected_count:
+        raise common.UserError(f"{path} has {start} records, but {labels_summary_path(path)} "
+                               f"says {expected_count}: cut short or replaced after labeling; "
+                               "label it again (remove it and rerun label_data.py)")
 
 
 # ----------------------------------------------------------------------------- stage 1: stats
 
-def shard_stats(path, min_threshold, bins):
+def shard_stats(path, min_threshold, bins, source=None):
     """Per-class counts and confidence histogram of eligible records of one shard (a small dict)."""
+    source = source or shard_source(path)
     progress = common.Progress(f"stats {os.path.basename(path)}", unit="records")
     hist = np.zeros((0, bins + 2), np.int64)  # column 0: below the threshold; 1 + b: bucket b
-    for batch in read_batches(path):
+    for batch in read_batches(path, expected_count=source["count"]):
         if not len(hist):
             hist = np.zeros((batch["num_classes"], bins + 2), np.int64)
         np.add.at(hist, (batch["label"], 1 + eligible_bucket(batch["prob"], min_threshold, bins)),
@@ -278,8 +310,8 @@ def shard_stats(path, min_threshold, bins):
     progress.update(progress.done, force=True)
     eligible = hist[:, 1:]
     return {
-        "file": os.path.basename(path), "input": os.path.abspath(path),
-        "size_bytes": tf.io.gfile.stat(path).length, "num_records": progress.done,
+        "file": os.path.basename(path), "input": os.path.abspath(path), "source": source,
+        "num_records": progress.done,
         "num_classes": len(hist) or None, "min_threshold": min_threshold, "confidence_bins": bins,
         "seen": hist.sum(1).tolist(), "above_threshold": eligible.sum(1).tolist(),
         "histogram": [{"bins": np.flatnonzero(row).tolist(), "counts": row[row > 0].tolist()}
@@ -288,7 +320,8 @@ def shard_stats(path, min_threshold, bins):
 
 
 def run_stats(files, work_dir, min_threshold, bins):
-    """Writes WORK/stats/<shard>.json for each file; skips files whose stats are already there."""
+    """Writes WORK/stats/<shard>.json for each file; skips files whose stats are there, made
+    with the same flags from the same source (shard_source: not only the same size)."""
     if not 0.0 <= min_threshold <= 1.0:
         raise common.UserError(f"--min_threshold must be in [0, 1], got {min_threshold}")
     if bins < 100:
@@ -296,11 +329,15 @@ def run_stats(files, work_dir, min_threshold, bins):
     for k, path in enumerate(files):
         out = work_file(work_dir, "stats", os.path.basename(path))
         old = common.read_json(out, "stats file", default={})
+        source = shard_source(path)
         if (old.get("min_threshold") == min_threshold and old.get("confidence_bins") == bins
-                and old.get("size_bytes") == tf.io.gfile.stat(path).length):
+                and old.get("source") == source):
             logging.info("stats %d/%d: %s done before, skipped", k + 1, len(files), out)
             continue
-        common.write_json(out, shard_stats(path, min_threshold, bins))
+        if old:
+            logging.info("stats %d/%d: %s is stale (the shard or the flags changed), redone",
+                         k + 1, len(files), out)
+        common.write_json(out, shard_stats(path, min_threshold, bins, source))
         logging.info("stats %d/%d: wrote %s", k + 1, len(files), out)
 
 
@@ -334,7 +371,7 @@ def merge(files, work_dir, k, min_threshold, seed):
             f"{os.path.join(work_dir, 'stats')}")
 
     # Pass 1: global per-class histograms.
-    first, hist, seen, num_records = None, 0, 0, []
+    first, hist, seen, num_records, sources = None, 0, 0, [], []
     for name, path in zip(names, paths):
         stats = common.read_json(path, "stats file")
         if stats.get("file") != name:
@@ -344,6 +381,7 @@ def merge(files, work_dir, k, min_threshold, seed):
                 f"{path} was computed with --min_threshold={stats['min_threshold']} but merge has "
                 f"--min_threshold={min_threshold}: rerun stats with the same flag")
         num_records.append(stats["num_records"])
+        sources.append(stats.get("source"))
         if stats["num_classes"] is None:  # empty shard
             continue
         first = first or stats
@@ -388,14 +426,14 @@ def merge(files, work_dir, k, min_threshold, seed):
                   num_empty_classes=len(empty))
     config = {"num_images_per_class": k, "min_threshold": min_threshold, "confidence_bins": bins,
               "seed": seed, "num_classes": num_classes, "shards": names}
-    fingerprint = hashlib.sha256(json.dumps([config, classes, picks.tolist()],
+    fingerprint = hashlib.sha256(json.dumps([config, classes, picks.tolist(), sources],
                                             sort_keys=True).encode()).hexdigest()[:16]
     summary = {"config": config, "plan_fingerprint": fingerprint, "totals": totals,
                "thresholds": [p["threshold"] for p in classes], "classes": classes}
     plans = {}
     for s, name in enumerate(names):
         nz = np.flatnonzero(candidates[s])
-        plans[name] = {"file": name, "num_records": num_records[s],
+        plans[name] = {"file": name, "num_records": num_records[s], "source": sources[s],
                        "plan_fingerprint": fingerprint, "classes": nz.tolist(),
                        "candidates": candidates[s, nz].tolist(), "picks": picks[s, nz].tolist()}
     return summary, plans
@@ -487,7 +525,7 @@ def write_shard(path, output_path, summary, plan, materialize_duplicates=False):
     # writes duplicates and shuffles 10K-record buffers); the training input repeats and shuffles.
     # The reference's sample JPEGs per class are not written.
     with common.atomic_output(output_path) as tmp, tf.io.TFRecordWriter(tmp) as writer:
-        for batch in read_batches(path, num_classes):
+        for batch in read_batches(path, num_classes, expected_count=plan["source"]["count"]):
             label = batch["label"]
             bucket = eligible_bucket(batch["prob"], config["min_threshold"], bins)
             copies = np.where(bucket > threshold_bucket[label], base_copies[label], 0)
@@ -534,16 +572,19 @@ def run_write(files, work_dir, output_dir, seed, materialize_duplicates):
             raise common.UserError(f"{path} was not part of the merge in {work_dir}; rerun stats "
                                    "and merge with the same --input_pattern")
         out, counts_file = os.path.join(output_dir, name), work_file(work_dir, "counts", name)
-        old = common.read_json(counts_file, "counts file", default={})
-        if (tf.io.gfile.exists(out) and old.get("plan_fingerprint") == summary["plan_fingerprint"]
-                and old.get("materialize_duplicates") == materialize_duplicates):
-            logging.info("write %d/%d: %s done before, skipped", k + 1, len(files), out)
-            continue
         plan_file = work_file(work_dir, "plan", name)
         plan = common.read_json(plan_file, "merge plan (rerun `filter_balance.py merge`)")
         if plan["plan_fingerprint"] != summary["plan_fingerprint"]:
             raise common.UserError(f"{plan_file} is from another merge than {SUMMARY_FILE}; "
                                    "rerun merge")
+        if plan.get("source") != shard_source(path):
+            raise common.UserError(f"{path} changed after `stats` (relabeled?): rerun stats "
+                                   "and merge (stats redoes the shards that changed)")
+        old = common.read_json(counts_file, "counts file", default={})
+        if (tf.io.gfile.exists(out) and old.get("plan_fingerprint") == summary["plan_fingerprint"]
+                and old.get("materialize_duplicates") == materialize_duplicates):
+            logging.info("write %d/%d: %s done before, skipped", k + 1, len(files), out)
+            continue
         common.remove_stale_temporaries(out)
         counts = write_shard(path, out, summary, plan, materialize_duplicates)
         common.write_json(counts_file, counts)

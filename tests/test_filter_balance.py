@@ -187,6 +187,74 @@ def test_bad_records_are_named(tmp_path):
         fb.shard_stats(str(tmp_path / "flipped.tfrecord"), MIN_THRESHOLD, 10000)
 
 
+def labels_summary(path, teacher="teacher-1", **fields):
+    """The summary label_data.py writes beside its output shard `path` (the fields read here)."""
+    count = sum(1 for _ in tf.data.TFRecordDataset(path))
+    common.write_json(fb.labels_summary_path(path), {
+        "count": count, "output_bytes": os.path.getsize(path), "provenance_key": teacher,
+        **fields})
+
+
+def test_labels_shard_cut_at_a_record_boundary_is_named(tmp_path):
+    """Row "a labels shard truncated at a record boundary": its frames add up, but its size
+    (and record count) disagree with label_data.py's summary."""
+    path = str(tmp_path / "labels" / "a.tfrecord")
+    os.makedirs(os.path.dirname(path))
+    write_predictions(path, [(f"r{i}", i % C, 0.9) for i in range(10)])
+    labels_summary(path)
+    frames = [16 + len(r) for r in tf.data.TFRecordDataset(path).as_numpy_iterator()]
+    with open(path, "rb") as f:
+        raw = f.read()
+    with open(path, "wb") as f:
+        f.write(raw[:sum(frames[:7])])
+    work = str(tmp_path / "work")
+    with pytest.raises(common.UserError, match=rf"a.tfrecord has {sum(frames[:7])} bytes, but "
+                       rf".*summaries/a.tfrecord.json says {len(raw)} \(10 records\): cut short "
+                       "or replaced after labeling; rerun label_data.py"):
+        fb.run_stats([path], work, MIN_THRESHOLD, 10000)
+    labels_summary(path, count=10, output_bytes=None)  # an older summary: only the count
+    with pytest.raises(common.UserError, match=r"a.tfrecord has 7 records, but .*summaries/"
+                       "a.tfrecord.json says 10: cut short or replaced after labeling"):
+        fb.run_stats([path], work, MIN_THRESHOLD, 10000)
+    assert not os.path.exists(fb.work_file(work, "stats", "a.tfrecord"))
+
+
+def test_relabeled_shards_are_redone_not_reused(tmp_path):
+    """Row "stats judges its outputs fresh by file size" / "relabel -> stats -> write loops": a
+    shard relabeled at the same size is a new source; write refuses the old plan, stats redoes
+    that shard (only), and the written records carry the new labels."""
+    labels, work, out = tmp_path / "labels", str(tmp_path / "work"), str(tmp_path / "out")
+    labels.mkdir()
+    rows = synthetic_rows()[:240]
+    paths = [str(labels / "a.tfrecord"), str(labels / "b.tfrecord")]
+    for path, part in zip(paths, (rows[:120], rows[120:])):
+        write_predictions(path, part)
+        labels_summary(path)
+    run_pipeline(str(labels), work, out, stats_jobs=1, write_jobs=1)
+    relabeled = [(i, (c + 1) % C, p) for i, c, p in rows[:120]]  # another teacher's labels
+    size = os.path.getsize(paths[0])
+    write_predictions(paths[0], relabeled)
+    labels_summary(paths[0], teacher="teacher-2")
+    assert os.path.getsize(paths[0]) == size
+    with pytest.raises(common.UserError, match=r"a.tfrecord changed after `stats` \(relabeled\?\)"
+                       ": rerun stats and merge"):
+        fb.run_write(fb.input_files(str(labels)), work, out, 0, False)
+    stats_b = os.stat(fb.work_file(work, "stats", "b.tfrecord")).st_mtime_ns
+    run_pipeline(str(labels), work, out, stats_jobs=1, write_jobs=1)
+    assert os.stat(fb.work_file(work, "stats", "b.tfrecord")).st_mtime_ns == stats_b
+    assert common.read_json(fb.work_file(work, "stats", "a.tfrecord"))["source"]["labels"] == \
+        "teacher-2"
+    new_label = {i.encode(): c for i, c, _ in relabeled}
+    written = read_records(os.path.join(out, "a.tfrecord"))
+    assert written and all(r["label"][0] == new_label[r["image/id"][0]] for r in written)
+    # Without a summary (not label_data.py output), a rewrite is still seen (size + mtime).
+    os.remove(fb.labels_summary_path(paths[1]))
+    assert fb.shard_source(paths[1])["labels"] is None
+    before = fb.shard_source(paths[1])
+    write_predictions(paths[1], rows[120:])
+    assert fb.shard_source(paths[1]) != before
+
+
 # ----------------------------------------------------------------------------- the stages
 
 def run_pipeline(labels, work, out, seed=0, stats_jobs=3, write_jobs=2, materialize=False):
