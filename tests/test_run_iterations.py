@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 import data
+import efficientnet_builder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -219,13 +220,19 @@ def test_driver_on_imagenet_records_with_a_growing_chain(tmp_path):
                 encoded = tf.io.encode_jpeg(pixels.astype(np.uint8)).numpy()
                 writer.write(data.image_example(encoded, c + 1 if labeled else None,
                                                 f"{name}{i}").SerializeToString())
+    # A pretrained teacher: a B0 of the same width with 5 classes (the head is re-initialised).
+    init = str(tmp_path / "b0-5-classes.weights.h5")
+    efficientnet_builder.build_model("efficientnet-b0", num_classes=5, image_size=224,
+                                     width=0.1).save_weights(init)
     workdir = tmp_path / "run"
     proc = run(workdir, "--dataset=imagenet", f"--label_data_dir={tmp_path}/train-*",
                f"--eval_data_dir={tmp_path}/validation-*",
                f"--unlabel_data_dir={tmp_path}/unlabeled-*", "--teacher_model=efficientnet-b0",
                "--student_models=efficientnet-b1,efficientnet-b1,efficientnet-b1",
-               "--num_images_per_class=4", TINY + " --num_classes=3")
+               "--num_images_per_class=4", f"--init_checkpoint={init}", TINY + " --num_classes=3")
     assert proc.returncode == 0, proc.stderr[-4000:]
+    assert json.load(open(workdir / "teacher/flags.json"))["init_checkpoint"] == init
+    assert f"Initialised from {init}" in proc.stderr and "5 classes" in proc.stderr
     report = json.load(open(workdir / "report.json"))
     sizes = [(m["architecture"]["model_name"], m["architecture"]["image_size"])
              for m in report["models"]]
