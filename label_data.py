@@ -18,15 +18,26 @@ on the local devices (--strategy=mirrored: all local GPUs).
 Output, per input file, the same basename in --output_dir (`.tfrecord` added if missing): every
 record with its original image bytes (never re-encoded), image/id, diagnostic/true_label (passed
 through), the full probability vector `probabilities` (float32; or `probabilities/float16`
-bytes), `label` (argmax) and `prob` (top-1 probability) -- the field names of the reference code. Each file is written under a
-temporary name and renamed when complete, then --output_dir/summaries/<basename>.json (count,
-mean confidence, class counts, seconds, img/s). Files whose output and summary exist are skipped,
-so rerunning a killed job finishes the rest. Same teacher, inputs, --batch_size and --strategy ->
-byte-identical output files.
+bytes), `label` (argmax) and `prob` (top-1 probability) -- the field names of the reference
+code. Each file is written under a temporary name and renamed when complete, then
+--output_dir/summaries/<basename>.json (count, output bytes, mean confidence, class counts,
+seconds, img/s, and the provenance: the teacher's checkpoint, its step and a fingerprint of
+model.json and the checkpoint's index (which holds a CRC32C of every tensor), the input file's
+name, size and mtime, and the flags that change the records). A file
+whose output and summary exist, with the same provenance and the output at its recorded size,
+is skipped, so rerunning a killed job finishes the rest; any other is labeled again (logged:
+another teacher, other inputs, other flags), never kept. Same teacher, inputs, --batch_size and
+--strategy -> byte-identical output files.
+
+A record whose image does not decode stops the job with one line naming the file, the record
+index and its image/id; with --skip_bad_images such records are left out, and the summary
+counts them ("skipped_bad_images", "skipped_records": their indices in the input file).
 """
 
 import collections
 import concurrent.futures
+import hashlib
+import json
 import os
 import time
 
@@ -46,6 +57,66 @@ PENDING_WRITES = 2  # batches in flight to the writer thread (bounds memory)
 
 def summary_path(output_dir, name):
     return os.path.join(output_dir, "summaries", name + ".json")
+
+
+# ----------------------------------------------------------------------------- provenance
+
+def teacher_identity(model_dir):
+    """The teacher's latest checkpoint (name, step) and a fingerprint of its model.json and the
+    checkpoint's index (a CRC32C per tensor: other weights, another fingerprint); no TF model is
+    built, so a rerun with nothing to do stays cheap."""
+    if not tf.io.gfile.isdir(model_dir):
+        raise common.UserError(f"model dir {model_dir} does not exist")
+    checkpoint = tf.train.latest_checkpoint(model_dir)
+    if checkpoint is None:
+        raise common.UserError(f"no checkpoint in model dir {model_dir}")
+    config = common.read_json(os.path.join(model_dir, efficientnet_builder.MODEL_CONFIG_FILE),
+                              what="model config (written by main.py)")
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    with tf.io.gfile.GFile(checkpoint + ".index", "rb") as f:
+        digest.update(f.read())
+    step = os.path.basename(checkpoint).rsplit("-", 1)[-1]
+    return {"model_dir": os.path.abspath(model_dir), "checkpoint": os.path.basename(checkpoint),
+            "step": int(step) if step.isdigit() else None, "fingerprint": digest.hexdigest()[:16]}
+
+
+def provenance(teacher, path, probabilities_dtype, skip_bad_images):
+    """What an output file is made of: the teacher, the input file, the flags changing records."""
+    stat = tf.io.gfile.stat(path)
+    return {"teacher": teacher,
+            "input": {"name": os.path.basename(path), "size_bytes": stat.length,
+                      "mtime_nsec": stat.mtime_nsec},
+            "flags": {"probabilities_dtype": probabilities_dtype,
+                      "skip_bad_images": skip_bad_images}}
+
+
+def provenance_key(prov):
+    """A short hash of `prov` without the teacher's path (a moved teacher is the same one)."""
+    teacher = {k: v for k, v in prov["teacher"].items() if k != "model_dir"}
+    return hashlib.sha256(json.dumps(dict(prov, teacher=teacher), sort_keys=True)
+                          .encode()).hexdigest()[:16]
+
+
+def stale_reason(output_path, summary, prov):
+    """Why the output file with this summary is not the one `prov` would make; None if it is."""
+    if summary is None or not tf.io.gfile.exists(output_path):
+        return "not labeled yet"
+    old = summary.get("provenance")
+    if not old:
+        return "its summary has no provenance (an older label_data.py)"
+    if old.get("teacher", {}).get("fingerprint") != prov["teacher"]["fingerprint"]:
+        was, now = old.get("teacher", {}), prov["teacher"]
+        return (f"labeled by another teacher ({was.get('model_dir')} {was.get('checkpoint')}, "
+                f"fingerprint {was.get('fingerprint')}; now {now['model_dir']} "
+                f"{now['checkpoint']}, fingerprint {now['fingerprint']})")
+    if old.get("input") != prov["input"]:
+        return f"labeled from another input file ({old.get('input')}; now {prov['input']})"
+    if old.get("flags") != prov["flags"]:
+        return f"labeled with other flags ({old.get('flags')}; now {prov['flags']})"
+    size = tf.io.gfile.stat(output_path).length
+    if summary.get("output_bytes") != size:
+        return f"the output has {size} bytes, its summary says {summary.get('output_bytes')}"
+    return None
 
 
 # ----------------------------------------------------------------------------- the teacher
@@ -112,13 +183,16 @@ def write_batch(writer, ids, encoded, true_labels, probabilities, float16):
         writer.write(record)
 
 
-def label_file(path, output_path, predict, info, batch_size, float16):
+def label_file(path, output_path, predict, info, batch_size, float16, skip_bad_images=False):
     """Labels one input file into `output_path` (atomically); returns its summary dict.
 
     A writer thread serializes and writes batch i while the teacher runs on batch i + 1.
     """
-    dataset = data.unlabeled_records_dataset([path], info, info.image_size, batch_size)
+    total = common.count_records([path]) if skip_bad_images else None  # framing intact?
+    dataset = data.unlabeled_records_dataset([path], info, info.image_size, batch_size,
+                                             skip_bad_images)
     confidence_sum, correct, with_truth, class_counts = 0.0, 0, 0, None
+    seen = np.zeros(total or 0, bool)  # skip_bad_images: which input records were labeled
     progress = common.Progress(f"labeling {os.path.basename(path)}")
     with common.atomic_output(output_path) as tmp, tf.io.TFRecordWriter(tmp) as writer, \
             concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -130,8 +204,7 @@ def label_file(path, output_path, predict, info, batch_size, float16):
             except StopIteration:
                 break
             except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-                raise common.UserError(f"{path}: bad record or image after record "
-                                       f"{progress.done} ({common.tf_error_line(e)})") from None
+                raise bad_record_error(path, info, progress.done, e) from None
             probabilities = predict(batch["image"])
             ids, encoded = batch["id"].numpy(), batch["encoded"].numpy()
             true_labels = batch["true_label"].numpy()
@@ -148,20 +221,47 @@ def label_file(path, output_path, predict, info, batch_size, float16):
             known = true_labels >= 0
             with_truth += int(known.sum())
             correct += int((labels[known] == true_labels[known]).sum())
+            if skip_bad_images:
+                seen[batch["index"].numpy()] = True
             progress.add(len(labels))
         for future in pending:
             future.result()
+        if total and not seen.any():
+            raise common.UserError(f"{path}: none of its {total} records decodes "
+                                   "(--skip_bad_images skips only some)")
     count = progress.done
     summary = {
         "input": path, "output": output_path, "count": count,
+        "output_bytes": tf.io.gfile.stat(output_path).length,
         "mean_confidence": confidence_sum / max(count, 1),
         "class_counts": [] if class_counts is None else class_counts.tolist(),
         "seconds": time.time() - progress.start, "images_per_second": progress.rate(),
         "probabilities_dtype": "float16" if float16 else "float32", "batch_size": batch_size,
     }
+    if skip_bad_images:
+        skipped = np.flatnonzero(~seen)
+        summary.update(skipped_bad_images=len(skipped), skipped_records=skipped[:100].tolist())
+        if len(skipped):
+            logging.warning("%s: skipped %d of %d records whose image does not decode "
+                            "(--skip_bad_images), record indices %s", path, len(skipped), total,
+                            skipped[:10].tolist())
     if with_truth:  # for reports only: how often the teacher agrees with the hidden label
         summary["diagnostic_accuracy"] = correct / with_truth
     return summary
+
+
+def bad_record_error(path, info, done, error):
+    """The UserError for a tf.data error while labeling `path`: the bad record named by a
+    rescan of the file from the failed batch on (`done` records were labeled before it)."""
+    view = lambda encoded: data.preprocess_for_eval(encoded, info, info.image_size)
+    hint = ("" if isinstance(error, tf.errors.DataLossError)  # broken framing: not skippable
+            else " (--skip_bad_images skips such records)")
+    try:
+        data.check_records([path], decode=view, start=done)
+    except common.UserError as bad:
+        return common.UserError(f"{bad}{hint}")
+    return common.UserError(f"{path}: bad record or image after record {done} "
+                            f"({common.tf_error_line(error)}){hint}")
 
 
 # ----------------------------------------------------------------------------- the job
@@ -174,40 +274,59 @@ def output_name(path):
 
 
 def run(teacher_model_dir, files, output_dir, batch_size=256, probabilities_dtype="float32",
-        strategy_name="default"):
-    """Labels `files` into `output_dir`, skipping those already done; returns the summaries."""
+        strategy_name="default", skip_bad_images=False):
+    """Labels `files` into `output_dir`, skipping those done before with the same provenance
+    (teacher, input file, flags) and relabeling any other; returns the new summaries."""
     if batch_size < 1:
         raise common.UserError(f"--batch_size must be >= 1, got {batch_size}")
     if probabilities_dtype not in PROBABILITY_DTYPES:
         raise common.UserError(f"--probabilities_dtype must be one of {PROBABILITY_DTYPES}, "
                                f"got {probabilities_dtype!r}")
+    if strategy_name not in STRATEGIES:
+        raise common.UserError(f"--strategy must be one of {', '.join(STRATEGIES)}, got "
+                               f"{strategy_name!r}")
     names = [output_name(f) for f in files]
     if len(set(names)) != len(names):
         raise common.UserError("the input files must have distinct basenames (outputs keep them)")
-    done = lambda name: (tf.io.gfile.exists(os.path.join(output_dir, name))
-                         and tf.io.gfile.exists(summary_path(output_dir, name)))
-    todo = [f for f in files if not done(output_name(f))]
-    logging.info("%d input files for this job, %d done before, %d to label",
-                 len(files), len(files) - len(todo), len(todo))
+    teacher = teacher_identity(teacher_model_dir)
+    todo, relabel = [], 0
+    for path, name in zip(files, names):
+        prov = provenance(teacher, path, probabilities_dtype, skip_bad_images)
+        old = common.read_json(summary_path(output_dir, name), "summary", default=None)
+        reason = stale_reason(os.path.join(output_dir, name), old, prov)
+        if reason is None:
+            continue
+        if old is not None:  # redone, not refused: e.g. the teacher was retrained
+            logging.warning("relabeling %s: %s", os.path.join(output_dir, name), reason)
+            common.remove(summary_path(output_dir, name))  # no stale summary beside new labels
+            relabel += 1
+        todo.append((path, prov))
+    logging.info("%d input files for this job, %d done before, %d to label (%d relabeled); "
+                 "teacher %s %s (step %s, fingerprint %s)", len(files), len(files) - len(todo),
+                 len(todo), relabel, teacher["model_dir"], teacher["checkpoint"], teacher["step"],
+                 teacher["fingerprint"])
     if not todo:
         return []
     strategy = common.make_strategy(strategy_name, allowed=STRATEGIES)
     model, config, info = load_teacher(teacher_model_dir, strategy)
+    if teacher_identity(teacher_model_dir) != teacher:
+        raise common.UserError(f"{teacher_model_dir} got a new checkpoint while loading; rerun")
     predict = make_predictor(model, strategy)
     logging.info("teacher %s (%s, %d px, %d classes) on %d replica(s)", teacher_model_dir,
                  config.get("model_name"), info.image_size, info.num_classes,
                  strategy.num_replicas_in_sync)
-    job = common.Progress("job", total=sum(tf.io.gfile.stat(f).length for f in todo),
+    job = common.Progress("job", total=sum(tf.io.gfile.stat(f).length for f, _ in todo),
                           unit="bytes")
     summaries = []
-    for k, path in enumerate(todo):
+    for k, (path, prov) in enumerate(todo):
         name = output_name(path)
         output_path = os.path.join(output_dir, name)
         common.remove_stale_temporaries(output_path)
         summary = label_file(path, output_path, predict, info, batch_size,
-                             probabilities_dtype == "float16")
+                             probabilities_dtype == "float16", skip_bad_images)
         summary.update(teacher_model_dir=teacher_model_dir, strategy=strategy_name,
-                       num_replicas=strategy.num_replicas_in_sync)
+                       num_replicas=strategy.num_replicas_in_sync, provenance=prov,
+                       provenance_key=provenance_key(prov))
         common.write_json(summary_path(output_dir, name), summary)
         summaries.append(summary)
         logging.info("file %d/%d %s: %d images, mean confidence %.3f, %.0f img/s", k + 1,
@@ -240,6 +359,8 @@ def define_flags():
     flags.DEFINE_enum("strategy", "default", STRATEGIES,
                       "tf.distribute inside this job: default (one device) or mirrored (all "
                       "local GPUs).")
+    flags.DEFINE_bool("skip_bad_images", False, "Leave out records whose image does not "
+                      "decode (counted in the file's summary) instead of stopping at the first.")
     flags.DEFINE_bool("deterministic", True, "tf.config.experimental.enable_op_determinism(): "
                       "byte-identical outputs also on GPUs (may be slower there).")
 
@@ -254,7 +375,8 @@ def main(argv):
         tf.config.experimental.enable_op_determinism()
     files = common.list_files(FLAGS.input_pattern, "unlabeled")
     run(FLAGS.teacher_model_dir, common.shard_files(files, FLAGS.num_shards, FLAGS.shard_id),
-        FLAGS.output_dir, FLAGS.batch_size, FLAGS.probabilities_dtype, FLAGS.strategy)
+        FLAGS.output_dir, FLAGS.batch_size, FLAGS.probabilities_dtype, FLAGS.strategy,
+        FLAGS.skip_bad_images)
 
 
 if __name__ == "__main__":

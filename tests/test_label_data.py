@@ -7,6 +7,7 @@ confident (a real function of the image) without spending a minute on training. 
 """
 import gzip
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -218,8 +219,8 @@ assert summary["num_replicas"] == 2, summary
     mirrored = read_records(str(tmp_path / name))
     single = read_records(os.path.join(setup["out"], name))
     assert [r["image/id"] for r in mirrored] == [r["image/id"] for r in single]
-    np.testing.assert_allclose([r["probabilities"] for r in mirrored],
-                               [r["probabilities"] for r in single], atol=1e-5)  # batch halves: other summation order
+    np.testing.assert_allclose([r["probabilities"] for r in mirrored],  # batch halves: other
+                               [r["probabilities"] for r in single], atol=1e-5)  # summation order
 
 
 def test_arguments_are_checked_before_labeling(tmp_path):
@@ -253,12 +254,74 @@ def test_serialized_records_carry_the_image_and_the_soft_label():
         np.testing.assert_allclose(stored, probabilities[1], atol=1e-3 if float16 else 0)
 
 
+def copy_records(src, dst, count=None, bad_at=()):
+    """The first `count` records of `src` into `dst`, with records whose image is not an image
+    at the indices `bad_at` (ids bad/<index>)."""
+    records = list(tf.data.TFRecordDataset(src).as_numpy_iterator())[:count]
+    with tf.io.TFRecordWriter(str(dst)) as writer:
+        for i, record in enumerate(records):
+            if i in bad_at:
+                record = data.image_example(b"not a png", None, f"bad/{i}").SerializeToString()
+            writer.write(record)
+    return len(records)
+
+
 @pytest.mark.slow
-def test_bad_images_are_named(setup, tmp_path):
-    bad = str(tmp_path / "bad.tfrecord")
-    with tf.io.TFRecordWriter(bad) as writer:
-        writer.write(data.image_example(b"not a png", None, "x").SerializeToString())
-    with pytest.raises(common.UserError, match="bad.tfrecord: bad record or image"):
-        label_data.run(setup["teacher"], [bad], str(tmp_path / "o"))
+def test_bad_images_are_named_or_skipped(setup, tmp_path):
+    """Rows "a corrupt image inside a record" and "label_data.py --skip_bad_images"."""
+    bad = tmp_path / "bad.tfrecord"
+    copy_records(setup["files"][0], bad, 40, bad_at=(35,))
+    with pytest.raises(common.UserError, match=r"corrupt record file .*bad.tfrecord, record 35 "
+                       r"\(image/id bad/35\): .*\(--skip_bad_images skips such records\)"):
+        label_data.run(setup["teacher"], [str(bad)], str(tmp_path / "o"), batch_size=BATCH)
     assert not os.path.exists(tmp_path / "o" / "bad.tfrecord")  # nothing half-written
     assert [f for f in os.listdir(tmp_path / "o") if f.startswith(".")] == []
+    summary, = label_data.run(setup["teacher"], [str(bad)], str(tmp_path / "o"),
+                              batch_size=BATCH, skip_bad_images=True)
+    assert (summary["count"], summary["skipped_bad_images"], summary["skipped_records"]) == (
+        39, 1, [35])
+    kept = read_records(str(tmp_path / "o" / "bad.tfrecord"))
+    good = read_records(setup["files"][0])[:40]
+    assert [r["image/id"] for r in kept] == [r["image/id"] for i, r in enumerate(good) if i != 35]
+    copy_records(setup["files"][0], bad, 3, bad_at=(0, 1, 2))
+    with pytest.raises(common.UserError, match="bad.tfrecord: none of its 3 records decodes"):
+        label_data.run(setup["teacher"], [str(bad)], str(tmp_path / "o2"), skip_bad_images=True)
+
+
+@pytest.mark.slow
+def test_outputs_of_another_teacher_or_input_are_relabeled(setup, tmp_path, caplog):
+    """Row "label_data.py into a dir labeled by another teacher": the outputs record what made
+    them; another teacher, another input file or an older summary -> labeled again."""
+    inputs, out = tmp_path / "in", str(tmp_path / "labels")
+    inputs.mkdir()
+    files = [str(inputs / os.path.basename(f)) for f in setup["files"][:2]]
+    for src, dst in zip(setup["files"], files):
+        shutil.copy2(src, dst)  # the same name, size and mtime: the same input
+    shutil.copytree(setup["out"], out)
+    summary = common.read_json(label_data.summary_path(out, os.path.basename(files[0])))
+    prov = summary["provenance"]
+    assert prov["teacher"]["checkpoint"] == "ckpt-0" and len(prov["teacher"]["fingerprint"]) == 16
+    assert prov["input"]["size_bytes"] == os.path.getsize(files[0])
+    assert summary["output_bytes"] == os.path.getsize(os.path.join(out, os.path.basename(files[0])))
+    assert label_data.run(setup["teacher"], files, out, batch_size=BATCH) == []  # all done
+    # Another teacher: its EMA weights are the first teacher's raw weights.
+    raw, config = efficientnet_builder.load_model_dir(setup["teacher"], use_ema=False)
+    other = str(tmp_path / "other")
+    efficientnet_builder.save_model_dir(other, config, raw, ema_model=raw, step=5)
+    with caplog.at_level("WARNING"):
+        again = label_data.run(other, files, out, batch_size=BATCH)
+    assert len(again) == 2 and "labeled by another teacher" in caplog.text
+    relabeled = read_records(os.path.join(out, os.path.basename(files[0])))
+    probs = [r["probabilities"] for r in relabeled]
+    np.testing.assert_allclose(probs, setup["raw_model"][:SHARD_SIZES[0]], atol=1e-5)
+    assert again[0]["provenance"]["teacher"]["step"] == 5
+    # Another input file under the same name; an older summary without provenance.
+    copy_records(setup["files"][2], files[1], 30)
+    summary_file = label_data.summary_path(out, os.path.basename(files[0]))
+    common.write_json(summary_file, {k: v for k, v in common.read_json(summary_file).items()
+                                     if k != "provenance"})
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        third = label_data.run(other, files, out, batch_size=BATCH)
+    assert [s["count"] for s in third] == [SHARD_SIZES[0], 30]
+    assert "no provenance" in caplog.text and "another input file" in caplog.text
