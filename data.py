@@ -530,10 +530,11 @@ def prepare_fashion_mnist(output_dir, num_labeled_per_class=400, seed=0,
         for png, i in zip(pngs, indices):
             image_id = f"fashion_mnist/{name}/{i:05d}"
             if with_label:
-                yield image_example(png, int(labels[i]), image_id).SerializeToString()
+                example = image_example(png, int(labels[i]), image_id)
             else:  # the true label only under diagnostic/true_label, for reports
-                yield image_example(png, None, image_id,
-                                    true_label=int(labels[i])).SerializeToString()
+                example = image_example(png, None, image_id, true_label=int(labels[i]))
+            # deterministic: the feature map in one order, so two runs write the same bytes
+            yield example.SerializeToString(deterministic=True)
 
     splits = {
         "labeled": (train_images, train_labels, labeled, "train", True),
