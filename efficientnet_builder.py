@@ -72,6 +72,18 @@ DEPTH_DIVISOR = 8
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
+# --precision=bfloat16 (common.set_precision: Keras' mixed_bfloat16, float32 variables): the
+# layer kinds computed in float32 nevertheless. Kinds: stem (3x3 conv), conv1x1 (expand,
+# project, head), depthwise, bn, activation, se (squeeze-excitation), other (stochastic depth,
+# residual add, pooling, dropout). The input normalisation and the classifier (float32 logits)
+# are float32 under any policy.
+# NOTE: bfloat16 only in the 1x1 convolutions (matrix products: oneDNN's AVX512-BF16 kernels)
+# was the fastest split on an AVX512-BF16 CPU without AMX; TF's bf16 depthwise-conv gradients
+# ran 15-25x slower than float32, and its bf16 element-wise ops (BN, swish, sigmoid) slower
+# than float32 too (bench/bf16_step.md).
+LAYER_KINDS = ("stem", "conv1x1", "depthwise", "bn", "activation", "se", "other")
+FLOAT32_KINDS = frozenset(LAYER_KINDS) - {"conv1x1"}
+
 
 # ---------------------------------------------------------------------------------------------
 # The architecture as data: block strings -> scaled per-block specs.
@@ -193,6 +205,14 @@ def block_specs(width, depth, small_image=False, stochastic_depth_rate=0.2,
 # ---------------------------------------------------------------------------------------------
 # Layers.
 
+def _dtype(kind):
+    """A layer's dtype policy: None (the global one) unless the global policy computes in
+    bfloat16 and FLOAT32_KINDS keeps `kind` in float32."""
+    if kind in FLOAT32_KINDS and keras.config.dtype_policy().compute_dtype != "float32":
+        return "float32"
+    return None
+
+
 def _conv_init():
     # N(0, sqrt(2 / fan_out)), fan_out = kh * kw * out_channels (depthwise: kh * kw): the
     # reference conv_kernel_initializer, a plain (untruncated) normal.
@@ -260,10 +280,11 @@ class StochasticDepth(keras.layers.Layer):
             return x
         keep = 1.0 - self.rate
         shape = (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
-        mask = ops.floor(keep + keras.random.uniform(shape, seed=self.seed_generator,
-                                                      dtype=x.dtype))
+        # The draw and the mask in float32 under any policy (a bfloat16 uniform has 8 bits).
+        # NOTE: in bfloat16 the kept rows' scale 1 / keep rounds (1 / 0.975 -> 1.0234, -0.2%).
+        mask = ops.floor(keep + keras.random.uniform(shape, seed=self.seed_generator))
         mask = _noise_rows_only(mask / keep, ops.ones_like(mask), self.noised_rows)
-        return x * mask  # one full-size multiply
+        return x * ops.cast(mask, x.dtype)  # one full-size multiply
 
     def get_config(self):
         return {**super().get_config(), "rate": self.rate, "seed": self.seed}
@@ -297,9 +318,9 @@ class Conv2D(layers.Conv2D):
         return tf.reshape(outputs, tf.concat([tf.shape(inputs)[:-1], [self.filters]], 0))
 
 
-def _conv(filters, kernel_size, strides=1, name=None):
+def _conv(filters, kernel_size, strides=1, name=None, kind="conv1x1"):
     return Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False,
-                  kernel_initializer=_conv_init(), name=name)
+                  kernel_initializer=_conv_init(), name=name, dtype=_dtype(kind))
 
 
 class FusedBatchNorm(layers.BatchNormalization):
@@ -313,7 +334,7 @@ class FusedBatchNorm(layers.BatchNormalization):
 
     def call(self, inputs, training=None, mask=None):
         if not (training and self.trainable) or mask is not None or len(inputs.shape) != 4 \
-                or self.axis not in (-1, 3) or inputs.dtype != tf.float32:
+                or self.axis not in (-1, 3) or inputs.dtype not in (tf.float32, tf.bfloat16):
             return super().call(inputs, training=training, mask=mask)
         # With exponential_avg_factor = 1 - momentum the kernel returns the updated moving
         # statistics itself (TF1's fused BN did the same), so the update is two assigns.
@@ -363,7 +384,12 @@ class DepthwiseConv2D(layers.DepthwiseConv2D):
 def _bn(name):
     # NOTE: statistics per replica under tf.distribute; the reference uses cross-replica BN only
     # on TPU slices over 8 cores (keras BatchNormalization(synchronized=True) would be it).
-    return FusedBatchNorm(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
+    return FusedBatchNorm(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name,
+                          dtype=_dtype("bn"))
+
+
+def _swish(name):
+    return layers.Activation("swish", name=name, dtype=_dtype("activation"))
 
 
 def _mbconv(x, b):
@@ -373,24 +399,27 @@ def _mbconv(x, b):
     if b.expand_ratio != 1:
         x = _conv(b.expanded_filters, 1, name=f"{n}_expand_conv")(x)
         x = _bn(f"{n}_expand_bn")(x)
-        x = layers.Activation("swish", name=f"{n}_expand_activation")(x)
+        x = _swish(f"{n}_expand_activation")(x)
     x = DepthwiseConv2D(b.kernel_size, strides=b.strides, padding="same", use_bias=False,
-                        depthwise_initializer=_conv_init(), name=f"{n}_dwconv")(x)
+                        depthwise_initializer=_conv_init(), name=f"{n}_dwconv",
+                        dtype=_dtype("depthwise"))(x)
     x = _bn(f"{n}_bn")(x)
-    x = layers.Activation("swish", name=f"{n}_activation")(x)
+    x = _swish(f"{n}_activation")(x)
     if b.se_filters:
         # Squeeze to the block INPUT width * 0.25 (reference); the only convs with biases.
-        se = layers.GlobalAveragePooling2D(keepdims=True, name=f"{n}_se_squeeze")(x)
+        se_dtype = _dtype("se")
+        se = layers.GlobalAveragePooling2D(keepdims=True, name=f"{n}_se_squeeze",
+                                           dtype=se_dtype)(x)
         se = Conv2D(b.se_filters, 1, activation="swish", kernel_initializer=_conv_init(),
-                    name=f"{n}_se_reduce")(se)
+                    name=f"{n}_se_reduce", dtype=se_dtype)(se)
         se = Conv2D(b.expanded_filters, 1, activation="sigmoid", kernel_initializer=_conv_init(),
-                    name=f"{n}_se_expand")(se)
-        x = layers.Multiply(name=f"{n}_se_excite")([x, se])
+                    name=f"{n}_se_expand", dtype=se_dtype)(se)
+        x = layers.Multiply(name=f"{n}_se_excite", dtype=se_dtype)([x, se])
     x = _conv(b.output_filters, 1, name=f"{n}_project_conv")(x)
     x = _bn(f"{n}_project_bn")(x)
     if b.residual:
-        x = StochasticDepth(b.drop_rate, name=f"{n}_drop")(x)
-        x = layers.Add(name=f"{n}_add")([x, inputs])
+        x = StochasticDepth(b.drop_rate, name=f"{n}_drop", dtype=_dtype("other"))(x)
+        x = layers.Add(name=f"{n}_add", dtype=_dtype("other"))([x, inputs])
     return x
 
 
@@ -430,18 +459,20 @@ def build_model(model_name="efficientnet-b0", num_classes=1000, image_size=None,
     inputs = keras.Input((image_size, image_size, num_channels), dtype="float32", name="images")
     # TF 'same' padding also for stride 2, as the reference (keras.applications pads symmetrically
     # and uses 'valid'); parameter counts are the same.
-    x = Normalize(mean, std, name="normalize")(inputs)
-    x = _conv(round_filters(32, width), 3, strides=2, name="stem_conv")(x)
+    # Under --precision=bfloat16 the normalised images and the logits stay float32.
+    x = Normalize(mean, std, name="normalize", dtype="float32")(inputs)
+    x = _conv(round_filters(32, width), 3, strides=2, name="stem_conv", kind="stem")(x)
     x = _bn("stem_bn")(x)
-    x = layers.Activation("swish", name="stem_activation")(x)
+    x = _swish("stem_activation")(x)
     for block in block_specs(width, depth, small_image, stochastic_depth_rate):
         x = _mbconv(x, block)
     x = _conv(round_filters(1280, width), 1, name="top_conv")(x)
     x = _bn("top_bn")(x)
-    x = layers.Activation("swish", name="top_activation")(x)
-    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    x = NoiseDropout(dropout_rate, name="top_dropout")(x)
-    logits = layers.Dense(num_classes, kernel_initializer=_dense_init(), name="predictions")(x)
+    x = _swish("top_activation")(x)
+    x = layers.GlobalAveragePooling2D(name="avg_pool", dtype=_dtype("other"))(x)
+    x = NoiseDropout(dropout_rate, name="top_dropout", dtype=_dtype("other"))(x)
+    logits = layers.Dense(num_classes, kernel_initializer=_dense_init(), name="predictions",
+                          dtype="float32")(x)
     return keras.Model(inputs, logits, name=name or model_name)
 
 
@@ -471,6 +502,13 @@ def set_noise(model, enabled, noised_rows=None):
             layer.noised_rows = noised_rows if enabled else 0
             switched += 1
     return switched
+
+
+def noise_states(model):
+    """The seed-generator states of the model noise (stochastic depth, dropout): Keras keeps them
+    out of model.weights and checkpoints; main.py saves them so a resumed run draws on."""
+    return [layer.seed_generator.state for layer in _all_layers(model)
+            if isinstance(layer, (StochasticDepth, NoiseDropout))]
 
 
 def count_flops(model):

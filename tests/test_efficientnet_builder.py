@@ -17,6 +17,7 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
+import common
 from common import UserError
 import data
 import efficientnet_builder as eb
@@ -526,3 +527,68 @@ def test_conv2d_as_matmul_equals_keras(kernel_size, stride, bias):
         b.assign(rng.normal(0, 1, b.shape).astype("float32"))
         a.assign(b)
     assert_same_outputs_and_gradients(ref, ours, x, 1e-5, 1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# --precision=bfloat16: Keras mixed_bfloat16 (common.set_precision) with the FLOAT32_KINDS split.
+
+@pytest.fixture
+def bfloat16():
+    common.set_precision("bfloat16")
+    yield
+    common.set_precision("float32")
+
+
+def layer_kinds(model):
+    """{layer name: kind} as build_model assigns them (efficientnet_builder.LAYER_KINDS)."""
+    kinds = {}
+    for layer in model.layers[1:]:  # not the input layer (its float32 images)
+        n = layer.name
+        kinds[n] = ("stem" if n == "stem_conv" else "se" if "_se_" in n
+                    else "depthwise" if isinstance(layer, eb.DepthwiseConv2D)
+                    else "conv1x1" if isinstance(layer, eb.Conv2D)
+                    else "bn" if isinstance(layer, eb.FusedBatchNorm)
+                    else "activation" if isinstance(layer, keras.layers.Activation)
+                    else None if n in ("normalize", "predictions") else "other")
+    return kinds
+
+
+@pytest.mark.parametrize("float32_kinds", [eb.FLOAT32_KINDS, {"depthwise", "bn"}],
+                         ids=["chosen_split", "depthwise_bn_float32"])
+def test_bfloat16_computes_in_bf16_with_float32_weights_inputs_and_logits(bfloat16, float32_kinds,
+                                                                          monkeypatch):
+    monkeypatch.setattr(eb, "FLOAT32_KINDS", frozenset(float32_kinds))
+    keras.utils.set_random_seed(0)
+    model = eb.build_model(**TINY)
+    for name, kind in layer_kinds(model).items():
+        want = "float32" if kind is None or kind in float32_kinds else "bfloat16"
+        assert model.get_layer(name).compute_dtype == want, name
+    assert {w.dtype for w in model.weights if "seed_generator" not in w.path} == {"float32"}
+    images = fashion_mnist_images(32)
+    with tf.GradientTape() as tape:
+        logits = model(images, training=True)
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+            np.zeros(32, np.int32), logits))
+    assert logits.dtype == tf.float32
+    grads = tape.gradient(loss, model.trainable_weights)
+    assert {g.dtype for g in grads} == {tf.float32} and all(np.isfinite(g).all() for g in grads)
+    # The same weights in float32: close logits, but not the same bits (bf16 ran).
+    common.set_precision("float32")
+    ref = eb.build_model(**TINY)
+    ref.set_weights(model.get_weights())
+    bf16, fp32 = np.asarray(model(images, training=False)), np.asarray(ref(images, training=False))
+    assert not np.array_equal(bf16, fp32)
+    np.testing.assert_allclose(bf16, fp32, atol=0.05 * np.abs(fp32).max())
+
+
+def test_stochastic_depth_draws_in_float32_under_bfloat16():
+    """A bfloat16 draw (8 bits) rounds keep + u and drops 1.5% instead of 1.25% (the
+    rate of B0's second block); the mask is drawn in float32 and cast."""
+    keras.utils.set_random_seed(3)
+    rate, n = 0.0125, 400_000
+    layer = eb.StochasticDepth(rate, dtype="mixed_bfloat16")
+    y = np.asarray(tf.cast(layer(np.ones((n, 1, 1, 1), np.float32), training=True), tf.float32))
+    assert layer.compute_dtype == "bfloat16"
+    dropped = np.mean(y == 0)
+    assert abs(dropped - rate) < 5 * math.sqrt(rate * (1 - rate) / n)   # 5 sd = 0.09 points
+    assert set(np.unique(y)) == {0.0, float(tf.cast(1 / (1 - rate), tf.bfloat16))}
