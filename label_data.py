@@ -110,7 +110,10 @@ def stale_reason(output_path, summary, prov):
                 f"fingerprint {was.get('fingerprint')}; now {now['model_dir']} "
                 f"{now['checkpoint']}, fingerprint {now['fingerprint']})")
     if old.get("input") != prov["input"]:
-        return f"labeled from another input file ({old.get('input')}; now {prov['input']})"
+        file = lambda i: (f"{i.get('size_bytes')} bytes, mtime " + time.strftime(
+            "%Y-%m-%d %H:%M:%S", time.gmtime(i.get("mtime_nsec", 0) / 1e9)))
+        return (f"labeled from another input file (then {file(old.get('input', {}))}; now "
+                f"{file(prov['input'])})")
     if old.get("flags") != prov["flags"]:
         return f"labeled with other flags ({old.get('flags')}; now {prov['flags']})"
     size = tf.io.gfile.stat(output_path).length
