@@ -291,7 +291,7 @@ def read_batches(path, num_classes=None, batch_size=READ_BATCH, expected_count=N
     if expected_count is not None and start != expected_count:
         raise common.UserError(f"{path} has {start} records, but {labels_summary_path(path)} "
                                f"says {expected_count}: cut short or replaced after labeling; "
-                               "label it again (remove it and rerun label_data.py)")
+                               "rerun label_data.py (it relabels it)")
 
 
 # ----------------------------------------------------------------------------- stage 1: stats

@@ -214,7 +214,8 @@ def test_labels_shard_cut_at_a_record_boundary_is_named(tmp_path):
         fb.run_stats([path], work, MIN_THRESHOLD, 10000)
     labels_summary(path, count=10, output_bytes=None)  # an older summary: only the count
     with pytest.raises(common.UserError, match=r"a.tfrecord has 7 records, but .*summaries/"
-                       "a.tfrecord.json says 10: cut short or replaced after labeling"):
+                       "a.tfrecord.json says 10: cut short or replaced after labeling; rerun "
+                       r"label_data.py \(it relabels it\)"):
         fb.run_stats([path], work, MIN_THRESHOLD, 10000)
     assert not os.path.exists(fb.work_file(work, "stats", "a.tfrecord"))
 
