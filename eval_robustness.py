@@ -840,6 +840,7 @@ def run(config):
     """Evaluates the model dirs of `config`: writes robustness.json into each, then robustness.md
     and the plots into the output dir. Returns the markdown report."""
     started, suites = time.time(), config.suite
+    common.set_precision(config.precision)  # before the models are built
     c_layout = input_layout(config.c_dir, "c_dir") if "c" in suites and config.c_dir else None
     if "p" in suites and config.p_dir:
         input_layout(config.p_dir, "p_dir")
@@ -936,6 +937,8 @@ class RobustnessConfig:
     pgd_steps: int = common.setting(10, "PGD iterations (paper: 10).")
     pgd_step_size: str = common.setting("eps/4", "PGD step: pixels, or 'eps/K' (the paper gives none).")
     pgd_random_start: bool = common.setting(False, "Start PGD at a uniform random point of the eps ball.")
+    precision: str = common.setting("float32", "float32, or bfloat16: Keras mixed precision, as "
+                                    "main.py's --precision.", list(common.PRECISIONS))
 
     def __post_init__(self):
         self.suite = _choose(self.suite, SUITES, "suite")

@@ -153,6 +153,16 @@ class TrainConfig:
     export_saved_model: bool = common.setting(False, "After training, export the EMA model as a "
         "SavedModel into <model_dir>/saved_model.")
 
+    # Numerics.
+    precision: str = common.setting("float32", "float32, or bfloat16: Keras mixed precision (bf16 "
+        "compute, float32 variables, losses, softmax, EMA and logits; the layer kinds "
+        "efficientnet_builder.FLOAT32_KINDS names compute in float32: bench/bf16_step.md).",
+        list(common.PRECISIONS))
+    deterministic: bool = common.setting(False, "Same command, same weights: op determinism "
+        "(tf.config.experimental.enable_op_determinism) and the input pipeline's position in "
+        "the checkpoints, so that a resumed run reads on where its checkpoint stopped and ends "
+        "with the uninterrupted run's weights (bench/determinism.md).")
+
     student: StudentConfig | None = None
 
     def __post_init__(self):
@@ -421,6 +431,16 @@ def restored_step(model_dir):
     return int(latest.rsplit("-", 1)[1]) if latest else 0
 
 
+def input_start(model_dir):
+    """start_batch of a run's training datasets: the restored global step (the noise streams go
+    on from there), or 0 when the checkpoint holds the input position (--deterministic: the
+    restored iterator goes on by itself, in the stream the run started)."""
+    latest = tf.train.latest_checkpoint(model_dir)
+    if latest and any(n.startswith("input/") for n, _ in tf.train.list_variables(latest)):
+        return 0
+    return restored_step(model_dir)
+
+
 def initialize(trainer, init_checkpoint, model_dir):
     """Loads --init_checkpoint into the model and EMA model of a run that has not started yet;
     returns pretrained.load's summary (None when there is nothing to load)."""
@@ -503,8 +523,9 @@ class Trainer:
                             layer.trainable = False
         self.model_weights = float_weights(self.model)
         self.ema_weights = float_weights(self.ema_model)
-        self.checkpoint = tf.train.Checkpoint(model=self.model, ema_model=self.ema_model,
-                                              optimizer=self.optimizer, step=self.step)
+        self.checkpoint = tf.train.Checkpoint(
+            model=self.model, ema_model=self.ema_model, optimizer=self.optimizer, step=self.step,
+            noise=efficientnet_builder.noise_states(self.model))
 
     def _forward_student(self, x_l, x_u):
         """Logits of the labeled and unlabeled parts: one pass over the concatenation, so BN sees
@@ -571,6 +592,14 @@ def train(trainer, dataset, config, *, train_steps, model_dir, chief, images_per
     manager = tf.train.CheckpointManager(trainer.checkpoint, ckpt_dir,
                                          max_to_keep=config.keep_checkpoint_max,
                                          checkpoint_name="ckpt", step_counter=trainer.step)
+    iterator = iter(trainer.strategy.experimental_distribute_dataset(dataset))
+    if config.deterministic:
+        # The input position (shuffle buffers, the batch counter of the noise streams) is saved
+        # and restored with the weights: a resumed run reads on where its checkpoint stopped.
+        # NOTE: by default it is not (as TPUEstimator, which restarted its input_fn): a resumed
+        # run continues the schedule and the noise streams (the datasets' start_batch) from the
+        # restored step on a fresh shuffle of the data.
+        trainer.checkpoint.input = iterator
     if manager.latest_checkpoint:
         trainer.checkpoint.restore(manager.latest_checkpoint)
         logging.info("Resumed from %s (step %d).", manager.latest_checkpoint, trainer.step.numpy())
@@ -580,10 +609,6 @@ def train(trainer, dataset, config, *, train_steps, model_dir, chief, images_per
         return
     writer = tf.summary.create_file_writer(os.path.join(model_dir, "train") if chief
                                            else os.path.join(ckpt_dir, "train"))
-    # NOTE: the input position is not checkpointed (as TPUEstimator, which restarted its input_fn):
-    # a resumed run continues the schedule and the noise streams (the dataset's start_batch) from
-    # the restored step on a fresh shuffle of the data.
-    iterator = iter(trainer.strategy.experimental_distribute_dataset(dataset))
     train_step = trainer.make_train_step(*images_per_step)
     t0, t_last, step_last = time.time(), time.time(), start
     logging.info("Training from step %d to %d.", start, train_steps)
@@ -647,7 +672,7 @@ def finetune(config, model_dir, strategy, model_cfg, info, label_files, num_trai
                       lr_step_offset=max(train_steps - steps, 0))
     dataset = data.labeled_dataset(label_files, info, size, config.train_batch_size,
                                    is_training=True, augment_name="none", seed=config.seed,
-                                   stream="finetune", start_batch=restored_step(ft_dir))
+                                   stream="finetune", start_batch=input_start(ft_dir))
     logging.info("Fine-tuning at %d px for %d steps (%d frozen layers, lr %.2g -> %.2g) into %s.",
                  size, steps, sum(not l.trainable for l in trainer.model.layers),
                  float(learning_rate(trainer.lr_step_offset, **schedule)),
@@ -714,6 +739,9 @@ def evaluate_model_dir(strategy, model_dir, eval_pattern, batch_size, chief):
 def train_and_evaluate(config, model_dir):
     """Trains the model of `config` in `model_dir` (resuming from its checkpoints), fine-tunes it if
     asked, and evaluates it, as config.mode says. Returns {model dir: eval results}."""
+    common.set_precision(config.precision)  # before any model is built
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()  # process-wide, also for later runs
     label_pattern = config.label_data_dir or os.path.join(config.data_dir, "labeled")
     eval_pattern = config.eval_data_dir or os.path.join(config.data_dir, "test")
     info = dataset_info(config, label_pattern)
@@ -752,7 +780,7 @@ def train_and_evaluate(config, model_dir):
         teacher_info = check_teacher(trainer.model, student, info.num_classes) if student else None
         dataset = build_train_dataset(config, info, label_files, batch_u,
                                       teacher_info.image_size if teacher_info else None,
-                                      start_batch=restored_step(model_dir))
+                                      start_batch=input_start(model_dir))
         logging.info("%s: %s (%d params), %d labeled images, batch %d%s, %d steps, peak lr %.4f.",
                      "Student" if student else "Teacher", config.model_name,
                      num_params(trainer.model), num_train, config.train_batch_size,

@@ -607,6 +607,111 @@ def test_cli_reports_a_mistake_in_one_line(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------
+# --precision=bfloat16: bf16 compute, float32 variables, optimizer slots, EMA and losses.
+# ------------------------------------------------------------------------------------------
+@pytest.fixture
+def float32_after():
+    """Tests that set a precision: the float32 policy again afterwards (it is process-global)."""
+    yield
+    common.set_precision("float32")
+
+
+def test_precision_is_set_before_any_model_is_built(tmp_path, monkeypatch, float32_after):
+    class Built(Exception):
+        pass
+
+    def trainer(*args, **kwargs):
+        raise Built(keras.config.dtype_policy().name)
+    monkeypatch.setattr(main, "Trainer", trainer)
+    monkeypatch.setattr(common, "count_records", lambda files: 64)
+    monkeypatch.setattr(common, "list_files", lambda *a: ["labeled-00000-of-00001"])
+    with pytest.raises(Built, match="^mixed_bfloat16$"):
+        main.train_and_evaluate(tiny(tmp_path, precision="bfloat16", label_data_dir="l",
+                                     eval_data_dir="e"), str(tmp_path / "m"))
+    with pytest.raises(common.UserError, match="--precision must be one of float32, bfloat16"):
+        main.train_and_evaluate(tiny(tmp_path, precision="float16"), str(tmp_path / "m"))
+
+
+@pytest.mark.slow
+def test_bfloat16_student_step_keeps_float32_state(float32_after):
+    """A student step under --precision=bfloat16 (the chosen split computes the 1x1 convs in
+    bf16): finite float32 losses; weights, EMA and optimizer slots float32; the EMA moves."""
+    common.set_precision("bfloat16")
+    config = dict(model_name="efficientnet-b0", num_classes=10, image_size=32, num_channels=1,
+                  small_image=True, width=0.25, depth=0.25, mean=[72.9], std=[90.0])
+    t = main.Trainer(tf.distribute.get_strategy(), config, peak_lr=0.01, warmup_steps=0,
+                     decay_steps=100, decay_factor=0.97, weight_decay=1e-5, label_smoothing=0.1,
+                     ema_decay_rate=0.99, seed=0,
+                     student=main.StudentConfig(unlabel_data_dir="records", unlabel_ratio=1.0))
+    assert t.model.get_layer("top_conv").compute_dtype == "bfloat16"
+    rng = np.random.RandomState(0)
+    batch = (rng.uniform(0, 255, (16, 32, 32, 1)).astype("float32"), rng.randint(0, 10, 16),
+             rng.uniform(0, 255, (16, 32, 32, 1)).astype("float32"),
+             np.full((16, 10), 0.1, np.float32))
+    step = t.make_train_step(16, 16)
+    before = [np.asarray(w) for w in t.ema_weights]
+    it = iter(tf.data.Dataset.from_tensors(batch).repeat())
+    losses = [step(it) for _ in range(3)]
+    assert all(out["loss"].dtype == tf.float32 and np.isfinite(out["loss"]) for out in losses)
+    state = t.model_weights + t.ema_weights + list(t.optimizer.variables)
+    assert {v.dtype for v in state if "iteration" not in v.path} == {"float32"}
+    assert any(not np.array_equal(b, w) for b, w in zip(before, t.ema_weights))
+
+
+# ------------------------------------------------------------------------------------------
+# --deterministic: the same command gives the same weights, also across a resume.
+# ------------------------------------------------------------------------------------------
+DETERMINISM_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    import main
+    data_dir, work, deterministic, runs = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4:]
+    for run in runs:  # name:steps, e.g. c:3 then c:6 (a resume)
+        name, steps = run.split(":")
+        main.train_and_evaluate(main.TrainConfig(
+            model_name="efficientnet-b0", width_coefficient=0.25, depth_coefficient=0.25,
+            data_dir=data_dir, train_steps=int(steps), train_batch_size=32, mode="train",
+            save_checkpoints_steps=3, deterministic=deterministic), f"{work}/{name}")
+""")
+
+
+def checkpoint_tensors(model_dir):
+    """Every tensor of the latest checkpoint (model, EMA model, optimizer slots, step, the model
+    noise's seed states) but the saved input position."""
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(model_dir))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if not name.startswith(("input/", "_CHECKPOINTABLE_OBJECT_GRAPH"))}
+
+
+def same_bits(a, b):
+    return a.keys() == b.keys() and all(
+        a[k].dtype == b[k].dtype and a[k].tobytes() == b[k].tobytes() for k in a)
+
+
+@pytest.mark.slow
+def test_deterministic_runs_give_the_same_weights_bit_for_bit(fashion_mnist_dir, tmp_path):
+    """--deterministic: two processes running the same 6 steps save identical tensors, and a run
+    stopped after its checkpoint at step 3 and resumed to 6 saves them too (the input position is
+    in the checkpoint). Without the flag a resumed run reads a fresh shuffle: other weights."""
+    jobs = {"det-1": ("1", "a:6", "c:3", "c:6"), "det-2": ("1", "b:6"),
+            "default": ("0", "a:6", "c:3", "c:6")}
+    procs = {name: subprocess.Popen(
+        [sys.executable, "-c", DETERMINISM_SCRIPT, fashion_mnist_dir, str(tmp_path / name),
+         *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name, args in jobs.items()}
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, f"{name}: {err[-3000:]}"
+    t = lambda job, run: checkpoint_tensors(str(tmp_path / job / run))
+    reference = t("det-1", "a")
+    assert any("ema_model" in k for k in reference) and any("optimizer" in k for k in reference)
+    assert same_bits(reference, t("det-2", "b"))      # another process, the same bits
+    assert same_bits(reference, t("det-1", "c"))      # stopped at step 3, resumed: the same
+    assert not same_bits(t("default", "a"), t("default", "c"))  # a fresh shuffle on resume
+
+
+# ------------------------------------------------------------------------------------------
 # tf.distribute: two logical CPU devices, and two workers on loopback.
 # ------------------------------------------------------------------------------------------
 LOSSES_SCRIPT = textwrap.dedent("""
