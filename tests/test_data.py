@@ -325,6 +325,10 @@ def test_prepare_folders_keeps_bytes_labels_and_measures_settings(image_folders,
                 info.flip) == (3, 22, 3, "small", True)
         assert info.mean == tuple(settings["mean"]) and info.label_offset == 0
     assert data.dataset_info("folder", data_dir=str(out), image_size=32).image_size == 32
+    # A folder data set without its conversion (main.py --dataset=folder on raw images): named.
+    with pytest.raises(common.UserError, match="needs num_classes, or a data dir with the "
+                                               "class_names.json that data.py --dataset=folder"):
+        data.dataset_info("folder", data_dir=str(root))
     # A rerun with the same arguments does nothing; other arguments are one clear error.
     assert prepare(root, out, num_shards=2) == summary
     with pytest.raises(common.UserError, match="num_shards: 2 -> 1"):
