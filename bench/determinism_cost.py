@@ -1,0 +1,107 @@
+"""The cost of --deterministic in one process, alternating (bench/determinism.md): the train step
+of the quick preset's teacher fed by its real input pipeline with op determinism on and off, and
+the checkpoint save with and without the input position.
+
+    python bench/determinism_cost.py --data_dir=DIR > bench/determinism_cost_run.txt
+
+Op determinism is process-wide; TF's private config.disable_op_determinism() turns it off again,
+so the two steps (each traced and first run under its own setting) alternate in one process.
+"""
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tensorflow.python.framework import config as tf_config  # noqa: E402
+
+import common  # noqa: E402
+import data  # noqa: E402
+import main as main_lib  # noqa: E402
+from bf16_step import machine  # noqa: E402
+
+flags.DEFINE_string("data_dir", "data/fashion_mnist", "Fashion-MNIST shards (prepared if "
+                    "missing).")
+flags.DEFINE_integer("steps", 20, "Timed steps per round.")
+flags.DEFINE_integer("repeats", 5, "Rounds.")
+FLAGS = flags.FLAGS
+
+
+def determinism(on):
+    (tf.config.experimental.enable_op_determinism if on else tf_config.disable_op_determinism)()
+
+
+def contender(on):
+    """(trainer, iterator, step) built, traced and run once with op determinism `on`."""
+    determinism(on)
+    config = main_lib.TrainConfig(
+        data_dir=FLAGS.data_dir, train_batch_size=128, base_learning_rate=0.032,
+        final_base_learning_rate=0.0016, randaug_mag=5, width_coefficient=0.25,
+        depth_coefficient=0.25, deterministic=on)
+    info = main_lib.dataset_info(config, os.path.join(FLAGS.data_dir, "labeled"))
+    files = common.list_files(os.path.join(FLAGS.data_dir, "labeled"), "labeled")
+    trainer = main_lib.Trainer(tf.distribute.get_strategy(), main_lib.model_config(config, info),
+                               peak_lr=0.016, warmup_steps=0, decay_steps=100, decay_factor=0.97,
+                               weight_decay=1e-5, label_smoothing=0.1, ema_decay_rate=0.9999,
+                               seed=0)
+    iterator = iter(main_lib.build_train_dataset(config, info, files, 0))
+    step = trainer.make_train_step(128, 0)
+    for _ in range(5):
+        float(step(iterator)["loss"])
+    return trainer, iterator, step
+
+
+def timed(on, step, iterator):
+    determinism(on)
+    t = time.perf_counter()
+    for _ in range(FLAGS.steps):
+        out = step(iterator)
+    float(out["loss"])
+    return FLAGS.steps * 128 / (time.perf_counter() - t)
+
+
+def save_cost(trainer, iterator, with_input):
+    """(seconds, MB) of one checkpoint save, with or without the iterator."""
+    checkpoint = tf.train.Checkpoint(model=trainer.model, ema_model=trainer.ema_model,
+                                     optimizer=trainer.optimizer, step=trainer.step,
+                                     **({"input": iterator} if with_input else {}))
+    directory = tempfile.mkdtemp(prefix="det-ckpt-")
+    t = time.perf_counter()
+    path = checkpoint.save(os.path.join(directory, "ckpt"))
+    seconds = time.perf_counter() - t
+    size = sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory)
+               if f.startswith(os.path.basename(path)))
+    return seconds, size / 1e6
+
+
+def main(_):
+    data.prepare_fashion_mnist(FLAGS.data_dir, num_labeled_per_class=400, seed=0)
+    contenders = {on: contender(on) for on in (False, True)}
+    runs = {False: [], True: []}
+    for _ in range(FLAGS.repeats):
+        for on, (_, iterator, step) in contenders.items():
+            runs[on].append(timed(on, step, iterator))
+    print("# --deterministic: cost in one process\n")
+    print(f"Machine: {machine()}\n")
+    print(f"Command: `python bench/determinism_cost.py {' '.join(sys.argv[1:])}`: the quick "
+          f"preset's teacher step (batch 128, RandAugment M=5, real Fashion-MNIST pipeline), "
+          f"{FLAGS.repeats} alternating rounds of {FLAGS.steps} steps.\n")
+    off, on = np.median(runs[False]), np.median(runs[True])
+    print("| op determinism | train img/s (median) | rounds |\n|---|---|---|")
+    print(f"| off | {off:.0f} | {', '.join(f'{r:.0f}' for r in runs[False])} |")
+    print(f"| on | {on:.0f} ({on / off:.3f}x) | {', '.join(f'{r:.0f}' for r in runs[True])} |")
+    trainer, iterator, _ = contenders[True]
+    print("\n| checkpoint | save s (median of 3) | MB |\n|---|---|---|")
+    for with_input in (False, True):
+        costs = [save_cost(trainer, iterator, with_input) for _ in range(3)]
+        print(f"| {'with' if with_input else 'without'} the input position | "
+              f"{np.median([c[0] for c in costs]):.2f} | {costs[0][1]:.1f} |")
+
+
+if __name__ == "__main__":
+    app.run(main)
