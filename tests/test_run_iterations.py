@@ -218,10 +218,10 @@ def test_driver_on_imagenet_records_with_a_growing_chain(tmp_path):
                 encoded = tf.io.encode_jpeg(pixels.astype(np.uint8)).numpy()
                 writer.write(data.image_example(encoded, c + 1 if labeled else None,
                                                 f"{name}{i}").SerializeToString())
-    # A pretrained teacher: a B0 of the same width with 5 classes (the head is re-initialised).
+    # A pretrained teacher: a B0 of the same size with 5 classes (the head is re-initialised).
     init = str(tmp_path / "b0-5-classes.weights.h5")
     efficientnet_builder.build_model("efficientnet-b0", num_classes=5, image_size=224,
-                                     width=0.1).save_weights(init)
+                                     width=0.1, depth=0.1).save_weights(init)
     workdir = tmp_path / "run"
     proc = run(workdir, "--dataset=imagenet", f"--label_data_dir={tmp_path}/train-*",
                f"--eval_data_dir={tmp_path}/validation-*",
