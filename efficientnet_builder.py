@@ -79,8 +79,7 @@ IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 # are float32 under any policy.
 # NOTE: bfloat16 only in the 1x1 convolutions (matrix products: oneDNN's AVX512-BF16 kernels)
 # was the fastest split on an AVX512-BF16 CPU without AMX; TF's bf16 depthwise-conv gradients
-# ran 15-25x slower than float32, and its bf16 element-wise ops (BN, swish, sigmoid) slower
-# than float32 too (bench/bf16_step.md).
+# ran ~5x slower than float32, its bf16 BN gradient and sigmoid slower too (bench/bf16_step.md).
 LAYER_KINDS = ("stem", "conv1x1", "depthwise", "bn", "activation", "se", "other")
 FLOAT32_KINDS = frozenset(LAYER_KINDS) - {"conv1x1"}
 
