@@ -632,7 +632,6 @@ def test_precision_is_set_before_any_model_is_built(tmp_path, monkeypatch, float
         main.train_and_evaluate(tiny(tmp_path, precision="float16"), str(tmp_path / "m"))
 
 
-@pytest.mark.slow
 def test_bfloat16_student_step_keeps_float32_state(float32_after):
     """A student step under --precision=bfloat16 (the chosen split computes the 1x1 convs in
     bf16): finite float32 losses; weights, EMA and optimizer slots float32; the EMA moves."""
