@@ -507,7 +507,8 @@ def noise_states(model):
     """The seed-generator states of the model noise (stochastic depth, dropout): Keras keeps them
     out of model.weights and checkpoints; main.py saves them so a resumed run draws on."""
     return [layer.seed_generator.state for layer in _all_layers(model)
-            if isinstance(layer, (StochasticDepth, NoiseDropout))]
+            if isinstance(layer, (StochasticDepth, NoiseDropout))
+            and getattr(layer, "seed_generator", None)]  # Keras' Dropout(0) has none
 
 
 def count_flops(model):

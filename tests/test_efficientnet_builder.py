@@ -592,3 +592,18 @@ def test_stochastic_depth_draws_in_float32_under_bfloat16():
     dropped = np.mean(y == 0)
     assert abs(dropped - rate) < 5 * math.sqrt(rate * (1 - rate) / n)   # 5 sd = 0.09 points
     assert set(np.unique(y)) == {0.0, float(tf.cast(1 / (1 - rate), tf.bfloat16))}
+
+
+def test_noise_states_are_the_noise_layers_seed_states():
+    """What main.py checkpoints so a resumed run draws new masks: one state per stochastic-depth
+    layer and the dropout's (none for dropout 0, which Keras builds without a generator)."""
+    for dropout, extra in ((0.0, 0), (0.3, 1)):
+        model = eb.build_model(**TINY, dropout_rate=dropout)
+        n_sd = sum(isinstance(l, eb.StochasticDepth) for l in model.layers)
+        states = eb.noise_states(model)
+        assert len(states) == n_sd + extra
+        layer = next(l for l in model.layers if isinstance(l, eb.StochasticDepth) and l.rate)
+        assert any(s is layer.seed_generator.state for s in states)
+        before = np.asarray(layer.seed_generator.state)
+        layer(np.ones((4, 2, 2, 3), np.float32), training=True)   # a draw advances the state
+        np.testing.assert_array_equal(layer.seed_generator.state, before + [0, 1])
