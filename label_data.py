@@ -9,7 +9,7 @@ inference mode (no dropout, no stochastic depth, BN moving statistics) on eval-p
     python label_data.py --teacher_model_dir=runs/teacher \\
         --input_pattern='runs/data/unlabeled/*.tfrecord' --output_dir=runs/iter1/labels \\
         [--num_shards=N --shard_id=I] [--batch_size=256] [--probabilities_dtype=float32|float16] \\
-        [--strategy=default|mirrored]
+        [--strategy=default|mirrored] [--precision=float32|bfloat16]
 
 Input: unlabeled TFRecord shards (image/encoded, image/id, optional diagnostic/true_label).
 Job I of N labels the sorted input files i with i % N == I, so N independent jobs (on N machines,
@@ -80,14 +80,14 @@ def teacher_identity(model_dir):
             "step": int(step) if step.isdigit() else None, "fingerprint": digest.hexdigest()[:16]}
 
 
-def provenance(teacher, path, probabilities_dtype, skip_bad_images):
+def provenance(teacher, path, probabilities_dtype, skip_bad_images, precision="float32"):
     """What an output file is made of: the teacher, the input file, the flags changing records."""
     stat = tf.io.gfile.stat(path)
     return {"teacher": teacher,
             "input": {"name": os.path.basename(path), "size_bytes": stat.length,
                       "mtime_nsec": stat.mtime_nsec},
             "flags": {"probabilities_dtype": probabilities_dtype,
-                      "skip_bad_images": skip_bad_images}}
+                      "skip_bad_images": skip_bad_images, "precision": precision}}
 
 
 def provenance_key(prov):
@@ -277,7 +277,7 @@ def output_name(path):
 
 
 def run(teacher_model_dir, files, output_dir, batch_size=256, probabilities_dtype="float32",
-        strategy_name="default", skip_bad_images=False):
+        strategy_name="default", skip_bad_images=False, precision="float32"):
     """Labels `files` into `output_dir`, skipping those done before with the same provenance
     (teacher, input file, flags) and relabeling any other; returns the new summaries."""
     if batch_size < 1:
@@ -294,7 +294,7 @@ def run(teacher_model_dir, files, output_dir, batch_size=256, probabilities_dtyp
     teacher = teacher_identity(teacher_model_dir)
     todo, relabel = [], 0
     for path, name in zip(files, names):
-        prov = provenance(teacher, path, probabilities_dtype, skip_bad_images)
+        prov = provenance(teacher, path, probabilities_dtype, skip_bad_images, precision)
         old = common.read_json(summary_path(output_dir, name), "summary", default=None)
         reason = stale_reason(os.path.join(output_dir, name), old, prov)
         if reason is None:
@@ -311,6 +311,7 @@ def run(teacher_model_dir, files, output_dir, batch_size=256, probabilities_dtyp
     if not todo:
         return []
     strategy = common.make_strategy(strategy_name, allowed=STRATEGIES)
+    common.set_precision(precision)  # before the teacher is built
     model, config, info = load_teacher(teacher_model_dir, strategy)
     if teacher_identity(teacher_model_dir) != teacher:
         raise common.UserError(f"{teacher_model_dir} got a new checkpoint while loading; rerun")
@@ -364,6 +365,8 @@ def define_flags():
                       "local GPUs).")
     flags.DEFINE_bool("skip_bad_images", False, "Leave out records whose image does not "
                       "decode (counted in the file's summary) instead of stopping at the first.")
+    flags.DEFINE_enum("precision", "float32", list(common.PRECISIONS), "float32, or bfloat16 "
+                      "in the 1x1 convolutions (Keras mixed precision; bench/bf16_step.md).")
     flags.DEFINE_bool("deterministic", True, "tf.config.experimental.enable_op_determinism(): "
                       "byte-identical outputs also on GPUs (may be slower there).")
 
@@ -379,7 +382,7 @@ def main(argv):
     files = common.list_files(FLAGS.input_pattern, "unlabeled")
     run(FLAGS.teacher_model_dir, common.shard_files(files, FLAGS.num_shards, FLAGS.shard_id),
         FLAGS.output_dir, FLAGS.batch_size, FLAGS.probabilities_dtype, FLAGS.strategy,
-        FLAGS.skip_bad_images)
+        FLAGS.skip_bad_images, FLAGS.precision)
 
 
 if __name__ == "__main__":

@@ -142,6 +142,26 @@ def test_float16_probabilities(setup, tmp_path):
     assert [r["label"] for r in records] == [r["label"] for r in float32_run]
 
 
+def test_bfloat16_teacher_labels_close_to_float32_and_is_another_provenance(setup, tmp_path):
+    out = str(tmp_path)
+    try:
+        label_data.run(setup["teacher"], setup["files"][:1], out, batch_size=BATCH,
+                       precision="bfloat16")
+    finally:
+        common.set_precision("float32")  # the policy is global: later tests build float32 models
+    records = read_records(str(tmp_path / os.path.basename(setup["files"][0])))
+    probs = np.stack([r["probabilities"] for r in records])
+    expected = setup["expected"][:len(records)]
+    assert np.abs(probs - expected).max() < 0.1      # bf16 1x1 convolutions: close, not equal
+    assert np.mean(probs.argmax(1) == expected.argmax(1)) >= 0.9
+    # float32 into the same dir: another provenance, so the bf16 labels are redone, not kept.
+    summary, = label_data.run(setup["teacher"], setup["files"][:1], out, batch_size=BATCH)
+    assert summary["provenance"]["flags"]["precision"] == "float32"
+    records = read_records(str(tmp_path / os.path.basename(setup["files"][0])))
+    np.testing.assert_allclose(np.stack([r["probabilities"] for r in records]), expected,
+                               atol=1e-5)
+
+
 @pytest.mark.parametrize("num_files", [1, 3, 5, 8])
 def test_sharding_covers_every_file_exactly_once(num_files):
     files = [f"f{i}" for i in range(num_files)]
