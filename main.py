@@ -184,8 +184,8 @@ class TrainConfig:
 
 
 _RANGES = {"> 0": (lambda v: v > 0, "positive"), ">= 0": (lambda v: v >= 0, "0 or more"),
-           "[0, 1)": (lambda v: 0 <= v < 1, "in [0, 1)"), "(0, 1]": (lambda v: 0 < v <= 1, "in (0, 1]"),
-           "[0, 7]": (lambda v: 0 <= v <= 7, "0 to 7")}
+           "[0, 1)": (lambda v: 0 <= v < 1, "in [0, 1)"),
+           "(0, 1]": (lambda v: 0 < v <= 1, "in (0, 1]"), "[0, 7]": (lambda v: 0 <= v <= 7, "0 to 7")}
 
 
 def check_ranges(config, **ranges):

@@ -54,7 +54,8 @@ def stages(w):
                                         "--work_dir={out}.work", "--output_dir={out}",
                                         "--num_images_per_class=1000"], "bytes"),
         ("student training", f"{w}/student", [PY, "main.py", *data_flags, *TINY,
-                                              "--train_steps=300", f"--unlabel_data_dir={w}/filtered",
+                                              "--train_steps=300",
+                                              f"--unlabel_data_dir={w}/filtered",
                                               f"--teacher_model_dir={w}/teacher",
                                               "--model_dir={out}"], "top_1"),
         ("robustness evaluation", f"{w}/robustness", [PY, "eval_robustness.py",
@@ -178,7 +179,8 @@ def main():
                         "Traceback" not in err)
                     left = [f for f in os.listdir(mnt)] if os.path.isdir(mnt) else []
                     disk.append(f"{fault}: {'one line' if ok else 'NOT one line'} "
-                                f"(exit {code}: `{last[:160]}`){'; left ' + str(left) if left else ''}")
+                                f"(exit {code}: `{last[:160]}`)"
+                                + (f"; left {left}" if left else ""))
                 finally:
                     subprocess.run(["umount", mnt], capture_output=True)
         rows.append((name, injected, counts, notes + disk))

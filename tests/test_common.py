@@ -13,7 +13,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("error,line", [
-    (OSError(errno.ENOSPC, "No space left on device", "/data/x"), "No space left on device: /data/x"),
+    (OSError(errno.ENOSPC, "No space left on device", "/data/x"),
+     "No space left on device: /data/x"),
     (OSError(errno.EROFS, "Read-only file system", "/ro/m"), "Read-only file system: /ro/m"),
     (tf.errors.ResourceExhaustedError(None, None, "/d/ckpt-5.index; No space left on device"),
      "/d/ckpt-5.index; No space left on device"),

@@ -281,6 +281,35 @@ def test_imagenet_kind_data_takes_the_models_own_resolution():
     assert info(dataset="fashion_mnist", model_name="efficientnet-b3").image_size == small
 
 
+@pytest.mark.slow
+def test_on_the_fly_teacher_labels_at_its_own_resolution(tmp_path):
+    """A B0 teacher at 64 px teaches a B1 student at 72 px on the fly (ImageNet-schema JPEG
+    records): the teacher gets its own eval view (it crashed on the student's size)."""
+    rng = np.random.default_rng(0)
+    records = str(tmp_path / "train-00000-of-00001")
+    with tf.io.TFRecordWriter(records) as writer:
+        for i in range(12):
+            pixels = np.clip(rng.normal(60 + 70 * (i % 3), 20, (80, 96, 3)), 0, 255)
+            writer.write(data.image_example(tf.io.encode_jpeg(pixels.astype(np.uint8)).numpy(),
+                                            i % 3 + 1, f"train/{i}").SerializeToString())
+    size = dict(dataset="imagenet", num_classes=3, width_coefficient=0.1, depth_coefficient=0.1,
+                label_data_dir=records, eval_data_dir=records)
+    teacher = main.TrainConfig(image_size=64, **size)
+    cfg = main.model_config(teacher, main.dataset_info(teacher, records))
+    efficientnet_builder.save_model_dir(str(tmp_path / "teacher"), cfg,
+                                        efficientnet_builder.build_from_config(cfg))
+    on_the_fly = main.StudentConfig(teacher_model_dir=str(tmp_path / "teacher"),
+                                    unlabel_source_dir=records)
+    student = main.TrainConfig(model_name="efficientnet-b1", image_size=72, train_steps=2,
+                               train_batch_size=4, eval_batch_size=4, student=on_the_fly, **size)
+    info = main.dataset_info(student, records)
+    dataset = main.build_train_dataset(student, info, [records], 4, teacher_image_size=64)
+    x_l, _, x_u, u = next(iter(dataset))
+    assert (x_l.shape[1], x_u.shape[1], u.shape[1]) == (72, 72, 64)
+    results = main.train_and_evaluate(student, str(tmp_path / "student"))
+    assert results[str(tmp_path / "student")]["global_step"] == 2
+    assert json.load(open(tmp_path / "student" / "model.json"))["image_size"] == 72
+
 
 def test_flags_are_the_config_fields_with_their_defaults():
     flag_values = parsed_flags()

@@ -70,7 +70,7 @@ def test_smoke_report_has_every_model_and_iteration(smoke_run):
     epochs = {d: json.load(open(os.path.join(workdir, d, "flags.json")))["train_epochs"]
               for d in ("teacher", "iter1/student", "iter2/student", "iter3/student")}
     assert epochs["teacher"] != 7 and [epochs[f"iter{i}/student"] for i in (1, 2, 3)] == [7, 8, 9]
-    # Each model its own --seed (teacher SEED, student i SEED*10+i, baseline SEED*10+4), one data split.
+    # Each model its own --seed (teacher SEED, student i SEED*10+i), one data split.
     flags = {d: json.load(open(os.path.join(workdir, d, "flags.json")))
              for d in ("teacher", "iter1/student", "iter2/student", "iter3/student")}
     assert [f["seed"] for f in flags.values()] == [0, 1, 2, 3]
