@@ -1079,7 +1079,7 @@ def labeled_dataset(pattern, info, image_size, batch_size, is_training, augment_
     is_training: shuffled, repeated forever, noised (augment_name), drop_remainder by default;
     the random stream (seed, stream, start_batch) as described above. Otherwise one ordered pass
     with eval preprocessing that keeps the last partial batch. Labels outside [0, num_classes)
-    fail the pipeline with a message naming the range.
+    fail the eval pipeline with a message naming the range (training: main.py's step does).
     """
     _check_augment_name(augment_name)
     files = _files(pattern, "labeled")
@@ -1087,21 +1087,20 @@ def labeled_dataset(pattern, info, image_size, batch_size, is_training, augment_
     ds = _records(files, is_training, shuffle_key, cache,
                   shuffle_buffer or _default_shuffle_buffer(info), input_context, deterministic)
 
-    def parse(serialized):  # one record (eval) or a batch of records (training)
+    def eval_view(serialized):
         record = parse_labeled(serialized, info.label_offset)
         label = record["label"]
         tf.debugging.assert_non_negative(label, message=(
             f"label below 0 after subtracting label_offset={info.label_offset}"))
         tf.debugging.assert_less(label, info.num_classes, message=(
             f"label >= num_classes={info.num_classes} (label_offset={info.label_offset})"))
-        return record["image"], label
-
-    def eval_view(serialized):
-        encoded, label = parse(serialized)
-        return preprocess_for_eval(encoded, info, image_size), label
+        return preprocess_for_eval(record["image"], info, image_size), label
 
     def train_batch(serialized, batch_seed):  # a batch of records: parsed, decoded and noised
-        encoded, label = parse(serialized)
+        # NOTE: no label-range assert here: a stateful op makes tf.data run this map serially under
+        # op determinism (main.py --deterministic); the training step checks the labels instead.
+        record = parse_labeled(serialized, info.label_offset)
+        encoded, label = record["image"], record["label"]
         return train_views(encoded, info, image_size, augment_name, randaug_layer, randaug_mag,
                            batch_seed), label
 

@@ -452,6 +452,19 @@ def initialize(trainer, init_checkpoint, model_dir):
     return summary
 
 
+def unlabeled_files(config):
+    """A student's unlabeled files: pseudo-labeled (--unlabel_data_dir) or, for the on-the-fly
+    teacher, raw (--unlabel_source_dir, default data_dir/unlabeled); none for a teacher."""
+    student = config.student
+    if not student:
+        return []
+    if student.unlabel_data_dir:
+        return common.list_files(student.unlabel_data_dir,
+                                 "pseudo-labeled data (--unlabel_data_dir)")
+    return common.list_files(student.unlabel_source_dir or os.path.join(config.data_dir,
+                             "unlabeled"), "unlabeled data (--unlabel_source_dir)")
+
+
 def build_train_dataset(config, info, label_files, batch_u, teacher_image_size=None,
                         start_batch=0):
     """Labeled batches, zipped with unlabeled ones for a student: (x_l, y_l[, x_u, u]); the
@@ -464,9 +477,8 @@ def build_train_dataset(config, info, label_files, batch_u, teacher_image_size=N
     if not student:
         return labeled
     augment_u = config.augment_name if student.unlabeled_noise == "full" else "none"
+    files = unlabeled_files(config)
     if student.unlabel_data_dir:
-        files = common.list_files(student.unlabel_data_dir,
-                                  "pseudo-labeled data (--unlabel_data_dir)")
         if not any(tf.io.gfile.stat(f).length for f in files):
             raise common.UserError(f"--unlabel_data_dir={student.unlabel_data_dir} holds no "
                                    f"records (did the teacher keep any image above the "
@@ -474,8 +486,6 @@ def build_train_dataset(config, info, label_files, batch_u, teacher_image_size=N
         unlabeled = data.pseudo_labeled_dataset(files, info, info.image_size, batch_u,
                                                 info.num_classes, augment_u, **noise)
     else:
-        source = student.unlabel_source_dir or os.path.join(config.data_dir, "unlabeled")
-        files = common.list_files(source, "unlabeled data (--unlabel_source_dir)")
         unlabeled = data.unlabeled_pair_dataset(files, info, info.image_size, batch_u, augment_u,
                                                 teacher_image_size=teacher_image_size, **noise)
     return tf.data.Dataset.zip((labeled, unlabeled)).map(
@@ -542,7 +552,11 @@ class Trainer:
         num_classes = self.config["num_classes"]
         replicas = self.strategy.num_replicas_in_sync
         x_l, y_l = batch[0], batch[1]
-        targets_l = smooth(tf.one_hot(y_l, num_classes), self.label_smoothing)
+        # Here and not in the input map, which an assert would serialize under --deterministic.
+        check = tf.debugging.assert_less(tf.cast(y_l, tf.uint32), tf.cast(num_classes, tf.uint32),
+                                         message=f"label outside [0, num_classes={num_classes})")
+        with tf.control_dependencies([check]):
+            targets_l = smooth(tf.one_hot(y_l, num_classes), self.label_smoothing)
         with tf.GradientTape() as tape:
             if self.student:
                 x_u, u = batch[2], batch[3]
@@ -615,8 +629,9 @@ def train(trainer, dataset, config, *, train_steps, model_dir, chief, images_per
     for step in range(start + 1, train_steps + 1):
         try:
             out = train_step(iterator)
-        except tf.errors.InvalidArgumentError as e:
-            raise common.UserError(f"bad training input at step {step}: {common.tf_error_line(e)}")
+        except (tf.errors.InvalidArgumentError, tf.errors.DataLossError):
+            logging.error("training input failed at step %d", step)  # the caller names the record
+            raise
         loss = float(out["loss"])
         if not math.isfinite(loss):
             raise common.UserError(f"loss became {loss} at step {step}; checkpoints untouched "
@@ -677,8 +692,9 @@ def finetune(config, model_dir, strategy, model_cfg, info, label_files, num_trai
                  size, steps, sum(not l.trainable for l in trainer.model.layers),
                  float(learning_rate(trainer.lr_step_offset, **schedule)),
                  float(learning_rate(trainer.lr_step_offset + steps, **schedule)), ft_dir)
-    train(trainer, dataset, config, train_steps=steps, model_dir=ft_dir, chief=chief,
-          images_per_step=(config.train_batch_size, 0))
+    with data.translate_data_errors(label_files):
+        train(trainer, dataset, config, train_steps=steps, model_dir=ft_dir, chief=chief,
+              images_per_step=(config.train_batch_size, 0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -714,11 +730,9 @@ def evaluate_model_dir(strategy, model_dir, eval_pattern, batch_size, chief):
     step = int(tf.train.latest_checkpoint(model_dir).rsplit("-", 1)[1])  # load_model_dir found one
     files = common.list_files(eval_pattern, "evaluation data (--eval_data_dir)")
     eval_ds = data.labeled_dataset(files, info, info.image_size, batch_size, is_training=False)
-    try:
+    with data.translate_data_errors(files):  # names the file and record of a bad image
         results = evaluate(strategy, model, strategy.experimental_distribute_dataset(eval_ds),
                            info.num_classes)
-    except tf.errors.InvalidArgumentError as e:
-        raise common.UserError(f"bad evaluation input in {eval_pattern}: {common.tf_error_line(e)}")
     results["global_step"] = step
     if not math.isfinite(results["loss"]):
         raise common.UserError(f"the model in {model_dir} evaluates to loss {results['loss']}: "
@@ -785,8 +799,9 @@ def train_and_evaluate(config, model_dir):
                      "Student" if student else "Teacher", config.model_name,
                      num_params(trainer.model), num_train, config.train_batch_size,
                      f" + {batch_u} unlabeled" if student else "", train_steps, peak_lr)
-        train(trainer, dataset, config, train_steps=train_steps, model_dir=model_dir, chief=chief,
-              images_per_step=(config.train_batch_size, batch_u))
+        with data.translate_data_errors(label_files + unlabeled_files(config)):
+            train(trainer, dataset, config, train_steps=train_steps, model_dir=model_dir,
+                  chief=chief, images_per_step=(config.train_batch_size, batch_u))
         if config.export_saved_model and chief:
             with common.atomic_output(os.path.join(model_dir, "saved_model")) as tmp:
                 trainer.ema_model.export(tmp)  # the EMA weights, as every later stage uses

@@ -156,12 +156,21 @@ for size in "widths=$STUDENT_WIDTHS" "depths=$STUDENT_DEPTHS"; do
 done
 
 log() { echo "[$(date +%H:%M:%S)] run_iterations ($PRESET): $*" >&2; }
-# done_or_run DONE_FILE NAME CMD...: run CMD unless DONE_FILE exists (stages rename outputs into place).
+# done_or_run DONE_FILE NAME CMD...: run CMD unless DONE_FILE exists (stages rename outputs into
+# place). The command is recorded in DONE_FILE.command: a finished stage that another command made
+# (other flags, preset or data) is refused, never silently reused.
 done_or_run() {
   local done_file=$1 name=$2; shift 2
-  if [ -e "$done_file" ]; then log "$name: done, skipped"; return; fi
+  local record="$done_file.command" cmd="${*#"$PY "}"
+  if [ -e "$done_file" ]; then
+    [ ! -e "$record" ] || [ "$(cat "$record")" = "$cmd" ] || fail "$name: $(dirname "$done_file")" \
+      "was made by another command; remove it or use another --workdir (then: $(cat "$record");" \
+      "now: $cmd)"
+    log "$name: done, skipped"; return
+  fi
   log "$name: running"
   "$@"
+  printf '%s\n' "$cmd" > "$record.tmp" && mv "$record.tmp" "$record"
 }
 
 [ -n "${SKIP_SETUP:-}" ] || bash setup.sh
@@ -189,7 +198,7 @@ train() {  # train MODEL_DIR SEED extra-flags...: train and evaluate one model (
   local model_dir=$1 seed=$2; shift 2
   done_or_run "$model_dir/eval_results.json" "train+eval $model_dir" \
     $PY main.py "${DATA_FLAGS[@]}" "${NET[@]}" --model_dir="$model_dir" \
-    --seed="$seed" --log_every_steps=100 "$@" ${EXTRA[@]+"${EXTRA[@]}"}
+    --seed="$seed" --log_every_steps=100 --deterministic "$@" ${EXTRA[@]+"${EXTRA[@]}"}
 }
 label() {  # label TEACHER_DIR OUTPUT_DIR: $JOBS label_data.py jobs, job j takes every JOBS-th shard
   local pids=() failed=0 j p

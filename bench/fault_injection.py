@@ -8,15 +8,16 @@ filtering (filter_balance.py all), student training, robustness evaluation, and 
 three-iteration run (run_iterations.sh --preset=smoke). For each stage: one uninterrupted
 reference run; then, per fault, a fresh copy of the stage's inputs, the fault, and the same
 command rerun until it exits 0. Outcomes:
-  byte-identical  every output file equals the reference's (record stages);
+  byte-identical  every output file equals the reference's (record stages), or the top-1 does
+                  (training: --deterministic, as the driver trains, resumes bit for bit);
   within noise    outputs differ but the result does (top-1 within --noise points of the
-                  reference: a resumed training restarts its data order, as TPUEstimator did);
+                  reference: without --deterministic a resumed training reads a fresh shuffle);
   failed          the rerun did not succeed, or its result is outside the noise.
 Faults: SIGKILL (of the whole process group) at a uniformly random time in (10%, 95%) of the
-reference's duration, --kills times per stage; a full disk (the output on a 1 MB tmpfs: the
-stage must exit non-zero with one `error:` line and leave no partial output; then rerun with
-space); a read-only output dir (a read-only tmpfs: one `error:` line). The disk faults need root
-(mount); without it they are reported as not run.
+reference's duration, --kills times per stage; a full disk (the output on a tmpfs of half the
+reference output's size, at most 1 MB: the stage must exit non-zero with one `error:` line and
+leave no temporary file anywhere under the mount); a read-only output dir (a read-only tmpfs: one
+`error:` line). The disk faults need root (mount); without it they are reported as not run.
 """
 import argparse
 import hashlib
@@ -33,7 +34,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
 TINY = ["--model_name=efficientnet-b0", "--width_coefficient=0.25", "--depth_coefficient=0.25",
         "--train_batch_size=32", "--randaug_mag=5", "--lr_warmup_epochs=0.5",
-        "--save_checkpoints_steps=50", "--log_every_steps=50"]
+        "--save_checkpoints_steps=50", "--log_every_steps=50", "--deterministic"]  # as the driver
+TEMPORARY = (".tmp-", "_temp", "tempstate")  # common.atomic_output's and TF checkpoints' names
 
 
 def stages(w):
@@ -114,6 +116,16 @@ def outcome(kind, got, want, noise):
     return "within noise" if all(abs(a - b) <= noise for a, b in pairs) else "failed"
 
 
+def size_of(path):
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def temporaries(path):
+    """Files and directories under path whose names are temporaries (relative paths)."""
+    return sorted(os.path.relpath(os.path.join(d, n), path) for d, dirs, files in os.walk(path)
+                  for n in dirs + files if any(t in n for t in TEMPORARY))
+
+
 def mount_tmpfs(path, options):
     os.makedirs(path, exist_ok=True)
     return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", path],
@@ -167,7 +179,9 @@ def main():
             shutil.rmtree(trial, ignore_errors=True)
         disk = []
         if kind != "report":
-            for fault, options in (("full disk", "size=1m"), ("read-only", "ro,size=1m")):
+            # The full disk holds half of what the stage writes (at most 1 MB), so every stage fills it.
+            full = f"size={min(1 << 20, max(16 << 10, size_of(out) // 2)) >> 10}k"
+            for fault, options in (("full disk", full), ("read-only", "ro,size=1m")):
                 mnt = f"{args.workdir}/mnt-{fault.replace(' ', '-')}"
                 if not mount_tmpfs(mnt, options):
                     disk.append(f"{fault}: not run (mount needs root)")
@@ -178,9 +192,12 @@ def main():
                     ok = code not in (0, None) and last.startswith("error:") and (
                         "Traceback" not in err)
                     left = [f for f in os.listdir(mnt)] if os.path.isdir(mnt) else []
-                    disk.append(f"{fault}: {'one line' if ok else 'NOT one line'} "
+                    temps = temporaries(mnt)
+                    disk.append(f"{fault} ({options}): {'one line' if ok else 'NOT one line'} "
                                 f"(exit {code}: `{last[:160]}`)"
-                                + (f"; left {left}" if left else ""))
+                                + (f"; left {left}" if left else "")
+                                + (f"; TEMPORARIES LEFT {temps[:5]}" if temps else
+                                   "; no temporaries left"))
                 finally:
                     subprocess.run(["umount", mnt], capture_output=True)
         rows.append((name, injected, counts, notes + disk))

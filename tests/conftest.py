@@ -1,4 +1,5 @@
 """Shared fixtures: the real Fashion-MNIST shards, prepared once outside the repository."""
+import fcntl
 import os
 import tempfile
 
@@ -10,7 +11,28 @@ import data
 @pytest.fixture(scope="session")
 def fashion_mnist_dir():
     """400 labels per class, seed 0, under the system temp dir: prepared on the first run and
-    reused by later ones (data.prepare_fashion_mnist skips a finished preparation)."""
-    path = os.path.join(tempfile.gettempdir(), f"noisy-student-tests-{os.getuid()}", "fashion_mnist")
-    data.prepare_fashion_mnist(path, num_labeled_per_class=400, seed=0)
-    return path
+    reused by later ones (data.prepare_fashion_mnist skips a finished preparation). A file lock
+    makes the parallel test workers (pytest -n) wait for the one that prepares."""
+    root = os.path.join(tempfile.gettempdir(), f"noisy-student-tests-{os.getuid()}")
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, "fashion_mnist.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data.prepare_fashion_mnist(os.path.join(root, "fashion_mnist"), num_labeled_per_class=400,
+                                   seed=0)
+    return os.path.join(root, "fashion_mnist")
+
+
+# Parallel runs (pytest.ini: -n, --dist loadgroup): a test file is one unit of work, so its
+# module fixtures are built once; the driver's end-to-end tests are units of their own and go
+# first, the longest ones, so that they do not start last and run alone.
+FIRST = ("driver folder", "driver imagenet", "test_run_iterations")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the marks
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+    group = lambda item: item.get_closest_marker("xdist_group").kwargs.get(
+        "name", (item.get_closest_marker("xdist_group").args or ("",))[0])
+    items.sort(key=lambda item: FIRST.index(group(item)) if group(item) in FIRST else len(FIRST))

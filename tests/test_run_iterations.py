@@ -86,6 +86,14 @@ def test_smoke_rerun_skips_finished_stages(smoke_run):
     # data, teacher, 3 x (label, filter, student)
     assert proc.stderr.count("done, skipped") == 1 + 1 + 3 * 3
     assert "running" not in proc.stderr
+    # A finished stage that another command made is refused, not reused: student 3's epochs
+    # changed, so everything before it is skipped and student 3 is named.
+    proc = run(workdir, "--unlabel_ratios=1,2,1", "--student_epochs=7,8,10")
+    error = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and proc.stderr.count("done, skipped") == 1 + 1 + 3 * 2 + 2
+    assert error.startswith(f"error: train+eval {workdir}/iter3/student: {workdir}/iter3/student "
+                            "was made by another command; remove it or use another --workdir")
+    assert "--train_epochs=9" in error and "--train_epochs=10" in error
 
 
 def test_unknown_preset_is_one_line(tmp_path):
@@ -162,6 +170,7 @@ TINY = ("--train_flags=--train_steps=8 --train_batch_size=8 --width_coefficient=
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("driver folder")
 def test_driver_on_image_folders_with_parallel_labeling_and_ablation(tmp_path):
     """The driver on image folders, with --jobs=2 labeling, a supervised baseline and --ablation:
     the five Table 6 / hard-label students (iteration 1's settings) and the report's table."""
@@ -207,6 +216,7 @@ def test_driver_on_image_folders_with_parallel_labeling_and_ablation(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("driver imagenet")
 def test_driver_on_imagenet_records_with_a_growing_chain(tmp_path):
     rng = np.random.default_rng(0)
     for name, count, labeled in (("train", 12, True), ("validation", 6, True),
