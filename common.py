@@ -11,6 +11,7 @@ import dataclasses
 import errno
 import json
 import os
+import re
 import sys
 import time
 import uuid
@@ -130,7 +131,10 @@ def tf_error_line(error):
     line = next((l for l in lines if "assertion failed" in l), None)
     if line is None:
         line = next((l for l in lines if "Graph execution error" not in l
-                     and not l.startswith("Detected at node")), lines[0])
+                     and not l.startswith(("Detected at node", "<stack traces"))), lines[0])
+    # tf.data's prefix: "Error in user-defined function passed to X transformation with
+    # iterator: Iterator::Root::...: " before the message itself
+    line = re.sub(r"^Error in user-defined function passed to .*? with iterator: \S+: ", "", line)
     if line.startswith("{{function_node"):
         line = line.split("}}", 1)[-1].strip()
     line = line.split(" [Op:")[0].split("\t")[0].strip()

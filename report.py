@@ -48,7 +48,7 @@ def pseudo_label_stats(pattern, num_classes):
     if not files:
         return None
     per_class = np.zeros(num_classes, np.int64)
-    correct = total = unique = 0
+    correct = total = unique = with_truth = 0
     for f in files:
         for raw in tf.data.TFRecordDataset(f).as_numpy_iterator():
             ex = tf.train.Example.FromString(raw).features.feature
@@ -60,8 +60,10 @@ def pseudo_label_stats(pattern, num_classes):
             total += copies
             unique += 1
             correct += copies * int(true == label)
+            with_truth += copies * int(true >= 0)
+    # None without true labels (image folders, real unlabeled data): unknown, not 0%.
     return {"images": int(total), "unique": int(unique), "per_class": per_class.tolist(),
-            "accuracy": correct / total if total else None}
+            "accuracy": correct / with_truth if with_truth else None}
 
 
 def collect(workdir):
@@ -165,12 +167,12 @@ def plot(report, workdir):
         ax.set_title("Noisy Student: top-1 per iteration")
         ax.grid(alpha=0.3)
         paths.append(save(fig, os.path.join(workdir, "top1_per_iteration.png")))
-    its = [it for it in report["iterations"] if it["labels"]]
+    its = [it for it in report["iterations"] if (it["labels"] or {}).get("accuracy") is not None]
     if its:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         x = [it["iteration"] for it in its]
         ax.plot(x, [100 * it["labels"]["accuracy"] for it in its], "o-", label="all unlabeled")
-        if all(it["filtered"] for it in its):
+        if all((it["filtered"] or {}).get("accuracy") is not None for it in its):
             ax.plot(x, [100 * it["filtered"]["accuracy"] for it in its], "s-",
                     label="filtered + balanced")
         ax.set_xticks(x)

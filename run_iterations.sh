@@ -25,6 +25,8 @@
 #   --supervised_baseline      also train the last student's architecture on the labels only
 #   --init_checkpoint=PATH     the teacher starts from pretrained weights (Keras or official TF)
 #   --jobs=N                   label with N parallel label_data.py jobs (same bytes as one job)
+#   --precision=bfloat16       train, label and evaluate with bf16 in the 1x1 convolutions
+#       (bench/bf16_step.md; default float32)
 #   --num_images_per_class=K   K after balancing; default: the preset's on Fashion-MNIST, else
 #       unlabeled images / classes (a uniform pile's share; paper: 130K for ImageNet)
 #   --train_flags='--train_steps=20 ...'  appended to every main.py command (overrides)
@@ -39,6 +41,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 PRESET=quick; WORKDIR=""; SEED=0; PY=${PYTHON:-python3}; DATASET=fashion_mnist; JOBS=1; TRAIN_FLAGS=""
+PRECISION=float32
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 for arg in "$@"; do
   case "$arg" in
@@ -61,6 +64,7 @@ for arg in "$@"; do
     --supervised_baseline) BASELINE=1 ;;
     --init_checkpoint=*) INIT_CHECKPOINT=${arg#*=} ;;
     --jobs=*) JOBS=${arg#*=} ;;
+    --precision=*) PRECISION=${arg#*=} ;;
     --num_images_per_class=*) PER_CLASS_FLAG=${arg#*=} ;;
     --train_flags=*) TRAIN_FLAGS=${arg#*=} ;;
     --skip_setup) SKIP_SETUP=1 ;;
@@ -141,6 +145,7 @@ case "$DATASET" in
   *) fail "--dataset=$DATASET is not one of fashion_mnist, folder, imagenet" ;;
 esac
 [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || fail "--jobs=$JOBS must be a positive number of labeling jobs"
+[[ "$PRECISION" =~ ^(float32|bfloat16)$ ]] || fail "--precision=$PRECISION is not one of float32, bfloat16"
 [ -z "${PER_CLASS_FLAG:-}" ] || [[ "$PER_CLASS_FLAG" =~ ^[1-9][0-9]*$ ]] ||
   fail "--num_images_per_class=$PER_CLASS_FLAG must be a positive number of images"
 [ -z "${STUDENT_MODELS:-}" ] || [[ "$STUDENT_MODELS" =~ ^[a-z0-9-]+,[a-z0-9-]+,[a-z0-9-]+$ ]] ||
@@ -198,12 +203,14 @@ train() {  # train MODEL_DIR SEED extra-flags...: train and evaluate one model (
   local model_dir=$1 seed=$2; shift 2
   done_or_run "$model_dir/eval_results.json" "train+eval $model_dir" \
     $PY main.py "${DATA_FLAGS[@]}" "${NET[@]}" --model_dir="$model_dir" \
-    --seed="$seed" --log_every_steps=100 --deterministic "$@" ${EXTRA[@]+"${EXTRA[@]}"}
+    --seed="$seed" --log_every_steps=100 --deterministic --precision="$PRECISION" "$@" \
+    ${EXTRA[@]+"${EXTRA[@]}"}
 }
-label() {  # label TEACHER_DIR OUTPUT_DIR: $JOBS label_data.py jobs, job j takes every JOBS-th shard
+label() {  # label TEACHER_DIR OUTPUT_DIR PRECISION: $JOBS label_data.py jobs, job j every JOBS-th shard
   local pids=() failed=0 j p
   for (( j = 0; j < JOBS; j++ )); do
     $PY label_data.py --teacher_model_dir="$1" --input_pattern="$UNLABELED" --output_dir="$2" \
+      --precision="$3" \
       --num_shards="$JOBS" --shard_id=$j & pids+=($!)
   done
   for p in "${pids[@]}"; do wait "$p" || failed=1; done
@@ -222,7 +229,7 @@ for i in 1 2 3; do
   IT="$WORKDIR/iter$i"
   mkdir -p "$IT"
   # Step 2: the unnoised teacher labels every unlabeled shard (skips shards already labeled).
-  done_or_run "$IT/labels/.complete" "iter $i: label" label "$TEACHER_DIR" "$IT/labels"
+  done_or_run "$IT/labels/.complete" "iter $i: label" label "$TEACHER_DIR" "$IT/labels" "$PRECISION"
   K=${PER_CLASS_FLAG:-$PER_CLASS}
   [ "$DATASET" = fashion_mnist ] || [ -n "${PER_CLASS_FLAG:-}" ] || K=$(per_class "$IT/labels" "$TEACHER_DIR")
   # Step 3: confidence filtering and class balancing (stats, merge, write and report in one job).
@@ -267,6 +274,6 @@ if [ "$EVAL_ROBUSTNESS" = 1 ]; then
     $PY eval_robustness.py --model_dir="$WORKDIR/teacher,$WORKDIR/iter1/student,$WORKDIR/iter3/student" \
       --eval_data_dir="$DATA/test" --output_dir="$WORKDIR" --suite=clean,c,p,fgsm,pgd \
       --num_examples=$ROBUST_EXAMPLES --p_num_examples=$(( ROBUST_EXAMPLES / 5 )) \
-      --attack_num_examples=$(( ROBUST_EXAMPLES / 2 ))
+      --attack_num_examples=$(( ROBUST_EXAMPLES / 2 )) --precision="$PRECISION"
 fi
 $PY report.py --workdir="$WORKDIR" --preset="$PRESET" --seconds=$(( $(date +%s) - START ))

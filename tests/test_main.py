@@ -387,6 +387,24 @@ def test_missing_or_corrupt_data_and_another_model_dir_are_named(tiny_shard, tmp
         main.train_and_evaluate(config, str(tmp_path / "m"))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["label_data_dir", "eval_data_dir"])
+def test_an_undecodable_image_is_named_by_shard_and_record(tiny_shard, tmp_path, where):
+    """A record whose image does not decode, met by training or by the evaluation: the error
+    names the shard, the record index and its image/id, not a TF graph node."""
+    bad = tmp_path / "bad" / "labeled-00000-of-00001.tfrecord"
+    bad.parent.mkdir()
+    with tf.io.TFRecordWriter(str(bad)) as writer:
+        for i, record in enumerate(tf.data.TFRecordDataset(tiny_shard).as_numpy_iterator()):
+            writer.write(data.image_example(b"not a png", 3, "broken").SerializeToString()
+                         if i == 21 else record)
+    config = tiny(tmp_path, train_steps=4, train_batch_size=16,
+                  **{"label_data_dir": tiny_shard, "eval_data_dir": tiny_shard, where: str(bad)})
+    with pytest.raises(common.UserError, match=r"corrupt record file .*bad/labeled-00000-of-00001"
+                                               r"\.tfrecord, record 21 \(image/id broken\)"):
+        main.train_and_evaluate(config, str(tmp_path / "m"))
+
+
 @pytest.mark.parametrize("settings,error", [
     (dict(train_batch_size=0), "--train_batch_size=0 must be positive"),
     (dict(train_batch_size=-8), "--train_batch_size=-8 must be positive"),

@@ -29,7 +29,7 @@ def write_labels(path, rows):  # rows: (label, true label, copies)
         for label, true, copies in rows:
             feature = {name: tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
                        for name, value in (("label", label), ("diagnostic/true_label", true),
-                                           ("copies", copies))}
+                                           ("copies", copies)) if value is not None}
             writer.write(tf.train.Example(
                 features=tf.train.Features(feature=feature)).SerializeToString())
 
@@ -67,6 +67,18 @@ def test_report_of_a_grown_chain(workdir):
     for name in ("top1_per_iteration.png", "pseudo_label_quality.png", "class_balance.png"):
         assert os.path.getsize(os.path.join(workdir, name)) > 0
     assert data["ablation"] == [] and data["seconds"] == 5
+
+
+def test_unlabeled_images_without_true_labels_have_no_pseudo_label_accuracy(workdir):
+    """Image folders carry no true labels: the accuracy is unknown ("-"), not 0%, and not plotted."""
+    for i in (1, 2):
+        for part in ("labels/u-0.tfrecord", "filtered/f-0.tfrecord"):
+            write_labels(os.path.join(workdir, f"iter{i}", part), [(0, None, 1), (2, None, 2)])
+    table = report.write_report(workdir, preset="smoke", seconds=5)
+    iteration = json.load(open(os.path.join(workdir, "report.json")))["iterations"][0]
+    assert iteration["labels"]["accuracy"] is None and iteration["filtered"]["images"] == 3
+    assert "| 1 | - | - | 3 (2) |" in table
+    assert not os.path.exists(os.path.join(workdir, "pseudo_label_quality.png"))
 
 
 def test_architecture_names_multipliers_only_when_given():

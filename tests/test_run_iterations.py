@@ -132,6 +132,7 @@ def test_help_prints_the_whole_header():
 @pytest.mark.parametrize("flag,error", [
     ("--dataset=mnist", "is not one of fashion_mnist, folder, imagenet"),
     ("--jobs=0", "must be a positive number of labeling jobs"),
+    ("--precision=float16", "is not one of float32, bfloat16"),
     ("--num_images_per_class=many", "must be a positive number of images"),
     ("--student_models=efficientnet-b1", "must be three model names, one per iteration "
      "(e.g. efficientnet-b1,efficientnet-b2,efficientnet-b3)"),
