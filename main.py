@@ -552,11 +552,11 @@ class Trainer:
         num_classes = self.config["num_classes"]
         replicas = self.strategy.num_replicas_in_sync
         x_l, y_l = batch[0], batch[1]
-        # Here and not in the input map, which an assert would serialize under --deterministic.
-        check = tf.debugging.assert_less(tf.cast(y_l, tf.uint32), tf.cast(num_classes, tf.uint32),
-                                         message=f"label outside [0, num_classes={num_classes})")
-        with tf.control_dependencies([check]):
-            targets_l = smooth(tf.one_hot(y_l, num_classes), self.label_smoothing)
+        # Here and not in the input map, which an assert would serialize under --deterministic
+        # (tf.function runs it: automatic control dependencies).
+        tf.debugging.assert_less(tf.cast(y_l, tf.uint32), tf.cast(num_classes, tf.uint32),
+                                 message=f"label outside [0, num_classes={num_classes})")
+        targets_l = smooth(tf.one_hot(y_l, num_classes), self.label_smoothing)
         with tf.GradientTape() as tape:
             if self.student:
                 x_u, u = batch[2], batch[3]

@@ -167,8 +167,8 @@ def plot(report, workdir):
         ax.set_title("Noisy Student: top-1 per iteration")
         ax.grid(alpha=0.3)
         paths.append(save(fig, os.path.join(workdir, "top1_per_iteration.png")))
-    its = [it for it in report["iterations"] if (it["labels"] or {}).get("accuracy") is not None]
-    if its:
+    its = [it for it in report["iterations"] if it["labels"]]
+    if its and all(it["labels"]["accuracy"] is not None for it in its):  # true labels known
         fig, ax = plt.subplots(figsize=(5, 3.5))
         x = [it["iteration"] for it in its]
         ax.plot(x, [100 * it["labels"]["accuracy"] for it in its], "o-", label="all unlabeled")
@@ -181,6 +181,7 @@ def plot(report, workdir):
         ax.legend()
         ax.grid(alpha=0.3)
         paths.append(save(fig, os.path.join(workdir, "pseudo_label_quality.png")))
+    if its:
         fig, ax = plt.subplots(figsize=(7, 3.5))
         k = len(its[0]["labels"]["per_class"])
         width = 0.8 / (2 * len(its))

@@ -10,6 +10,7 @@ runs can be compared (bench/noisy_student_folders.md). The PNGs hold the 32 px z
 the embedded records hold, so the comparison tests the folder path, not another resolution.
 
     python bench/fashion_mnist_folders.py --output_dir=/tmp/fmnist-folders [--seed=0]
+    python bench/fashion_mnist_folders.py --score=WORKDIR   # pseudo-label accuracy of the run
 """
 
 import os
@@ -19,6 +20,7 @@ from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
+import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
@@ -51,14 +53,41 @@ def export(output_dir, seed, num_labeled_per_class=400, source_dir=data.FASHION_
     return {split: len(indices) for split, (_, _, indices) in splits.items()}
 
 
+def score(workdir, source_dir=data.FASHION_MNIST_DIR):
+    """Pseudo-label accuracy of a folder run's iterations, all images and after filter+balance
+    (weighted by copies), from the PNG names (train indices): what report.py shows for the
+    embedded run, whose records carry the true label, and cannot for a folder."""
+    _, labels = data.read_fashion_mnist(source_dir, "train")
+    rows = []
+    for i in (1, 2, 3):
+        row = [i]
+        for part in ("labels", "filtered"):
+            correct = total = 0
+            for path in sorted(tf.io.gfile.glob(f"{workdir}/iter{i}/{part}/*.tfrecord")):
+                for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
+                    f = tf.train.Example.FromString(raw).features.feature
+                    index = int(os.path.basename(f["image/id"].bytes_list.value[0]).split(b".")[0])
+                    copies = f["copies"].int64_list.value[0] if "copies" in f else 1
+                    correct += copies * int(labels[index] == f["label"].int64_list.value[0])
+                    total += copies
+            row.append(100 * correct / total)
+        rows.append(row)
+    return "\n".join(["| iteration | pseudo-label accuracy (all) | after filter+balance |",
+                      "|---|---|---|"] + [f"| {i} | {a:.2f} | {b:.2f} |" for i, a, b in rows])
+
+
 def main(argv):
     del argv
-    print(export(flags.FLAGS.output_dir, flags.FLAGS.seed))
+    if flags.FLAGS.score:
+        print(score(flags.FLAGS.score))
+    else:
+        print(export(flags.FLAGS.output_dir, flags.FLAGS.seed))
 
 
 if __name__ == "__main__":
-    flags.DEFINE_string("output_dir", None, "Where the labeled/, unlabeled/ and test/ folders go.")
+    flags.DEFINE_string("output_dir", "", "Where the labeled/, unlabeled/ and test/ folders go.")
     flags.DEFINE_integer("seed", 0, "The embedded run's --seed: which 400 images per class are "
                          "labeled.")
-    flags.mark_flag_as_required("output_dir")
+    flags.DEFINE_string("score", "", "Instead: a finished folder run's workdir, whose pseudo-labels "
+                        "are scored against the true labels (a markdown table).")
     app.run(main)

@@ -79,6 +79,7 @@ def test_unlabeled_images_without_true_labels_have_no_pseudo_label_accuracy(work
     assert iteration["labels"]["accuracy"] is None and iteration["filtered"]["images"] == 3
     assert "| 1 | - | - | 3 (2) |" in table
     assert not os.path.exists(os.path.join(workdir, "pseudo_label_quality.png"))
+    assert os.path.getsize(os.path.join(workdir, "class_balance.png")) > 0
 
 
 def test_architecture_names_multipliers_only_when_given():
