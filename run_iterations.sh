@@ -199,6 +199,8 @@ case "$DATASET" in  # DATA_FLAGS: what every main.py is told about the data
     UNLABELED=$UNLABEL_DATA_DIR; EVAL_ROBUSTNESS=0 ;;
 esac
 
+# --deterministic: a killed and resumed model ends bit-identical to an uninterrupted one, at no
+# measurable cost (bench/determinism.md); --train_flags=--nodeterministic turns it off.
 train() {  # train MODEL_DIR SEED extra-flags...: train and evaluate one model (resumes by itself)
   local model_dir=$1 seed=$2; shift 2
   done_or_run "$model_dir/eval_results.json" "train+eval $model_dir" \
