@@ -600,6 +600,17 @@ class Trainer:
         return train_step
 
 
+def save_checkpoint(manager, step):
+    """manager.save; if it fails (a full disk), TF's half-written ckpt-N_temp directory is removed
+    before the error goes on, so a failed run leaves no temporaries in the model dir."""
+    try:
+        manager.save(checkpoint_number=step)
+    except (tf.errors.OpError, OSError):
+        for tmp in tf.io.gfile.glob(os.path.join(manager.directory, f"ckpt-{step}_temp*")):
+            common.remove(tmp)
+        raise
+
+
 def train(trainer, dataset, config, *, train_steps, model_dir, chief, images_per_step):
     """The training loop: resumes from the latest checkpoint in model_dir, stops at train_steps."""
     ckpt_dir = model_dir if chief else os.path.join(model_dir, f".worker-{os.getpid()}")
@@ -651,7 +662,7 @@ def train(trainer, dataset, config, *, train_steps, model_dir, chief, images_per
                 tf.summary.scalar("images_per_second", ips)
             t_last, step_last = now, step
         if step % config.save_checkpoints_steps == 0 or step == train_steps:
-            manager.save(checkpoint_number=step)
+            save_checkpoint(manager, step)
     writer.flush()
     if not chief:
         tf.io.gfile.rmtree(ckpt_dir)

@@ -387,6 +387,23 @@ def test_missing_or_corrupt_data_and_another_model_dir_are_named(tiny_shard, tmp
         main.train_and_evaluate(config, str(tmp_path / "m"))
 
 
+def test_a_failed_checkpoint_save_leaves_no_temporaries(tmp_path):
+    """A full disk during a save (TF writes ckpt-N_temp/ first): the error goes on, the
+    half-written directory does not stay in the model dir."""
+    class FullDisk:
+        directory = str(tmp_path)
+
+        def save(self, checkpoint_number):
+            os.makedirs(tmp_path / f"ckpt-{checkpoint_number}_temp")
+            (tmp_path / f"ckpt-{checkpoint_number}_temp" / "part-0.tempstate1").write_bytes(b"x")
+            raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
+
+    (tmp_path / "ckpt-4.index").write_bytes(b"an earlier checkpoint")
+    with pytest.raises(tf.errors.ResourceExhaustedError):
+        main.save_checkpoint(FullDisk(), 5)
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-4.index"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["label_data_dir", "eval_data_dir"])
 def test_an_undecodable_image_is_named_by_shard_and_record(tiny_shard, tmp_path, where):
