@@ -166,7 +166,8 @@ log() { echo "[$(date +%H:%M:%S)] run_iterations ($PRESET): $*" >&2; }
 # (other flags, preset or data) is refused, never silently reused.
 done_or_run() {
   local done_file=$1 name=$2; shift 2
-  local record="$done_file.command" cmd="${*#"$PY "}"
+  local record="$done_file.command" cmd="$*"
+  cmd=${cmd#"$PY "}  # the command without the interpreter (PYTHON may differ between reruns)
   if [ -e "$done_file" ]; then
     [ ! -e "$record" ] || [ "$(cat "$record")" = "$cmd" ] || fail "$name: $(dirname "$done_file")" \
       "was made by another command; remove it or use another --workdir (then: $(cat "$record");" \

@@ -94,6 +94,8 @@ def test_smoke_rerun_skips_finished_stages(smoke_run):
     assert error.startswith(f"error: train+eval {workdir}/iter3/student: {workdir}/iter3/student "
                             "was made by another command; remove it or use another --workdir")
     assert "--train_epochs=9" in error and "--train_epochs=10" in error
+    record = open(f"{workdir}/iter3/student/eval_results.json.command").read()
+    assert record.startswith("main.py ") and "--train_epochs=9 " in record
 
 
 def test_unknown_preset_is_one_line(tmp_path):
@@ -117,6 +119,23 @@ def test_bad_flag_is_one_line_before_any_work(tmp_path, flag, error):
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: {flag} {error}"
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_a_finished_stage_of_another_command_is_refused(tmp_path):
+    """A workdir whose data stage another command made (its record says --seed=1): the driver
+    with --seed=0 refuses before any work, naming the stage and both commands."""
+    data_dir = tmp_path / "run" / "data"
+    data_dir.mkdir(parents=True)
+    (data_dir / "prepared.json").write_text("{}")
+    then = (f"data.py --dataset=fashion_mnist --output_dir={data_dir} --num_labeled_per_class=400"
+            " --seed=1")
+    (data_dir / "prepared.json.command").write_text(then + "\n")
+    proc = subprocess.run(["bash", "run_iterations.sh", "--preset=smoke", "--skip_setup",
+                           f"--workdir={tmp_path}/run"], cwd=ROOT, capture_output=True, text=True)
+    assert (proc.returncode, proc.stderr.strip()) == (2, (
+        f"error: prepare Fashion-MNIST: {data_dir} was made by another command; remove it or use "
+        f"another --workdir (then: {then}; now: {then[:-1]}0)"))
+    assert sorted(os.listdir(tmp_path / "run")) == ["data"]
 
 
 def test_help_prints_the_whole_header():
