@@ -172,8 +172,10 @@ def atomic_output(path):
                 remove(old)
         else:
             tf.io.gfile.rename(tmp, path, overwrite=True)
-    except BaseException:
+    except BaseException as e:
         remove(tmp)
+        if isinstance(e, OSError) and not e.filename:
+            e.filename = path  # a failed write() names no file: name the output being written
         raise
 
 

@@ -1,4 +1,5 @@
-"""Top-1 per iteration of every committed full-preset seed: the preset, students of 75, 75 and 100
+"""Top-1 per iteration of every committed full-preset seed: the preset after issue 17's audit fixes
+(after_audit/report.json, solid, stars), the preset before them, students of 75, 75 and 100
 epochs, fresh end to end (preset_75_75_100/report.json, solid, plus signs), the same students with
 student 3 retrained on a copy of a 75-epoch run (iter3_100ep/report.json, dash-dot, triangles),
 the preset with 75-epoch students
@@ -20,7 +21,8 @@ import matplotlib.pyplot as plt
 HERE = os.path.dirname(os.path.abspath(__file__))
 # file, line style, opacity, description when the report predates its `unlabel_ratio` field,
 # suffix naming the students' epochs
-VERSIONS = (("preset_75_75_100/report.json", "P-", 1.0, None, ", the preset: 75/75/100 ep"),
+VERSIONS = (("after_audit/report.json", "*-", 1.0, None, ", the preset after issue 17's fixes"),
+            ("preset_75_75_100/report.json", "P-", 0.7, None, ", the preset before them"),
             ("iter3_100ep/report.json", "^-.", 0.6, None, ", 75/75/100 ep (iter 3 rerun)"),
             ("students75/report.json", "D-", 0.5, None, ", 75 ep"),
             ("report.json", "o-", 0.4, None, ", 50 ep"),

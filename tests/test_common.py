@@ -31,6 +31,18 @@ def test_filesystem_error_line(error, line):
     assert common.filesystem_error_line(error) == line
 
 
+def test_a_failed_write_names_the_output_and_leaves_nothing(tmp_path):
+    """A full disk during a write() (an OSError without a file name, as matplotlib's savefig
+    raises it): the error names the output that was being written; no temporary stays."""
+    out = str(tmp_path / "robustness_c.png")
+    with pytest.raises(OSError) as error:
+        with common.atomic_output(out) as tmp:
+            open(tmp, "w").close()
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert common.filesystem_error_line(error.value) == f"No space left on device: {out}"
+    assert os.listdir(tmp_path) == []
+
+
 def test_run_main_prints_a_filesystem_error_in_one_line(tmp_path):
     script = textwrap.dedent(f"""
         import common
