@@ -24,7 +24,8 @@
 #       Fashion-MNIST: B0 at width/depth 0.25)
 #   --supervised_baseline      also train the last student's architecture on the labels only
 #   --init_checkpoint=PATH     the teacher starts from pretrained weights (Keras or official TF)
-#   --jobs=N                   label with N parallel label_data.py jobs (same bytes as one job)
+#   --jobs=N                   label with N parallel label_data.py jobs (same bytes as one job);
+#       train --ablation's students N at a time beside student 1 (same numbers as one at a time)
 #   --precision=bfloat16       train, label and evaluate with bf16 in the 1x1 convolutions
 #       (bench/bf16_step.md; default float32)
 #   --num_images_per_class=K   K after balancing; default: the preset's on Fashion-MNIST, else
@@ -210,21 +211,53 @@ train() {  # train MODEL_DIR SEED extra-flags...: train and evaluate one model (
     --seed="$seed" --log_every_steps=100 --deterministic --precision="$PRECISION" "$@" \
     ${EXTRA[@]+"${EXTRA[@]}"}
 }
+# --jobs=N: independent jobs run N at a time, each on all cores (a 2-core machine trains two of the
+# presets' small nets at ~1.35x one's speed: bench/parallel_jobs.md). Each model's numbers are the same
+# as alone (op determinism: the threads' schedule does not change them).
+PIDS=()
+kill_jobs() { local p; for p in ${PIDS[@]+"${PIDS[@]}"}; do pkill -P "$p"; kill "$p"; done 2>/dev/null; }
+trap kill_jobs EXIT; trap 'exit 143' TERM; trap 'exit 130' INT  # a killed driver stops its jobs
+start() {  # start NAME CMD...: CMD as one of at most $JOBS jobs, its lines prefixed [NAME]
+  local name=$1; shift
+  if (( JOBS == 1 )); then "$@"; return; fi
+  (( ${#PIDS[@]} < JOBS )) || { wait "${PIDS[0]}" || FAILED=1; PIDS=("${PIDS[@]:1}"); }
+  [ -n "${FAILED:-}" ] || { ( "$@" ) > >(sed -u "s|^|[$name] |" >&2) 2>&1 & PIDS+=($!); }
+}
+finish() {  # finish: wait for every started job; fail if one failed
+  local p
+  for p in ${PIDS[@]+"${PIDS[@]}"}; do wait "$p" || FAILED=1; done
+  PIDS=()
+  [ -z "${FAILED:-}" ] || fail "a job failed (its log is above, its lines prefixed with its name)"
+}
 label() {  # label TEACHER_DIR OUTPUT_DIR PRECISION: $JOBS label_data.py jobs, job j every JOBS-th shard
-  local pids=() failed=0 j p
+  local j
   for (( j = 0; j < JOBS; j++ )); do
-    $PY label_data.py --teacher_model_dir="$1" --input_pattern="$UNLABELED" --output_dir="$2" \
-      --precision="$3" \
-      --num_shards="$JOBS" --shard_id=$j & pids+=($!)
+    start "label $((j + 1))/$JOBS" $PY label_data.py --teacher_model_dir="$1" \
+      --input_pattern="$UNLABELED" --output_dir="$2" --precision="$3" --num_shards="$JOBS" --shard_id=$j
   done
-  for p in "${pids[@]}"; do wait "$p" || failed=1; done
-  (( failed == 0 )) || { echo "error: a labeling job failed (its log is above)" >&2; return 1; }
+  finish
   touch "$2/.complete"
 }
 per_class() {  # per_class LABELS_DIR TEACHER_DIR: unlabeled images / classes (the default K)
   $PY -c 'import glob, json, sys
 n = sum(json.load(open(f))["count"] for f in glob.glob(sys.argv[1] + "/summaries/*.json"))
 print(max(1, n // json.load(open(sys.argv[2] + "/model.json"))["num_classes"]))' "$1" "$2"
+}
+
+ablation() {  # --ablation, beside student 1 (they share its teacher and pseudo-labels)
+  # Paper Table 6 and soft vs hard (Sec. 2): one iteration, a student the size of the teacher,
+  # the iteration-0 teacher; NoisyStudent itself is iter1/student. Noise is removed for the
+  # unlabeled images only. The noised teacher labels on the fly (the student's augmented view,
+  # dropout and SD on); on_the_fly is its unnoised control (also unfiltered, unbalanced).
+  local s1=$(( SEED * 10 + 1 )) f1="$WORKDIR/iter1/filtered"
+  local abl=("${STUDENT[@]}" --train_epochs="$(echo "$EPOCHS" | cut -d, -f1)" "${ABLATION_STEPS[@]}"
+             --unlabel_ratio="$(echo "$RATIOS" | cut -d, -f1)" --teacher_model_dir="$WORKDIR/teacher")
+  one() { start "ablation/$1" train "$WORKDIR/ablation/$1" "$s1" "${abl[@]}" "${@:2}"; }
+  one no_aug --unlabel_data_dir="$f1" --unlabeled_noise=no_aug
+  one no_noise --unlabel_data_dir="$f1" --unlabeled_noise=none
+  one hard_labels --unlabel_data_dir="$f1" --label_type=hard
+  one on_the_fly
+  one noised_teacher --noised_teacher
 }
 
 train "$WORKDIR/teacher" "$SEED" "${TEACHER[@]}" ${INIT_CHECKPOINT:+--init_checkpoint="$INIT_CHECKPOINT"}
@@ -247,29 +280,17 @@ for i in 1 2 3; do
   [ -z "${STUDENT_MODELS:-}" ] || SIZE+=(--model_name="$(echo "$STUDENT_MODELS" | cut -d, -f$i)")
   RATIO=$(echo "$RATIOS" | cut -d, -f$i)
   EP=$(echo "$EPOCHS" | cut -d, -f$i)
-  train "$IT/student" $(( SEED * 10 + i )) "${STUDENT[@]}" --train_epochs="$EP" ${SIZE[@]+"${SIZE[@]}"} \
-    --unlabel_ratio="$RATIO" --unlabel_data_dir="$IT/filtered" --teacher_model_dir="$TEACHER_DIR"
+  start "iter$i/student" train "$IT/student" $(( SEED * 10 + i )) "${STUDENT[@]}" --train_epochs="$EP" \
+    ${SIZE[@]+"${SIZE[@]}"} --unlabel_ratio="$RATIO" --unlabel_data_dir="$IT/filtered" \
+    --teacher_model_dir="$TEACHER_DIR"
+  [ "$i" != 1 ] || [ -z "${ABLATION:-}" ] || ablation  # Table 6 beside student 1, --jobs at a time
+  finish
   TEACHER_DIR="$IT/student"   # Step 5: the student becomes the teacher.
 done
 if [ -n "$STUDENT_WIDTHS$STUDENT_DEPTHS${STUDENT_MODELS:-}${BASELINE:-}" ]; then
   # The paper's baseline for a student is a supervised model of the same architecture (Tables 2-4):
   # trained like the teacher at student 3's size, it shows how much of the gain is only the size.
   train "$WORKDIR/supervised_baseline" $(( SEED * 10 + 4 )) "${TEACHER[@]}" ${SIZE[@]+"${SIZE[@]}"}
-fi
-
-if [ -n "${ABLATION:-}" ]; then
-  # Paper Table 6 and soft vs hard (Sec. 2): one iteration, a student the size of the teacher,
-  # the iteration-0 teacher; NoisyStudent itself is iter1/student. Noise is removed for the
-  # unlabeled images only. The noised teacher labels on the fly (the student's augmented view,
-  # dropout and SD on); on_the_fly is its unnoised control (also unfiltered, unbalanced).
-  A="$WORKDIR/ablation"; T0="$WORKDIR/teacher"; F1="$WORKDIR/iter1/filtered"; S1=$(( SEED * 10 + 1 ))
-  ABL=("${STUDENT[@]}" --train_epochs="$(echo "$EPOCHS" | cut -d, -f1)" "${ABLATION_STEPS[@]}"
-       --unlabel_ratio="$(echo "$RATIOS" | cut -d, -f1)" --teacher_model_dir="$T0")
-  train "$A/no_aug" "$S1" "${ABL[@]}" --unlabel_data_dir="$F1" --unlabeled_noise=no_aug
-  train "$A/no_noise" "$S1" "${ABL[@]}" --unlabel_data_dir="$F1" --unlabeled_noise=none
-  train "$A/hard_labels" "$S1" "${ABL[@]}" --unlabel_data_dir="$F1" --label_type=hard
-  train "$A/on_the_fly" "$S1" "${ABL[@]}"
-  train "$A/noised_teacher" "$S1" "${ABL[@]}" --noised_teacher
 fi
 
 if [ "$EVAL_ROBUSTNESS" = 1 ]; then

@@ -193,7 +193,8 @@ TINY = ("--train_flags=--train_steps=8 --train_batch_size=8 --width_coefficient=
 @pytest.mark.xdist_group("driver folder")
 def test_driver_on_image_folders_with_parallel_labeling_and_ablation(tmp_path):
     """The driver on image folders, with --jobs=2 labeling, a supervised baseline and --ablation:
-    the five Table 6 / hard-label students (iteration 1's settings) and the report's table."""
+    the five Table 6 / hard-label students (iteration 1's settings), trained two at a time beside
+    student 1, and the report's table."""
     for split, count in (("labeled", 24), ("test", 12)):
         write_images(str(tmp_path / split), count, 32, seed=len(split), classes=True)
     write_images(str(tmp_path / "pile" / "a"), 18, 32, seed=5)   # nested, meaningless folders
@@ -229,6 +230,12 @@ def test_driver_on_image_folders_with_parallel_labeling_and_ablation(tmp_path):
         assert rows[name]["global_step"] == 8 and 0.0 <= rows[name]["top_1"] <= 1.0
     assert "| student w/o Aug |" in open(workdir / "report.md").read()
     assert (workdir / "ablation.png").stat().st_size > 0
+    # --jobs=2: the ablation's students train two at a time beside student 1, their lines prefixed.
+    span = lambda d: ((workdir / d / "flags.json").stat().st_mtime,
+                      (workdir / d / "eval_results.json").stat().st_mtime)
+    (s1_start, s1_end), (abl_start, abl_end) = span("iter1/student"), span("ablation/no_aug")
+    assert abl_start < s1_end and s1_start < abl_end
+    assert "[ablation/no_aug] " in proc.stderr and "[iter1/student] " in proc.stderr
     # The ablation's students are iteration 1's: its epochs (7 of --student_epochs=7,8,9) and seed.
     flags = json.load(open(workdir / "ablation/no_aug/flags.json"))
     assert (flags["train_epochs"], flags["seed"]) == (7, 1)
