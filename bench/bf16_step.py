@@ -16,8 +16,6 @@ contender of its table once), synthetic in-memory batches (the model step only).
 import collections
 import glob
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +31,7 @@ import tensorflow as tf  # noqa: E402
 import common  # noqa: E402
 import efficientnet_builder as eb  # noqa: E402
 import main as main_lib  # noqa: E402
+from benchlib import machine  # noqa: E402  (bench/ is on sys.path as the script's dir)
 
 flags.DEFINE_integer("steps", 10, "Timed steps per round (after 3 untimed steps).")
 flags.DEFINE_integer("repeats", 3, "Rounds; each figure is the median over them.")
@@ -222,18 +221,6 @@ def profile(model):
           + " |")
     for op in ops[:FLAGS.profile_rows]:
         print(f"| {op} | " + " | ".join(f"{rows[s][op]:.1f}" for s in splits) + " |")
-
-
-def machine():
-    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    fields = dict(line.split(":", 1) for line in cpu.splitlines() if ":" in line)
-    flags_ = fields.get("Flags", "").split()
-    field = lambda name: fields.get(name, "?").strip()
-    return (f"{field('Model name')}, CPU family {field('CPU family')}"
-            f" model {field('Model')}, {os.cpu_count()} cores, "
-            f"bf16 ISA: {', '.join(f for f in flags_ if 'bf16' in f or 'amx' in f) or 'none'}; "
-            f"{platform.machine()}; TF {tf.__version__}, Keras {keras.__version__}; "
-            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
 
 
 def main(_):

@@ -22,12 +22,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bf16_step import machine  # noqa: E402
+from benchlib import RECIPE, ROOT, machine  # noqa: E402  (bench/ is on sys.path)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPE = ("--train_epochs=25 --train_batch_size=128 --base_learning_rate=0.032 "
-          "--final_base_learning_rate=0.0016 --lr_warmup_epochs=5 --randaug_mag=5 "
-          "--model_name=efficientnet-b0 --width_coefficient=0.25 --depth_coefficient=0.25").split()
 
 flags.DEFINE_list("seeds", ["0", "1"], "Training seeds (--seed).")
 flags.DEFINE_list("precisions", ["float32", "bfloat16"], "--precision values, alternating.")

@@ -11,10 +11,8 @@ size. Then the resume: the same command killed after its checkpoint at half way 
 the end, with and without --deterministic: is the result the uninterrupted run's?
 """
 import collections
-import hashlib
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -30,33 +28,12 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import data  # noqa: E402
-from bf16_step import machine  # noqa: E402  (bench/ is on sys.path as the script's dir)
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPE = ("--train_batch_size=128 --base_learning_rate=0.032 --final_base_learning_rate=0.0016 "
-          "--lr_warmup_epochs=5 --randaug_mag=5 --model_name=efficientnet-b0 "
-          "--width_coefficient=0.25 --depth_coefficient=0.25 --train_epochs=25").split()
+from benchlib import RECIPE, ROOT, digest, img_per_s, machine  # noqa: E402  (bench/ is on sys.path)
 
 flags.DEFINE_integer("train_steps", 200, "Steps of each run.")
 flags.DEFINE_integer("runs", 3, "Runs per setting (alternating default / --deterministic).")
 flags.DEFINE_string("work_dir", "", "Scratch dir (default: a temp dir, removed at the end).")
 FLAGS = flags.FLAGS
-
-
-def digest(model_dir):
-    """sha256 over every checkpointed tensor of the latest checkpoint but the input position,
-    and the tensors themselves (name -> array) for differences."""
-    latest = tf.train.latest_checkpoint(model_dir)
-    reader = tf.train.load_checkpoint(latest)
-    h, tensors = hashlib.sha256(), {}
-    for name in sorted(reader.get_variable_to_shape_map()):
-        if name.startswith(("input/", "_CHECKPOINTABLE_OBJECT_GRAPH")):
-            continue
-        value = np.asarray(reader.get_tensor(name))
-        h.update(name.encode())
-        h.update(value.tobytes())
-        tensors[name] = value
-    return h.hexdigest()[:16], tensors
 
 
 def command(model_dir, data_dir, deterministic, steps):
@@ -83,11 +60,6 @@ def run(model_dir, data_dir, deterministic, kill_at=None):
     proc.wait()
     log.close()
     return time.time() - t0, proc.returncode
-
-
-def img_per_s(log_path):
-    rates = [float(m) for m in re.findall(r"(\d+) img/s", open(log_path).read())]
-    return float(np.median(rates[1:])) if len(rates) > 1 else float("nan")
 
 
 def checkpoint_mb(model_dir):

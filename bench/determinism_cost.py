@@ -23,7 +23,7 @@ from tensorflow.python.framework import config as tf_config  # noqa: E402
 import common  # noqa: E402
 import data  # noqa: E402
 import main as main_lib  # noqa: E402
-from bf16_step import machine  # noqa: E402
+from benchlib import machine  # noqa: E402
 
 flags.DEFINE_string("data_dir", "data/fashion_mnist", "Fashion-MNIST shards (prepared if "
                     "missing).")

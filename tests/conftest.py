@@ -34,6 +34,7 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group(item.path.stem))
-    group = lambda item: item.get_closest_marker("xdist_group").kwargs.get(
-        "name", (item.get_closest_marker("xdist_group").args or ("",))[0])
+    def group(item):
+        mark = item.get_closest_marker("xdist_group")
+        return mark.kwargs.get("name", mark.args[0] if mark.args else "")
     items.sort(key=lambda item: FIRST.index(group(item)) if group(item) in FIRST else len(FIRST))

@@ -1,0 +1,51 @@
+"""Helpers the benchmark scripts share (no flags, so any script can import them): the machine
+line every reading starts with, the quick preset's teacher recipe, checkpoint digests, img/s."""
+import hashlib
+import os
+import platform
+import re
+import subprocess
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE = ("--train_batch_size=128 --base_learning_rate=0.032 --final_base_learning_rate=0.0016 "
+          "--lr_warmup_epochs=5 --randaug_mag=5 --model_name=efficientnet-b0 "
+          "--width_coefficient=0.25 --depth_coefficient=0.25 --train_epochs=25").split()
+
+
+def machine():
+    """CPU model, family and model number, cores, bf16 instruction sets, TF and Keras, UTC time."""
+    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    fields = dict(line.split(":", 1) for line in cpu.splitlines() if ":" in line)
+    flags_ = fields.get("Flags", "").split()
+    field = lambda name: fields.get(name, "?").strip()
+    return (f"{field('Model name')}, CPU family {field('CPU family')}"
+            f" model {field('Model')}, {os.cpu_count()} cores, "
+            f"bf16 ISA: {', '.join(f for f in flags_ if 'bf16' in f or 'amx' in f) or 'none'}; "
+            f"{platform.machine()}; TF {tf.__version__}, Keras {keras.__version__}; "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+
+
+def digest(model_dir):
+    """sha256 over every checkpointed tensor of the latest checkpoint but the input position,
+    and the tensors themselves (name -> array) for differences."""
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(model_dir))
+    h, tensors = hashlib.sha256(), {}
+    for name in sorted(reader.get_variable_to_shape_map()):
+        if name.startswith(("input/", "_CHECKPOINTABLE_OBJECT_GRAPH")):
+            continue
+        value = np.asarray(reader.get_tensor(name))
+        h.update(name.encode())
+        h.update(value.tobytes())
+        tensors[name] = value
+    return h.hexdigest()[:16], tensors
+
+
+def img_per_s(log_path):
+    """main.py's training img/s: the median of its progress lines after the first (tracing)."""
+    rates = [float(m) for m in re.findall(r"(\d+) img/s", open(log_path).read())]
+    return float(np.median(rates[1:])) if len(rates) > 1 else float("nan")
