@@ -211,9 +211,9 @@ train() {  # train MODEL_DIR SEED extra-flags...: train and evaluate one model (
     --seed="$seed" --log_every_steps=100 --deterministic --precision="$PRECISION" "$@" \
     ${EXTRA[@]+"${EXTRA[@]}"}
 }
-# --jobs=N: independent jobs run N at a time, each on all cores (a 2-core machine trains two of the
-# presets' small nets at ~1.35x one's speed: bench/parallel_jobs.md). Each model's numbers are the same
-# as alone (op determinism: the threads' schedule does not change them).
+# --jobs=N: independent jobs run N at a time, each on all cores (two of the presets' nets at once:
+# 1.03-1.22x one's speed on a 2-core Zen 3, bench/parallel_jobs.md). Each model's numbers are the
+# same as alone (op determinism: the threads' schedule does not change them).
 PIDS=()
 kill_jobs() { local p; for p in ${PIDS[@]+"${PIDS[@]}"}; do pkill -P "$p"; kill "$p"; done 2>/dev/null; }
 trap kill_jobs EXIT; trap 'exit 143' TERM; trap 'exit 130' INT  # a killed driver stops its jobs
