@@ -11,7 +11,7 @@
 #   bash run_iterations.sh --unlabel_ratios=1,2,4  # unlabeled batch per labeled batch, per iteration
 #   bash run_iterations.sh --preset=full --student_epochs=50  # students' epochs over the labeled data
 #   bash run_iterations.sh --preset=full --student_epochs=50,50,75  # ... per iteration
-#   bash run_iterations.sh --preset=full --ablation  # + Table 6 noise ablation, soft vs hard labels
+#   bash run_iterations.sh --preset=full --ablation --jobs=2  # + Table 6 ablation, soft vs hard labels
 #
 # Your own data (any preset sets the schedule; --preset=smoke checks a new dataset in minutes):
 #   bash run_iterations.sh --dataset=folder --labeled_dir=L --unlabeled_dir=U --test_dir=T
