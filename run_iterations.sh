@@ -216,7 +216,7 @@ train() {  # train MODEL_DIR SEED extra-flags...: train and evaluate one model (
 # same as alone (op determinism: the threads' schedule does not change them).
 PIDS=()
 kill_jobs() { local p; for p in ${PIDS[@]+"${PIDS[@]}"}; do pkill -P "$p"; kill "$p"; done 2>/dev/null; }
-trap kill_jobs EXIT; trap 'exit 143' TERM; trap 'exit 130' INT  # a killed driver stops its jobs
+trap kill_jobs EXIT  # also on SIGTERM: a killed driver stops its background jobs
 start() {  # start NAME CMD...: CMD as one of at most $JOBS jobs, its lines prefixed [NAME]
   local name=$1; shift
   if (( JOBS == 1 )); then "$@"; return; fi

@@ -11,6 +11,7 @@ the pair's speed-up per round, and whether every checkpointed tensor of each cop
 job's bit for bit (op determinism: the threads' schedule must not change the numbers).
 """
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,7 +27,7 @@ from benchlib import RECIPE, ROOT, digest, img_per_s, machine  # noqa: E402  (be
 
 flags.DEFINE_integer("train_steps", 300, "Steps of each job.")
 flags.DEFINE_integer("rounds", 2, "Rounds of (alone, pair).")
-flags.DEFINE_string("work_dir", "", "Scratch dir (default: a temp dir).")
+flags.DEFINE_string("work_dir", "", "Scratch dir (default: a temp dir, removed at the end).")
 FLAGS = flags.FLAGS
 
 
@@ -34,8 +35,8 @@ def start(model_dir, data_dir):
     cmd = [sys.executable, "main.py", f"--model_dir={model_dir}", f"--data_dir={data_dir}",
            f"--train_steps={FLAGS.train_steps}", "--log_every_steps=50", "--deterministic",
            "--mode=train"] + RECIPE
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=open(model_dir + ".log", "w"),
-                            stderr=subprocess.STDOUT)
+    with open(model_dir + ".log", "w") as log:  # the child keeps its own handle
+        return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
 
 def jobs(model_dirs, data_dir):
@@ -67,6 +68,8 @@ def main(_):
         same = all(digest(d)[0] == reference for d in pair)
         print(f"| {r} | {alone:.0f} | {both:.0f} | {both / alone:.2f}x | {same} |", flush=True)
     print(f"\nMedian speed-up of two jobs at once: **{np.median(speedups):.2f}x**.")
+    if not FLAGS.work_dir:
+        shutil.rmtree(work)
 
 
 if __name__ == "__main__":
