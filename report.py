@@ -115,7 +115,10 @@ def fmt(x, scale=100.0, digits=2):
 
 
 def architecture(a):
-    """'efficientnet-b1 @240', or with multipliers given: 'efficientnet-b0 w0.25 d0.25 @32'."""
+    """'efficientnet-b1 @240', or with multipliers given: 'efficientnet-b0 w0.25 d0.25 @32';
+    '-' for a model not started yet (no model.json)."""
+    if not a.get("model_name"):
+        return "-"
     return " ".join([str(a.get("model_name"))] + [f"{k[0]}{a[k]:g}" for k in ("width", "depth")
                                                   if a.get(k) is not None]
                     + [f"@{a.get('image_size')}"])

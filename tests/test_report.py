@@ -85,6 +85,7 @@ def test_unlabeled_images_without_true_labels_have_no_pseudo_label_accuracy(work
 def test_architecture_names_multipliers_only_when_given():
     assert report.architecture({"model_name": "efficientnet-b0", "width": 0.25, "depth": 0.5,
                                 "image_size": 32}) == "efficientnet-b0 w0.25 d0.5 @32"
+    assert report.architecture({"model_name": None, "image_size": None}) == "-"  # not started
 
 
 def test_missing_teacher_is_one_clear_error(tmp_path):
