@@ -119,7 +119,7 @@ def architecture(a):
     '-' for a model not started yet (no model.json)."""
     if not a.get("model_name"):
         return "-"
-    return " ".join([str(a.get("model_name"))] + [f"{k[0]}{a[k]:g}" for k in ("width", "depth")
+    return " ".join([a["model_name"]] + [f"{k[0]}{a[k]:g}" for k in ("width", "depth")
                                                   if a.get(k) is not None]
                     + [f"@{a.get('image_size')}"])
 
