@@ -115,9 +115,9 @@ case "$PRESET" in
     UNLABELED_SHARDS='*'; PER_CLASS=4000; EVAL_ROBUSTNESS=1; ROBUST_EXAMPLES=500 ;;
   # full: the reproduction of Sec. 3.1 and 3.3-3.4: a 50-epoch teacher, students of 75, 75, 100
   #   epochs at unlabeled ratios 1, 2, 3, K = 5,000; robustness on 1,000 test images.
-  #   Prints every iteration above the previous, student 3 +3.6 over the teacher (seed 0 after issue
-  #   17's fixes: 83.79 -> 85.86 -> 86.32 -> 87.43; before them 84.01 -> 87.53, seed 1 83.63 ->
-  #   87.94; bench/noisy_student_full.md). ~44 minutes alone.
+  #   Prints every iteration above the previous, student 3 +3.6-3.8 over the teacher (seeds 0 / 1
+  #   after issue 17's fixes: 83.79 -> 85.86 -> 86.32 -> 87.43, 83.58 -> 85.63 -> 86.12 -> 87.38;
+  #   bench/noisy_student_full.md). ~44 minutes alone on a fast CPU, ~3 h on AMD Zen 3.
   full)
     TEACHER=(--train_epochs=50 "${SCHEDULE[@]}")
     # NOTE: students train 1.5x, student 3 2x the teacher's epochs (paper: 700, 2x supervised 350).
