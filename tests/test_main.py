@@ -76,6 +76,17 @@ def test_final_learning_rate_schedule_is_the_references(warmup):
     assert end < 0.0008 * 64 / 256
 
 
+def test_final_learning_rate_zero_is_the_plain_staircase():
+    """--final_base_learning_rate=0 turns the final-rate variant off (a driver preset that sets it
+    can be overridden): the paper's 0.97 every --lr_decay_epochs."""
+    config = main.TrainConfig(train_batch_size=2048, base_learning_rate=0.016,
+                              final_base_learning_rate=0, lr_decay_epochs=2.4)
+    s = main.lr_schedule(config, steps_per_epoch=625.5, train_steps=218925)
+    assert s["decay_steps"] == pytest.approx(625.5 * 2.4) and s["peak_lr"] == pytest.approx(0.128)
+    with pytest.raises(common.UserError, match="--final_base_learning_rate=-1"):
+        main.TrainConfig(final_base_learning_rate=-1)
+
+
 def test_ema_decay_num_updates_warmup():
     assert float(main.ema_decay(0, 0.9999)) == pytest.approx(0.1)
     assert float(main.ema_decay(90, 0.9999)) == pytest.approx(91 / 100)
