@@ -88,6 +88,13 @@ DATASETS = {
                                  flip=True, mean=(55.844957,), std=(84.611900,), label_offset=0),
     "imagenet": DatasetInfo(num_classes=1000, image_size=224, num_channels=3, input_kind="imagenet",
                             flip=True, mean=IMAGENET_MEAN, std=IMAGENET_STD, label_offset=1),
+    # SVHN as the reference's proc_svhn.py writes it (JPEG records, labels 1..10: line 133; its
+    # extra split is the unlabeled set), with its mean/std (task_info.py:28-29) and no flips
+    # (digits; preprocessing.py:221). Used by run_iterations.sh --preset=svhn.
+    "svhn": DatasetInfo(num_classes=10, image_size=32, num_channels=3, input_kind="small",
+                        flip=False, mean=(0.4376821 * 255, 0.4437697 * 255, 0.47280442 * 255),
+                        std=(0.19803012 * 255, 0.20101562 * 255, 0.19703614 * 255),
+                        label_offset=1),
     # Image folders converted by prepare_folders. num_classes=0 means "read the settings measured
     # at conversion": dataset_info("folder", data_dir=...) takes them from the dataset.json and
     # class_names.json next to the records; these values apply only to folders without them.
