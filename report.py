@@ -74,6 +74,9 @@ def collect(workdir):
     i = 1
     while os.path.isdir(it := os.path.join(workdir, f"iter{i}")):
         models.append(model_entry(f"student {i}", os.path.join(it, "student")))
+        # Paper Sec. 3.1: fine-tuned at a larger resolution (main.py --finetune_image_size).
+        models += [model_entry(f"student {i}, fine-tuned", d) for d in
+                   sorted(glob.glob(os.path.join(it, "student", "finetune_*")))]
         iterations.append({"iteration": i,
                            "labels": pseudo_label_stats(os.path.join(it, "labels", "*.tfrecord"),
                                                         num_classes),
@@ -220,15 +223,16 @@ def save(fig, path):
 
 
 DATASET_NAMES = {"fashion_mnist": "Fashion-MNIST", "imagenet": "ImageNet records",
-                 "folder": "image folders"}
+                 "folder": "image folders", "svhn": "SVHN records"}
 
 
-def write_report(workdir, preset="", seconds=0):
-    """report.json, report.md and the plots into `workdir`; returns the markdown table."""
+def write_report(workdir, preset="", seconds=0, schedule=""):
+    """report.json, report.md and the plots into `workdir`; returns the markdown table.
+    `schedule`: which preset's schedule the run used and what it was made for."""
     if not os.path.isdir(os.path.join(workdir, "teacher")):
         raise common.UserError(f"--workdir={workdir} has no teacher/ (run run_iterations.sh first)")
     report = collect(workdir)
-    report.update(preset=preset, seconds=seconds)
+    report.update(preset=preset, seconds=seconds, schedule=schedule)
     common.write_json(os.path.join(workdir, "report.json"), report)
     table = markdown(report)
     plots = plot(report, workdir)
@@ -237,19 +241,21 @@ def write_report(workdir, preset="", seconds=0):
     with common.atomic_output(os.path.join(workdir, "report.md")) as tmp:
         with open(tmp, "w") as f:
             f.write(f"# Noisy Student on {DATASET_NAMES.get(dataset, dataset)}: preset {preset}"
-                    f"\n\n{table}\n")
+                    f"\n\n" + (f"Schedule: {schedule}\n\n" if schedule else "") + f"{table}\n")
             f.write("".join(f"![{os.path.basename(p)}]({os.path.basename(p)})\n" for p in plots))
     logging.info("Wrote %s/report.json, report.md and %d plots.", workdir, len(plots))
     return table
 
 
 def main(_):
-    print(write_report(FLAGS.workdir, FLAGS.preset, FLAGS.seconds))
+    print(write_report(FLAGS.workdir, FLAGS.preset, FLAGS.seconds, FLAGS.schedule))
 
 
 if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, "The run directory of run_iterations.sh.")
     flags.DEFINE_string("preset", "", "Preset name, recorded in the report.")
     flags.DEFINE_integer("seconds", 0, "Wall time of the run, recorded in the report.")
+    flags.DEFINE_string("schedule", "", "Which preset's schedule the run used and what it was made "
+                        "for, recorded in the report.")
     flags.mark_flag_as_required("workdir")
     common.run_main(main)

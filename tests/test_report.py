@@ -69,6 +69,22 @@ def test_report_of_a_grown_chain(workdir):
     assert data["ablation"] == [] and data["seconds"] == 5
 
 
+def test_a_fine_tuned_student_and_the_schedule_are_reported(workdir):
+    """Paper Sec. 3.1: a student fine-tuned at a larger resolution (main.py writes
+    student/finetune_<size>) gets its own row after the student; the schedule line is in
+    report.json and under the title of report.md."""
+    write_model(os.path.join(workdir, "iter2", "student", "finetune_300"), "efficientnet-b2", 300,
+                0.72)
+    table = report.write_report(workdir, preset="paper", schedule="paper's (made for ImageNet)")
+    data = json.load(open(os.path.join(workdir, "report.json")))
+    assert [m["name"] for m in data["models"]] == ["teacher", "student 1", "student 2",
+                                                   "student 2, fine-tuned"]
+    assert "| student 2, fine-tuned | efficientnet-b2 @300 | - | 72.00 |" in table
+    assert data["schedule"] == "paper's (made for ImageNet)"
+    md = open(os.path.join(workdir, "report.md")).read()
+    assert md.splitlines()[2] == "Schedule: paper's (made for ImageNet)"
+
+
 def test_unlabeled_images_without_true_labels_have_no_pseudo_label_accuracy(workdir):
     """Image folders carry no true labels: the accuracy is unknown ("-"), not 0%, and not plotted."""
     for i in (1, 2):
