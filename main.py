@@ -331,7 +331,7 @@ def build_optimizer(name, learning_rate):
 
     NOTE: the reference trains every model with RMSProp; 'momentum' is offered because in short
     runs on 4,000 labels it fitted the full-width B0 much faster (bench/b0_optimizer_diag.md), and
-    with crop + flip it took that teacher to 87.32% (bench/teacher_b0_small_4k_momentum_basic120.md).
+    with crop + flip it took that teacher to 87.32% (bench/teacher_recipes/teacher_b0_small_4k_momentum_basic120.md).
     """
     if name == "rmsprop":
         return TF1RMSprop(learning_rate=learning_rate, rho=0.9, momentum=0.9, epsilon=1e-3)

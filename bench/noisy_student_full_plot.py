@@ -40,8 +40,8 @@ def describe(report):
 
 def main():
     fig, ax = plt.subplots(figsize=(7, 4))
-    for i, seed_dir in enumerate(sorted(glob.glob(os.path.join(HERE, "full-seed*")))):
-        seed = os.path.basename(seed_dir).split("-")[-1]
+    for i, seed_dir in enumerate(sorted(glob.glob(os.path.join(HERE, "noisy_student_full", "seed*")))):
+        seed = os.path.basename(seed_dir)
         for name, style, alpha, description, epochs in VERSIONS:
             path = os.path.join(seed_dir, name)
             if not os.path.exists(path):

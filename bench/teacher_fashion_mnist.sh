@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmark (issue: teacher training): supervised teachers on Fashion-MNIST, evaluated on the
-# official 10k test set. Writes bench/teacher_<NAME>.md (command, progress, result, machine, date).
+# official 10k test set. Writes bench/teacher_recipes/teacher_<NAME>.md (command, progress, result, machine, date).
 #   bash bench/teacher_fashion_mnist.sh NAME EPOCHS [EXTRA main.py FLAGS...]
 #   bash bench/teacher_fashion_mnist.sh b0_small_4k 40                       # B0, 4,000 labels
 #   bash bench/teacher_fashion_mnist.sh b0_small_4k_momentum_basic120 120 --optimizer=momentum \
@@ -36,5 +36,5 @@ START=$(date +%s)
   echo '```'
   echo
   echo "eval_results.json: $(cat "$OUT/eval_results.json")"
-} > "bench/teacher_$NAME.md"
-cat "bench/teacher_$NAME.md"
+} > "bench/teacher_recipes/teacher_$NAME.md"
+cat "bench/teacher_recipes/teacher_$NAME.md"

@@ -1,6 +1,6 @@
 """Plot the supervised-teacher benchmarks on 4,000 Fashion-MNIST labels: top-1 against epochs.
 
-Reads every bench/teacher_b0_small_4k*.md that bench/teacher_fashion_mnist.sh wrote (its main.py
+Reads every bench/teacher_recipes/teacher_b0_small_4k*.md that bench/teacher_fashion_mnist.sh wrote (its main.py
 command and eval_results.json) and draws one point per run, coloured by optimizer and input
 noise, against the 85% goal of the teacher-training issue.
 
@@ -39,7 +39,7 @@ def recipe(run_flags):
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     runs = [read_run(open(p).read())
-            for p in sorted(glob.glob(os.path.join(here, "teacher_b0_small_4k*.md")))]
+            for p in sorted(glob.glob(os.path.join(here, "teacher_recipes", "teacher_b0_small_4k*.md")))]
     fig, ax = plt.subplots(figsize=(7.2, 4.6))
     for label in sorted({recipe(f) for f, _ in runs}):
         points = sorted((int(f["train_epochs"]), 100 * top1)
