@@ -1,0 +1,56 @@
+"""The documentation against the tree: bench/README.md indexes bench/, the READMEs' links resolve,
+the README stays a recipe, and its deviations list has one bullet per `NOTE:` in the code."""
+import collections
+import os
+import re
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def read(*path):
+    with open(os.path.join(ROOT, *path)) as f:
+        return f.read()
+
+
+def entries(folder):
+    return sorted(e for e in os.listdir(folder) if not e.startswith(".") and e != "__pycache__")
+
+
+def test_bench_index_names_every_file_and_run_folder():
+    index = read("bench", "README.md")
+    names = [e for e in entries(BENCH) if e != "README.md"]
+    # A study's run folders (bench/<study>/<run>/) are named too; the notes inside them are not.
+    for study in (e for e in entries(BENCH) if os.path.isdir(os.path.join(BENCH, e))):
+        names += [run for run in entries(os.path.join(BENCH, study))
+                  if os.path.isdir(os.path.join(BENCH, study, run))]
+    missing = [n for n in names if n not in index]
+    assert not missing, f"bench/README.md does not name {missing}"
+
+
+def test_relative_links_of_the_readmes_exist():
+    for doc in ("README.md", os.path.join("bench", "README.md")):
+        for target in LINK.findall(read(doc)):
+            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                continue
+            path = os.path.join(ROOT, os.path.dirname(doc), target.split("#")[0])
+            assert os.path.exists(path), f"{doc} links {target}, which does not exist"
+
+
+def test_readme_is_a_recipe_of_at_most_260_lines():
+    assert len(read("README.md").splitlines()) <= 260
+
+
+def test_deviations_list_one_bullet_per_note_in_the_code():
+    notes = collections.Counter()
+    for name in entries(ROOT):
+        if name.endswith(".py") or name == "run_iterations.sh":
+            notes[name] += len(re.findall(r"\bNOTE:", read(name)))
+    notes = +notes  # files without a note drop out
+    readme = read("README.md")
+    section = readme[readme.index("## Deviations"):]
+    section = section[:section.find("\n## ", 1)]
+    bullets = collections.Counter(re.findall(r"^- `([^`]+)`: ", section, flags=re.M))
+    assert bullets == notes, (
+        f"README deviations (bullets per file) {dict(bullets)} != NOTE: lines per file {dict(notes)}")
