@@ -12,8 +12,14 @@
 #   bash run_iterations.sh --preset=full --student_epochs=50  # students' epochs over the labeled data
 #   bash run_iterations.sh --preset=full --student_epochs=50,50,75  # ... per iteration
 #   bash run_iterations.sh --preset=full --ablation --jobs=2  # + Table 6 ablation, soft vs hard labels
+#   bash run_iterations.sh --preset=paper --label_data_dir='train-*' --eval_data_dir='validation-*' \
+#       --unlabel_data_dir='jft-*' --plan  # the paper's run (Sec. 3.1), printed as a cluster's jobs
+#   bash run_iterations.sh --preset=svhn --label_data_dir=... --eval_data_dir=... \
+#       --unlabel_data_dir=...               # the reference's SVHN example (B0 -> B0), its records
+#   --plan   print every stage's command in order, with the stages it waits for; runs nothing
 #
-# Your own data (any preset sets the schedule; --preset=smoke checks a new dataset in minutes):
+# Your own data (a preset's schedule, named in the run's first lines and the report; --preset=smoke
+# checks a new dataset in minutes):
 #   bash run_iterations.sh --dataset=folder --labeled_dir=L --unlabeled_dir=U --test_dir=T
 #       (L and T: one sub-folder of images per class; U: a flat or nested pile, sub-folders mean
 #       nothing; converted once into the workdir's data/, with its measured settings)
@@ -21,15 +27,25 @@
 #       --eval_data_dir='validation-*' --unlabel_data_dir='unlabeled-*'  # ImageNet-schema records
 #   --teacher_model=efficientnet-b0 --student_models=efficientnet-b1,efficientnet-b2,efficientnet-b3
 #       models grown by name, each at its own resolution (default: efficientnet-b0 for every model;
-#       Fashion-MNIST: B0 at width/depth 0.25)
+#       Fashion-MNIST: B0 at width/depth 0.25; --preset=paper: B7 -> L2, L2, L2)
 #   --supervised_baseline      also train the last student's architecture on the labels only
 #   --init_checkpoint=PATH     the teacher starts from pretrained weights (Keras or official TF)
+#   --teacher_checkpoint=PATH  the teacher is this checkpoint as it is (the data's classes): no
+#       training, evaluated like a trained teacher; --teacher_finetune_epochs=N: a checkpoint of
+#       another class count fine-tuned N epochs on the labels (1/10 of the peak lr, no warm-up)
+#   The schedule (default: the preset's): --teacher_epochs=N, --train_batch_size=N (labeled),
+#       --base_learning_rate=LR (per 256 labeled images), --lr_decay_epochs=E (staircase x0.97),
+#       --final_base_learning_rate=LR (decay chosen to end there; 0: off), --randaug_mag=M,
+#       --image_sizes=T,S1,S2,S3 (training resolution per model, 0: the model's own),
+#       --finetune_sizes=S1,S2,S3 (fine-tune student i at this resolution after training, 0: none)
+#   --strategy=default|mirrored|multi_worker|tpu --tpu=NAME  for training, labeling and evaluation
 #   --jobs=N                   label with N parallel label_data.py jobs (same bytes as one job);
-#       train --ablation's students N at a time beside student 1 (same numbers as one at a time)
+#       train --ablation's students N at a time beside student 1 (same numbers as one at a time);
+#       with --plan: N tasks per labeling and filtering pass
 #   --precision=bfloat16       train, label and evaluate with bf16 in the 1x1 convolutions
 #       (bench/bf16_step.md; default float32)
-#   --num_images_per_class=K   K after balancing; default: the preset's on Fashion-MNIST, else
-#       unlabeled images / classes (a uniform pile's share; paper: 130K for ImageNet)
+#   --num_images_per_class=K   K after balancing; default: the preset's on the data it was made
+#       for, else unlabeled images / classes (a uniform pile's share; paper: 130K for ImageNet)
 #   --train_flags='--train_steps=20 ...'  appended to every main.py command (overrides)
 #   Robustness (Sec. 3.3-3.4) is evaluated on Fashion-MNIST only.
 #
@@ -45,39 +61,55 @@ main() {  # Algorithm 1: the teacher, then three iterations of label, filter and
   parse_flags "$@"
   preset
   check_flags
-  [ -n "${SKIP_SETUP:-}" ] || bash setup.sh
-  mkdir -p "$WORKDIR"
+  if [ -n "$PLAN" ]; then plan_header; else
+    [ -n "${SKIP_SETUP:-}" ] || bash setup.sh
+    mkdir -p "$WORKDIR"
+    log "schedule: $SCHEDULE_NOTE"
+  fi
   START=$(date +%s)
   prepare_data
   PIDS=()
   trap kill_jobs EXIT  # also on SIGTERM: a killed driver stops its background jobs
-  # Step 1: the teacher, trained on the labeled images.
+  # Step 1: the teacher, trained on the labeled images (or a published checkpoint as it is).
+  model_settings 0 "$TEACHER_NAME"
+  TEACHER=(${STEPS[@]+"${STEPS[@]}"} ${EP:+--train_epochs="$EP"} "${SCHED[@]}")
+  TEACHER_SIZE=(${IMG_FLAG[@]+"${IMG_FLAG[@]}"})
+  if [ -n "${TEACHER_CHECKPOINT:-}" ]; then teacher_from_checkpoint; else
+    train "$WORKDIR/teacher" "$SEED" "${TEACHER[@]}" ${TEACHER_SIZE[@]+"${TEACHER_SIZE[@]}"} \
+      ${INIT_CHECKPOINT:+--init_checkpoint="$INIT_CHECKPOINT"}
+  fi
   TEACHER_DIR="$WORKDIR/teacher"
-  train "$WORKDIR/teacher" "$SEED" "${TEACHER[@]}" ${INIT_CHECKPOINT:+--init_checkpoint="$INIT_CHECKPOINT"}
-  for i in 1 2 3; do
+  for (( i = 1; i <= ITERATIONS; i++ )); do
     IT="$WORKDIR/iter$i"
-    mkdir -p "$IT"
+    [ -n "$PLAN" ] || mkdir -p "$IT"
     # Step 2: the unnoised teacher labels every unlabeled shard (skips shards already labeled).
     done_or_run "$IT/labels/.complete" "iter $i: label" label "$TEACHER_DIR" "$IT/labels" "$PRECISION"
     K=${PER_CLASS_FLAG:-$PER_CLASS}
-    [ "$DATASET" = fashion_mnist ] || [ -n "${PER_CLASS_FLAG:-}" ] || K=$(per_class "$IT/labels" "$TEACHER_DIR")
+    [ "$DATASET" = "$MADE_FOR" ] || [ -n "${PER_CLASS_FLAG:-}" ] || K=$(per_class "$IT/labels" "$TEACHER_DIR")
     # Step 3: confidence filtering and class balancing (stats, merge, write and report in one job).
-    done_or_run "$IT/filtered/summary.json" "iter $i: filter and balance" \
-      $PY filter_balance.py all --input_pattern="$IT/labels/*.tfrecord" --work_dir="$IT/filter_work" \
-        --output_dir="$IT/filtered" --num_images_per_class="$K" --min_threshold=0.3 --seed="$SEED"
+    FILTER=(--input_pattern="$IT/labels/*.tfrecord" --work_dir="$IT/filter_work")
+    if [ -n "$PLAN" ]; then plan_filter; else
+      done_or_run "$IT/filtered/summary.json" "iter $i: filter and balance" \
+        $PY filter_balance.py all "${FILTER[@]}" --output_dir="$IT/filtered" \
+          --num_images_per_class="$K" --min_threshold="$THRESHOLD" --seed="$SEED"
+    fi
     # Step 4: the noised student, trained from scratch on labeled + pseudo-labeled data.
+    MODEL=$(field "${STUDENT_MODELS:-$MODELS}" "$i"); MODEL=${MODEL:-$TEACHER_NAME}
+    model_settings "$i" "$MODEL"
+    STUDENT=(${STEPS[@]+"${STEPS[@]}"} "${SCHED[@]}")
     SIZE=()
-    [ -z "${STUDENT_WIDTHS:-}" ] || SIZE+=(--width_coefficient="$(echo "$STUDENT_WIDTHS" | cut -d, -f$i)")
-    [ -z "${STUDENT_DEPTHS:-}" ] || SIZE+=(--depth_coefficient="$(echo "$STUDENT_DEPTHS" | cut -d, -f$i)")
-    [ -z "${STUDENT_MODELS:-}" ] || SIZE+=(--model_name="$(echo "$STUDENT_MODELS" | cut -d, -f$i)")
-    RATIO=$(echo "$RATIOS" | cut -d, -f$i)
-    EP=$(echo "$EPOCHS" | cut -d, -f$i)
-    start "iter$i/student" train "$IT/student" $(( SEED * 10 + i )) "${STUDENT[@]}" --train_epochs="$EP" \
-      ${SIZE[@]+"${SIZE[@]}"} --unlabel_ratio="$RATIO" --unlabel_data_dir="$IT/filtered" \
+    [ -z "${STUDENT_WIDTHS:-}" ] || SIZE+=(--width_coefficient="$(field "$STUDENT_WIDTHS" "$i")")
+    [ -z "${STUDENT_DEPTHS:-}" ] || SIZE+=(--depth_coefficient="$(field "$STUDENT_DEPTHS" "$i")")
+    [ -z "${STUDENT_MODELS:-$MODELS}" ] || SIZE+=(--model_name="$MODEL")
+    SIZE+=(${IMG_FLAG[@]+"${IMG_FLAG[@]}"} ${FT_FLAG[@]+"${FT_FLAG[@]}"})
+    start "iter$i/student" train "$IT/student" $(( SEED * 10 + i )) "${STUDENT[@]}" ${EP:+--train_epochs="$EP"} \
+      ${SIZE[@]+"${SIZE[@]}"} --unlabel_ratio="$(field "$RATIOS" "$i")" --unlabel_data_dir="$IT/filtered" \
       --teacher_model_dir="$TEACHER_DIR"
     [ "$i" != 1 ] || [ -z "${ABLATION:-}" ] || ablation  # Table 6 beside student 1, --jobs at a time
     finish
-    TEACHER_DIR="$IT/student"   # Step 5: the student becomes the teacher.
+    # Step 5: the student becomes the teacher (fine-tuned, if it was: the paper's best L2).
+    # NOTE: the paper does not say whether the next teacher is the fine-tuned L2; this one is.
+    TEACHER_DIR="$IT/student"; [ "$FT" = 0 ] || TEACHER_DIR="$IT/student/finetune_$FT"
   done
   if [ -n "$STUDENT_WIDTHS$STUDENT_DEPTHS${STUDENT_MODELS:-}${BASELINE:-}" ]; then
     # The paper's baseline for a student is a supervised model of the same architecture (Tables 2-4):
@@ -85,13 +117,15 @@ main() {  # Algorithm 1: the teacher, then three iterations of label, filter and
     train "$WORKDIR/supervised_baseline" $(( SEED * 10 + 4 )) "${TEACHER[@]}" ${SIZE[@]+"${SIZE[@]}"}
   fi
   [ "$EVAL_ROBUSTNESS" != 1 ] || robustness
-  $PY report.py --workdir="$WORKDIR" --preset="$PRESET" --seconds=$(( $(date +%s) - START ))
+  REPORT=(report.py --workdir="$WORKDIR" --preset="$PRESET" --schedule="$SCHEDULE_NOTE")
+  if [ -n "$PLAN" ]; then WAIT_ALL=1 plan_stage "report" "$WORKDIR/report.md" 1 $PY "${REPORT[@]}"
+  else $PY "${REPORT[@]}" --seconds=$(( $(date +%s) - START )); fi
 }
 
 parse_flags() {
   local arg
-  PRESET=quick; WORKDIR=""; SEED=0; PY=${PYTHON:-python3}; DATASET=fashion_mnist; JOBS=1; TRAIN_FLAGS=""
-  PRECISION=float32
+  PRESET=quick; WORKDIR=""; SEED=0; PY=${PYTHON:-python3}; DATASET=""; JOBS=1; TRAIN_FLAGS=""
+  PRECISION=float32; PLAN=""; STRATEGY=()
   export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
   for arg in "$@"; do
     case "$arg" in
@@ -119,8 +153,20 @@ parse_flags() {
       --train_flags=*) TRAIN_FLAGS=${arg#*=} ;;
       --skip_setup) SKIP_SETUP=1 ;;
       --ablation) ABLATION=1 ;;
+      --plan) PLAN=1 ;;
+      --teacher_checkpoint=*) TEACHER_CHECKPOINT=${arg#*=} ;;
+      --teacher_finetune_epochs=*) TEACHER_FINETUNE_EPOCHS=${arg#*=} ;;
+      --teacher_epochs=*) TEACHER_EPOCHS_FLAG=${arg#*=} ;;
+      --train_batch_size=*) BATCH_FLAG=${arg#*=} ;;
+      --base_learning_rate=*) LR_FLAG=${arg#*=} ;;
+      --final_base_learning_rate=*) FINAL_LR_FLAG=${arg#*=} ;;
+      --lr_decay_epochs=*) DECAY_FLAG=${arg#*=} ;;
+      --randaug_mag=*) MAG_FLAG=${arg#*=} ;;
+      --image_sizes=*) IMAGE_SIZES_FLAG=${arg#*=} ;;
+      --finetune_sizes=*) FINETUNE_SIZES_FLAG=${arg#*=} ;;
+      --strategy=*|--tpu=*) STRATEGY+=("$arg") ;;
       -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
-      *) echo "error: unknown argument $arg (use --preset=smoke|quick|full --workdir=DIR --seed=N" \
+      *) echo "error: unknown argument $arg (use --preset=smoke|quick|full|paper|svhn --workdir=DIR --seed=N" \
               "--student_widths=W1,W2,W3 --student_depths=D1,D2,D3 --unlabel_ratios=R1,R2,R3" \
               "--student_epochs=N|N1,N2,N3 --ablation; --help for the data, model and job flags)" >&2
        exit 2 ;;
@@ -129,40 +175,49 @@ parse_flags() {
   WORKDIR=${WORKDIR:-runs/$PRESET-seed$SEED}
 }
 
-preset() {  # TEACHER, STUDENT, EPOCHS, RATIOS and the sizes of --preset
-  # Presets: one case each, with what it runs, what it should print and its time on 2 cores. Why
-  # their epochs, ratios and sizes are what they are: bench/presets_history.md. NET is the teacher's
-  # architecture (students too, unless --student_widths/--student_depths); EPOCHS and RATIOS (the
-  # unlabeled batch per labeled batch) are those of the students of iterations 1-3.
-  ABLATION_STEPS=(); WIDTHS=""; DEPTHS=""
+preset() {  # the schedule, sizes and data of --preset (every knob a variable; flags override)
+  # Presets: one case each, with what it runs, what it should print and its time. Why the
+  # Fashion-MNIST presets' epochs, ratios and sizes are what they are: bench/presets_history.md.
+  # MADE_FOR: the data a preset's schedule was made for (its K applies there only); NET: the
+  # teacher's architecture (students too, unless --student_models/_widths/_depths); STEPS: fixed
+  # steps for every model; TEACHER_EPOCHS, EPOCHS and RATIOS (the unlabeled batch per labeled
+  # batch): the teacher's and the students' of iterations 1-3; BATCH, LR, FINAL_LR, WARMUP, DECAY,
+  # MAG, NOISE: main.py's schedule and noise (empty: main.py's default, left off the command).
+  ABLATION_STEPS=(); WIDTHS=""; DEPTHS=""; STEPS=(); NOISE=(); FINETUNE=(); MODELS=""; RULE=""; EPOCHS=""
+  TEACHER_EPOCHS=""; BATCH=""; LR=""; FINAL_LR=""; WARMUP=""; DECAY=""; MAG=""
+  IMAGE_SIZES=""; FINETUNE_SIZES=""; ITERATIONS=3; THRESHOLD=0.3; EVAL_ROBUSTNESS=0
   # The data split is SEED's; each model has its own --seed (weights, shuffling, augmentation), so no two
   # replay one augmentation stream: the teacher SEED, student i SEED*10+i (the ablation's students share
   # student 1's, so they differ from it only in their noise), the supervised baseline SEED*10+4.
-  # NOTE: 2-core schedules: peak lr 0.032 per 256 (reference 0.016), final lr 1/20, M=5 (its SVHN run).
-  SCHEDULE=(--train_batch_size=128 --base_learning_rate=0.032 --final_base_learning_rate=0.0016
-            --lr_warmup_epochs=5 --randaug_mag=5)
+  case "$PRESET" in
+    smoke|quick|full) MADE_FOR=fashion_mnist ;; paper) MADE_FOR=imagenet ;; svhn) MADE_FOR=svhn ;;
+    *) echo "error: --preset=$PRESET is not one of smoke, quick, full, paper, svhn" >&2; exit 2 ;;
+  esac
+  DATASET=${DATASET:-$MADE_FOR}
+  TEACHER_NAME=efficientnet-b0
   NET=(--model_name=efficientnet-b0 --width_coefficient=0.25 --depth_coefficient=0.25)  # 131k params
   [ "$DATASET" = fashion_mnist ] || NET=(--model_name=efficientnet-b0)
-  [ -z "${TEACHER_MODEL:-}" ] || NET=(--model_name="$TEACHER_MODEL")
   case "$PRESET" in
     # smoke: the plumbing, not the paper (tests/test_run_iterations.py). Algorithm 1 end to end with
     #   300-step models (BN's moving statistics need that many) on 1 of 8 unlabeled shards, K = 600.
     #   Prints the report table, every model well above chance (10%); no gain expected.
     #   15-20 minutes on 2 busy cores (bench/presets_history.md).
     smoke)
-      TEACHER=(--train_steps=300 --train_batch_size=32 --lr_warmup_epochs=0.5 --randaug_mag=5)
-      STUDENT=(--train_steps=300 --train_batch_size=32 --lr_warmup_epochs=0.5 --randaug_mag=5)
+      FOR="checking the plumbing in minutes (300 steps per model), not accuracy"
+      STEPS=(--train_steps=300); BATCH=32; WARMUP=0.5; MAG=5
       EPOCHS=1,1,1; RATIOS=1,1,1  # (--train_steps wins over the epochs)
-      UNLABELED_SHARDS='unlabeled-00000-*'; PER_CLASS=600; EVAL_ROBUSTNESS=0; ROBUST_EXAMPLES=0
+      UNLABELED_SHARDS='unlabeled-00000-*'; PER_CLASS=600; ROBUST_EXAMPLES=0
       ABLATION_STEPS=(--train_steps=60) ;;  # --ablation here only checks the plumbing
     # quick: the README's first command. Sec. 2 and 3.1 at demo scale: a 25-epoch teacher, students
     #   of 30, 30, 40 epochs at unlabeled ratios 1, 2, 3 (the full preset's shape), all 56k unlabeled
     #   images, K = 4,000; robustness (Sec. 3.3-3.4) on 500 test images. Prints each student better
     #   than the one before (seeds 0 / 1: 79.49 -> 80.78 -> 82.23 -> 83.17, 78.47 -> 80.62 -> 82.00
     #   -> 83.21, bench/noisy_student_quick.md). ~27 minutes.
+    # NOTE: 2-core schedules: peak lr 0.032 per 256 (reference 0.016), final lr 1/20, M=5 (its SVHN run).
     quick)
-      TEACHER=(--train_epochs=25 "${SCHEDULE[@]}")
-      STUDENT=("${SCHEDULE[@]}"); EPOCHS=30,30,40; RATIOS=1,2,3
+      FOR="Fashion-MNIST with 4,000 labels on 2 CPU cores (~27 min)"
+      TEACHER_EPOCHS=25; BATCH=128; LR=0.032; FINAL_LR=0.0016; WARMUP=5; MAG=5
+      EPOCHS=30,30,40; RATIOS=1,2,3
       UNLABELED_SHARDS='*'; PER_CLASS=4000; EVAL_ROBUSTNESS=1; ROBUST_EXAMPLES=500 ;;
     # full: the reproduction of Sec. 3.1 and 3.3-3.4: a 50-epoch teacher, students of 75, 75, 100
     #   epochs at unlabeled ratios 1, 2, 3, K = 5,000; robustness on 1,000 test images.
@@ -170,15 +225,106 @@ preset() {  # TEACHER, STUDENT, EPOCHS, RATIOS and the sizes of --preset
     #   after issue 17's fixes: 83.79 -> 85.86 -> 86.32 -> 87.43, 83.58 -> 85.63 -> 86.12 -> 87.38;
     #   bench/noisy_student_full.md). ~44 minutes alone on a fast CPU, ~3 h on AMD Zen 3.
     full)
-      TEACHER=(--train_epochs=50 "${SCHEDULE[@]}")
+      FOR="Fashion-MNIST with 4,000 labels on 2 CPU cores (~3 h on AMD Zen 3)"
+      TEACHER_EPOCHS=50; BATCH=128; LR=0.032; FINAL_LR=0.0016; WARMUP=5; MAG=5
       # NOTE: students train 1.5x, student 3 2x the teacher's epochs (paper: 700, 2x supervised 350).
       # NOTE: the unlabeled batch grows 1, 2, 3 labeled batches (paper: 14, 14, 28).
       # NOTE: students are the teacher's size (the paper's first student is larger, B7 -> L2).
-      STUDENT=("${SCHEDULE[@]}"); EPOCHS=75,75,100; RATIOS=1,2,3
+      EPOCHS=75,75,100; RATIOS=1,2,3
       UNLABELED_SHARDS='*'; PER_CLASS=5000; EVAL_ROBUSTNESS=1; ROBUST_EXAMPLES=1000 ;;
-    *) echo "error: --preset=$PRESET is not one of smoke, quick, full" >&2; exit 2 ;;
+    # paper: the paper's run (Sec. 3.1 "Iterative training"): an EfficientNet-B7 teacher, then
+    #   L2, L2, L2 students at unlabeled batch 14x, 14x, 28x the labeled batch, on ImageNet (1.28M
+    #   labels) + 300M unlabeled images. It cost the authors 6 days on a 2048-core TPU v3 pod per L2
+    #   at 14x (Sec. 3.1); it prints ImageNet top-1 85.0 (B7) -> 88.4 (Table 2). Cannot run on a CPU:
+    #   --plan prints its jobs. Sources (paper Sec. 3.1 paragraphs; reference = google-research/
+    #   noisystudent, its main.py defaults and local_scripts/imagenet/train.sh):
+    #   - models B7 -> L2 -> L2 -> L2 ("Iterative training"); ratios 14, 14, 28 (same)
+    #   - labeled batch 2048 ("Training details"); peak lr 0.128 at 2048 = 0.016 per 256 (same;
+    #     reference main.py:174), plain staircase x0.97 (no final rate), every 2.4 epochs for 350
+    #     epochs, 4.8 for 700 (same); 350 epochs for models larger than B4, incl. L2, else 700
+    #     (same; reference train.sh: --train_ratio=2 for B0-B4); warm-up 5 epochs (reference main.py:583)
+    #   - L2 trained at 475 px (a smaller resolution, "Training details"; 475: App. A.1 Table 7 and
+    #     the released noisy_student_efficientnet-l2_475 checkpoint of tensorflow/tpu), then
+    #     fine-tuned 1.5 epochs at 800 px (L2's resolution, reference efficientnet_builder.py:44) on
+    #     unaugmented labeled images with shallow layers fixed (main.py --finetune_image_size)
+    #   - noise ("Noise", the same for B7 and L2): stochastic depth survival 0.8 at the last layer
+    #     (drop rate 0.2, linear rule), dropout 0.5, RandAugment N=2, M=27
+    #   - threshold 0.3, K = 130K per class ("Unlabeled dataset")
+    #   - EMA 0.9999, weight decay 1e-5, label smoothing 0.1 (reference main.py:179, 183, 187)
+    # NOTE: the paper filters and balances with an ImageNet B0's confidences ("Unlabeled dataset");
+    #   here with the teacher's own (the reference's filter_unlabel.py takes whichever it is given).
+    paper)
+      FOR="ImageNet + 300M unlabeled images on a TPU v3 pod (Sec. 3.1)"
+      TEACHER_NAME=efficientnet-b7; NET=(--model_name=efficientnet-b7)
+      MODELS=efficientnet-l2,efficientnet-l2,efficientnet-l2; RATIOS=14,14,28; RULE=paper
+      BATCH=2048; LR=0.016; FINAL_LR=0; WARMUP=5; MAG=27
+      NOISE=(--randaug_layer=2 --lr_decay_factor=0.97 --stochastic_depth_rate=0.2 --dropout_rate=0.5
+             --moving_average_decay=0.9999 --weight_decay=1e-5 --label_smoothing=0.1)
+      FINETUNE=(--finetune_epochs=1.5)
+      PER_CLASS=130000; THRESHOLD=0.3 ;;
+    # svhn: the reference's SVHN example (google-research/noisystudent local_scripts/svhn/, README:
+    #   teacher 97.9% -> student 98.6 +- 0.1%): B0 -> B0, one iteration, on SVHN records as its
+    #   proc_svhn.py writes them (train: labeled, extra: unlabeled; --dataset=svhn). Sources
+    #   (svhn_offline.sh lines; main.py = the reference's main.py defaults):
+    #   - B0 teacher and student (svhn_offline.sh:22; run.sh:37), 32 px small-image model
+    #     (main.py:680-682); labeled batch 128 (:27); unlabeled ratio 5 (:30); soft labels, T=1
+    #     (:31); RandAugment (:32) M=5 (:33), N=2 (main.py:259); final lr 0.0002 per 256 (:34)
+    #     from 0.016 (main.py:174), decay chosen to reach it after the 5 warm-up epochs (main.py:
+    #     569-583); weight decay 1e-4 (:35); 109,474 steps (main.py:76) counted on 69,257 images
+    #     (task_info.py:39, 73,257 - 4,000), ~202 epochs; EMA 0.9999, label smoothing 0.1
+    #     (main.py:179, 187); dropout 0.2, stochastic depth 0.2 (efficientnet_builder.py:36, 126)
+    #   - threshold 0.3, K = 53,113 per class (svhn/filter_unlabel.sh:36, 39)
+    # NOTE: the reference ships its teacher (prepro.sh:24; use --teacher_checkpoint); without it
+    #   the teacher is trained with the student's schedule (the reference's is not published).
+    svhn)
+      FOR="SVHN (73K labels + 531K extra images) on one accelerator (the reference's example)"
+      STEPS=(--train_steps=109474 --num_train_images=69257); BATCH=128; LR=0.016; FINAL_LR=0.0002
+      WARMUP=5; MAG=5; RATIOS=5,5,5; ITERATIONS=1
+      NOISE=(--randaug_layer=2 --weight_decay=1e-4 --label_smoothing=0.1 --moving_average_decay=0.9999
+             --dropout_rate=0.2 --stochastic_depth_rate=0.2)
+      PER_CLASS=53113; THRESHOLD=0.3 ;;
   esac
+  [ -z "${TEACHER_MODEL:-}" ] || { TEACHER_NAME=$TEACHER_MODEL; NET=(--model_name="$TEACHER_MODEL"); }
+  SCHEDULE_NOTE="preset $PRESET's, made for $FOR"
+  [ "$DATASET" = "$MADE_FOR" ] || SCHEDULE_NOTE+="; not tuned for --dataset=$DATASET"
 }
+
+# model_settings I MODEL: EP (epochs), SCHED (schedule flags), IMG_FLAG and FT_FLAG (training and
+# fine-tuning resolution), FT of model I (0: the teacher; 1-3: student I) of the preset, then the
+# flags' overrides. The paper's rule (RULE=paper, Sec. 3.1): epochs and decay by size, L2 at 475 px
+# fine-tuned at 800.
+model_settings() {
+  local m=$1 model=$2 img=0 decay=$DECAY
+  FT=0
+  if (( m == 0 )); then EP=$TEACHER_EPOCHS; else EP=$(field "$EPOCHS" "$m"); fi
+  if [ "$RULE" = paper ]; then
+    case "$model" in
+      efficientnet-b[5-9]|efficientnet-l2) EP=350; decay=2.4 ;;
+      *) EP=700; decay=4.8 ;;
+    esac
+    [ "$model" != efficientnet-l2 ] || { img=475; (( m == 0 )) || FT=800; }
+  fi
+  if (( m == 0 )); then EP=${TEACHER_EPOCHS_FLAG:-$EP}
+  elif [ -n "${STUDENT_EPOCHS:-}" ]; then EP=$(field "$EPOCHS" "$m"); fi
+  [ -z "$IMAGE_SIZES" ] || img=$(field "$IMAGE_SIZES" $(( m + 1 )))
+  (( m == 0 )) || [ -z "$FINETUNE_SIZES" ] || FT=$(field "$FINETUNE_SIZES" "$m")
+  IMG_FLAG=(); [ "$img" = 0 ] || IMG_FLAG=(--image_size="$img")
+  FT_FLAG=(); [ "$FT" = 0 ] || FT_FLAG=(--finetune_image_size="$FT" ${FINETUNE[@]+"${FINETUNE[@]}"})
+  schedule "${DECAY_FLAG:-$decay}"
+}
+
+schedule() {  # schedule DECAY_EPOCHS: SCHED, main.py's flags for the schedule and noise
+  SCHED=()
+  [ -z "$BATCH" ] || SCHED+=(--train_batch_size="$BATCH")
+  [ -z "$LR" ] || SCHED+=(--base_learning_rate="$LR")
+  [ -z "$FINAL_LR" ] || SCHED+=(--final_base_learning_rate="$FINAL_LR")
+  [ -z "$WARMUP" ] || SCHED+=(--lr_warmup_epochs="$WARMUP")
+  [ -z "$1" ] || SCHED+=(--lr_decay_epochs="$1")
+  [ -z "$MAG" ] || SCHED+=(--randaug_mag="$MAG")
+  SCHED+=(${NOISE[@]+"${NOISE[@]}"})
+}
+
+field() { echo "$1" | cut -d, -f"$2"; }  # field LIST I: the I-th of a comma-separated list
 
 check_flags() {  # every flag checked before any work: one line naming the bad one
   RATIOS=${RATIOS_FLAG:-$RATIOS}; STUDENT_WIDTHS=${WIDTHS_FLAG:-$WIDTHS}; STUDENT_DEPTHS=${DEPTHS_FLAG:-$DEPTHS}
@@ -186,15 +332,38 @@ check_flags() {  # every flag checked before any work: one line naming the bad o
     echo "error: --unlabel_ratios=$RATIOS must be three numbers, one per iteration (e.g. 1,2,3)" >&2; exit 2; }
   EPOCHS=${STUDENT_EPOCHS:-$EPOCHS}
   [[ "$EPOCHS" =~ ^[0-9.]+$ ]] && EPOCHS=$EPOCHS,$EPOCHS,$EPOCHS   # one number: every student
-  [[ "$EPOCHS" =~ ^[0-9]+(\.[0-9]+)?(,[0-9]+(\.[0-9]+)?){2}$ ]] || {
+  # (the paper's rule and fixed --train_steps need no epochs)
+  { [ -z "$EPOCHS${STUDENT_EPOCHS:-}" ] && [ -n "$RULE${STEPS[*]}" ]; } ||
+    [[ "$EPOCHS" =~ ^[0-9]+(\.[0-9]+)?(,[0-9]+(\.[0-9]+)?){2}$ ]] || {
     echo "error: --student_epochs=${STUDENT_EPOCHS:-$EPOCHS} must be one number of epochs or three," \
          "one per iteration (e.g. 50 or 50,50,75)" >&2; exit 2; }
+  BATCH=${BATCH_FLAG:-$BATCH}; LR=${LR_FLAG:-$LR}; FINAL_LR=${FINAL_LR_FLAG:-$FINAL_LR}
+  MAG=${MAG_FLAG:-$MAG}; IMAGE_SIZES=${IMAGE_SIZES_FLAG:-$IMAGE_SIZES}
+  FINETUNE_SIZES=${FINETUNE_SIZES_FLAG:-$FINETUNE_SIZES}
+  local v x
+  for v in teacher_epochs=TEACHER_EPOCHS_FLAG base_learning_rate=LR_FLAG lr_decay_epochs=DECAY_FLAG \
+           final_base_learning_rate=FINAL_LR_FLAG teacher_finetune_epochs=TEACHER_FINETUNE_EPOCHS \
+           train_batch_size=BATCH_FLAG randaug_mag=MAG_FLAG; do
+    x=${v#*=}; x=${!x:-}
+    [ -z "$x" ] || [[ "$x" =~ ^[0-9]+(\.[0-9]+)?(e-?[0-9]+)?$ ]] || fail "--${v%=*}=$x must be a number"
+  done
+  [ -z "$IMAGE_SIZES" ] || [[ "$IMAGE_SIZES" =~ ^[0-9]+(,[0-9]+){3}$ ]] ||
+    fail "--image_sizes=$IMAGE_SIZES must be four resolutions (teacher, students 1-3; 0: the model's own)"
+  [ -z "$FINETUNE_SIZES" ] || [[ "$FINETUNE_SIZES" =~ ^[0-9]+(,[0-9]+){2}$ ]] ||
+    fail "--finetune_sizes=$FINETUNE_SIZES must be three resolutions, one per student (0: none)"
   case "$DATASET" in
     fashion_mnist) ;;
     folder) need folder labeled_dir unlabeled_dir test_dir ;;
-    imagenet) need imagenet label_data_dir eval_data_dir unlabel_data_dir ;;
-    *) fail "--dataset=$DATASET is not one of fashion_mnist, folder, imagenet" ;;
+    imagenet|svhn) need "$DATASET" label_data_dir eval_data_dir unlabel_data_dir ;;
+    *) fail "--dataset=$DATASET is not one of fashion_mnist, folder, imagenet, svhn" ;;
   esac
+  [ -z "${TEACHER_CHECKPOINT:-}" ] || [ -z "${INIT_CHECKPOINT:-}" ] ||
+    fail "--teacher_checkpoint and --init_checkpoint: give one (the teacher as it is, or trained from it)"
+  [ -z "${TEACHER_CHECKPOINT:-}" ] || [ -n "$PLAN" ] || ls -d "$TEACHER_CHECKPOINT"* > /dev/null 2>&1 ||
+    fail "--teacher_checkpoint=$TEACHER_CHECKPOINT does not exist"
+  [ -z "$PLAN" ] || [ "$DATASET" = "$MADE_FOR" ] || [ -n "${PER_CLASS_FLAG:-}" ] ||
+    fail "--plan on --dataset=$DATASET needs --num_images_per_class (the default, unlabeled images /" \
+         "classes, is counted after labeling)"
   [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || fail "--jobs=$JOBS must be a positive number of labeling jobs"
   [[ "$PRECISION" =~ ^(float32|bfloat16)$ ]] || fail "--precision=$PRECISION is not one of float32, bfloat16"
   [ -z "${PER_CLASS_FLAG:-}" ] || [[ "$PER_CLASS_FLAG" =~ ^[1-9][0-9]*$ ]] ||
@@ -225,6 +394,10 @@ log() { echo "[$(date +%H:%M:%S)] run_iterations ($PRESET): $*" >&2; }
 # (other flags, preset or data) is refused, never silently reused.
 done_or_run() {
   local done_file=$1 name=$2; shift 2
+  if [ -n "$PLAN" ]; then  # a driver function (label) prints its own stages
+    if declare -F "$1" > /dev/null; then "$@"; else plan_stage "$name" "$(dirname "$done_file")" 1 "$@"; fi
+    return
+  fi
   local record="$done_file.command" cmd="$*"
   cmd=${cmd#"$PY "}  # the command without the interpreter (PYTHON may differ between reruns)
   if [ -e "$done_file" ]; then
@@ -236,6 +409,53 @@ done_or_run() {
   log "$name: running"
   "$@"
   printf '%s\n' "$cmd" > "$record.tmp" && mv "$record.tmp" "$record"
+}
+
+# --plan: every stage is printed (as a runnable serial script) instead of run. A stage waits for
+# the latest earlier stage writing each path its command names; N-task stages are array jobs.
+plan_header() {
+  echo "# run_iterations.sh --preset=$PRESET --plan: $ITERATIONS iteration(s) on --dataset=$DATASET;"
+  echo "# schedule: $SCHEDULE_NOTE."
+  echo "# Nothing was run. Submit each stage as a job once the stages it waits for are done: a"
+  echo "# training stage is one (multi-host) job; a stage of N tasks is N independent jobs, TASK=0..N-1."
+  PLAN_OUTS=()
+}
+plan_stage() {  # plan_stage NAME OUTPUT TASKS CMD...: print one stage (WAIT_ALL=1: after every other)
+  local name=$1 out=$2 tasks=$3 k waits=() seen=" " cmd
+  shift 3
+  cmd=" $* "
+  for (( k = ${#PLAN_OUTS[@]} - 1; k >= 0; k-- )); do
+    [[ "$seen" != *" ${PLAN_OUTS[k]} "* ]] || continue
+    if [ -n "${WAIT_ALL:-}" ] || [[ "$cmd" == *"${PLAN_OUTS[k]}"[/\ ,]* ]]; then
+      waits=($(( k + 1 )) ${waits[@]+"${waits[@]}"}); seen+="${PLAN_OUTS[k]} "
+    fi
+  done
+  PLAN_OUTS+=("$out")
+  echo
+  local after="stage ${waits[*]:-}"
+  [ ${#waits[@]} != 0 ] || after=nothing; [ -z "${WAIT_ALL:-}" ] || after="all stages above"
+  echo "# stage ${#PLAN_OUTS[@]}: $name; $( (( tasks == 1 )) && echo "1 job" || echo "$tasks tasks");" \
+       "waits for: $after"
+  cmd=$(quote "$@"); cmd=${cmd//@TASK@/\$TASK}
+  if (( tasks == 1 )); then echo "${cmd//\$TASK/0}"; else echo "for TASK in \$(seq 0 $(( tasks - 1 ))); do $cmd; done"; fi
+}
+plan_filter() {  # filter_balance.py all's four passes as a cluster runs them (its docstring)
+  local f=($PY filter_balance.py) out="$IT/filtered" n="--num_shards=$JOBS"
+  plan_stage "iter $i: filter, per-class confidence histograms" "$IT/filter_work" "$JOBS" \
+    "${f[@]}" stats "${FILTER[@]}" --min_threshold="$THRESHOLD" "$n" --shard_id=@TASK@
+  plan_stage "iter $i: filter, thresholds and picks per shard" "$IT/filter_work" 1 \
+    "${f[@]}" merge "${FILTER[@]}" --num_images_per_class="$K" --min_threshold="$THRESHOLD" --seed="$SEED"
+  plan_stage "iter $i: filter, write the kept records" "$out" "$JOBS" \
+    "${f[@]}" write "${FILTER[@]}" --output_dir="$out" --seed="$SEED" "$n" --shard_id=@TASK@
+  plan_stage "iter $i: filter, check and publish" "$out" 1 \
+    "${f[@]}" report --work_dir="$IT/filter_work" --output_dir="$out"
+}
+quote() {  # quote ARG...: the args as one shell-safe line (plain words unquoted)
+  local a out=()
+  for a in "$@"; do
+    if [[ "$a" =~ ^[][A-Za-z0-9_./=,:@%+-]+$ ]]; then out+=("$a"); else out+=("'${a//\'/\'\\\'\'}'"); fi
+  done
+  echo "${out[*]}"
 }
 
 prepare_data() {  # DATA_FLAGS: what every main.py is told about the data; UNLABELED: its shards
@@ -252,8 +472,8 @@ prepare_data() {  # DATA_FLAGS: what every main.py is told about the data; UNLAB
           --test_dir="$TEST_DIR" --output_dir="$DATA" --seed="$SEED"
       DATA_FLAGS=(--dataset=folder --data_dir="$DATA"); UNLABELED="$DATA/unlabeled/*"
       EVAL_ROBUSTNESS=0 ;;
-    imagenet)
-      DATA_FLAGS=(--dataset=imagenet --label_data_dir="$LABEL_DATA_DIR" --eval_data_dir="$EVAL_DATA_DIR")
+    imagenet|svhn)  # records read where they are; the on-the-fly teachers read --unlabel_data_dir
+      DATA_FLAGS=(--dataset="$DATASET" --label_data_dir="$LABEL_DATA_DIR" --eval_data_dir="$EVAL_DATA_DIR")
       UNLABELED=$UNLABEL_DATA_DIR; EVAL_ROBUSTNESS=0 ;;
   esac
 }
@@ -261,11 +481,31 @@ prepare_data() {  # DATA_FLAGS: what every main.py is told about the data; UNLAB
 # --deterministic: a killed and resumed model ends bit-identical to an uninterrupted one, at no
 # measurable cost (bench/determinism.md); --train_flags=--nodeterministic turns it off.
 train() {  # train MODEL_DIR SEED extra-flags...: train and evaluate one model (resumes by itself)
-  local model_dir=$1 seed=$2; shift 2
+  local model_dir=$1 seed=$2 net=() a; shift 2
+  for a in "${NET[@]}"; do  # a student grown by name: its --model_name only
+    [[ "$a" == --model_name=* && " $* " == *" --model_name="* ]] || net+=("$a")
+  done
   done_or_run "$model_dir/eval_results.json" "train+eval $model_dir" \
-    $PY main.py "${DATA_FLAGS[@]}" "${NET[@]}" --model_dir="$model_dir" \
+    $PY main.py "${DATA_FLAGS[@]}" "${net[@]}" --model_dir="$model_dir" \
     --seed="$seed" --log_every_steps=100 --deterministic --precision="$PRECISION" "$@" \
-    ${EXTRA[@]+"${EXTRA[@]}"}
+    ${STRATEGY[@]+"${STRATEGY[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}
+}
+teacher_from_checkpoint() {  # --teacher_checkpoint: the teacher's model dir, evaluated
+  if [ -z "${TEACHER_FINETUNE_EPOCHS:-}" ]; then  # as it is: no training (after --train_flags)
+    done_or_run "$WORKDIR/teacher/eval_results.json" "teacher: $TEACHER_CHECKPOINT as it is" \
+      $PY main.py "${DATA_FLAGS[@]}" "${NET[@]}" ${TEACHER_SIZE[@]+"${TEACHER_SIZE[@]}"} \
+      --model_dir="$WORKDIR/teacher" --seed="$SEED" --precision="$PRECISION" \
+      --init_checkpoint="$TEACHER_CHECKPOINT" ${STRATEGY[@]+"${STRATEGY[@]}"} \
+      ${EXTRA[@]+"${EXTRA[@]}"} --train_steps=0 --train_epochs=0
+    return
+  fi
+  # NOTE: another class count: fine-tuned on the labels (the paper fine-tunes no checkpoint):
+  # 1/10 of the preset's peak lr, no warm-up from 0, the plain staircase, the preset's noise.
+  local lr
+  lr=$(awk -v lr="${LR:-0.016}" 'BEGIN { print lr / 10 }')
+  train "$WORKDIR/teacher" "$SEED" "${SCHED[@]}" --train_epochs="$TEACHER_FINETUNE_EPOCHS" \
+    --base_learning_rate="$lr" --lr_warmup_epochs=0 --final_base_learning_rate=0 \
+    ${TEACHER_SIZE[@]+"${TEACHER_SIZE[@]}"} --init_checkpoint="$TEACHER_CHECKPOINT"
 }
 # --jobs=N: independent jobs run N at a time, each on all cores (two of the presets' nets at once:
 # 1.03-1.22x one's speed on a 2-core Zen 3, bench/parallel_jobs.md). Each model's numbers are the
@@ -273,7 +513,7 @@ train() {  # train MODEL_DIR SEED extra-flags...: train and evaluate one model (
 kill_jobs() { local p; for p in ${PIDS[@]+"${PIDS[@]}"}; do pkill -P "$p"; kill "$p"; done 2>/dev/null; }
 start() {  # start NAME CMD...: CMD as one of at most $JOBS jobs, its lines prefixed [NAME]
   local name=$1; shift
-  if (( JOBS == 1 )); then "$@"; return; fi
+  if (( JOBS == 1 )) || [ -n "$PLAN" ]; then "$@"; return; fi
   (( ${#PIDS[@]} < JOBS )) || { wait "${PIDS[0]}" || FAILED=1; PIDS=("${PIDS[@]:1}"); }
   [ -n "${FAILED:-}" ] || { ( "$@" ) > >(sed -u "s|^|[$name] |" >&2) 2>&1 & PIDS+=($!); }
 }
@@ -284,10 +524,11 @@ finish() {  # finish: wait for every started job; fail if one failed
   [ -z "${FAILED:-}" ] || fail "a job failed (its log is above, its lines prefixed with its name)"
 }
 label() {  # label TEACHER_DIR OUTPUT_DIR PRECISION: $JOBS label_data.py jobs, job j every JOBS-th shard
-  local j
+  local j cmd=($PY label_data.py --teacher_model_dir="$1" --input_pattern="$UNLABELED" --output_dir="$2"
+               --precision="$3" ${STRATEGY[@]+"${STRATEGY[@]}"} --num_shards="$JOBS")
+  if [ -n "$PLAN" ]; then plan_stage "iter $i: label" "$2" "$JOBS" "${cmd[@]}" --shard_id=@TASK@; return; fi
   for (( j = 0; j < JOBS; j++ )); do
-    start "label $((j + 1))/$JOBS" $PY label_data.py --teacher_model_dir="$1" \
-      --input_pattern="$UNLABELED" --output_dir="$2" --precision="$3" --num_shards="$JOBS" --shard_id=$j
+    start "label $((j + 1))/$JOBS" "${cmd[@]}" --shard_id=$j
   done
   finish
   touch "$2/.complete"
@@ -304,14 +545,18 @@ ablation() {  # --ablation, beside student 1 (they share its teacher and pseudo-
   # unlabeled images only. The noised teacher labels on the fly (the student's augmented view,
   # dropout and SD on); on_the_fly is its unnoised control (also unfiltered, unbalanced).
   local s1=$(( SEED * 10 + 1 )) f1="$WORKDIR/iter1/filtered"
-  local abl=("${STUDENT[@]}" --train_epochs="$(echo "$EPOCHS" | cut -d, -f1)" "${ABLATION_STEPS[@]}"
-             --unlabel_ratio="$(echo "$RATIOS" | cut -d, -f1)" --teacher_model_dir="$WORKDIR/teacher")
+  local abl=("${STUDENT[@]}" ${EP:+--train_epochs="$EP"} ${ABLATION_STEPS[@]+"${ABLATION_STEPS[@]}"}
+             ${TEACHER_SIZE[@]+"${TEACHER_SIZE[@]}"} --unlabel_ratio="$(field "$RATIOS" 1)"
+             --teacher_model_dir="$WORKDIR/teacher")
+  # The on-the-fly teachers read the unlabeled images themselves (Fashion-MNIST and folders: main.py's
+  # default, <data_dir>/unlabeled; records: --unlabel_data_dir).
+  local source=(); case "$DATASET" in imagenet|svhn) source=(--unlabel_source_dir="$UNLABELED") ;; esac
   one() { start "ablation/$1" train "$WORKDIR/ablation/$1" "$s1" "${abl[@]}" "${@:2}"; }
   one no_aug --unlabel_data_dir="$f1" --unlabeled_noise=no_aug
   one no_noise --unlabel_data_dir="$f1" --unlabeled_noise=none
   one hard_labels --unlabel_data_dir="$f1" --label_type=hard
-  one on_the_fly
-  one noised_teacher --noised_teacher
+  one on_the_fly ${source[@]+"${source[@]}"}
+  one noised_teacher --noised_teacher ${source[@]+"${source[@]}"}
 }
 
 robustness() {  # Sec. 3.3-3.4 on generated C/P sets, FGSM and PGD: the teacher vs the students
@@ -319,7 +564,8 @@ robustness() {  # Sec. 3.3-3.4 on generated C/P sets, FGSM and PGD: the teacher 
     $PY eval_robustness.py --model_dir="$WORKDIR/teacher,$WORKDIR/iter1/student,$WORKDIR/iter3/student" \
       --eval_data_dir="$DATA/test" --output_dir="$WORKDIR" --suite=clean,c,p,fgsm,pgd \
       --num_examples=$ROBUST_EXAMPLES --p_num_examples=$(( ROBUST_EXAMPLES / 5 )) \
-      --attack_num_examples=$(( ROBUST_EXAMPLES / 2 )) --precision="$PRECISION"
+      --attack_num_examples=$(( ROBUST_EXAMPLES / 2 )) --precision="$PRECISION" \
+      ${STRATEGY[@]+"${STRATEGY[@]}"}
 }
 
 main "$@"

@@ -5,6 +5,7 @@ labeling, byte-identical to one job, and the Table 6 ablation) and on ImageNet-s
 with a growing B0 -> B1 chain (slow)."""
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -102,7 +103,8 @@ def test_unknown_preset_is_one_line(tmp_path):
     proc = subprocess.run(["bash", "run_iterations.sh", "--preset=huge", "--skip_setup",
                            f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: --preset=huge is not one of smoke, quick, full"
+    assert proc.stderr.strip() == ("error: --preset=huge is not one of smoke, quick, full, paper, "
+                                   "svhn")
 
 
 EPOCHS_ERROR = "must be one number of epochs or three, one per iteration (e.g. 50 or 50,50,75)"
@@ -132,9 +134,13 @@ def test_a_finished_stage_of_another_command_is_refused(tmp_path):
     (data_dir / "prepared.json.command").write_text(then + "\n")
     proc = subprocess.run(["bash", "run_iterations.sh", "--preset=smoke", "--skip_setup",
                            f"--workdir={tmp_path}/run"], cwd=ROOT, capture_output=True, text=True)
-    assert (proc.returncode, proc.stderr.strip()) == (2, (
+    first, error = proc.stderr.strip().splitlines()
+    assert (proc.returncode, error) == (2, (
         f"error: prepare Fashion-MNIST: {data_dir} was made by another command; remove it or use "
         f"another --workdir (then: {then}; now: {then[:-1]}0)"))
+    # The run's first line states the schedule and what it was made for.
+    assert first.endswith("schedule: preset smoke's, made for checking the plumbing in minutes "
+                          "(300 steps per model), not accuracy")
     assert sorted(os.listdir(tmp_path / "run")) == ["data"]
 
 
@@ -149,7 +155,7 @@ def test_help_prints_the_whole_header():
 
 
 @pytest.mark.parametrize("flag,error", [
-    ("--dataset=mnist", "is not one of fashion_mnist, folder, imagenet"),
+    ("--dataset=mnist", "is not one of fashion_mnist, folder, imagenet, svhn"),
     ("--jobs=0", "must be a positive number of labeling jobs"),
     ("--precision=float16", "is not one of float32, bfloat16"),
     ("--num_images_per_class=many", "must be a positive number of images"),
@@ -181,6 +187,162 @@ def write_images(folder, count, size, seed, classes=None):
         os.makedirs(sub, exist_ok=True)
         pixels = np.clip(rng.normal(60 + 70 * c, 20, (size, size, 3)), 0, 255).astype(np.uint8)
         Image.fromarray(pixels).save(os.path.join(sub, f"{i:03d}.png"))
+
+
+def plan(tmp_path, *flags):
+    """`run_iterations.sh --plan`: [(stage name, tasks, waits for, {flag: value})], nothing run.
+    Flags are read as absl does (the last of a repeated flag wins)."""
+    proc = subprocess.run(["bash", "run_iterations.sh", "--plan", f"--workdir={tmp_path}/run",
+                           *flags], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert not os.path.exists(tmp_path / "run")   # nothing was run or written
+    lines, stages = proc.stdout.splitlines(), []
+    for head, command in zip(lines, lines[1:]):
+        if head.startswith("# stage "):
+            name, tasks, waits = head.split(": ", 1)[1].rsplit("; ", 2)
+            if command.startswith("for TASK in"):
+                command = command.split("; do ", 1)[1].rsplit("; done", 1)[0]
+            argv = shlex.split(command)
+            values = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
+            stages.append((name, tasks, waits.removeprefix("waits for: "), argv[1], values))
+    return proc.stdout, stages
+
+
+RECORDS = ("--label_data_dir=/data/train-*", "--eval_data_dir=/data/validation-*",
+           "--unlabel_data_dir=/data/unlabeled-*")
+
+# The paper's run, typed from the paper's text (Sec. 3.1 unless said), not from the driver:
+# "Iterative training": B7 teacher, then L2 students at unlabeled batch 14x, 14x, 28x.
+PAPER_MODELS = ["efficientnet-b7", "efficientnet-l2", "efficientnet-l2", "efficientnet-l2"]
+PAPER_RATIOS = [14, 14, 28]
+# "Training details": labeled batch 2048; lr 0.128 for batch 2048, x0.97 every 2.4 epochs for
+# 350 epochs (models larger than B4, incl. L2) or every 4.8 epochs for 700 (smaller models).
+PAPER_BATCH, PAPER_PEAK_LR, PAPER_DECAY = 2048, 0.128, 0.97
+PAPER_EPOCHS = {"efficientnet-b7": (350, 2.4), "efficientnet-l2": (350, 2.4),
+                "efficientnet-b5": (350, 2.4), "efficientnet-b4": (700, 4.8),
+                "efficientnet-b0": (700, 4.8)}
+# L2 trained at a smaller resolution (475: the released L2-475 checkpoint), then fine-tuned 1.5
+# epochs at a larger one (800x800: Sec. 3.4) on unaugmented labeled images.
+PAPER_L2_SIZE, PAPER_FINETUNE_SIZE, PAPER_FINETUNE_EPOCHS = 475, 800, 1.5
+# "Noise": survival 0.8 at the last layer, dropout 0.5, RandAugment N=2, M=27 (B7 and L2).
+PAPER_SURVIVAL, PAPER_DROPOUT, PAPER_N, PAPER_M = 0.8, 0.5, 2, 27
+# "Unlabeled dataset": confidence above 0.3, at most 130K images per class.
+PAPER_THRESHOLD, PAPER_K = 0.3, 130000
+# Not in the paper; google-research/noisystudent main.py: EMA 0.9999 (l.179), weight decay
+# 1e-5 (l.183), label smoothing 0.1 (l.187), warm-up 5 epochs (l.583).
+REFERENCE_EMA, REFERENCE_WD, REFERENCE_SMOOTHING, REFERENCE_WARMUP = 0.9999, 1e-5, 0.1, 5
+
+
+def test_paper_plan_is_the_papers_run(tmp_path):
+    out, stages = plan(tmp_path, "--preset=paper", "--jobs=64", *RECORDS)
+    assert "made for ImageNet + 300M unlabeled images on a TPU v3 pod" in out
+    names = [s[0] for s in stages]
+    train = [s for s in stages if s[3] == "main.py"]
+    assert [t[4]["model_name"] for t in train] == PAPER_MODELS
+    for i, (name, tasks, waits, script, f) in enumerate(train):
+        epochs, decay = PAPER_EPOCHS[f["model_name"]]
+        assert float(f["train_epochs"]) == epochs and float(f["lr_decay_epochs"]) == decay
+        assert int(f["train_batch_size"]) == PAPER_BATCH
+        assert float(f["base_learning_rate"]) * PAPER_BATCH / 256 == pytest.approx(PAPER_PEAK_LR)
+        assert float(f["lr_decay_factor"]) == PAPER_DECAY
+        assert float(f["final_base_learning_rate"]) == 0    # the plain staircase
+        assert 1 - float(f["stochastic_depth_rate"]) == pytest.approx(PAPER_SURVIVAL)
+        assert float(f["dropout_rate"]) == PAPER_DROPOUT
+        assert (int(f["randaug_layer"]), int(f["randaug_mag"])) == (PAPER_N, PAPER_M)
+        assert (float(f["moving_average_decay"]), float(f["weight_decay"]),
+                float(f["label_smoothing"]), float(f["lr_warmup_epochs"])) == (
+            REFERENCE_EMA, REFERENCE_WD, REFERENCE_SMOOTHING, REFERENCE_WARMUP)
+        if i == 0:   # the B7 teacher at its own resolution, trained on the labels only
+            assert "image_size" not in f and "unlabel_ratio" not in f
+            continue
+        assert float(f["unlabel_ratio"]) == PAPER_RATIOS[i - 1]
+        assert int(f["image_size"]) == PAPER_L2_SIZE
+        assert int(f["finetune_image_size"]) == PAPER_FINETUNE_SIZE
+        assert float(f["finetune_epochs"]) == PAPER_FINETUNE_EPOCHS
+        # Student i is taught by model i-1 (the fine-tuned L2 from iteration 2 on).
+        teacher = "teacher" if i == 1 else f"iter{i - 1}/student/finetune_800"
+        assert f["teacher_model_dir"] == f"{tmp_path}/run/{teacher}"
+    for _, _, _, script, f in stages:
+        if script == "filter_balance.py" and "min_threshold" in f:
+            assert float(f["min_threshold"]) == PAPER_THRESHOLD
+        if "num_images_per_class" in f:
+            assert int(f["num_images_per_class"]) == PAPER_K
+    # The order and the waits: teacher; 3 x (label on 64 tasks, 4 filter passes, student); report.
+    per_iteration = ["label", "filter, per-class confidence histograms",
+                     "filter, thresholds and picks per shard", "filter, write the kept records",
+                     "filter, check and publish"]
+    assert names == ([f"train+eval {tmp_path}/run/teacher"] + [
+        n for i in (1, 2, 3) for n in [f"iter {i}: {p}" for p in per_iteration]
+        + [f"train+eval {tmp_path}/run/iter{i}/student"]] + ["report"])
+    assert [s[1] for s in stages[1:6]] == ["64 tasks", "64 tasks", "1 job", "64 tasks", "1 job"]
+    waits = [s[2] for s in stages]
+    assert waits[:8] == ["nothing", "stage 1", "stage 2", "stage 2 3", "stage 2 4", "stage 4 5",
+                         "stage 1 6", "stage 7"] and waits[-1] == "all stages above"
+    # Smaller students train 700 epochs with the decay every 4.8 (Sec. 3.1), at their own size.
+    _, stages = plan(tmp_path, "--preset=paper", "--teacher_model=efficientnet-b0",
+                     "--student_models=efficientnet-b4,efficientnet-b5,efficientnet-b5", *RECORDS)
+    train = [s[4] for s in stages if s[3] == "main.py"]
+    assert [(t["model_name"], float(t["train_epochs"]), float(t["lr_decay_epochs"]))
+            for t in train[:4]] == [(m, *PAPER_EPOCHS[m]) for m in (
+                "efficientnet-b0", "efficientnet-b4", "efficientnet-b5", "efficientnet-b5")]
+    assert not any("image_size" in t or "finetune_image_size" in t for t in train)
+
+
+# The reference's SVHN example, typed from google-research/noisystudent's scripts:
+# local_scripts/svhn/svhn_offline.sh l.22 model, 27 batch, 30 unlabel_ratio, 31 soft (T=1),
+# 32-33 RandAugment M=5, 34 final_base_lr, 35 weight decay; filter_unlabel.sh l.36 threshold,
+# l.39 K; main.py l.76 train_steps, l.174 base lr, l.179 EMA, l.187 smoothing, l.259 N,
+# l.583 warm-up; task_info.py l.39 training images (73257 - 4000).
+SVHN = dict(model_name="efficientnet-b0", train_batch_size=128, unlabel_ratio=5, randaug_mag=5,
+            randaug_layer=2, final_base_learning_rate=0.0002, base_learning_rate=0.016,
+            weight_decay=1e-4, train_steps=109474, num_train_images=69257,
+            moving_average_decay=0.9999, label_smoothing=0.1, lr_warmup_epochs=5)
+SVHN_THRESHOLD, SVHN_K = 0.3, 53113
+
+
+def test_svhn_plan_is_the_references_example(tmp_path):
+    out, stages = plan(tmp_path, "--preset=svhn", *RECORDS)
+    assert "made for SVHN" in out
+    teacher, student = [s[4] for s in stages if s[3] == "main.py"]
+    assert student["dataset"] == "svhn" and student["teacher_model_dir"].endswith("/teacher")
+    for key, value in SVHN.items():
+        assert float(student[key]) == value if key != "model_name" else student[key] == value, key
+        if key != "unlabel_ratio":
+            assert teacher[key] == student[key], key
+    assert student.get("label_type", "soft") == "soft" and "lr_decay_epochs" not in student
+    merge = [s[4] for s in stages if "thresholds" in s[0]]
+    assert [(float(m["min_threshold"]), int(m["num_images_per_class"])) for m in merge] == [
+        (SVHN_THRESHOLD, SVHN_K)]                     # one iteration, B0 -> B0
+
+
+def test_plan_of_a_checkpoint_teacher_on_tpu_and_own_schedule(tmp_path):
+    """--teacher_checkpoint: the teacher's model dir without training; --strategy/--tpu reach
+    training, labeling and evaluation; the schedule's knobs are driver flags; --plan on own data
+    needs K."""
+    _, stages = plan(tmp_path, "--preset=quick", "--dataset=imagenet", *RECORDS,
+                     "--teacher_checkpoint=/ckpt/model.ckpt-10", "--strategy=tpu", "--tpu=pod",
+                     "--num_images_per_class=50", "--base_learning_rate=0.1",
+                     "--final_base_learning_rate=0", "--lr_decay_epochs=3", "--randaug_mag=9",
+                     "--teacher_epochs=7", "--train_batch_size=64", "--image_sizes=0,260,0,300",
+                     "--finetune_sizes=0,0,380", "--unlabel_ratios=2,3,4", "--student_epochs=11")
+    teacher = stages[0][4]
+    assert teacher["init_checkpoint"] == "/ckpt/model.ckpt-10"
+    assert (teacher["train_steps"], teacher["train_epochs"]) == ("0", "0")
+    for _, _, _, script, f in stages:
+        if script in ("main.py", "label_data.py"):
+            assert (f["strategy"], f["tpu"]) == ("tpu", "pod"), script
+    students = [s[4] for s in stages if s[3] == "main.py"][1:]
+    assert [(s["base_learning_rate"], s["final_base_learning_rate"], s["lr_decay_epochs"],
+             s["randaug_mag"], s["train_batch_size"], s["train_epochs"]) for s in students] == [
+        ("0.1", "0", "3", "9", "64", "11")] * 3
+    assert [s.get("image_size") for s in students] == ["260", None, "300"]
+    assert [s.get("finetune_image_size") for s in students] == [None, None, "380"]
+    assert [s["unlabel_ratio"] for s in students] == ["2", "3", "4"]
+    proc = subprocess.run(["bash", "run_iterations.sh", "--plan", "--dataset=imagenet", *RECORDS],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert (proc.returncode, proc.stderr.strip()) == (2, (
+        "error: --plan on --dataset=imagenet needs --num_images_per_class (the default, unlabeled "
+        "images / classes, is counted after labeling)"))
 
 
 # Tiny steps on any data: --preset=smoke with every model shrunk and shortened.
