@@ -21,9 +21,18 @@ file's Lambda layers and pickled objects are never read, stronger than Keras' sa
 weights are checked before any is assigned; names or shapes that do not fit raise one
 common.UserError listing the first mismatches.
 
+Input normalisation: the model normalises with its own mean/std (model.json's); the source's
+(official: ImageNet's; a Keras file: its Normalization layer's; a Keras file without one, e.g. ours:
+the model's own) is folded into the stem conv and the stem BN's moving mean, so that the model
+computes the source's features. Grey models (num_channels=1) get the RGB stem summed over its input
+channels, each channel's normalisation folded in: a grey image gives the RGB source's logits of the
+image repeated on 3 channels.
+
 Transfer: a classifier with another class count (or none, e.g. `include_top=False` files) leaves
-the model's head as initialised; grey models (num_channels=1) get the RGB stem kernel summed over
-its input channels. Both are logged and returned in the summary.
+the model's head as initialised. Folds and heads are logged and returned in the summary.
+
+Published weights as a teacher, with no training (Algorithm 1's step 1 done by the authors):
+    main.py --init_checkpoint=PATH --train_epochs=0 --model_dir=DIR   (calls export_model_dir)
 """
 
 import collections
@@ -122,8 +131,31 @@ def _keras_layers(data, path):
     return layers
 
 
+def _keras_normalisation(layers, path):
+    """(mean, std) on the 0-255 scale of a Keras file's Normalization layer, None without one.
+
+    keras.applications computes Rescaling(1/255), then (x - mean) / sqrt(variance); for
+    weights="imagenet" it also divides by sqrt(ImageNet's std), which its published files need:
+    their variance holds ImageNet's std, not its square (tensorflow/tensorflow#49930).
+    """
+    found = [arrays for name, arrays in layers.items() if KERAS_NORMALIZATION.fullmatch(name)]
+    if not found:
+        return None
+    if len(found) > 1 or len(found[0]) < 2:
+        raise common.UserError(f"{path} holds {len(found)} Normalization layers with "
+                               f"{len(found[0])} weights; expected one with a mean and a variance")
+    mean, variance = (np.asarray(a, np.float64).reshape(-1) for a in found[0][:2])
+    imagenet_std = np.asarray(efficientnet_builder.IMAGENET_STD) / 255
+    if variance.shape == imagenet_std.shape and np.allclose(variance, imagenet_std, rtol=1e-3):
+        std = imagenet_std   # keras.applications' published layout
+    else:
+        std = np.sqrt(np.maximum(variance, 0))
+    return tuple(255 * mean), tuple(255 * np.maximum(std, 1e-3 / 255))
+
+
 def _read_keras(path, model):
-    """(layers, unused) of a .h5 / .weights.h5 / .keras file; a .keras zip's config is not read."""
+    """(layers, unused, normalisation) of a .h5 / .weights.h5 / .keras file; a .keras zip's
+    config is not read."""
     with tf.io.gfile.GFile(path, "rb") as f:
         data = f.read()
     if path.endswith(".keras"):
@@ -136,7 +168,7 @@ def _read_keras(path, model):
     ours = {layer.name for layer in model.layers}
     unused = [f"{name}: not in the model" for name in layers
               if name not in ours and not KERAS_NORMALIZATION.fullmatch(name)]
-    return layers, unused
+    return layers, unused, _keras_normalisation(layers, path)
 
 
 def _read_official(prefix, model):
@@ -177,6 +209,56 @@ def _read_official(prefix, model):
 # ---------------------------------------------------------------------------------------------
 # Matching and loading.
 
+def _round(values):
+    return tuple(round(float(v), 2) for v in values)
+
+
+def _fold_normalisation(layers, source, model):
+    """Rewrites the stem of `layers` (conv kernel, BN moving mean) so that `model`, which
+    normalises with its own mean/std, computes what the source computed with `source` = (mean,
+    std); a 3-channel stem becomes a 1-channel one for a grey model. Returns the notes.
+
+    The stem sees (x - m_c) / s_c: its kernel on raw pixels is A = W / s_c. The model's kernel
+    W' = s' A (summed over c for a grey model) gives A (x - m'); the source's output exceeds it
+    by d = sum A (m' - m_c) over taps and channels, a constant per filter that the BN's moving
+    mean absorbs (mean - d). Exact but at the image's padded border (zeros in each model's own
+    normalised units).
+    """
+    # NOTE: not in the reference (one normalisation, RGB only): the source's normalisation is
+    # folded into the stem for another mean/std or a grey model.
+    normalize = model.get_layer("normalize")
+    channels = model.get_layer(STEM).weights[0].shape[2]
+    if STEM not in layers or "stem_bn" not in layers or layers[STEM][0].ndim != 4:
+        return []   # _match names what is missing
+    kernel = np.asarray(layers[STEM][0], np.float64)
+    source_channels = kernel.shape[2]
+    # The model's mean/std per source channel (a grey model's, repeated).
+    own_mean, own_std = (np.resize(np.asarray(v, np.float64), source_channels)
+                         for v in (normalize.mean, normalize.std))
+    mean, std = (own_mean, own_std) if source is None else (np.asarray(v, np.float64)
+                                                            for v in source)
+    if len(mean) != source_channels or not (channels == source_channels or channels == 1):
+        return []   # a shape mismatch _match reports
+    if channels == source_channels and np.allclose(mean, own_mean) and np.allclose(std, own_std):
+        return []
+    raw = kernel / std[:, None]                          # A: the kernel on raw pixels
+    folded = raw * own_std[:, None]
+    if channels == 1:
+        folded = folded.sum(axis=2, keepdims=True)
+    shift = np.einsum("hwco,c->o", raw, own_mean - mean)
+    bn_weights = [w.name for w in model.get_layer("stem_bn").weights]
+    bn = list(layers["stem_bn"])
+    i = bn_weights.index("moving_mean")
+    bn[i] = np.asarray(bn[i], np.float64) - shift
+    layers[STEM] = [folded.astype(np.float32)] + list(layers[STEM][1:])
+    layers["stem_bn"] = [np.asarray(v, np.float32) for v in bn]
+    summed = (f", summed over its {source_channels} input channels for the model's 1"
+              if channels != source_channels else "")
+    return [f"the checkpoint's normalisation (mean {_round(mean)}, std {_round(std)}) folded "
+            f"into the stem for the model's (mean {_round(normalize.mean)}, std "
+            f"{_round(normalize.std)}){summed}"]
+
+
 def _match(model, layers, problems):
     """[(layer name, weight index, value)] for `model` from `layers`, and the transfer notes;
     appends names or shapes that do not fit to `problems`."""
@@ -200,12 +282,6 @@ def _match(model, layers, problems):
                             f"{len(layer.weights)} in the model")
             continue
         for i, (weight, value) in enumerate(zip(layer.weights, arrays)):
-            # NOTE: not in the reference (RGB only): grey inputs see the RGB filters' sum.
-            if layer.name == STEM and value.ndim == 4 and value.shape[2] != 1 \
-                    and weight.shape[2] == 1:
-                value = value.sum(axis=2, keepdims=True)
-                notes.append(f"stem kernel summed over the checkpoint's {arrays[0].shape[2]} "
-                             f"input channels for the model's 1")
             if tuple(value.shape) != tuple(weight.shape):
                 problems.append(f"{weight.path}: {tuple(value.shape)} in the checkpoint, "
                                 f"{tuple(weight.shape)} in the model")
@@ -218,26 +294,20 @@ def load(model, path, ema_model=None):
     """Loads the checkpoint at `path` into `model` (and `ema_model`, with the same values).
 
     Returns the summary {'path', 'format' ('keras' | 'official'), 'weights' (assigned per model),
-    'ema_shadows' (official only), 'notes' (head re-initialised, stem summed)}.
+    'ema_shadows' (official only), 'notes' (normalisation folded, head re-initialised)}.
     common.UserError if the file is missing, unreadable or does not fit the model.
     """
-    # NOTE: parameters only. Inputs are normalised by our Normalize layer with the model's own
-    # mean/std (ImageNet's on the 0-255 scale by default). That is what both sources were trained
-    # with: keras.applications' Rescaling(1/255) + Normalization (+ its 1/sqrt(std) fix for
-    # weights="imagenet") gives (x - 255 mean) / (255 std), and the official code subtracts
-    # MEAN_RGB and divides by STDDEV_RGB outside the net. A file's Normalization weights are not
-    # read, so logits agree with the source only for a model built with the same mean/std.
-    is_dir = tf.io.gfile.isdir(path)
-    if not (is_dir or tf.io.gfile.exists(path) or tf.io.gfile.exists(path + ".index")):
-        raise common.UserError(f"checkpoint {path} does not exist")
+    path = checkpoint_path(path)
     ema = []
     if path.endswith((".h5", ".keras")):
-        fmt, (layers, problems) = "keras", _read_keras(path, model)
+        fmt, (layers, problems, source) = "keras", _read_keras(path, model)
     else:
-        fmt, prefix = "official", tf.train.latest_checkpoint(path) if is_dir else path
-        if prefix is None:
-            raise common.UserError(f"checkpoint directory {path} has no `checkpoint` file")
+        fmt, prefix = "official", (tf.train.latest_checkpoint(path)
+                                   if tf.io.gfile.isdir(path) else path)
         layers, problems, ema = _read_official(prefix, model)
+        # The official code subtracts MEAN_RGB and divides by STDDEV_RGB outside the net.
+        source = efficientnet_builder.IMAGENET_MEAN, efficientnet_builder.IMAGENET_STD
+    folds = _fold_normalisation(layers, source, model)
     values, notes = _match(model, layers, problems)
     if problems:
         raise common.UserError(f"{path} does not fit the model {model.name}: {len(problems)} "
@@ -249,10 +319,47 @@ def load(model, path, ema_model=None):
     logging.info("loaded %d weights from %s (%s)", len(values), path, fmt)
     for note in notes:
         logging.info("%s: %s", path, note)
-    normalize = model.get_layer("normalize")
-    if (normalize.mean, normalize.std) != (efficientnet_builder.IMAGENET_MEAN,
-                                           efficientnet_builder.IMAGENET_STD):
-        logging.info("the model normalises with mean %s, std %s, not ImageNet's: the features "
-                     "shift until fine-tuned", normalize.mean, normalize.std)
+    for note in folds:
+        logging.warning("%s: %s", path, note)
     return {"path": path, "format": fmt, "weights": len(values), "ema_shadows": len(ema),
-            "notes": notes}
+            "notes": folds + notes}
+
+
+def checkpoint_path(path):
+    """`path` as load() reads it: a Keras file, a TF checkpoint prefix (also named by its .index
+    or .data-* file) or a directory with a `checkpoint` file. common.UserError if none is there."""
+    if not path.endswith((".h5", ".keras")):
+        path = re.sub(r"\.(index|data-\d+-of-\d+)$", "", path)
+        if tf.io.gfile.isdir(path):
+            if tf.train.latest_checkpoint(path) is None:
+                raise common.UserError(f"checkpoint directory {path} has no `checkpoint` file")
+            return path
+        if tf.io.gfile.exists(path + ".index"):
+            return path
+    if not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
+        raise common.UserError(f"checkpoint {path} does not exist (expected a Keras .h5/.keras "
+                               f"file, a TF checkpoint prefix with its .index, or a directory "
+                               f"with a `checkpoint` file)")
+    return path
+
+
+def export_model_dir(path, model_dir, config):
+    """The checkpoint at `path` as it is, as a model dir: model.json (`config`, main.py's) and
+    ckpt-0 whose model and EMA model hold the checkpoint's weights (its EMA shadows where it has
+    them), what efficientnet_builder.load_model_dir, label_data.py and the on-the-fly teacher read.
+    Nothing is done when model_dir already holds a checkpoint. Returns load()'s summary (None
+    then). common.UserError if the checkpoint does not fit, or has another class count (its head
+    would be random: fine-tune it instead).
+    """
+    if tf.train.latest_checkpoint(model_dir):
+        logging.info("%s already holds a checkpoint: not exported again from %s", model_dir, path)
+        return None
+    model = efficientnet_builder.build_from_config(config)
+    summary = load(model, path)
+    heads = [n for n in summary["notes"] if n.startswith("head re-initialised")]
+    if heads:
+        raise common.UserError(f"{path} cannot label as it is: {heads[0]}; fine-tune it on the "
+                               f"labels instead (main.py --init_checkpoint with training)")
+    efficientnet_builder.save_model_dir(model_dir, config, model, step=0)
+    logging.info("exported %s as it is into %s (ckpt-0, EMA = model)", path, model_dir)
+    return summary

@@ -11,6 +11,7 @@ Keras file. Most use a scaled-down B0 (our own model's save_weights is a Keras 3
 import os
 
 import common  # first: it silences TensorFlow's start-up lines
+import h5py
 import keras
 import numpy as np
 import pytest
@@ -70,16 +71,33 @@ def write_official(directory, model, ema=True, scope="efficientnet-b0"):
 
 
 def randomise(model, seed=0):
-    """Random BN parameters and statistics and dense bias (convs are randomly initialised)."""
+    """Kernels redrawn from `seed` at their initial scale, random BN scales and offsets and dense
+    bias, then each BN's moving statistics from a real batch (one training-mode pass at
+    momentum 0, noise off), jittered: every BN sees inputs of about unit variance, so the logits
+    depend on the image and a weight loaded wrongly moves them by orders of magnitude past the
+    tolerances below (test_a_wrongly_loaded_weight_fails_the_comparison)."""
     rng = np.random.default_rng(seed)
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            shape = layer.weights[0].shape
-            layer.set_weights([rng.uniform(0.5, 1.5, shape), rng.normal(0, 0.1, shape),
-                               rng.normal(0, 0.1, shape), rng.uniform(0.5, 1.5, shape)])
-        elif isinstance(layer, keras.layers.Dense):
-            kernel, bias = layer.weights
-            layer.set_weights([kernel.numpy(), rng.normal(0, 0.1, bias.shape)])
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D,
+                              keras.layers.Dense)):
+            for w in layer.weights:
+                w.assign(rng.normal(0, np.std(w.numpy()), w.shape))
+    for layer in bns:
+        layer.gamma.assign(rng.uniform(0.5, 1.5, layer.gamma.shape))
+        layer.beta.assign(rng.normal(0, 0.1, layer.beta.shape))
+        layer.momentum = 0.0
+    kernel, bias = model.get_layer("predictions").weights
+    bias.assign(rng.normal(0, 0.1, bias.shape))
+    _, size, _, channels = model.input_shape
+    eb.set_noise(model, False)
+    model(images(16, size, channels, seed=seed + 100), training=True)
+    eb.set_noise(model, True)
+    for layer in bns:
+        layer.momentum = eb.BN_MOMENTUM
+        std = np.sqrt(layer.moving_variance.numpy())
+        layer.moving_mean.assign(layer.moving_mean + rng.normal(0, 0.1, std.shape) * std)
+        layer.moving_variance.assign(layer.moving_variance * rng.uniform(0.8, 1.25, std.shape))
     return model
 
 
@@ -131,13 +149,15 @@ def test_keras_weights_file_loads_into_model_and_ema_model(tiny_file):
 def test_official_checkpoint_prefers_ema_shadows(tiny_file, tmp_path, ema):
     source, _ = tiny_file
     prefix = write_official(str(tmp_path), source, ema=ema)
-    model = eb.build_model(**TINY)
-    # The directory (read through its `checkpoint` file) and the prefix name the same checkpoint.
-    summary = pretrained.load(model, str(tmp_path) if ema else prefix)
-    assert summary["format"] == "official"
-    assert summary["ema_shadows"] == (len(source.weights) if ema else 0)
     x = images(4, 32)
-    np.testing.assert_allclose(logits(model, x), logits(source, x), rtol=1e-5, atol=1e-5)
+    # The prefix (what tf.train.latest_checkpoint returns), its .index file and the directory
+    # (read through its `checkpoint` file) name the same checkpoint.
+    for path in [prefix, prefix + ".index", str(tmp_path)][:3 if ema else 1]:
+        model = eb.build_model(**TINY)
+        summary = pretrained.load(model, path)
+        assert summary["format"] == "official" and summary["path"] in (prefix, str(tmp_path))
+        assert summary["ema_shadows"] == (len(source.weights) if ema else 0)
+        np.testing.assert_allclose(logits(model, x), logits(source, x), rtol=1e-5, atol=1e-5)
 
 
 def test_mismatched_checkpoint_is_one_user_error_and_loads_nothing(tiny_file):
@@ -152,10 +172,83 @@ def test_mismatched_checkpoint_is_one_user_error_and_loads_nothing(tiny_file):
         np.testing.assert_array_equal(b, a)
 
 
+@pytest.mark.parametrize("mistake", ["depthwise kernel transposed",
+                                     "BN scale and offset swapped in one layer",
+                                     "stem kernel's channels reversed"])
+def test_a_wrongly_loaded_weight_fails_the_comparison(tiny_file, monkeypatch, mistake):
+    # The networks here are input-sensitive: a loader with one of these mistakes misses the
+    # source's logits by orders of magnitude more than the tests' tolerance (1e-5).
+    source, path = tiny_file
+    read = pretrained._read_keras
+
+    def broken(*args):
+        layers, unused, normalisation = read(*args)
+        for name, arrays in layers.items():
+            if mistake.startswith("depthwise") and name.endswith("_dwconv"):
+                layers[name] = [np.swapaxes(arrays[0], 0, 1)]
+            elif mistake.startswith("BN") and name == "block2a_bn":
+                layers[name] = [arrays[1], arrays[0]] + arrays[2:]
+            elif mistake.startswith("stem") and name == "stem_conv":
+                layers[name] = [arrays[0][:, :, ::-1]]
+        return layers, unused, normalisation
+
+    monkeypatch.setattr(pretrained, "_read_keras", broken)
+    model = eb.build_model(**TINY)
+    pretrained.load(model, path)
+    x = images(4, 32)
+    assert np.abs(logits(model, x) - logits(source, x)).max() > 1e3 * 1e-5
+
+
+def add_keras_normalization(path, mean, variance):
+    """Adds a keras.applications Normalization layer (Keras 3 layout) to the weights file."""
+    with h5py.File(path, "a") as f:
+        group = f.create_group("layers/normalization/vars")
+        group.attrs["name"] = "normalization"
+        for i, value in enumerate([mean, variance, 0]):
+            group[str(i)] = np.asarray(value, dtype=np.int64 if i == 2 else np.float32)
+
+
+def test_keras_file_with_other_normalisation_warns_and_gives_the_source_logits(tmp_path,
+                                                                               caplog):
+    # A keras.applications model whose Normalization was never adapted (mean 0, variance 1)
+    # computes x / 255: our model normalises with ImageNet's mean/std and folds the file's into
+    # its stem, with one warning line.
+    size = 128   # the fold is exact but at the padded border
+    source = randomise(eb.build_model(**{**TINY, "image_size": size}, mean=(0.0,) * 3,
+                                      std=(255.0,) * 3), seed=4)
+    path = str(tmp_path / "never_adapted.weights.h5")
+    source.save_weights(path)
+    add_keras_normalization(path, [0, 0, 0], [1, 1, 1])
+    model = eb.build_model(**{**TINY, "image_size": size})
+    caplog.set_level("WARNING", logger="absl")
+    summary = pretrained.load(model, path)
+    expected = ("the checkpoint's normalisation (mean (0.0, 0.0, 0.0), std (255.0, 255.0, 255.0)) "
+                "folded into the stem for the model's (mean (123.67, 116.28, 103.53), std "
+                "(58.4, 57.12, 57.38))")
+    assert summary["notes"] == [expected]
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"{path}: {expected}"]
+    x = images(4, size)
+    expected = logits(source, x)   # logit spread ~1.3
+    # Exact but at the padded border: there each model pads with its own mean, 124 vs 0 here.
+    np.testing.assert_allclose(logits(model, x), expected, atol=0.5)
+    # keras.applications' published layout (variance = ImageNet's std) is ImageNet's: no fold,
+    # and these weights are then off by orders of magnitude (~1,000 in the logits).
+    imagenet = str(tmp_path / "imagenet_layout.weights.h5")
+    source.save_weights(imagenet)
+    add_keras_normalization(imagenet, np.array(eb.IMAGENET_MEAN) / 255,
+                            np.array(eb.IMAGENET_STD) / 255)
+    unfolded = eb.build_model(**{**TINY, "image_size": size})
+    assert pretrained.load(unfolded, imagenet)["notes"] == []
+    assert np.abs(logits(unfolded, x) - expected).max() > 100
+
+
 def test_unreadable_paths_are_user_errors(tiny_file, tmp_path):
     source, _ = tiny_file   # every error comes before any weight is assigned
-    with pytest.raises(common.UserError, match="does not exist"):
-        pretrained.load(source, str(tmp_path / "missing.weights.h5"))
+    for missing in ["missing.weights.h5", "model.ckpt-3", "model.ckpt-3.index"]:
+        with pytest.raises(common.UserError, match=r"model.ckpt-3 does not exist \(expected"
+                           if "ckpt" in missing else "missing.weights.h5 does not exist"):
+            pretrained.load(source, str(tmp_path / missing))
     (tmp_path / "junk.h5").write_bytes(b"not hdf5")
     with pytest.raises(common.UserError, match="not a Keras HDF5 weights file"):
         pretrained.load(source, str(tmp_path / "junk.h5"))
@@ -197,16 +290,40 @@ def test_other_class_count_reinitialises_the_head(tiny_file):
                                   source.get_layer("top_conv").weights[0].numpy())
 
 
+def test_grey_model_from_rgb_weights_gives_the_rgb_logits_of_the_grey_image(tmp_path):
+    # An official (ImageNet-normalised) RGB checkpoint into a grey model normalised with the
+    # channel average: each channel's normalisation is folded into the summed stem kernel and the
+    # stem BN's moving mean, so a grey image gives the RGB model's logits of it on 3 channels.
+    size = 128   # the fold is exact but at the padded border
+    rgb = randomise(eb.build_model(**{**TINY, "image_size": size}), seed=2)
+    prefix = write_official(str(tmp_path), rgb)
+    grey = eb.build_model(**{**TINY, "image_size": size}, num_channels=1)
+    summary = pretrained.load(grey, prefix)
+    assert summary["notes"][0].endswith("summed over its 3 input channels for the model's 1")
+    x = images(8, size, channels=1)
+    expected = logits(rgb, np.repeat(x, 3, axis=-1))
+    np.testing.assert_allclose(logits(grey, x), expected, atol=0.1)
+    # The kernel summed with the average normalisation (no fold) is off by far more.
+    unfolded = eb.build_model(**{**TINY, "image_size": size}, num_channels=1)
+    unfolded.set_weights(grey.get_weights())
+    unfolded.get_layer("stem_conv").kernel.assign(rgb.get_layer("stem_conv").kernel.numpy()
+                                                  .sum(axis=2, keepdims=True))
+    unfolded.get_layer("stem_bn").set_weights(rgb.get_layer("stem_bn").get_weights())
+    assert np.abs(logits(unfolded, x) - expected).max() > 0.3
+
+
 @pytest.mark.slow
-def test_grey_model_sums_the_rgb_stem_kernel(tmp_path):
-    # Equal per-channel normalisation: a grey image then gives the RGB model's logits of the same
-    # image repeated on 3 channels, exactly when the stem kernel is summed over its channels.
+def test_grey_model_sums_our_own_rgb_stem_kernel(tmp_path):
+    # A Keras file without a Normalization layer (ours) is taken to share the model's mean/std:
+    # with equal per-channel normalisation the sum alone gives the RGB logits, exactly.
     rgb = randomise(eb.build_model(**TINY, mean=(100.0,) * 3, std=(60.0,) * 3), seed=2)
     path = str(tmp_path / "rgb.weights.h5")
     rgb.save_weights(path)
     grey = eb.build_model(**TINY, num_channels=1, mean=(100.0,), std=(60.0,))
     summary = pretrained.load(grey, path)
-    assert summary["notes"] == ["stem kernel summed over the checkpoint's 3 input channels for "
+    assert summary["notes"] == ["the checkpoint's normalisation (mean (100.0, 100.0, 100.0), std "
+                                "(60.0, 60.0, 60.0)) folded into the stem for the model's (mean "
+                                "(100.0,), std (60.0,)), summed over its 3 input channels for "
                                 "the model's 1"]
     x = images(4, 32, channels=1)
     np.testing.assert_allclose(logits(grey, x), logits(rgb, np.repeat(x, 3, axis=-1)),
@@ -219,12 +336,13 @@ def test_grey_model_sums_the_rgb_stem_kernel(tmp_path):
 @pytest.fixture(scope="module")
 def keras_b0(tmp_path_factory):
     """(keras.applications B0 with random weights and ImageNet normalisation, {format: path})."""
-    model = randomise(keras.applications.EfficientNetB0(
-        weights=None, classes=7, input_shape=(64, 64, 3), classifier_activation=None), seed=3)
+    model = keras.applications.EfficientNetB0(
+        weights=None, classes=7, input_shape=(64, 64, 3), classifier_activation=None)
     norm = model.get_layer("normalization")
     norm.set_weights([np.array(eb.IMAGENET_MEAN) / 255, (np.array(eb.IMAGENET_STD) / 255) ** 2,
                       norm.weights[2].numpy()])
     norm.finalize_state()   # Normalization reads its weights when finalised
+    randomise(model, seed=3)
     tmp = tmp_path_factory.mktemp("keras_b0")
     paths = {"weights.h5": str(tmp / "b0.weights.h5"), "keras": str(tmp / "b0.keras"),
              "legacy h5": str(tmp / "b0.h5")}
@@ -293,3 +411,25 @@ def test_keras_file_code_never_runs(keras_b0, tmp_path, monkeypatch):
     assert not marker.exists()
     x = images(2, 64)
     np.testing.assert_allclose(logits(model, x), logits(source, x), rtol=1e-4, atol=1e-4)
+
+
+def test_a_checkpoint_as_it_is_becomes_a_teacher_model_dir(tiny_file, tmp_path):
+    # Published weights as the teacher (Algorithm 1's step 1 done by their authors): a model dir
+    # whose model and EMA model are the official checkpoint's EMA shadows, read like any teacher.
+    source, _ = tiny_file
+    (tmp_path / "official").mkdir()
+    prefix = write_official(str(tmp_path / "official"), source)
+    model_dir = str(tmp_path / "teacher")
+    summary = pretrained.export_model_dir(prefix, model_dir, dict(TINY))
+    assert summary["ema_shadows"] == len(source.weights)
+    x = images(4, 32)
+    for use_ema in (True, False):
+        model, config = eb.load_model_dir(model_dir, use_ema=use_ema)
+        assert config == TINY
+        np.testing.assert_allclose(logits(model, x), logits(source, x), rtol=1e-5, atol=1e-5)
+    assert pretrained.export_model_dir(prefix, model_dir, dict(TINY)) is None   # not redone
+    # Another class count would label with a random head.
+    with pytest.raises(common.UserError, match=r"cannot label as it is: head re-initialised: the "
+                       r"checkpoint has 10 classes, the model 4; fine-tune it"):
+        pretrained.export_model_dir(prefix, str(tmp_path / "other"), dict(TINY, num_classes=4))
+    assert not (tmp_path / "other").exists()
