@@ -37,7 +37,602 @@ import pretrained
 
 
 # ---------------------------------------------------------------------------------------------
-# Configs: every field is also the command-line flag of the same name (defined at the bottom).
+# Algorithm 1, step 1 (teacher) or step 4 (noised student), then evaluation.
+# ---------------------------------------------------------------------------------------------
+def train_and_evaluate(config, model_dir):
+    """Trains the model of `config` in `model_dir` (resuming from its checkpoints), fine-tunes it if
+    asked, and evaluates it, as config.mode says. Returns {model dir: eval results}."""
+    common.set_precision(config.precision)  # before any model is built
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()  # process-wide, also for later runs
+    label_pattern = config.label_data_dir or os.path.join(config.data_dir, "labeled")
+    eval_pattern = config.eval_data_dir or os.path.join(config.data_dir, "test")
+    info = dataset_info(config, label_pattern)
+    spec = model_spec(config, info)
+    strategy = common.make_strategy(config.strategy, config.tpu)
+    chief = common.is_chief(strategy)
+    check_model_dir(model_dir, spec)
+    if config.dataset == "fashion_mnist" and not (config.label_data_dir and config.eval_data_dir):
+        data.prepare_fashion_mnist(config.data_dir, seed=config.data_seed,
+                                   num_labeled_per_class=config.num_labeled_per_class)
+    student = config.student
+    if config.mode in ("train", "train_and_eval"):
+        record = flags_record(config, model_dir)
+        check_resume_flags(model_dir, record)
+        label_files = common.list_files(label_pattern, "labeled training data (--label_data_dir)")
+        num_train = config.num_train_images or common.count_records(label_files)
+        steps_per_epoch = num_train / config.train_batch_size
+        train_steps = config.train_steps or int(math.ceil(config.train_epochs * steps_per_epoch))
+        if not train_steps:
+            raise common.UserError(f"no labeled training records in {label_pattern}")
+        if chief:  # written once the run's flags and data are known to be good
+            tf.io.gfile.makedirs(model_dir)
+            common.write_json(os.path.join(model_dir, "flags.json"), record)
+            common.write_json(os.path.join(model_dir, efficientnet_builder.MODEL_CONFIG_FILE), spec)
+        schedule = lr_schedule(config, steps_per_epoch, train_steps)
+        peak_lr = schedule["peak_lr"]
+        trainer = Trainer(config, spec, schedule, strategy)
+        logging.info("lr ends at 1/%.1f of the peak.",
+                     peak_lr / float(learning_rate(train_steps, **schedule)))
+        initialize(trainer, config.init_checkpoint, model_dir)
+        batch_u = int(math.ceil(config.train_batch_size * student.unlabel_ratio)) if student else 0
+        teacher_info = check_teacher(trainer.model, student, info.num_classes) if student else None
+        dataset = build_train_dataset(config, info, label_files, batch_u,
+                                      teacher_info.image_size if teacher_info else None,
+                                      start_batch=input_start(model_dir))
+        logging.info("%s: %s (%d params), %d labeled images, batch %d%s, %d steps, peak lr %.4f.",
+                     "Student" if student else "Teacher", config.model_name,
+                     num_params(trainer.model), num_train, config.train_batch_size,
+                     f" + {batch_u} unlabeled" if student else "", train_steps, peak_lr)
+        with data.translate_data_errors(label_files + unlabeled_files(config)):
+            train(trainer, dataset, config, train_steps=train_steps, model_dir=model_dir,
+                  chief=chief, images_per_step=(config.train_batch_size, batch_u))
+        if config.export_saved_model and chief:
+            with common.atomic_output(os.path.join(model_dir, "saved_model")) as tmp:
+                trainer.ema_model.export(tmp)  # the EMA weights, as every later stage uses
+        if config.finetune_image_size:
+            finetune(config, model_dir, strategy, spec, info, label_files, num_train, chief,
+                     schedule, train_steps)
+
+    if config.mode == "train":
+        return {}
+    model_dirs = [model_dir] + ([finetune_path(model_dir, config.finetune_image_size)]
+                                if config.finetune_image_size else [])
+    return {d: evaluate_model_dir(strategy, d, eval_pattern, config.eval_batch_size, chief)
+            for d in model_dirs}
+
+
+# ---------------------------------------------------------------------------------------------
+# Training: one step of Algorithm 1 (teacher: labeled loss; student: labeled + unlabeled).
+# ---------------------------------------------------------------------------------------------
+class Trainer:
+    """One run of `config` (a TrainConfig; its `student` makes it step 4): the model of `spec`
+    (model.json), its EMA twin, the optimizer on learning_rate(**schedule) and, for the on-the-fly
+    student, the teacher. Fine-tuning: init_weights, and finetune_offset the steps trained before
+    (the schedule's tail; the stem and the first config.finetune_frozen_stages stages frozen)."""
+
+    def __init__(self, config, spec, schedule, strategy=None, *, init_weights=None,
+                 finetune_offset=None):
+        strategy = strategy or tf.distribute.get_strategy()
+        self.strategy, self.config, self.spec, self.schedule = strategy, config, spec, schedule
+        self.student = student = config.student
+        self.lr_step_offset = finetune_offset or 0
+        frozen = () if finetune_offset is None else ("stem",) + tuple(
+            f"block{i}" for i in range(1, config.finetune_frozen_stages + 1))
+        keras.utils.set_random_seed(config.seed)
+        with strategy.scope():
+            self.model = efficientnet_builder.build_from_config(spec)
+            self.ema_model = efficientnet_builder.build_from_config(spec)
+            if init_weights is not None:
+                self.model.set_weights(init_weights)
+            self.ema_model.set_weights(self.model.get_weights())
+            for layer in self.model.layers:  # frozen layers (fine-tuning): BN in inference mode too
+                if frozen and layer.name.startswith(frozen):
+                    layer.trainable = False
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+            self.optimizer = build_optimizer(config.optimizer, schedule["peak_lr"])
+            # Keras 3 under tf.distribute: build the optimizer in scope before the first step.
+            self.optimizer.build(self.model.trainable_variables)
+            self.teacher = None
+            if student and student.teacher_model_dir and not student.unlabel_data_dir:
+                self.teacher, _ = efficientnet_builder.load_model_dir(student.teacher_model_dir)
+                if student.noised_teacher:
+                    # Dropout and stochastic depth on, BN on its moving statistics.
+                    # NOTE: the noised-teacher ablation (Table 6) is offered for the on-the-fly
+                    # teacher only: it labels the student's augmented view with model noise on.
+                    for layer in self.teacher._flatten_layers():
+                        if isinstance(layer, keras.layers.BatchNormalization):
+                            layer.trainable = False
+        self.model_weights = float_weights(self.model)
+        self.ema_weights = float_weights(self.ema_model)
+        self.checkpoint = tf.train.Checkpoint(
+            model=self.model, ema_model=self.ema_model, optimizer=self.optimizer, step=self.step,
+            noise=efficientnet_builder.noise_states(self.model))
+
+    def _forward_student(self, x_l, x_u):
+        """Logits of the labeled and unlabeled parts: one pass over the concatenation, so BN sees
+        the whole batch once; for the 'none' ablation dropout and stochastic depth noise only the
+        labeled rows."""
+        n_l = tf.shape(x_l)[0]
+        if self.student.unlabeled_noise == "none":
+            efficientnet_builder.set_noise(self.model, True, noised_rows=n_l)
+        logits = self.model(tf.concat([x_l, x_u], 0), training=True)
+        efficientnet_builder.set_noise(self.model, True)
+        return logits[:n_l], logits[n_l:]
+
+    def _step_fn(self, batch, global_batch_l, global_batch_u):
+        num_classes = self.spec["num_classes"]
+        replicas = self.strategy.num_replicas_in_sync
+        x_l, y_l = batch[0], batch[1]
+        # Here and not in the input map, which an assert would serialize under --deterministic
+        # (tf.function runs it: automatic control dependencies).
+        tf.debugging.assert_less(tf.cast(y_l, tf.uint32), tf.cast(num_classes, tf.uint32),
+                                 message=f"label outside [0, num_classes={num_classes})")
+        label_smoothing = self.config.label_smoothing
+        targets_l = smooth(tf.one_hot(y_l, num_classes), label_smoothing)
+        with tf.GradientTape() as tape:
+            if self.student:
+                x_u, u = batch[2], batch[3]
+                if self.teacher is not None:  # on the fly: u are the teacher's eval-preprocessed images
+                    noised = self.student.noised_teacher
+                    probs = tf.nn.softmax(self.teacher(x_u if noised else u, training=noised), -1)
+                    u = tf.stop_gradient(probs)
+                targets_u = pseudo_label_targets(u, self.student.label_type,
+                                                 self.student.teacher_softmax_temp,
+                                                 label_smoothing)
+                logits_l, logits_u = self._forward_student(x_l, x_u)
+                loss_u = tf.reduce_sum(cross_entropy(targets_u, logits_u)) / global_batch_u
+            else:
+                logits_l = self.model(x_l, training=True)
+                loss_u = tf.constant(0.0)
+            loss_l = tf.reduce_sum(cross_entropy(targets_l, logits_l)) / global_batch_l
+            ratio = self.student.unlabel_ratio if self.student else 0.0
+            loss = (loss_l + ratio * loss_u
+                    + weight_decay_loss(self.model, self.config.weight_decay) / replicas)
+        grads = tape.gradient(loss, self.model.trainable_variables)
+        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits_l, -1, output_type=tf.int32),
+                                                 tf.cast(y_l, tf.int32)), tf.float32))
+        return {"loss": loss, "loss_labeled": loss_l, "loss_unlabeled": loss_u,
+                "accuracy": correct / global_batch_l}
+
+    def make_train_step(self, global_batch_l, global_batch_u):
+        @tf.function
+        def train_step(iterator):
+            lr = learning_rate(self.step + self.lr_step_offset, **self.schedule)
+            self.optimizer.learning_rate.assign(lr)
+            out = self.strategy.run(self._step_fn, args=(next(iterator), global_batch_l,
+                                                          global_batch_u))
+            out = {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                   for k, v in out.items()}
+            self.step.assign_add(1)
+            rate = self.config.moving_average_decay
+            decay = ema_decay(self.step, rate) if rate > 0 else 0.0
+            ema_update(self.ema_weights, self.model_weights, decay)
+            out["learning_rate"] = lr
+            return out
+        return train_step
+
+
+def save_checkpoint(manager, step):
+    """manager.save; if it fails (a full disk), TF's half-written ckpt-N_temp directory is removed
+    before the error goes on, so a failed run leaves no temporaries in the model dir."""
+    try:
+        manager.save(checkpoint_number=step)
+    except (tf.errors.OpError, OSError):
+        for tmp in tf.io.gfile.glob(os.path.join(manager.directory, f"ckpt-{step}_temp*")):
+            common.remove(tmp)
+        raise
+
+
+def train(trainer, dataset, config, *, train_steps, model_dir, chief, images_per_step):
+    """The training loop: resumes from the latest checkpoint in model_dir, stops at train_steps."""
+    ckpt_dir = model_dir if chief else os.path.join(model_dir, f".worker-{os.getpid()}")
+    manager = tf.train.CheckpointManager(trainer.checkpoint, ckpt_dir,
+                                         max_to_keep=config.keep_checkpoint_max,
+                                         checkpoint_name="ckpt", step_counter=trainer.step)
+    iterator = iter(trainer.strategy.experimental_distribute_dataset(dataset))
+    if config.deterministic:
+        # The input position (shuffle buffers, the batch counter of the noise streams) is saved
+        # and restored with the weights: a resumed run reads on where its checkpoint stopped.
+        # NOTE: by default it is not (as TPUEstimator, which restarted its input_fn): a resumed
+        # run continues the schedule and the noise streams (the datasets' start_batch) from the
+        # restored step on a fresh shuffle of the data.
+        trainer.checkpoint.input = iterator
+    if manager.latest_checkpoint:
+        trainer.checkpoint.restore(manager.latest_checkpoint)
+        logging.info("Resumed from %s (step %d).", manager.latest_checkpoint, trainer.step.numpy())
+    start = int(trainer.step.numpy())  # .numpy(): also a MirroredVariable under tf.distribute
+    if start >= train_steps:
+        logging.info("Already trained to step %d of %d: nothing to do.", start, train_steps)
+        return
+    writer = tf.summary.create_file_writer(os.path.join(model_dir, "train") if chief
+                                           else os.path.join(ckpt_dir, "train"))
+    train_step = trainer.make_train_step(*images_per_step)
+    t0, t_last, step_last = time.time(), time.time(), start
+    logging.info("Training from step %d to %d.", start, train_steps)
+    for step in range(start + 1, train_steps + 1):
+        try:
+            out = train_step(iterator)
+        except (tf.errors.InvalidArgumentError, tf.errors.DataLossError):
+            logging.error("training input failed at step %d", step)  # the caller names the record
+            raise
+        loss = float(out["loss"])
+        if not math.isfinite(loss):
+            raise common.UserError(f"loss became {loss} at step {step}; checkpoints untouched "
+                                   f"(latest: {manager.latest_checkpoint}). Lower "
+                                   f"--base_learning_rate or check the input data.")
+        if step % config.log_every_steps == 0 or step == train_steps:
+            now = time.time()
+            ips = (step - step_last) * sum(images_per_step) / max(now - t_last, 1e-9)
+            eta = (train_steps - step) * (now - t0) / max(step - start, 1)
+            logging.info("step %d/%d  loss %.4f (lab %.4f unl %.4f)  acc %.3f  lr %.5f  "
+                         "%.0f img/s  ETA %s", step, train_steps, loss, float(out["loss_labeled"]),
+                         float(out["loss_unlabeled"]), float(out["accuracy"]),
+                         float(out["learning_rate"]), ips, common.format_eta(eta))
+            with writer.as_default(step=step):
+                for k, v in out.items():
+                    tf.summary.scalar(k, v)
+                tf.summary.scalar("images_per_second", ips)
+            t_last, step_last = now, step
+        if step % config.save_checkpoints_steps == 0 or step == train_steps:
+            save_checkpoint(manager, step)
+    writer.flush()
+    if not chief:
+        tf.io.gfile.rmtree(ckpt_dir)
+
+
+def finetune(config, model_dir, strategy, spec, info, label_files, num_train, chief,
+             schedule, train_steps):
+    """Paper Sec. 3.1: fine-tune the trained (EMA) model at a larger resolution for a short time on
+    unaugmented labeled images with the shallow layers fixed. Writes its own model dir.
+
+    As the reference (fix_layer_num, remove_aug, train_last_step_num): the fixed layers run in
+    inference mode (BN on its moving statistics, no stochastic depth), the images get the eval
+    preprocessing, and the learning rate is the tail of the training schedule: fine-tuning step s
+    takes the rate of step s + train_steps - finetune_steps.
+    """
+    size = config.finetune_image_size
+    ft_dir = finetune_path(model_dir, size)
+    ft_spec = dict(spec, image_size=size)
+    check_model_dir(ft_dir, ft_spec)
+    if chief:
+        tf.io.gfile.makedirs(ft_dir)
+        common.write_json(os.path.join(ft_dir, efficientnet_builder.MODEL_CONFIG_FILE), ft_spec)
+    init = None
+    if not tf.train.latest_checkpoint(ft_dir):
+        ema, _ = efficientnet_builder.load_model_dir(model_dir)
+        init = ema.get_weights()
+    steps = int(math.ceil(config.finetune_epochs * num_train / config.train_batch_size))
+    trainer = Trainer(dataclasses.replace(config, student=None), ft_spec, schedule, strategy,
+                      init_weights=init, finetune_offset=max(train_steps - steps, 0))
+    dataset = data.labeled_dataset(label_files, info, size, config.train_batch_size,
+                                   is_training=True, augment_name="none", seed=config.seed,
+                                   stream="finetune", start_batch=input_start(ft_dir))
+    logging.info("Fine-tuning at %d px for %d steps (%d frozen layers, lr %.2g -> %.2g) into %s.",
+                 size, steps, sum(not l.trainable for l in trainer.model.layers),
+                 float(learning_rate(trainer.lr_step_offset, **schedule)),
+                 float(learning_rate(trainer.lr_step_offset + steps, **schedule)), ft_dir)
+    with data.translate_data_errors(label_files):
+        train(trainer, dataset, config, train_steps=steps, model_dir=ft_dir, chief=chief,
+              images_per_step=(config.train_batch_size, 0))
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation.
+# ---------------------------------------------------------------------------------------------
+def evaluate(strategy, model, dataset, num_classes):
+    """Top-1, top-5 and mean cross-entropy of `model` in inference mode over one pass of `dataset`."""
+    @tf.function
+    def eval_step(images, labels):
+        logits = tf.cast(model(images, training=False), tf.float32)
+        labels = tf.cast(labels, tf.int32)
+        top1 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float32))
+        top5 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, min(5, num_classes)),
+                                     tf.float32))
+        loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+        return tf.stack([top1, top5, loss, tf.cast(tf.shape(labels)[0], tf.float32)])
+
+    totals = np.zeros(4)
+    for images, labels in dataset:
+        totals += strategy.reduce(tf.distribute.ReduceOp.SUM,
+                                  strategy.run(eval_step, args=(images, labels)), axis=None).numpy()
+    n = max(totals[3], 1)
+    return {"top_1": totals[0] / n, "top_5": totals[1] / n, "loss": totals[2] / n,
+            "num_examples": int(totals[3])}
+
+
+def evaluate_model_dir(strategy, model_dir, eval_pattern, batch_size, chief):
+    """Evaluates the EMA model of model_dir; writes eval_results.json there."""
+    with strategy.scope():
+        model, spec = efficientnet_builder.load_model_dir(model_dir)
+    info = data.model_dataset_info(
+        spec, where=os.path.join(model_dir, efficientnet_builder.MODEL_CONFIG_FILE))
+    step = int(tf.train.latest_checkpoint(model_dir).rsplit("-", 1)[1])  # load_model_dir found one
+    files = common.list_files(eval_pattern, "evaluation data (--eval_data_dir)")
+    eval_ds = data.labeled_dataset(files, info, info.image_size, batch_size, is_training=False)
+    with data.translate_data_errors(files):  # names the file and record of a bad image
+        results = evaluate(strategy, model, strategy.experimental_distribute_dataset(eval_ds),
+                           info.num_classes)
+    results["global_step"] = step
+    if not math.isfinite(results["loss"]):
+        raise common.UserError(f"the model in {model_dir} evaluates to loss {results['loss']}: "
+                               f"its weights diverged (lower --base_learning_rate); "
+                               f"eval_results.json not written")
+    if chief:
+        common.write_json(os.path.join(model_dir, "eval_results.json"), results)
+    logging.info("Eval of %s at step %d on %d images: top-1 %.4f  top-5 %.4f  loss %.4f",
+                 model_dir, step, results["num_examples"], results["top_1"], results["top_5"],
+                 results["loss"])
+    print(json.dumps(results))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Small pure pieces: learning rate, EMA decay, losses, optimizer.
+# ---------------------------------------------------------------------------------------------
+def learning_rate(step, peak_lr, warmup_steps, decay_steps, decay_factor):
+    """Reference schedule: linear warm-up, then staircase exponential decay on the global step
+    (decay_steps a float, as the reference's steps_per_epoch * decay_epochs)."""
+    step = tf.cast(step, tf.float32)
+    decayed = peak_lr * tf.pow(decay_factor, tf.floor(step / max(float(decay_steps), 1e-9)))
+    warmup = peak_lr * step / float(max(warmup_steps, 1))
+    return tf.where(step < warmup_steps, warmup, decayed)
+
+
+def lr_schedule(config, steps_per_epoch, train_steps):
+    """learning_rate()'s arguments for a run of train_steps: the reference's utils.build_learning_rate
+    and, with --final_base_learning_rate, its main.py: the decay period that reaches the final
+    rate after the warm-up, total_epochs = train_epochs - warm-up epochs, decay_epochs =
+    total_epochs / (log(final / base) / log(decay_factor)), decay_steps = steps_per_epoch *
+    decay_epochs (a float; the staircase floors step / decay_steps)."""
+    decay_epochs = config.lr_decay_epochs
+    if config.final_base_learning_rate:
+        decay_times = math.log(config.final_base_learning_rate / config.base_learning_rate) / (
+            math.log(config.lr_decay_factor))
+        total_epochs = train_steps / steps_per_epoch - config.lr_warmup_epochs
+        decay_epochs = total_epochs / max(decay_times, 1e-9)
+    return dict(peak_lr=config.base_learning_rate * config.train_batch_size / 256,
+                warmup_steps=int(config.lr_warmup_epochs * steps_per_epoch),
+                decay_steps=max(steps_per_epoch * decay_epochs, 1e-9),
+                decay_factor=config.lr_decay_factor)
+
+
+def ema_decay(step, decay):
+    """Reference EMA decay with num_updates: min(decay, (1 + t) / (10 + t))."""
+    step = tf.cast(step, tf.float32)
+    return tf.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def smooth(one_hot, label_smoothing):
+    num_classes = tf.cast(tf.shape(one_hot)[-1], one_hot.dtype)
+    return one_hot * (1.0 - label_smoothing) + label_smoothing / num_classes
+
+
+def pseudo_label_targets(probabilities, label_type, temperature, label_smoothing):
+    """Teacher probabilities -> student targets: tempered soft labels or smoothed one-hot argmax."""
+    if label_type == "hard":
+        num_classes = tf.shape(probabilities)[-1]
+        return smooth(tf.one_hot(tf.argmax(probabilities, -1), num_classes), label_smoothing)
+    if temperature != 1.0:
+        logp = tf.math.log(tf.maximum(probabilities, 1e-30)) / temperature
+        return tf.nn.softmax(logp, axis=-1)
+    return probabilities
+
+
+def cross_entropy(targets, logits):
+    """Per-example -sum(targets * log_softmax(logits))."""
+    return -tf.reduce_sum(targets * tf.nn.log_softmax(tf.cast(logits, tf.float32), -1), -1)
+
+
+def weight_decay_loss(model, weight_decay):
+    """weight_decay * sum(||w||^2 / 2) over trainable weights that are not BatchNorm's."""
+    bn = {id(w) for layer in model._flatten_layers()
+          if isinstance(layer, keras.layers.BatchNormalization) for w in layer.weights}
+    return weight_decay * tf.add_n([tf.nn.l2_loss(w) for w in model.trainable_weights
+                                    if id(w) not in bn])
+
+
+class TF1RMSprop(keras.optimizers.RMSprop):
+    """RMSProp as in TF1 (the reference): the mean-square slot starts at 1.0, not 0.
+
+    The update is otherwise Keras': ms = rho ms + (1 - rho) g^2; mom = m mom + lr g / sqrt(ms + eps);
+    var -= mom. Starting ms at 0 makes the first steps ~1/sqrt(1 - rho) = 3x larger, a different
+    optimizer. With momentum (the reference's 0.9) each variable is updated by TF1's own fused
+    kernel, ResourceApplyRMSProp: one op instead of Keras' dozen small ones per variable.
+    Call build() eagerly: the ms = 1 initial value is assigned there.
+    """
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        for v in self._velocities:
+            v.assign(tf.ones_like(v))
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.centered or self.momentum == 0:
+            return super().update_step(gradient, variable, learning_rate)
+        i = self._get_variable_index(variable)
+        dtype = variable.dtype
+        tf.raw_ops.ResourceApplyRMSProp(
+            var=_handle(variable), ms=_handle(self._velocities[i]), mom=_handle(self._momentums[i]),
+            lr=tf.cast(learning_rate, dtype), rho=tf.cast(self.rho, dtype),
+            momentum=tf.cast(self.momentum, dtype), epsilon=tf.cast(self.epsilon, dtype),
+            grad=tf.cast(gradient, dtype))
+
+
+def build_optimizer(name, learning_rate):
+    """The reference's utils.build_optimizer: 'rmsprop' (what it trains with), 'momentum', 'sgd'.
+
+    NOTE: the reference trains every model with RMSProp; 'momentum' is offered because in short
+    runs on 4,000 labels it fitted the full-width B0 much faster (bench/b0_optimizer_diag.md), and
+    with crop + flip it took that teacher to 87.32% (bench/teacher_recipes/teacher_b0_small_4k_momentum_basic120.md).
+    """
+    if name == "rmsprop":
+        return TF1RMSprop(learning_rate=learning_rate, rho=0.9, momentum=0.9, epsilon=1e-3)
+    if name == "momentum":
+        return keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9)
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate=learning_rate)
+    raise ValueError(f"unknown optimizer {name!r} (rmsprop, momentum or sgd)")
+
+
+def _handle(variable):
+    """The resource handle of a Keras or tf.Variable (inside strategy.update: this replica's)."""
+    return (variable.value if isinstance(variable, keras.Variable) else variable).handle
+
+
+def ema_update(ema_weights, weights, decay):
+    """ema -= (1 - decay) (ema - w) for each pair: the reference's ExponentialMovingAverage."""
+    for e, w in zip(ema_weights, weights):
+        e.assign_sub((1.0 - decay) * (e - w))
+
+
+def float_weights(model):
+    """Weights the EMA covers: every float weight (trainable and BN moving statistics)."""
+    return [w for w in model.weights if w.dtype in ("float32", "float16", "bfloat16")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Setup: data settings, model.json, model dirs.
+# ---------------------------------------------------------------------------------------------
+def dataset_info(config, label_pattern):
+    """The preset of config.dataset (a folder's: its dataset.json) with the config's class count,
+    label offset and resolution; without --image_size imagenet-kind data takes the model's own
+    resolution (b0 224, b1 240, ...), small-image data keeps the dataset's."""
+    overrides = dict(num_classes=config.num_classes or None, image_size=config.image_size or None,
+                     label_offset=None if config.label_offset < 0 else config.label_offset)
+    info = data.dataset_info(config.dataset, data_dir=label_pattern,
+                             **{k: v for k, v in overrides.items() if v is not None})
+    if not config.image_size and info.input_kind == "imagenet":
+        info = dataclasses.replace(
+            info, image_size=efficientnet_builder.efficientnet_params(config.model_name)[2])
+    return info
+
+
+def model_spec(config, info):
+    """model.json: build_model's kwargs plus what eval preprocessing needs."""
+    efficientnet_builder.efficientnet_params(config.model_name)  # UserError on an unknown name
+    small_image = (info.input_kind == "small" if config.small_image == "auto"
+                   else config.small_image == "true")
+    return dict(model_name=config.model_name, num_classes=info.num_classes,
+                image_size=info.image_size, num_channels=info.num_channels,
+                small_image=small_image, width=config.width_coefficient,
+                depth=config.depth_coefficient, dropout_rate=config.dropout_rate,
+                stochastic_depth_rate=config.stochastic_depth_rate, mean=list(info.mean),
+                std=list(info.std), dataset=config.dataset, input_kind=info.input_kind,
+                label_offset=info.label_offset)
+
+
+def check_model_dir(model_dir, spec):
+    """A model dir holds one model: refuse to resume with a different architecture."""
+    saved = common.read_json(os.path.join(model_dir, efficientnet_builder.MODEL_CONFIG_FILE),
+                             default=None) or {}
+    for k in spec:
+        if saved and saved.get(k) != spec[k]:
+            raise common.UserError(f"--model_dir={model_dir} holds a model with "
+                                   f"{k}={saved.get(k)!r}, not {spec[k]!r}; use a new --model_dir")
+
+
+def check_teacher(student_model, student, num_classes):
+    """The teacher's DatasetInfo (None without --teacher_model_dir). Noisy Student trains an
+    equal-or-larger student on the teacher's classes; a smaller one is distillation."""
+    if not student.teacher_model_dir:
+        return None
+    path = os.path.join(student.teacher_model_dir, efficientnet_builder.MODEL_CONFIG_FILE)
+    teacher_spec = common.read_json(path, what="--teacher_model_dir's model config")
+    teacher_info = data.model_dataset_info(teacher_spec, where=path)
+    if teacher_info.num_classes != num_classes:
+        raise common.UserError(f"the teacher in {student.teacher_model_dir} predicts "
+                               f"{teacher_info.num_classes} classes, the student {num_classes}")
+    teacher = efficientnet_builder.build_from_config(teacher_spec)
+    n_teacher, n_student = num_params(teacher), num_params(student_model)
+    if n_student < n_teacher and not student.allow_smaller_student:
+        raise common.UserError(f"the student ({n_student:,} params) is smaller than the teacher in "
+                               f"{student.teacher_model_dir} ({n_teacher:,}); Noisy Student uses "
+                               f"an equal-or-larger student (pass --allow_smaller_student to "
+                               f"distill)")
+    return teacher_info
+
+
+def num_params(model):
+    return int(sum(np.prod(w.shape) for w in model.weights))
+
+
+def finetune_path(model_dir, image_size):
+    return os.path.join(model_dir, f"finetune_{image_size}")
+
+
+def restored_step(model_dir):
+    """The global step of model_dir's latest checkpoint (ckpt-<step>), 0 without one."""
+    latest = tf.train.latest_checkpoint(model_dir)
+    return int(latest.rsplit("-", 1)[1]) if latest else 0
+
+
+def input_start(model_dir):
+    """start_batch of a run's training datasets: the restored global step (the noise streams go
+    on from there), or 0 when the checkpoint holds the input position (--deterministic: the
+    restored iterator goes on by itself, in the stream the run started)."""
+    latest = tf.train.latest_checkpoint(model_dir)
+    if latest and any(n.startswith("input/") for n, _ in tf.train.list_variables(latest)):
+        return 0
+    return restored_step(model_dir)
+
+
+def initialize(trainer, init_checkpoint, model_dir):
+    """Loads --init_checkpoint into the model and EMA model of a run that has not started yet;
+    returns pretrained.load's summary (None when there is nothing to load)."""
+    if not init_checkpoint or restored_step(model_dir):
+        return None
+    summary = pretrained.load(trainer.model, init_checkpoint, ema_model=trainer.ema_model)
+    logging.info("Initialised from %s (%s): %s weights%s.", init_checkpoint, summary["format"],
+                 summary["weights"], "; " + "; ".join(summary["notes"]) if summary["notes"] else "")
+    return summary
+
+
+def unlabeled_files(config):
+    """A student's unlabeled files: pseudo-labeled (--unlabel_data_dir) or, for the on-the-fly
+    teacher, raw (--unlabel_source_dir, default data_dir/unlabeled); none for a teacher."""
+    student = config.student
+    if not student:
+        return []
+    if student.unlabel_data_dir:
+        return common.list_files(student.unlabel_data_dir,
+                                 "pseudo-labeled data (--unlabel_data_dir)")
+    return common.list_files(student.unlabel_source_dir or os.path.join(config.data_dir,
+                             "unlabeled"), "unlabeled data (--unlabel_source_dir)")
+
+
+def build_train_dataset(config, info, label_files, batch_u, teacher_image_size=None,
+                        start_batch=0):
+    """Labeled batches, zipped with unlabeled ones for a student: (x_l, y_l[, x_u, u]); the
+    noise streams start at batch start_batch (a resumed run continues them)."""
+    noise = dict(randaug_layer=config.randaug_layer, randaug_mag=config.randaug_mag,
+                 seed=config.seed, start_batch=start_batch)
+    labeled = data.labeled_dataset(label_files, info, info.image_size, config.train_batch_size,
+                                   is_training=True, augment_name=config.augment_name, **noise)
+    student = config.student
+    if not student:
+        return labeled
+    augment_u = config.augment_name if student.unlabeled_noise == "full" else "none"
+    files = unlabeled_files(config)
+    if student.unlabel_data_dir:
+        if not any(tf.io.gfile.stat(f).length for f in files):
+            raise common.UserError(f"--unlabel_data_dir={student.unlabel_data_dir} holds no "
+                                   f"records (did the teacher keep any image above the "
+                                   f"confidence threshold?)")
+        unlabeled = data.pseudo_labeled_dataset(files, info, info.image_size, batch_u,
+                                                info.num_classes, augment_u, **noise)
+    else:
+        unlabeled = data.unlabeled_pair_dataset(files, info, info.image_size, batch_u, augment_u,
+                                                teacher_image_size=teacher_image_size, **noise)
+    return tf.data.Dataset.zip((labeled, unlabeled)).map(
+        lambda lab, unl: (lab[0], lab[1], unl[0], unl[1]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs: every field is also the command-line flag of the same name (defined below).
 # ---------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class StudentConfig:
@@ -230,605 +825,6 @@ def flags_record(config, model_dir):
     student = dataclasses.asdict(config.student) if config.student else {
         f.name: f.default for f in dataclasses.fields(StudentConfig)}
     return dict(settings, **student, model_dir=model_dir)
-
-
-# ---------------------------------------------------------------------------------------------
-# Small pure pieces: learning rate, EMA decay, losses, optimizer.
-# ---------------------------------------------------------------------------------------------
-def learning_rate(step, peak_lr, warmup_steps, decay_steps, decay_factor):
-    """Reference schedule: linear warm-up, then staircase exponential decay on the global step
-    (decay_steps a float, as the reference's steps_per_epoch * decay_epochs)."""
-    step = tf.cast(step, tf.float32)
-    decayed = peak_lr * tf.pow(decay_factor, tf.floor(step / max(float(decay_steps), 1e-9)))
-    warmup = peak_lr * step / float(max(warmup_steps, 1))
-    return tf.where(step < warmup_steps, warmup, decayed)
-
-
-def lr_schedule(config, steps_per_epoch, train_steps):
-    """learning_rate()'s arguments for a run of train_steps: the reference's utils.build_learning_rate
-    and, with --final_base_learning_rate, its main.py: the decay period that reaches the final
-    rate after the warm-up, total_epochs = train_epochs - warm-up epochs, decay_epochs =
-    total_epochs / (log(final / base) / log(decay_factor)), decay_steps = steps_per_epoch *
-    decay_epochs (a float; the staircase floors step / decay_steps)."""
-    decay_epochs = config.lr_decay_epochs
-    if config.final_base_learning_rate:
-        decay_times = math.log(config.final_base_learning_rate / config.base_learning_rate) / (
-            math.log(config.lr_decay_factor))
-        total_epochs = train_steps / steps_per_epoch - config.lr_warmup_epochs
-        decay_epochs = total_epochs / max(decay_times, 1e-9)
-    return dict(peak_lr=config.base_learning_rate * config.train_batch_size / 256,
-                warmup_steps=int(config.lr_warmup_epochs * steps_per_epoch),
-                decay_steps=max(steps_per_epoch * decay_epochs, 1e-9),
-                decay_factor=config.lr_decay_factor)
-
-
-def ema_decay(step, decay):
-    """Reference EMA decay with num_updates: min(decay, (1 + t) / (10 + t))."""
-    step = tf.cast(step, tf.float32)
-    return tf.minimum(decay, (1.0 + step) / (10.0 + step))
-
-
-def smooth(one_hot, label_smoothing):
-    num_classes = tf.cast(tf.shape(one_hot)[-1], one_hot.dtype)
-    return one_hot * (1.0 - label_smoothing) + label_smoothing / num_classes
-
-
-def pseudo_label_targets(probabilities, label_type, temperature, label_smoothing):
-    """Teacher probabilities -> student targets: tempered soft labels or smoothed one-hot argmax."""
-    if label_type == "hard":
-        num_classes = tf.shape(probabilities)[-1]
-        return smooth(tf.one_hot(tf.argmax(probabilities, -1), num_classes), label_smoothing)
-    if temperature != 1.0:
-        logp = tf.math.log(tf.maximum(probabilities, 1e-30)) / temperature
-        return tf.nn.softmax(logp, axis=-1)
-    return probabilities
-
-
-def cross_entropy(targets, logits):
-    """Per-example -sum(targets * log_softmax(logits))."""
-    return -tf.reduce_sum(targets * tf.nn.log_softmax(tf.cast(logits, tf.float32), -1), -1)
-
-
-def weight_decay_loss(model, weight_decay):
-    """weight_decay * sum(||w||^2 / 2) over trainable weights that are not BatchNorm's."""
-    bn = {id(w) for layer in model._flatten_layers()
-          if isinstance(layer, keras.layers.BatchNormalization) for w in layer.weights}
-    return weight_decay * tf.add_n([tf.nn.l2_loss(w) for w in model.trainable_weights
-                                    if id(w) not in bn])
-
-
-class TF1RMSprop(keras.optimizers.RMSprop):
-    """RMSProp as in TF1 (the reference): the mean-square slot starts at 1.0, not 0.
-
-    The update is otherwise Keras': ms = rho ms + (1 - rho) g^2; mom = m mom + lr g / sqrt(ms + eps);
-    var -= mom. Starting ms at 0 makes the first steps ~1/sqrt(1 - rho) = 3x larger, a different
-    optimizer. With momentum (the reference's 0.9) each variable is updated by TF1's own fused
-    kernel, ResourceApplyRMSProp: one op instead of Keras' dozen small ones per variable.
-    Call build() eagerly: the ms = 1 initial value is assigned there.
-    """
-
-    def build(self, var_list):
-        if self.built:
-            return
-        super().build(var_list)
-        for v in self._velocities:
-            v.assign(tf.ones_like(v))
-
-    def update_step(self, gradient, variable, learning_rate):
-        if self.centered or self.momentum == 0:
-            return super().update_step(gradient, variable, learning_rate)
-        i = self._get_variable_index(variable)
-        dtype = variable.dtype
-        tf.raw_ops.ResourceApplyRMSProp(
-            var=_handle(variable), ms=_handle(self._velocities[i]), mom=_handle(self._momentums[i]),
-            lr=tf.cast(learning_rate, dtype), rho=tf.cast(self.rho, dtype),
-            momentum=tf.cast(self.momentum, dtype), epsilon=tf.cast(self.epsilon, dtype),
-            grad=tf.cast(gradient, dtype))
-
-
-def build_optimizer(name, learning_rate):
-    """The reference's utils.build_optimizer: 'rmsprop' (what it trains with), 'momentum', 'sgd'.
-
-    NOTE: the reference trains every model with RMSProp; 'momentum' is offered because in short
-    runs on 4,000 labels it fitted the full-width B0 much faster (bench/b0_optimizer_diag.md), and
-    with crop + flip it took that teacher to 87.32% (bench/teacher_recipes/teacher_b0_small_4k_momentum_basic120.md).
-    """
-    if name == "rmsprop":
-        return TF1RMSprop(learning_rate=learning_rate, rho=0.9, momentum=0.9, epsilon=1e-3)
-    if name == "momentum":
-        return keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9)
-    if name == "sgd":
-        return keras.optimizers.SGD(learning_rate=learning_rate)
-    raise ValueError(f"unknown optimizer {name!r} (rmsprop, momentum or sgd)")
-
-
-def _handle(variable):
-    """The resource handle of a Keras or tf.Variable (inside strategy.update: this replica's)."""
-    return (variable.value if isinstance(variable, keras.Variable) else variable).handle
-
-
-def ema_update(ema_weights, weights, decay):
-    """ema -= (1 - decay) (ema - w) for each pair: the reference's ExponentialMovingAverage."""
-    for e, w in zip(ema_weights, weights):
-        e.assign_sub((1.0 - decay) * (e - w))
-
-
-def float_weights(model):
-    """Weights the EMA covers: every float weight (trainable and BN moving statistics)."""
-    return [w for w in model.weights if w.dtype in ("float32", "float16", "bfloat16")]
-
-
-# ---------------------------------------------------------------------------------------------
-# Setup: data settings, model.json, model dirs.
-# ---------------------------------------------------------------------------------------------
-def dataset_info(config, label_pattern):
-    """The preset of config.dataset (a folder's: its dataset.json) with the config's class count,
-    label offset and resolution; without --image_size imagenet-kind data takes the model's own
-    resolution (b0 224, b1 240, ...), small-image data keeps the dataset's."""
-    overrides = dict(num_classes=config.num_classes or None, image_size=config.image_size or None,
-                     label_offset=None if config.label_offset < 0 else config.label_offset)
-    info = data.dataset_info(config.dataset, data_dir=label_pattern,
-                             **{k: v for k, v in overrides.items() if v is not None})
-    if not config.image_size and info.input_kind == "imagenet":
-        info = dataclasses.replace(
-            info, image_size=efficientnet_builder.efficientnet_params(config.model_name)[2])
-    return info
-
-
-def model_config(config, info):
-    """model.json: build_model's kwargs plus what eval preprocessing needs."""
-    efficientnet_builder.efficientnet_params(config.model_name)  # UserError on an unknown name
-    small_image = (info.input_kind == "small" if config.small_image == "auto"
-                   else config.small_image == "true")
-    return dict(model_name=config.model_name, num_classes=info.num_classes,
-                image_size=info.image_size, num_channels=info.num_channels,
-                small_image=small_image, width=config.width_coefficient,
-                depth=config.depth_coefficient, dropout_rate=config.dropout_rate,
-                stochastic_depth_rate=config.stochastic_depth_rate, mean=list(info.mean),
-                std=list(info.std), dataset=config.dataset, input_kind=info.input_kind,
-                label_offset=info.label_offset)
-
-
-def check_model_dir(model_dir, config):
-    """A model dir holds one model: refuse to resume with a different architecture."""
-    saved = common.read_json(os.path.join(model_dir, efficientnet_builder.MODEL_CONFIG_FILE),
-                             default=None) or {}
-    for k in config:
-        if saved and saved.get(k) != config[k]:
-            raise common.UserError(f"--model_dir={model_dir} holds a model with "
-                                   f"{k}={saved.get(k)!r}, not {config[k]!r}; use a new --model_dir")
-
-
-def check_teacher(student_model, student, num_classes):
-    """The teacher's DatasetInfo (None without --teacher_model_dir). Noisy Student trains an
-    equal-or-larger student on the teacher's classes; a smaller one is distillation."""
-    if not student.teacher_model_dir:
-        return None
-    path = os.path.join(student.teacher_model_dir, efficientnet_builder.MODEL_CONFIG_FILE)
-    teacher_config = common.read_json(path, what="--teacher_model_dir's model config")
-    teacher_info = data.model_dataset_info(teacher_config, where=path)
-    if teacher_info.num_classes != num_classes:
-        raise common.UserError(f"the teacher in {student.teacher_model_dir} predicts "
-                               f"{teacher_info.num_classes} classes, the student {num_classes}")
-    teacher = efficientnet_builder.build_from_config(teacher_config)
-    n_teacher, n_student = num_params(teacher), num_params(student_model)
-    if n_student < n_teacher and not student.allow_smaller_student:
-        raise common.UserError(f"the student ({n_student:,} params) is smaller than the teacher in "
-                               f"{student.teacher_model_dir} ({n_teacher:,}); Noisy Student uses "
-                               f"an equal-or-larger student (pass --allow_smaller_student to "
-                               f"distill)")
-    return teacher_info
-
-
-def num_params(model):
-    return int(sum(np.prod(w.shape) for w in model.weights))
-
-
-def finetune_path(model_dir, image_size):
-    return os.path.join(model_dir, f"finetune_{image_size}")
-
-
-def restored_step(model_dir):
-    """The global step of model_dir's latest checkpoint (ckpt-<step>), 0 without one."""
-    latest = tf.train.latest_checkpoint(model_dir)
-    return int(latest.rsplit("-", 1)[1]) if latest else 0
-
-
-def input_start(model_dir):
-    """start_batch of a run's training datasets: the restored global step (the noise streams go
-    on from there), or 0 when the checkpoint holds the input position (--deterministic: the
-    restored iterator goes on by itself, in the stream the run started)."""
-    latest = tf.train.latest_checkpoint(model_dir)
-    if latest and any(n.startswith("input/") for n, _ in tf.train.list_variables(latest)):
-        return 0
-    return restored_step(model_dir)
-
-
-def initialize(trainer, init_checkpoint, model_dir):
-    """Loads --init_checkpoint into the model and EMA model of a run that has not started yet;
-    returns pretrained.load's summary (None when there is nothing to load)."""
-    if not init_checkpoint or restored_step(model_dir):
-        return None
-    summary = pretrained.load(trainer.model, init_checkpoint, ema_model=trainer.ema_model)
-    logging.info("Initialised from %s (%s): %s weights%s.", init_checkpoint, summary["format"],
-                 summary["weights"], "; " + "; ".join(summary["notes"]) if summary["notes"] else "")
-    return summary
-
-
-def unlabeled_files(config):
-    """A student's unlabeled files: pseudo-labeled (--unlabel_data_dir) or, for the on-the-fly
-    teacher, raw (--unlabel_source_dir, default data_dir/unlabeled); none for a teacher."""
-    student = config.student
-    if not student:
-        return []
-    if student.unlabel_data_dir:
-        return common.list_files(student.unlabel_data_dir,
-                                 "pseudo-labeled data (--unlabel_data_dir)")
-    return common.list_files(student.unlabel_source_dir or os.path.join(config.data_dir,
-                             "unlabeled"), "unlabeled data (--unlabel_source_dir)")
-
-
-def build_train_dataset(config, info, label_files, batch_u, teacher_image_size=None,
-                        start_batch=0):
-    """Labeled batches, zipped with unlabeled ones for a student: (x_l, y_l[, x_u, u]); the
-    noise streams start at batch start_batch (a resumed run continues them)."""
-    noise = dict(randaug_layer=config.randaug_layer, randaug_mag=config.randaug_mag,
-                 seed=config.seed, start_batch=start_batch)
-    labeled = data.labeled_dataset(label_files, info, info.image_size, config.train_batch_size,
-                                   is_training=True, augment_name=config.augment_name, **noise)
-    student = config.student
-    if not student:
-        return labeled
-    augment_u = config.augment_name if student.unlabeled_noise == "full" else "none"
-    files = unlabeled_files(config)
-    if student.unlabel_data_dir:
-        if not any(tf.io.gfile.stat(f).length for f in files):
-            raise common.UserError(f"--unlabel_data_dir={student.unlabel_data_dir} holds no "
-                                   f"records (did the teacher keep any image above the "
-                                   f"confidence threshold?)")
-        unlabeled = data.pseudo_labeled_dataset(files, info, info.image_size, batch_u,
-                                                info.num_classes, augment_u, **noise)
-    else:
-        unlabeled = data.unlabeled_pair_dataset(files, info, info.image_size, batch_u, augment_u,
-                                                teacher_image_size=teacher_image_size, **noise)
-    return tf.data.Dataset.zip((labeled, unlabeled)).map(
-        lambda lab, unl: (lab[0], lab[1], unl[0], unl[1]))
-
-
-# ---------------------------------------------------------------------------------------------
-# Training: one step of Algorithm 1 (teacher: labeled loss; student: labeled + unlabeled).
-# ---------------------------------------------------------------------------------------------
-class Trainer:
-    """Holds the model, its EMA twin, the optimizer and the (optional) teacher for one run."""
-
-    def __init__(self, strategy, config, *, peak_lr, warmup_steps, decay_steps, decay_factor,
-                 weight_decay, label_smoothing, ema_decay_rate, seed, student=None,
-                 frozen_prefixes=(), init_weights=None, optimizer="rmsprop", lr_step_offset=0):
-        self.strategy, self.config, self.student = strategy, config, student
-        self.lr_step_offset = lr_step_offset  # fine-tuning: the schedule's tail
-        self.hparams = dict(peak_lr=peak_lr, warmup_steps=warmup_steps, decay_steps=decay_steps,
-                            decay_factor=decay_factor)
-        self.weight_decay, self.label_smoothing = weight_decay, label_smoothing
-        self.ema_decay_rate = ema_decay_rate
-        keras.utils.set_random_seed(seed)
-        with strategy.scope():
-            self.model = efficientnet_builder.build_from_config(config)
-            self.ema_model = efficientnet_builder.build_from_config(config)
-            if init_weights is not None:
-                self.model.set_weights(init_weights)
-            self.ema_model.set_weights(self.model.get_weights())
-            for layer in self.model.layers:  # frozen layers (fine-tuning): BN in inference mode too
-                if frozen_prefixes and layer.name.startswith(tuple(frozen_prefixes)):
-                    layer.trainable = False
-            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-            self.optimizer = build_optimizer(optimizer, peak_lr)
-            # Keras 3 under tf.distribute: build the optimizer in scope before the first step.
-            self.optimizer.build(self.model.trainable_variables)
-            self.teacher = None
-            if student and student.teacher_model_dir and not student.unlabel_data_dir:
-                self.teacher, _ = efficientnet_builder.load_model_dir(student.teacher_model_dir)
-                if student.noised_teacher:
-                    # Dropout and stochastic depth on, BN on its moving statistics.
-                    # NOTE: the noised-teacher ablation (Table 6) is offered for the on-the-fly
-                    # teacher only: it labels the student's augmented view with model noise on.
-                    for layer in self.teacher._flatten_layers():
-                        if isinstance(layer, keras.layers.BatchNormalization):
-                            layer.trainable = False
-        self.model_weights = float_weights(self.model)
-        self.ema_weights = float_weights(self.ema_model)
-        self.checkpoint = tf.train.Checkpoint(
-            model=self.model, ema_model=self.ema_model, optimizer=self.optimizer, step=self.step,
-            noise=efficientnet_builder.noise_states(self.model))
-
-    def _forward_student(self, x_l, x_u):
-        """Logits of the labeled and unlabeled parts: one pass over the concatenation, so BN sees
-        the whole batch once; for the 'none' ablation dropout and stochastic depth noise only the
-        labeled rows."""
-        n_l = tf.shape(x_l)[0]
-        if self.student.unlabeled_noise == "none":
-            efficientnet_builder.set_noise(self.model, True, noised_rows=n_l)
-        logits = self.model(tf.concat([x_l, x_u], 0), training=True)
-        efficientnet_builder.set_noise(self.model, True)
-        return logits[:n_l], logits[n_l:]
-
-    def _step_fn(self, batch, global_batch_l, global_batch_u):
-        num_classes = self.config["num_classes"]
-        replicas = self.strategy.num_replicas_in_sync
-        x_l, y_l = batch[0], batch[1]
-        # Here and not in the input map, which an assert would serialize under --deterministic
-        # (tf.function runs it: automatic control dependencies).
-        tf.debugging.assert_less(tf.cast(y_l, tf.uint32), tf.cast(num_classes, tf.uint32),
-                                 message=f"label outside [0, num_classes={num_classes})")
-        targets_l = smooth(tf.one_hot(y_l, num_classes), self.label_smoothing)
-        with tf.GradientTape() as tape:
-            if self.student:
-                x_u, u = batch[2], batch[3]
-                if self.teacher is not None:  # on the fly: u are the teacher's eval-preprocessed images
-                    noised = self.student.noised_teacher
-                    probs = tf.nn.softmax(self.teacher(x_u if noised else u, training=noised), -1)
-                    u = tf.stop_gradient(probs)
-                targets_u = pseudo_label_targets(u, self.student.label_type,
-                                                 self.student.teacher_softmax_temp,
-                                                 self.label_smoothing)
-                logits_l, logits_u = self._forward_student(x_l, x_u)
-                loss_u = tf.reduce_sum(cross_entropy(targets_u, logits_u)) / global_batch_u
-            else:
-                logits_l = self.model(x_l, training=True)
-                loss_u = tf.constant(0.0)
-            loss_l = tf.reduce_sum(cross_entropy(targets_l, logits_l)) / global_batch_l
-            ratio = self.student.unlabel_ratio if self.student else 0.0
-            loss = (loss_l + ratio * loss_u
-                    + weight_decay_loss(self.model, self.weight_decay) / replicas)
-        grads = tape.gradient(loss, self.model.trainable_variables)
-        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits_l, -1, output_type=tf.int32),
-                                                 tf.cast(y_l, tf.int32)), tf.float32))
-        return {"loss": loss, "loss_labeled": loss_l, "loss_unlabeled": loss_u,
-                "accuracy": correct / global_batch_l}
-
-    def make_train_step(self, global_batch_l, global_batch_u):
-        @tf.function
-        def train_step(iterator):
-            lr = learning_rate(self.step + self.lr_step_offset, **self.hparams)
-            self.optimizer.learning_rate.assign(lr)
-            out = self.strategy.run(self._step_fn, args=(next(iterator), global_batch_l,
-                                                          global_batch_u))
-            out = {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
-                   for k, v in out.items()}
-            self.step.assign_add(1)
-            decay = ema_decay(self.step, self.ema_decay_rate) if self.ema_decay_rate > 0 else 0.0
-            ema_update(self.ema_weights, self.model_weights, decay)
-            out["learning_rate"] = lr
-            return out
-        return train_step
-
-
-def save_checkpoint(manager, step):
-    """manager.save; if it fails (a full disk), TF's half-written ckpt-N_temp directory is removed
-    before the error goes on, so a failed run leaves no temporaries in the model dir."""
-    try:
-        manager.save(checkpoint_number=step)
-    except (tf.errors.OpError, OSError):
-        for tmp in tf.io.gfile.glob(os.path.join(manager.directory, f"ckpt-{step}_temp*")):
-            common.remove(tmp)
-        raise
-
-
-def train(trainer, dataset, config, *, train_steps, model_dir, chief, images_per_step):
-    """The training loop: resumes from the latest checkpoint in model_dir, stops at train_steps."""
-    ckpt_dir = model_dir if chief else os.path.join(model_dir, f".worker-{os.getpid()}")
-    manager = tf.train.CheckpointManager(trainer.checkpoint, ckpt_dir,
-                                         max_to_keep=config.keep_checkpoint_max,
-                                         checkpoint_name="ckpt", step_counter=trainer.step)
-    iterator = iter(trainer.strategy.experimental_distribute_dataset(dataset))
-    if config.deterministic:
-        # The input position (shuffle buffers, the batch counter of the noise streams) is saved
-        # and restored with the weights: a resumed run reads on where its checkpoint stopped.
-        # NOTE: by default it is not (as TPUEstimator, which restarted its input_fn): a resumed
-        # run continues the schedule and the noise streams (the datasets' start_batch) from the
-        # restored step on a fresh shuffle of the data.
-        trainer.checkpoint.input = iterator
-    if manager.latest_checkpoint:
-        trainer.checkpoint.restore(manager.latest_checkpoint)
-        logging.info("Resumed from %s (step %d).", manager.latest_checkpoint, trainer.step.numpy())
-    start = int(trainer.step.numpy())  # .numpy(): also a MirroredVariable under tf.distribute
-    if start >= train_steps:
-        logging.info("Already trained to step %d of %d: nothing to do.", start, train_steps)
-        return
-    writer = tf.summary.create_file_writer(os.path.join(model_dir, "train") if chief
-                                           else os.path.join(ckpt_dir, "train"))
-    train_step = trainer.make_train_step(*images_per_step)
-    t0, t_last, step_last = time.time(), time.time(), start
-    logging.info("Training from step %d to %d.", start, train_steps)
-    for step in range(start + 1, train_steps + 1):
-        try:
-            out = train_step(iterator)
-        except (tf.errors.InvalidArgumentError, tf.errors.DataLossError):
-            logging.error("training input failed at step %d", step)  # the caller names the record
-            raise
-        loss = float(out["loss"])
-        if not math.isfinite(loss):
-            raise common.UserError(f"loss became {loss} at step {step}; checkpoints untouched "
-                                   f"(latest: {manager.latest_checkpoint}). Lower "
-                                   f"--base_learning_rate or check the input data.")
-        if step % config.log_every_steps == 0 or step == train_steps:
-            now = time.time()
-            ips = (step - step_last) * sum(images_per_step) / max(now - t_last, 1e-9)
-            eta = (train_steps - step) * (now - t0) / max(step - start, 1)
-            logging.info("step %d/%d  loss %.4f (lab %.4f unl %.4f)  acc %.3f  lr %.5f  "
-                         "%.0f img/s  ETA %s", step, train_steps, loss, float(out["loss_labeled"]),
-                         float(out["loss_unlabeled"]), float(out["accuracy"]),
-                         float(out["learning_rate"]), ips, common.format_eta(eta))
-            with writer.as_default(step=step):
-                for k, v in out.items():
-                    tf.summary.scalar(k, v)
-                tf.summary.scalar("images_per_second", ips)
-            t_last, step_last = now, step
-        if step % config.save_checkpoints_steps == 0 or step == train_steps:
-            save_checkpoint(manager, step)
-    writer.flush()
-    if not chief:
-        tf.io.gfile.rmtree(ckpt_dir)
-
-
-def finetune(config, model_dir, strategy, model_cfg, info, label_files, num_train, chief,
-             schedule, train_steps):
-    """Paper Sec. 3.1: fine-tune the trained (EMA) model at a larger resolution for a short time on
-    unaugmented labeled images with the shallow layers fixed. Writes its own model dir.
-
-    As the reference (fix_layer_num, remove_aug, train_last_step_num): the fixed layers run in
-    inference mode (BN on its moving statistics, no stochastic depth), the images get the eval
-    preprocessing, and the learning rate is the tail of the training schedule: fine-tuning step s
-    takes the rate of step s + train_steps - finetune_steps.
-    """
-    size = config.finetune_image_size
-    ft_dir = finetune_path(model_dir, size)
-    ft_config = dict(model_cfg, image_size=size)
-    check_model_dir(ft_dir, ft_config)
-    if chief:
-        tf.io.gfile.makedirs(ft_dir)
-        common.write_json(os.path.join(ft_dir, efficientnet_builder.MODEL_CONFIG_FILE), ft_config)
-    init = None
-    if not tf.train.latest_checkpoint(ft_dir):
-        ema, _ = efficientnet_builder.load_model_dir(model_dir)
-        init = ema.get_weights()
-    steps = int(math.ceil(config.finetune_epochs * num_train / config.train_batch_size))
-    frozen = ("stem",) + tuple(f"block{i}" for i in range(1, config.finetune_frozen_stages + 1))
-    trainer = Trainer(strategy, ft_config, **schedule, weight_decay=config.weight_decay,
-                      label_smoothing=config.label_smoothing,
-                      ema_decay_rate=config.moving_average_decay, seed=config.seed,
-                      frozen_prefixes=frozen, init_weights=init, optimizer=config.optimizer,
-                      lr_step_offset=max(train_steps - steps, 0))
-    dataset = data.labeled_dataset(label_files, info, size, config.train_batch_size,
-                                   is_training=True, augment_name="none", seed=config.seed,
-                                   stream="finetune", start_batch=input_start(ft_dir))
-    logging.info("Fine-tuning at %d px for %d steps (%d frozen layers, lr %.2g -> %.2g) into %s.",
-                 size, steps, sum(not l.trainable for l in trainer.model.layers),
-                 float(learning_rate(trainer.lr_step_offset, **schedule)),
-                 float(learning_rate(trainer.lr_step_offset + steps, **schedule)), ft_dir)
-    with data.translate_data_errors(label_files):
-        train(trainer, dataset, config, train_steps=steps, model_dir=ft_dir, chief=chief,
-              images_per_step=(config.train_batch_size, 0))
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation.
-# ---------------------------------------------------------------------------------------------
-def evaluate(strategy, model, dataset, num_classes):
-    """Top-1, top-5 and mean cross-entropy of `model` in inference mode over one pass of `dataset`."""
-    @tf.function
-    def eval_step(images, labels):
-        logits = tf.cast(model(images, training=False), tf.float32)
-        labels = tf.cast(labels, tf.int32)
-        top1 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float32))
-        top5 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, min(5, num_classes)),
-                                     tf.float32))
-        loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
-        return tf.stack([top1, top5, loss, tf.cast(tf.shape(labels)[0], tf.float32)])
-
-    totals = np.zeros(4)
-    for images, labels in dataset:
-        totals += strategy.reduce(tf.distribute.ReduceOp.SUM,
-                                  strategy.run(eval_step, args=(images, labels)), axis=None).numpy()
-    n = max(totals[3], 1)
-    return {"top_1": totals[0] / n, "top_5": totals[1] / n, "loss": totals[2] / n,
-            "num_examples": int(totals[3])}
-
-
-def evaluate_model_dir(strategy, model_dir, eval_pattern, batch_size, chief):
-    """Evaluates the EMA model of model_dir; writes eval_results.json there."""
-    with strategy.scope():
-        model, config = efficientnet_builder.load_model_dir(model_dir)
-    info = data.model_dataset_info(
-        config, where=os.path.join(model_dir, efficientnet_builder.MODEL_CONFIG_FILE))
-    step = int(tf.train.latest_checkpoint(model_dir).rsplit("-", 1)[1])  # load_model_dir found one
-    files = common.list_files(eval_pattern, "evaluation data (--eval_data_dir)")
-    eval_ds = data.labeled_dataset(files, info, info.image_size, batch_size, is_training=False)
-    with data.translate_data_errors(files):  # names the file and record of a bad image
-        results = evaluate(strategy, model, strategy.experimental_distribute_dataset(eval_ds),
-                           info.num_classes)
-    results["global_step"] = step
-    if not math.isfinite(results["loss"]):
-        raise common.UserError(f"the model in {model_dir} evaluates to loss {results['loss']}: "
-                               f"its weights diverged (lower --base_learning_rate); "
-                               f"eval_results.json not written")
-    if chief:
-        common.write_json(os.path.join(model_dir, "eval_results.json"), results)
-    logging.info("Eval of %s at step %d on %d images: top-1 %.4f  top-5 %.4f  loss %.4f",
-                 model_dir, step, results["num_examples"], results["top_1"], results["top_5"],
-                 results["loss"])
-    print(json.dumps(results))
-    return results
-
-
-# ---------------------------------------------------------------------------------------------
-# Algorithm 1, step 1 (teacher) or step 4 (noised student), then evaluation.
-# ---------------------------------------------------------------------------------------------
-def train_and_evaluate(config, model_dir):
-    """Trains the model of `config` in `model_dir` (resuming from its checkpoints), fine-tunes it if
-    asked, and evaluates it, as config.mode says. Returns {model dir: eval results}."""
-    common.set_precision(config.precision)  # before any model is built
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()  # process-wide, also for later runs
-    label_pattern = config.label_data_dir or os.path.join(config.data_dir, "labeled")
-    eval_pattern = config.eval_data_dir or os.path.join(config.data_dir, "test")
-    info = dataset_info(config, label_pattern)
-    model_cfg = model_config(config, info)
-    strategy = common.make_strategy(config.strategy, config.tpu)
-    chief = common.is_chief(strategy)
-    check_model_dir(model_dir, model_cfg)
-    if config.dataset == "fashion_mnist" and not (config.label_data_dir and config.eval_data_dir):
-        data.prepare_fashion_mnist(config.data_dir, seed=config.data_seed,
-                                   num_labeled_per_class=config.num_labeled_per_class)
-    student = config.student
-    if config.mode in ("train", "train_and_eval"):
-        record = flags_record(config, model_dir)
-        check_resume_flags(model_dir, record)
-        label_files = common.list_files(label_pattern, "labeled training data (--label_data_dir)")
-        num_train = config.num_train_images or common.count_records(label_files)
-        steps_per_epoch = num_train / config.train_batch_size
-        train_steps = config.train_steps or int(math.ceil(config.train_epochs * steps_per_epoch))
-        if not train_steps:
-            raise common.UserError(f"no labeled training records in {label_pattern}")
-        if chief:  # written once the run's flags and data are known to be good
-            tf.io.gfile.makedirs(model_dir)
-            common.write_json(os.path.join(model_dir, "flags.json"), record)
-            common.write_json(os.path.join(model_dir, efficientnet_builder.MODEL_CONFIG_FILE),
-                              model_cfg)
-        schedule = lr_schedule(config, steps_per_epoch, train_steps)
-        peak_lr = schedule["peak_lr"]
-        trainer = Trainer(strategy, model_cfg, **schedule, weight_decay=config.weight_decay,
-                          label_smoothing=config.label_smoothing,
-                          ema_decay_rate=config.moving_average_decay, seed=config.seed,
-                          student=student, optimizer=config.optimizer)
-        logging.info("lr ends at 1/%.1f of the peak.",
-                     peak_lr / float(learning_rate(train_steps, **schedule)))
-        initialize(trainer, config.init_checkpoint, model_dir)
-        batch_u = int(math.ceil(config.train_batch_size * student.unlabel_ratio)) if student else 0
-        teacher_info = check_teacher(trainer.model, student, info.num_classes) if student else None
-        dataset = build_train_dataset(config, info, label_files, batch_u,
-                                      teacher_info.image_size if teacher_info else None,
-                                      start_batch=input_start(model_dir))
-        logging.info("%s: %s (%d params), %d labeled images, batch %d%s, %d steps, peak lr %.4f.",
-                     "Student" if student else "Teacher", config.model_name,
-                     num_params(trainer.model), num_train, config.train_batch_size,
-                     f" + {batch_u} unlabeled" if student else "", train_steps, peak_lr)
-        with data.translate_data_errors(label_files + unlabeled_files(config)):
-            train(trainer, dataset, config, train_steps=train_steps, model_dir=model_dir,
-                  chief=chief, images_per_step=(config.train_batch_size, batch_u))
-        if config.export_saved_model and chief:
-            with common.atomic_output(os.path.join(model_dir, "saved_model")) as tmp:
-                trainer.ema_model.export(tmp)  # the EMA weights, as every later stage uses
-        if config.finetune_image_size:
-            finetune(config, model_dir, strategy, model_cfg, info, label_files, num_train, chief,
-                     schedule, train_steps)
-
-    if config.mode == "train":
-        return {}
-    model_dirs = [model_dir] + ([finetune_path(model_dir, config.finetune_image_size)]
-                                if config.finetune_image_size else [])
-    return {d: evaluate_model_dir(strategy, d, eval_pattern, config.eval_batch_size, chief)
-            for d in model_dirs}
 
 
 def main(_):

@@ -107,10 +107,8 @@ def train_step(split, model):
                if batch_u else None)
 
     def build():
-        trainer = main_lib.Trainer(
-            tf.distribute.get_strategy(), config, peak_lr=0.01, warmup_steps=0, decay_steps=100,
-            decay_factor=0.97, weight_decay=1e-5, label_smoothing=0.1, ema_decay_rate=0.9999,
-            seed=0, student=student)
+        trainer = main_lib.Trainer(main_lib.TrainConfig(student=student), config, dict(
+            peak_lr=0.01, warmup_steps=0, decay_steps=100, decay_factor=0.97))
         return trainer.make_train_step(batch_l, batch_u), iter(batches(config, batch_l, batch_u))
     step, it = under(split, build)
     return (lambda: step(it)["loss"]), batch_l + batch_u

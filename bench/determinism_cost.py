@@ -46,10 +46,8 @@ def contender(on):
         depth_coefficient=0.25, deterministic=on)
     info = main_lib.dataset_info(config, os.path.join(FLAGS.data_dir, "labeled"))
     files = common.list_files(os.path.join(FLAGS.data_dir, "labeled"), "labeled")
-    trainer = main_lib.Trainer(tf.distribute.get_strategy(), main_lib.model_config(config, info),
-                               peak_lr=0.016, warmup_steps=0, decay_steps=100, decay_factor=0.97,
-                               weight_decay=1e-5, label_smoothing=0.1, ema_decay_rate=0.9999,
-                               seed=0)
+    trainer = main_lib.Trainer(config, main_lib.model_spec(config, info), dict(
+        peak_lr=0.016, warmup_steps=0, decay_steps=100, decay_factor=0.97))
     iterator = iter(main_lib.build_train_dataset(config, info, files, 0))
     step = trainer.make_train_step(128, 0)
     for _ in range(5):

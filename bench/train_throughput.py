@@ -87,9 +87,8 @@ def interleaved(timers, repeats):
 def ours(cfg, datasets, batch):
     """Timers of our training step (main.Trainer), one per input dataset."""
     strategy = tf.distribute.get_strategy()
-    t = main_lib.Trainer(strategy, cfg, peak_lr=0.01, warmup_steps=0, decay_steps=100,
-                         decay_factor=0.97, weight_decay=1e-5, label_smoothing=0.1,
-                         ema_decay_rate=0.9999, seed=0)
+    t = main_lib.Trainer(main_lib.TrainConfig(), cfg, dict(peak_lr=0.01, warmup_steps=0,
+                         decay_steps=100, decay_factor=0.97), strategy)
     step = t.make_train_step(batch, 0)
     return {name: timer(step, iter(ds), FLAGS.steps, batch) for name, ds in datasets.items()}, step
 

@@ -186,6 +186,7 @@ def parsed_flags(*args):
 TINY_MODEL = dict(model_name="efficientnet-b0", num_classes=10, image_size=32, num_channels=1,
                   small_image=True, width=0.25, depth=0.25, dropout_rate=0.0,
                   stochastic_depth_rate=0.0, mean=[72.9], std=[90.0])
+SCHEDULE = dict(peak_lr=0.01, warmup_steps=0, decay_steps=100, decay_factor=0.97)
 
 
 @pytest.mark.slow
@@ -198,9 +199,7 @@ def test_none_ablation_is_one_pass_updating_bn_once():
              np.full((8, 10), 0.1, np.float32))
     student = main.StudentConfig(unlabel_data_dir="unused", unlabeled_noise="none",
                                  unlabel_ratio=2.0)
-    t = main.Trainer(tf.distribute.get_strategy(), TINY_MODEL, peak_lr=0.01, warmup_steps=0,
-                     decay_steps=100, decay_factor=0.97, weight_decay=1e-5, label_smoothing=0.1,
-                     ema_decay_rate=0.9999, seed=0, student=student)
+    t = main.Trainer(main.TrainConfig(student=student), TINY_MODEL, SCHEDULE)
     reference = efficientnet_builder.build_from_config(TINY_MODEL)
     reference.set_weights(t.model.get_weights())
     reference(np.concatenate([x_l, x_u]), training=True)
@@ -219,10 +218,8 @@ def test_finetune_trainer_fixes_blocks_and_continues_the_schedule_tail():
     """Fine-tuning (reference fix_layer_num, train_last_step_num): fixed blocks run without
     stochastic depth and BN on moving statistics; step s takes lr(s + offset) of the schedule."""
     schedule = dict(peak_lr=0.01, warmup_steps=5, decay_steps=2.5, decay_factor=0.97)
-    cfg = dict(TINY_MODEL, stochastic_depth_rate=0.5)
-    t = main.Trainer(tf.distribute.get_strategy(), cfg, **schedule, weight_decay=1e-5,
-                     label_smoothing=0.1, ema_decay_rate=0.9999, seed=0,
-                     frozen_prefixes=("stem", "block1", "block2"), lr_step_offset=275)
+    t = main.Trainer(main.TrainConfig(finetune_frozen_stages=2),
+                     dict(TINY_MODEL, stochastic_depth_rate=0.5), schedule, finetune_offset=275)
     drops = [l for l in t.model.layers if isinstance(l, efficientnet_builder.StochasticDepth)]
     assert any(l.name.startswith("block2") for l in drops)
     for layer in drops:
@@ -265,9 +262,7 @@ def test_init_checkpoint_loads_model_and_ema_only_before_the_first_checkpoint(tm
         w.assign(np.random.RandomState(1).normal(0, 0.1, w.shape).astype("float32") + 0.5)
     path = str(tmp_path / "source.weights.h5")
     source.save_weights(path)
-    t = main.Trainer(tf.distribute.get_strategy(), TINY_MODEL, peak_lr=0.01, warmup_steps=0,
-                     decay_steps=100, decay_factor=0.97, weight_decay=1e-5, label_smoothing=0.1,
-                     ema_decay_rate=0.9999, seed=0)
+    t = main.Trainer(main.TrainConfig(), TINY_MODEL, SCHEDULE)
     assert main.initialize(t, "", str(tmp_path)) is None
     summary = main.initialize(t, path, str(tmp_path / "new_run"))
     assert summary["format"] == "keras" and summary["weights"]
@@ -306,7 +301,7 @@ def test_on_the_fly_teacher_labels_at_its_own_resolution(tmp_path):
     size = dict(dataset="imagenet", num_classes=3, width_coefficient=0.1, depth_coefficient=0.1,
                 label_data_dir=records, eval_data_dir=records)
     teacher = main.TrainConfig(image_size=64, **size)
-    cfg = main.model_config(teacher, main.dataset_info(teacher, records))
+    cfg = main.model_spec(teacher, main.dataset_info(teacher, records))
     efficientnet_builder.save_model_dir(str(tmp_path / "teacher"), cfg,
                                         efficientnet_builder.build_from_config(cfg))
     on_the_fly = main.StudentConfig(teacher_model_dir=str(tmp_path / "teacher"),
@@ -385,7 +380,7 @@ def test_missing_or_corrupt_data_and_another_model_dir_are_named(tiny_shard, tmp
         main.train_and_evaluate(config, str(tmp_path / "m"))
     assert not os.path.exists(tmp_path / "m")   # nothing written for a run that cannot start
     common.write_json(str(tmp_path / "m" / "model.json"),
-                      main.model_config(config, data.DATASETS["fashion_mnist"]))
+                      main.model_spec(config, data.DATASETS["fashion_mnist"]))
     with pytest.raises(common.UserError, match="width=0.25, not 0.5; use a new --model_dir"):
         main.train_and_evaluate(dataclasses.replace(config, width_coefficient=0.5),
                                 str(tmp_path / "m"))
@@ -469,7 +464,7 @@ def test_model_dir_under_a_file_is_one_line(tiny_shard, tmp_path):
 
 
 def test_diverged_weights_are_refused_at_evaluation(tiny_shard, tmp_path):
-    cfg = main.model_config(main.TrainConfig(**TINY), data.DATASETS["fashion_mnist"])
+    cfg = main.model_spec(main.TrainConfig(**TINY), data.DATASETS["fashion_mnist"])
     model = efficientnet_builder.build_from_config(cfg)
     model.set_weights([np.full_like(w, np.nan) for w in model.get_weights()])
     efficientnet_builder.save_model_dir(str(tmp_path), cfg, model, step=5)
@@ -503,7 +498,7 @@ def test_rerun_with_other_flags_keeps_the_runs_flags_json(tiny_shard, tmp_path):
     (dict(num_classes=5), "predicts 10 classes, the student 5")])
 def test_student_must_match_its_teacher(student, match, tiny_shard, tmp_path):
     """Noisy Student: an equal-or-larger student on the teacher's classes (a few seconds)."""
-    cfg = main.model_config(main.TrainConfig(**TINY), data.DATASETS["fashion_mnist"])
+    cfg = main.model_spec(main.TrainConfig(**TINY), data.DATASETS["fashion_mnist"])
     efficientnet_builder.save_model_dir(str(tmp_path / "teacher"), cfg,
                                         efficientnet_builder.build_from_config(cfg))
     config = tiny(tmp_path, label_data_dir=tiny_shard, eval_data_dir=tiny_shard, train_steps=2,
@@ -712,12 +707,11 @@ def test_bfloat16_student_step_keeps_float32_state(float32_after):
     """A student step under --precision=bfloat16 (the chosen split computes the 1x1 convs in
     bf16): finite float32 losses; weights, EMA and optimizer slots float32; the EMA moves."""
     common.set_precision("bfloat16")
-    config = dict(model_name="efficientnet-b0", num_classes=10, image_size=32, num_channels=1,
-                  small_image=True, width=0.25, depth=0.25, mean=[72.9], std=[90.0])
-    t = main.Trainer(tf.distribute.get_strategy(), config, peak_lr=0.01, warmup_steps=0,
-                     decay_steps=100, decay_factor=0.97, weight_decay=1e-5, label_smoothing=0.1,
-                     ema_decay_rate=0.99, seed=0,
-                     student=main.StudentConfig(unlabel_data_dir="records", unlabel_ratio=1.0))
+    spec = dict(model_name="efficientnet-b0", num_classes=10, image_size=32, num_channels=1,
+                small_image=True, width=0.25, depth=0.25, mean=[72.9], std=[90.0])
+    config = main.TrainConfig(moving_average_decay=0.99, student=main.StudentConfig(
+        unlabel_data_dir="records", unlabel_ratio=1.0))
+    t = main.Trainer(config, spec, SCHEDULE)
     assert t.model.get_layer("top_conv").compute_dtype == "bfloat16"
     rng = np.random.RandomState(0)
     batch = (rng.uniform(0, 255, (16, 32, 32, 1)).astype("float32"), rng.randint(0, 10, 16),
@@ -797,18 +791,17 @@ LOSSES_SCRIPT = textwrap.dedent("""
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import common
     import main
-    info_cfg = dict(model_name="efficientnet-b0", num_classes=10, image_size=32, num_channels=1,
-                    small_image=True, width=0.25, depth=0.25, dropout_rate=0.0,
-                    stochastic_depth_rate=0.0, mean=[72.9], std=[90.0])
+    spec = dict(model_name="efficientnet-b0", num_classes=10, image_size=32, num_channels=1,
+                small_image=True, width=0.25, depth=0.25, dropout_rate=0.0,
+                stochastic_depth_rate=0.0, mean=[72.9], std=[90.0])
     rng = np.random.RandomState(0)
     x = rng.uniform(0, 255, (8, 16, 32, 32, 1)).astype("float32")
     y = rng.randint(0, 10, (8, 16)).astype("int32")
     out = {}
     for name in ("default", "mirrored"):
         strategy = common.make_strategy(name)
-        t = main.Trainer(strategy, info_cfg, peak_lr=0.01, warmup_steps=0, decay_steps=100,
-                         decay_factor=0.97, weight_decay=1e-5, label_smoothing=0.1,
-                         ema_decay_rate=0.9999, seed=0)
+        t = main.Trainer(main.TrainConfig(), spec, dict(peak_lr=0.01, warmup_steps=0,
+                         decay_steps=100, decay_factor=0.97), strategy)
         ds = tf.data.Dataset.from_tensor_slices((x, y))
         it = iter(strategy.experimental_distribute_dataset(ds))
         step = t.make_train_step(16, 0)
@@ -838,13 +831,12 @@ WORKER_SCRIPT = textwrap.dedent("""
     import tensorflow as tf
     import common
     import main
-    cfg = dict(model_name="efficientnet-b0", num_classes=10, image_size=32, num_channels=1,
-               small_image=True, width=0.25, depth=0.25, dropout_rate=0.2,
-               stochastic_depth_rate=0.2, mean=[72.9], std=[90.0])
+    spec = dict(model_name="efficientnet-b0", num_classes=10, image_size=32, num_channels=1,
+                small_image=True, width=0.25, depth=0.25, dropout_rate=0.2,
+                stochastic_depth_rate=0.2, mean=[72.9], std=[90.0])
     strategy = common.make_strategy("multi_worker")
-    t = main.Trainer(strategy, cfg, peak_lr=0.01, warmup_steps=0, decay_steps=100,
-                     decay_factor=0.97, weight_decay=1e-5, label_smoothing=0.1,
-                     ema_decay_rate=0.9999, seed=0)
+    t = main.Trainer(main.TrainConfig(), spec, dict(peak_lr=0.01, warmup_steps=0, decay_steps=100,
+                                                    decay_factor=0.97), strategy)
     rng = np.random.RandomState(0)
     x = rng.uniform(0, 255, (64, 32, 32, 1)).astype("float32")
     y = rng.randint(0, 10, (64,)).astype("int32")
