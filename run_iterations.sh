@@ -29,7 +29,8 @@
 #       models grown by name, each at its own resolution (default: efficientnet-b0 for every model;
 #       Fashion-MNIST: B0 at width/depth 0.25; --preset=paper: B7 -> L2, L2, L2)
 #   --supervised_baseline      also train the last student's architecture on the labels only
-#   --init_checkpoint=PATH     the teacher starts from pretrained weights (Keras or official TF)
+#   --init_checkpoint=PATH     the teacher starts from pretrained weights (a Keras .h5/.keras file,
+#       an official TF checkpoint prefix such as efficientnet-b0/model.ckpt, or its directory)
 #   --teacher_checkpoint=PATH  the teacher is this checkpoint as it is (the data's classes): no
 #       training, evaluated like a trained teacher; --teacher_finetune_epochs=N: a checkpoint of
 #       another class count fine-tuned N epochs on the labels (1/10 of the peak lr, no warm-up)
@@ -47,6 +48,7 @@
 #   --num_images_per_class=K   K after balancing; default: the preset's on the data it was made
 #       for, else unlabeled images / classes (a uniform pile's share; paper: 130K for ImageNet)
 #   --train_flags='--train_steps=20 ...'  appended to every main.py command (overrides)
+#   Relative paths in the flags are read from the directory the command is run in.
 #   Robustness (Sec. 3.3-3.4) is evaluated on Fashion-MNIST only.
 #
 # Produces in the workdir: data/{labeled,unlabeled,test}, teacher/, iter{1,2,3}/{labels,filtered,
@@ -55,6 +57,7 @@
 # renames when done; rerunning the same command skips finished stages and resumes the unfinished
 # one from its last checkpoint.
 set -euo pipefail
+CALLER=$PWD  # relative path flags name files from where the user ran the command (abs_path)
 cd "$(dirname "$0")"
 
 main() {  # Algorithm 1: the teacher, then three iterations of label, filter and balance, student
@@ -122,6 +125,19 @@ main() {  # Algorithm 1: the teacher, then three iterations of label, filter and
   else $PY "${REPORT[@]}" --seconds=$(( $(date +%s) - START )); fi
 }
 
+abs_path() {  # abs_path P: a relative P (a glob too) made absolute against the caller's directory;
+  # as typed when the caller ran from here (a run's recorded stage commands stay the same)
+  case "$1" in
+    /*|*://*|"") echo "$1" ;;
+    *) if [ "$CALLER" = "$PWD" ]; then echo "$1"; else echo "$CALLER/$1"; fi ;;
+  esac
+}
+check_checkpoint() {  # check_checkpoint FLAG PATH: a file, a directory or a TF checkpoint prefix
+  [ -z "$2" ] || [[ "$2" == *://* ]] || [ -e "$2" ] || [ -e "$2.index" ] ||   # remote: main.py's
+    fail "--$1=$2 does not exist (expected a Keras .h5/.keras file, a TF checkpoint prefix with" \
+         "its .index, or a directory)"
+}
+
 parse_flags() {
   local arg
   PRESET=quick; WORKDIR=""; SEED=0; PY=${PYTHON:-python3}; DATASET=""; JOBS=1; TRAIN_FLAGS=""
@@ -130,23 +146,23 @@ parse_flags() {
   for arg in "$@"; do
     case "$arg" in
       --preset=*) PRESET=${arg#*=} ;;
-      --workdir=*) WORKDIR=${arg#*=} ;;
+      --workdir=*) WORKDIR=$(abs_path "${arg#*=}") ;;
       --seed=*) SEED=${arg#*=} ;;
       --student_widths=*) WIDTHS_FLAG=${arg#*=} ;;
       --student_depths=*) DEPTHS_FLAG=${arg#*=} ;;
       --unlabel_ratios=*) RATIOS_FLAG=${arg#*=} ;;
       --student_epochs=*) STUDENT_EPOCHS=${arg#*=} ;;
       --dataset=*) DATASET=${arg#*=} ;;
-      --labeled_dir=*) LABELED_DIR=${arg#*=} ;;
-      --unlabeled_dir=*) UNLABELED_DIR=${arg#*=} ;;
-      --test_dir=*) TEST_DIR=${arg#*=} ;;
-      --label_data_dir=*) LABEL_DATA_DIR=${arg#*=} ;;
-      --eval_data_dir=*) EVAL_DATA_DIR=${arg#*=} ;;
-      --unlabel_data_dir=*) UNLABEL_DATA_DIR=${arg#*=} ;;
+      --labeled_dir=*) LABELED_DIR=$(abs_path "${arg#*=}") ;;
+      --unlabeled_dir=*) UNLABELED_DIR=$(abs_path "${arg#*=}") ;;
+      --test_dir=*) TEST_DIR=$(abs_path "${arg#*=}") ;;
+      --label_data_dir=*) LABEL_DATA_DIR=$(abs_path "${arg#*=}") ;;
+      --eval_data_dir=*) EVAL_DATA_DIR=$(abs_path "${arg#*=}") ;;
+      --unlabel_data_dir=*) UNLABEL_DATA_DIR=$(abs_path "${arg#*=}") ;;
       --teacher_model=*) TEACHER_MODEL=${arg#*=} ;;
       --student_models=*) STUDENT_MODELS=${arg#*=} ;;
       --supervised_baseline) BASELINE=1 ;;
-      --init_checkpoint=*) INIT_CHECKPOINT=${arg#*=} ;;
+      --init_checkpoint=*) INIT_CHECKPOINT=$(abs_path "${arg#*=}") ;;
       --jobs=*) JOBS=${arg#*=} ;;
       --precision=*) PRECISION=${arg#*=} ;;
       --num_images_per_class=*) PER_CLASS_FLAG=${arg#*=} ;;
@@ -154,7 +170,7 @@ parse_flags() {
       --skip_setup) SKIP_SETUP=1 ;;
       --ablation) ABLATION=1 ;;
       --plan) PLAN=1 ;;
-      --teacher_checkpoint=*) TEACHER_CHECKPOINT=${arg#*=} ;;
+      --teacher_checkpoint=*) TEACHER_CHECKPOINT=$(abs_path "${arg#*=}") ;;
       --teacher_finetune_epochs=*) TEACHER_FINETUNE_EPOCHS=${arg#*=} ;;
       --teacher_epochs=*) TEACHER_EPOCHS_FLAG=${arg#*=} ;;
       --train_batch_size=*) BATCH_FLAG=${arg#*=} ;;
@@ -359,8 +375,7 @@ check_flags() {  # every flag checked before any work: one line naming the bad o
   esac
   [ -z "${TEACHER_CHECKPOINT:-}" ] || [ -z "${INIT_CHECKPOINT:-}" ] ||
     fail "--teacher_checkpoint and --init_checkpoint: give one (the teacher as it is, or trained from it)"
-  [ -z "${TEACHER_CHECKPOINT:-}" ] || [ -n "$PLAN" ] || ls -d "$TEACHER_CHECKPOINT"* > /dev/null 2>&1 ||
-    fail "--teacher_checkpoint=$TEACHER_CHECKPOINT does not exist"
+  [ -n "$PLAN" ] || check_checkpoint teacher_checkpoint "${TEACHER_CHECKPOINT:-}"
   [ -z "$PLAN" ] || [ "$DATASET" = "$MADE_FOR" ] || [ -n "${PER_CLASS_FLAG:-}" ] ||
     fail "--plan on --dataset=$DATASET needs --num_images_per_class (the default, unlabeled images /" \
          "classes, is counted after labeling)"
@@ -371,8 +386,7 @@ check_flags() {  # every flag checked before any work: one line naming the bad o
   [ -z "${STUDENT_MODELS:-}" ] || [[ "$STUDENT_MODELS" =~ ^[a-z0-9-]+,[a-z0-9-]+,[a-z0-9-]+$ ]] ||
     fail "--student_models=$STUDENT_MODELS must be three model names, one per iteration" \
          "(e.g. efficientnet-b1,efficientnet-b2,efficientnet-b3)"
-  [ -z "${INIT_CHECKPOINT:-}" ] || [ -e "$INIT_CHECKPOINT" ] ||
-    fail "--init_checkpoint=$INIT_CHECKPOINT does not exist"
+  check_checkpoint init_checkpoint "${INIT_CHECKPOINT:-}"
   read -ra EXTRA <<< "$TRAIN_FLAGS"
   local size
   for size in "widths=$STUDENT_WIDTHS" "depths=$STUDENT_DEPTHS"; do

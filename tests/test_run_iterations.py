@@ -161,7 +161,8 @@ def test_help_prints_the_whole_header():
     ("--num_images_per_class=many", "must be a positive number of images"),
     ("--student_models=efficientnet-b1", "must be three model names, one per iteration "
      "(e.g. efficientnet-b1,efficientnet-b2,efficientnet-b3)"),
-    ("--init_checkpoint=/nonexistent.weights.h5", "does not exist")])
+    ("--init_checkpoint=/nonexistent.weights.h5", "does not exist (expected a Keras .h5/.keras "
+     "file, a TF checkpoint prefix with its .index, or a directory)")])
 def test_bad_data_or_model_flag_is_one_line_before_any_work(tmp_path, flag, error):
     proc = subprocess.run(["bash", "run_iterations.sh", flag, "--skip_setup",
                            f"--workdir={tmp_path}/run"], cwd=ROOT, capture_output=True, text=True)
@@ -343,6 +344,35 @@ def test_plan_of_a_checkpoint_teacher_on_tpu_and_own_schedule(tmp_path):
     assert (proc.returncode, proc.stderr.strip()) == (2, (
         "error: --plan on --dataset=imagenet needs --num_images_per_class (the default, unlabeled "
         "images / classes, is counted after labeling)"))
+
+
+def test_relative_paths_are_the_callers_and_a_checkpoint_prefix_is_accepted(tmp_path):
+    """Run from another directory: every relative path flag (globs too) names the caller's files,
+    and an official checkpoint prefix (model.ckpt-3, with its .index) is a checkpoint."""
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "model.ckpt-3.index").touch()
+    flags = ["--plan", "--workdir=run", "--dataset=imagenet", "--label_data_dir=data/train-*",
+             "--eval_data_dir=data/validation-*", "--unlabel_data_dir=data/unlabeled-*",
+             "--num_images_per_class=5"]
+    script = os.path.join(ROOT, "run_iterations.sh")
+    proc = subprocess.run(["bash", script, *flags, "--init_checkpoint=ckpt/model.ckpt-3"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    teacher = shlex.split(proc.stdout.split("# stage 1: ")[1].splitlines()[1])
+    for flag, value in [("model_dir", "run/teacher"), ("label_data_dir", "data/train-*"),
+                        ("eval_data_dir", "data/validation-*"),
+                        ("init_checkpoint", "ckpt/model.ckpt-3")]:
+        assert f"--{flag}={tmp_path}/{value}" in teacher, flag
+    assert f"--input_pattern={tmp_path}/data/unlabeled-*" in proc.stdout
+    proc = subprocess.run(["bash", script, *flags, "--teacher_checkpoint=ckpt/model.ckpt-4"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert f"--init_checkpoint={tmp_path}/ckpt/model.ckpt-4 " in proc.stdout   # --plan: unchecked
+    proc = subprocess.run(["bash", script, *flags[1:], "--init_checkpoint=ckpt/model.ckpt-4"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert (proc.returncode, proc.stderr.strip()) == (2, (
+        f"error: --init_checkpoint={tmp_path}/ckpt/model.ckpt-4 does not exist (expected a Keras "
+        f".h5/.keras file, a TF checkpoint prefix with its .index, or a directory)"))
+    assert os.listdir(tmp_path) == ["ckpt"]
 
 
 # Tiny steps on any data: --preset=smoke with every model shrunk and shortened.
