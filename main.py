@@ -152,7 +152,7 @@ class Trainer:
     def _forward_student(self, x_l, x_u):
         """Logits of the labeled and unlabeled parts: one pass over the concatenation, so BN sees
         the whole batch once; for the 'none' ablation dropout and stochastic depth noise only the
-        labeled rows."""
+        labeled rows. NOTE: the reference has no switch for Table 6's unlabeled-only ablations."""
         n_l = tf.shape(x_l)[0]
         if self.student.unlabeled_noise == "none":
             efficientnet_builder.set_noise(self.model, True, noised_rows=n_l)
