@@ -1,0 +1,415 @@
+"""Which of the paper's claims hold here (issue 32): arms x seeds, and bench/claims.md.
+
+    nice -n 19 python3 bench/study.py --root=/work/exp/claims --arms=supervised_s1 --seeds=0,1,2
+    python3 bench/study.py --root=/work/exp/claims --plan     # every arm x seed's commands, runs nothing
+    python3 bench/study.py --root=/work/exp/claims --norun    # only rewrite bench/claims.md
+
+An arm is a named list of commands: the driver (run_iterations.sh --preset=quick) with flags, or
+one main.py training, a supervised control: the quick preset's teacher command as the driver's
+--plan prints it (architecture, RandAugment, stochastic depth, dropout, schedule), with a student's
+labeled epochs, size and seed. (arm, seed) runs in ROOT/ARM/seedS: its commands are recorded there
+before they run and a different command for that folder is refused (use another --root); a
+finished one (its result.json) is not rerun; the driver and main.py resume an unfinished one.
+--jobs=N runs N (arm, seed)s at a time. A finished run's result (top-1 per model, its commands,
+CPU, wall and CPU minutes, date) is copied to bench/claims/ARM-seedS.json, and bench/claims.md is
+computed from those files: one row per claim (paper section and number, our mean +- std over the
+seeds, n, a verdict from the numbers), then every arm's seeds, cost and status.
+"""
+import collections
+import concurrent.futures
+import glob
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import common  # noqa: E402  (first: it silences TensorFlow's start-up lines)
+from absl import flags  # noqa: E402
+
+from benchlib import ROOT, machine  # noqa: E402  (bench/ is on sys.path)
+
+flags.DEFINE_string("root", "/work/exp/claims", "Study root: one workdir per arm and seed, ROOT/ARM/seedS.")
+flags.DEFINE_list("arms", [], "Arms to run (default: every arm, in the order of ARMS).")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds to run for each arm.")
+flags.DEFINE_integer("jobs", 1, "(arm, seed)s run at a time.")
+flags.DEFINE_bool("plan", False, "Print every arm x seed's commands and status; run nothing.")
+flags.DEFINE_bool("run", True, "Run the selected arms (--norun: only rewrite --claims).")
+flags.DEFINE_string("results_dir", os.path.join(ROOT, "bench", "claims"),
+                    "Where each finished run's result is copied (ARM-seedS.json).")
+flags.DEFINE_string("claims", os.path.join(ROOT, "bench", "claims.md"), "The claims table written.")
+FLAGS = flags.FLAGS
+
+QUICK = ["bash", "run_iterations.sh", "--preset=quick", "--skip_setup"]
+STUDENTS = ("iter1/student", "iter2/student", "iter3/student")
+NUM_CLASSES = 10  # Fashion-MNIST, the data of every arm here
+MIN_SEEDS = 3
+
+
+# ---------------------------------------------------------------------------------------------
+# The arms: name -> (what it is, commands(seed, workdir)).
+# ---------------------------------------------------------------------------------------------
+def driver(*extra):
+    """The quick preset's driver with extra flags, in the run's workdir."""
+    return lambda seed, workdir: [QUICK + [f"--seed={seed}", f"--workdir={workdir}", *extra]]
+
+
+def flag(argv, name):
+    """The value of --name in argv (the last one wins, as in absl); None if absent."""
+    values = [a.split("=", 1)[1] for a in argv if a.startswith(f"--{name}=")]
+    return values[-1] if values else None
+
+
+def set_flags(argv, **values):
+    """argv with each --name=value set (replacing every occurrence, or appended)."""
+    out = [a for a in argv if a.split("=", 1)[0][2:] not in values]
+    return out + [f"--{k}={v}" for k, v in values.items()]
+
+
+def planned_models(seed, workdir, *extra):
+    """The driver's main.py commands for a run (its --plan): model dir relative to workdir -> argv."""
+    plan = subprocess.run(QUICK + ["--plan", f"--seed={seed}", f"--workdir={workdir}", *extra],
+                          cwd=ROOT, capture_output=True, text=True)
+    if plan.returncode:
+        raise common.UserError(f"run_iterations.sh --plan failed: {plan.stderr.strip()}")
+    models = {}
+    for line in plan.stdout.splitlines():
+        argv = [] if line.startswith("#") else shlex.split(line)
+        if argv[1:2] == ["main.py"]:
+            models[os.path.relpath(flag(argv, "model_dir"), workdir)] = argv
+    return models
+
+
+def control(student, epochs="student", labels_per_class=None, extra=()):
+    """A supervised control of the driver's student (with driver flags extra): the teacher's
+    command at the student's size and seed, trained on the labels only for the student's labeled
+    epochs ("student") or the whole chain's up to it ("chain"). labels_per_class: the ceiling,
+    trained as long and as noised as the student: its steps, its images per step (labeled +
+    unlabeled, all labeled here) and its learning rate per step."""
+    def commands(seed, workdir):
+        models = planned_models(seed, workdir, *extra)
+        teacher, s = models["teacher"], models[student]
+        chain = ["teacher", *STUDENTS[:STUDENTS.index(student) + 1]]
+        n = (float(flag(models[m], "train_epochs")) for m in chain) if epochs == "chain" else [
+            float(flag(s, "train_epochs"))]
+        size = {k: flag(s, k) for k in ("width_coefficient", "depth_coefficient") if flag(s, k)}
+        cmd = set_flags(teacher, model_dir=os.path.join(workdir, "model"), seed=flag(s, "seed"),
+                        train_epochs=f"{sum(n):g}", **size)
+        if labels_per_class:
+            batch, scale = int(flag(s, "train_batch_size")), 1 + float(flag(s, "unlabel_ratio"))
+            labeled = int(flag(s, "num_labeled_per_class")) * NUM_CLASSES
+            cmd = set_flags(cmd, num_labeled_per_class=labels_per_class,
+                            train_batch_size=f"{batch * scale:g}",
+                            num_train_images=f"{labeled * scale:g}",  # the student's steps per epoch
+                            base_learning_rate=f"{float(flag(s, 'base_learning_rate')) / scale:g}",
+                            final_base_learning_rate=f"{float(flag(s, 'final_base_learning_rate')) / scale:g}")
+        return [cmd]
+    return commands
+
+
+GROWING = ("--student_widths=0.25,0.35,0.5", "--student_depths=0.25,0.35,0.5")
+ARMS = collections.OrderedDict([
+    ("supervised_s1", ("supervised control: the teacher's recipe for student 1's labeled epochs",
+                       control("iter1/student"))),
+    ("supervised_chain", ("supervised control: the teacher's recipe for the chain's labeled epochs "
+                          "(teacher + students 1-3)", control("iter3/student", "chain"))),
+    ("ceiling_60k", ("the ceiling: all 60,000 labels, student 3's steps, images per step, "
+                     "learning rate and noise", control("iter3/student", labels_per_class=6000))),
+    ("noisy_student", ("the quick preset: teacher, three same-size students, robustness",
+                       driver())),
+    ("size_growing", ("a growing chain, width/depth 0.25 -> 0.35 -> 0.5 (+ the driver's "
+                      "supervised baseline of student 3's size)", driver(*GROWING))),
+    ("supervised_chain_w05", ("supervised control of the growing chain's student 3 (0.5): the "
+                              "chain's labeled epochs", control("iter3/student", "chain", extra=GROWING))),
+    ("ratio_1", ("the quick preset with the unlabeled batch 1, 1, 1 labeled batches (not 1, 2, 3)",
+                 driver("--unlabel_ratios=1,1,1"))),
+    ("table6", ("the quick preset + Table 6's students beside student 1 (--ablation)",
+                driver("--ablation", "--jobs=2"))),
+])
+# Not buildable with the driver's flags yet (issue 32): fewer labels (the driver fixes 400 per
+# class), out-of-domain images mixed into the pile, 1/8-1/2 of the unlabeled images.
+NOT_YET = ["fewer labels (40, 100 per class): the driver prepares 400 per class; needs a "
+           "--num_labeled_per_class driver flag",
+           "out-of-domain unlabeled images (soft vs hard, filtering and balancing on/off): needs a "
+           "packaged image source mixed into a --dataset=folder pile",
+           "the amount of unlabeled data (1/8, 1/4, 1/2): needs a driver flag for the unlabeled shards"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The claims: effect = a - b (each (arm, model) or a number), the paper's sign (+1: a above b).
+# ---------------------------------------------------------------------------------------------
+Claim = collections.namedtuple("Claim", "claim section paper a b sign")
+T6 = "Sec. 4.1, Table 6 (B5, 130M unlabeled)"
+CLAIMS = [
+    Claim("student 1 beats a supervised model of its architecture, noise and labeled epochs",
+          "Sec. 3.2, Fig. 2 (same size, one iteration)", "about +0.8",
+          ("noisy_student", "student 1"), ("supervised_s1", "supervised"), +1),
+    Claim("student 3 beats a supervised model trained as long as the whole chain",
+          "Sec. 3.2, Table 2 (L2 88.4 vs 85.5)", "+2.9",
+          ("noisy_student", "student 3"), ("supervised_chain", "supervised"), +1),
+    Claim("student 3 beats the teacher", "Sec. 3.2, Table 2 (B7 85.0 -> L2 88.4)", "+3.4",
+          ("noisy_student", "student 3"), ("noisy_student", "teacher"), +1),
+    Claim("iterating helps: student 3 beats student 1", "Sec. 3.1 'Iterative training', App. A.2",
+          "> 0", ("noisy_student", "student 3"), ("noisy_student", "student 1"), +1),
+    Claim("student 3's corruption error is below the teacher's (relative mCE - 100)",
+          "Sec. 3.3, Table 4", "mCE 45.7 -> 28.3",
+          ("noisy_student", "student 3 relative mCE"), 100.0, -1),
+    Claim("a larger student helps: the growing chain's student 3 (0.5) beats a same-size one",
+          "Sec. 3.1, App. A.3", "> 0", ("size_growing", "student 3"), ("noisy_student", "student 3"), +1),
+    Claim("the growing chain's student 3 beats its supervised control of the same size",
+          "Sec. 3.2, Table 2", "+2.9", ("size_growing", "student 3"),
+          ("supervised_chain_w05", "supervised"), +1),
+    Claim("a larger unlabeled batch helps: ratios 1, 2, 3 beat 1, 1, 1", "Sec. 3.1, App. A.3", "> 0",
+          ("noisy_student", "student 3"), ("ratio_1", "student 3"), +1),
+    Claim("noise on the unlabeled images helps: NoisyStudent beats the student w/o Aug, SD, Dropout",
+          T6, "+0.6", ("table6", "NoisyStudent"), ("table6", "student w/o Aug, SD, Dropout"), +1),
+    Claim("augmentation of the unlabeled images helps: NoisyStudent beats the student w/o Aug",
+          T6, "+0.3", ("table6", "NoisyStudent"), ("table6", "student w/o Aug"), +1),
+    Claim("an unnoised teacher labels better than a noised one (both on the fly)", T6, "+0.5",
+          ("table6", "NoisyStudent, on-the-fly teacher (no filter/balance)"),
+          ("table6", "teacher w. Aug, SD, Dropout (on the fly)"), +1),
+]
+
+
+def summary(values):
+    """n, mean, sample std and standard error of the mean (std and stderr nan below 2 values)."""
+    n = len(values)
+    mean = sum(values) / n if n else math.nan
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
+    return n, mean, std, std / math.sqrt(n) if n > 1 else math.nan
+
+
+def verdict(effects, sign):
+    """holds / does not hold / not resolved at this scale (|mean| < 2 stderr) / needs N more seeds."""
+    n, mean, _, stderr = summary(effects)
+    if n < MIN_SEEDS:
+        return f"needs {MIN_SEEDS - n} more seed{'s' * (MIN_SEEDS - n > 1)}"
+    if abs(mean) < 2 * stderr:
+        return "not resolved at this scale"
+    return "holds" if mean * sign > 0 else "does not hold"
+
+
+def effects(claim, results):
+    """claim's a - b per seed, over the seeds where both are measured."""
+    def value(side, seed):
+        if isinstance(side, float):
+            return side
+        r = results.get((side[0], seed))
+        return r["metrics"].get(side[1]) if r else None
+    seeds = sorted({seed for _, seed in results})
+    pairs = [(value(claim.a, s), value(claim.b, s)) for s in seeds]
+    return [a - b for a, b in pairs if a is not None and b is not None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Running one (arm, seed): recorded commands, resume, result.
+# ---------------------------------------------------------------------------------------------
+def log(message):
+    print(f"[{time.strftime('%H:%M:%S')}] study: {message}", file=sys.stderr, flush=True)
+
+
+def workdir_of(root, arm, seed):
+    return os.path.join(root, arm, f"seed{seed}")
+
+
+def commands_text(commands):
+    return "".join(shlex.join(c) + "\n" for c in commands)
+
+
+def check_record(workdir, text):
+    """Refuses a workdir whose recorded commands differ from text; True if it has a record."""
+    record = os.path.join(workdir, "commands.txt")
+    if not os.path.exists(record):
+        return False
+    with open(record) as f:
+        before = f.read()
+    if before != text:
+        raise common.UserError(f"{workdir} was made by other commands; remove it or use another "
+                               f"--root (then: {before.strip()}; now: {text.strip()})")
+    return True
+
+
+def metrics(workdir):
+    """Top-1 (%) per model of a finished run (the driver's report.json, with each model's relative
+    mCE; or main.py's eval_results.json as "supervised")."""
+    report = os.path.join(workdir, "report.json")
+    if os.path.exists(report):
+        r = common.read_json(report)
+        models = r["models"] + r.get("ablation", []) + [r["supervised_baseline"]] * bool(
+            r.get("supervised_baseline"))
+        out = {m["name"]: 100 * m["top_1"] for m in models if m.get("top_1") is not None}
+        if r.get("supervised_baseline"):
+            out["supervised baseline"] = out.pop(r["supervised_baseline"]["name"])
+        out.update({f"{m['name']} relative mCE": m["robustness"]["c_relative_mce_baseline"]
+                    for m in r["models"] if m.get("robustness")})
+        return out
+    results = common.read_json(os.path.join(workdir, "model", "eval_results.json"))
+    return {"supervised": 100 * results["top_1"]}
+
+
+def publish(result, results_dir):
+    """Copies a finished run's result to results_dir/ARM-seedS.json (another run's is refused)."""
+    path = os.path.join(results_dir, f"{result['arm']}-seed{result['seed']}.json")
+    old = common.read_json(path, default=None)
+    if old and old["commands"] != result["commands"]:
+        raise common.UserError(f"{path} holds a run of other commands ({old['commands'][0]}); "
+                               f"remove it to replace it")
+    common.write_json(path, result)
+
+
+def run(arm, seed, root, results_dir):
+    """Runs (arm, seed) in its workdir unless finished; publishes its result."""
+    workdir = workdir_of(root, arm, seed)
+    commands = ARMS[arm][1](seed, workdir)
+    text = commands_text(commands)
+    resumed = check_record(workdir, text)
+    done = os.path.join(workdir, "result.json")
+    if os.path.exists(done):
+        log(f"{arm} seed {seed}: done, skipped")
+        return publish(common.read_json(done), results_dir)
+    os.makedirs(workdir, exist_ok=True)
+    with common.atomic_output(os.path.join(workdir, "commands.txt")) as tmp, open(tmp, "w") as f:
+        f.write(text)
+    log_path = os.path.join(workdir, "log.txt")
+    log(f"{arm} seed {seed}: running{' (resumed)' * resumed}, log {log_path}")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip()
+    start, cpu = time.time(), 0.0
+    with open(log_path, "a") as out:
+        for cmd in commands:
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+            _, status, usage = os.wait4(proc.pid, 0)  # its CPU time, with its children's
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            cpu += usage.ru_utime + usage.ru_stime
+            if proc.returncode:
+                raise common.UserError(f"{arm} seed {seed}: {cmd[1]} failed (exit "
+                                       f"{proc.returncode}); its log: {log_path}")
+    result = dict(arm=arm, seed=seed, commands=text.splitlines(), metrics=metrics(workdir),
+                  machine=machine(), commit=commit, resumed=resumed,
+                  wall_minutes=round((time.time() - start) / 60, 1), cpu_minutes=round(cpu / 60, 1))
+    common.write_json(done, result)
+    log(f"{arm} seed {seed}: done in {result['wall_minutes']} min ({result['cpu_minutes']} CPU min)")
+    publish(result, results_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# bench/claims.md from the published results.
+# ---------------------------------------------------------------------------------------------
+def load_results(results_dir):
+    """(arm, seed) -> result, from results_dir/*.json."""
+    out = {}
+    for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
+        r = common.read_json(path)
+        out[(r["arm"], int(r["seed"]))] = r
+    return out
+
+
+def status(arm, seed, results, root):
+    if (arm, seed) in results:
+        return "done"
+    if os.path.exists(os.path.join(workdir_of(root, arm, seed), "commands.txt")):
+        return "unfinished"
+    return "not started"
+
+
+def fmt(n, mean, std):
+    if not n:
+        return "-"
+    return f"{mean:+.2f}" + (f" +- {std:.2f}" if n > 1 else "")
+
+
+def side(x):
+    return f"{x:g}" if isinstance(x, float) else f"{x[0]}: {x[1]}"
+
+
+def claims_table(results, seeds, root):
+    """bench/claims.md's text: the claims, the ceiling, every arm's seeds, cost and status."""
+    lines = ["# Which of the paper's claims hold here (issue 32)", "",
+             "Written by `python3 bench/study.py` from the results in [claims/](claims/) (one per "
+             "arm and seed: top-1 per model, commands, CPU, minutes, date). Effect = a - b in "
+             "top-1 points (mCE: points of relative mCE), per seed, then mean +- std over the "
+             "seeds where both are done. Verdict: *holds* / *does not hold* when |mean| >= 2 "
+             "standard errors (the paper's sign or not), *not resolved at this scale* below that, "
+             f"*needs N more seeds* below {MIN_SEEDS} seeds.", "",
+             "| claim | paper | paper's number | a - b | ours: mean +- std | n | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for c in CLAIMS:
+        e = effects(c, results)
+        n, mean, std, _ = summary(e)
+        lines.append(f"| {c.claim} | {c.section} | {c.paper} | {side(c.a)} - {side(c.b)} | "
+                     f"{fmt(n, mean, std)} | {n} | {verdict(e, c.sign)} |")
+    gaps = []  # the fraction of the gap to the ceiling that self-training closes, per seed
+    for seed in sorted({s for _, s in results}):
+        ns, ceiling = results.get(("noisy_student", seed)), results.get(("ceiling_60k", seed))
+        if ns and ceiling:
+            m = ns["metrics"]
+            gaps.append(100 * (m["student 3"] - m["teacher"]) /
+                        (ceiling["metrics"]["supervised"] - m["teacher"]))
+    n, mean, std, _ = summary(gaps)
+    lines += ["", f"Gap closed, (student 3 - teacher) / (ceiling - teacher) per seed: "
+              f"{fmt(n, mean, std).lstrip('+')}% (n = {n}; public tables, CIFAR-10 with 4,000 labels: "
+              "Pseudo-Label 6%, MixMatch 74%, UDA / FixMatch over 100%).", "",
+              "## The arms", "",
+              "Commands for seed S (ROOT: the study root); cost per finished seed: wall and CPU "
+              "minutes of its commands (CPU time counts the work even when the cores are shared).",
+              "", "| arm | what | top-1 per seed (the compared models) | cost per seed | status |",
+              "|---|---|---|---|---|"]
+    for arm, (what, _) in ARMS.items():
+        done = {s: r for (a, s), r in results.items() if a == arm}
+        names = sorted({side[1] for c in CLAIMS for side in (c.a, c.b)
+                        if not isinstance(side, float) and side[0] == arm})
+        tops = "; ".join(f"seed {s}: " + ", ".join(f"{k} {r['metrics'][k]:.2f}" for k in names
+                                                    if k in r["metrics"])
+                         for s, r in sorted(done.items()))
+        cost = "; ".join(f"seed {s}: {r['wall_minutes']} min wall, {r['cpu_minutes']} CPU min, "
+                         f"{r['machine'].split(';')[0]}, {r['machine'].rsplit('; ', 1)[1]}, "
+                         f"commit {r['commit']}" for s, r in sorted(done.items()))
+        states = ", ".join(f"seed {s} {status(arm, s, results, root)}"
+                           for s in sorted(set(seeds) | set(done)))
+        lines.append(f"| `{arm}` | {what} | {tops or '-'} | {cost or '-'} | {states} |")
+    lines += ["", "Not yet arms (issue 32): " + "; ".join(NOT_YET) + ".", ""]
+    return "\n".join(lines)
+
+
+def write_claims(path, text):
+    with common.atomic_output(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
+
+
+def main(_):
+    arms = FLAGS.arms or list(ARMS)
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        raise common.UserError(f"--arms: {', '.join(unknown)} not one of {', '.join(ARMS)}")
+    seeds = [int(s) for s in FLAGS.seeds]
+    runs = [(a, s) for a in arms for s in seeds]  # arms first: every seed of the cheapest first
+    if FLAGS.plan:
+        results = load_results(FLAGS.results_dir)
+        for arm, seed in runs:
+            workdir = workdir_of(FLAGS.root, arm, seed)
+            print(f"# {arm} seed {seed} ({status(arm, seed, results, FLAGS.root)}): {ARMS[arm][0]}")
+            print(commands_text(ARMS[arm][1](seed, workdir)))
+        return
+    failed = []
+    if FLAGS.run:
+        with concurrent.futures.ThreadPoolExecutor(FLAGS.jobs) as pool:
+            futures = {pool.submit(run, a, s, FLAGS.root, FLAGS.results_dir): (a, s) for a, s in runs}
+            for future in concurrent.futures.as_completed(futures):
+                try:
+                    future.result()
+                except common.UserError as e:
+                    failed.append(str(e))
+                    log(f"error: {e}")
+                write_claims(FLAGS.claims, claims_table(load_results(FLAGS.results_dir), seeds,
+                                                        FLAGS.root))
+    write_claims(FLAGS.claims, claims_table(load_results(FLAGS.results_dir), seeds, FLAGS.root))
+    if failed:
+        raise common.UserError(f"{len(failed)} run(s) failed: " + " | ".join(failed))
+
+
+if __name__ == "__main__":
+    common.run_main(main)
