@@ -351,11 +351,11 @@ def claims_table(results, seeds, root):
                         (ceiling["metrics"]["supervised"] - m["teacher"]))
     n, mean, std, _ = summary(gaps)
     lines += ["", f"Gap closed, (student 3 - teacher) / (ceiling - teacher) per seed: "
-              f"{fmt(n, mean, std).lstrip('+')}% (n = {n}; public tables, CIFAR-10 with 4,000 labels: "
+              f"{fmt(n, mean, std).lstrip('+')}{'%' * bool(n)} (n = {n}; public tables, CIFAR-10 with 4,000 labels: "
               "Pseudo-Label 6%, MixMatch 74%, UDA / FixMatch over 100%).", "",
               "## The arms", "",
-              "Commands for seed S (ROOT: the study root); cost per finished seed: wall and CPU "
-              "minutes of its commands (CPU time counts the work even when the cores are shared).",
+              "Cost per finished seed: wall and CPU minutes of its commands (the CPU time counts "
+              "the work even when the cores are shared), the CPU, the date, the commit.",
               "", "| arm | what | top-1 per seed (the compared models) | cost per seed | status |",
               "|---|---|---|---|---|"]
     for arm, (what, _) in ARMS.items():
@@ -365,19 +365,34 @@ def claims_table(results, seeds, root):
         tops = "; ".join(f"seed {s}: " + ", ".join(f"{k} {r['metrics'][k]:.2f}" for k in names
                                                     if k in r["metrics"])
                          for s, r in sorted(done.items()))
-        cost = "; ".join(f"seed {s}: {r['wall_minutes']} min wall, {r['cpu_minutes']} CPU min, "
-                         f"{r['machine'].split(';')[0]}, {r['machine'].rsplit('; ', 1)[1]}, "
+        cost = "; ".join(f"seed {s}: {r['wall_minutes']} min wall, {r['cpu_minutes']} CPU min"
+                         f"{' (resumed: the last attempt only)' * bool(r.get('resumed'))}, "
+                         f"{r['machine'].split(' cores')[0]} cores, {r['machine'].rsplit('; ', 1)[1]}, "
                          f"commit {r['commit']}" for s, r in sorted(done.items()))
         states = ", ".join(f"seed {s} {status(arm, s, results, root)}"
                            for s in sorted(set(seeds) | set(done)))
         lines.append(f"| `{arm}` | {what} | {tops or '-'} | {cost or '-'} | {states} |")
-    lines += ["", "Not yet arms (issue 32): " + "; ".join(NOT_YET) + ".", ""]
+    lines += ["", "Not yet arms (issue 32): " + "; ".join(NOT_YET) + ".", "",
+              "## The commands", "", "Seed 0's, in ROOT (`python3 bench/study.py --plan` prints "
+              "every seed's); the driver and main.py run from the repository's root.", ""]
+    for arm in ARMS:
+        lines += [f"`{arm}`:", "```", commands_text(ARMS[arm][1](0, workdir_of("ROOT", arm, 0))) + "```"]
+    lines.append("")
     return "\n".join(lines)
 
 
 def write_claims(path, text):
     with common.atomic_output(path) as tmp, open(tmp, "w") as f:
         f.write(text)
+
+
+def plan_text(runs, root, results_dir):
+    """Every (arm, seed)'s status and commands, as --plan prints them."""
+    results, out = load_results(results_dir), ""
+    for arm, seed in runs:
+        out += f"# {arm} seed {seed} ({status(arm, seed, results, root)}): {ARMS[arm][0]}\n"
+        out += commands_text(ARMS[arm][1](seed, workdir_of(root, arm, seed))) + "\n"
+    return out
 
 
 def main(_):
@@ -388,11 +403,7 @@ def main(_):
     seeds = [int(s) for s in FLAGS.seeds]
     runs = [(a, s) for a in arms for s in seeds]  # arms first: every seed of the cheapest first
     if FLAGS.plan:
-        results = load_results(FLAGS.results_dir)
-        for arm, seed in runs:
-            workdir = workdir_of(FLAGS.root, arm, seed)
-            print(f"# {arm} seed {seed} ({status(arm, seed, results, FLAGS.root)}): {ARMS[arm][0]}")
-            print(commands_text(ARMS[arm][1](seed, workdir)))
+        print(plan_text(runs, FLAGS.root, FLAGS.results_dir), end="")
         return
     failed = []
     if FLAGS.run:

@@ -1,0 +1,137 @@
+"""bench/study.py on generated results, no training: the statistics and the verdict rule, a run
+recorded, resumed (a finished one is not rerun) and refused when its commands change, the plan's
+arm x seed list and the controls' commands derived from the driver's, bench/claims.md's rows."""
+import json
+import math
+import os
+import sys
+
+import pytest
+
+import common
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+import study  # noqa: E402
+
+
+def test_summary_is_mean_sample_std_and_standard_error():
+    n, mean, std, stderr = study.summary([1.0, 2.0, 6.0])
+    assert (n, mean) == (3, 3.0)
+    assert std == pytest.approx(math.sqrt(7.0)) and stderr == pytest.approx(math.sqrt(7.0 / 3))
+    assert math.isnan(study.summary([2.0])[2]) and study.summary([])[0] == 0
+
+
+def test_verdict_follows_the_numbers():
+    assert study.verdict([1.0, 1.2, 0.9], +1) == "holds"  # mean 1.03, stderr 0.09
+    assert study.verdict([1.0, 1.2, 0.9], -1) == "does not hold"  # resolved, the other sign
+    assert study.verdict([-1.0, 1.2, 0.9], +1) == "not resolved at this scale"  # 0.37 < 2 x 0.71
+    assert study.verdict([0.5, 1.5, 0.1], +1) == "not resolved at this scale"  # 0.70 < 2 x 0.42
+    assert study.verdict([3.0, 3.1], +1) == "needs 1 more seed"
+    assert study.verdict([], +1) == "needs 3 more seeds"
+
+
+def fake_arm(tmp_path, top_1=0.5):
+    """An arm whose one command writes main.py's eval_results.json and counts its runs."""
+    code = ("import json, os, sys; d = os.path.join(sys.argv[1], 'model'); os.makedirs(d, exist_ok=True);"
+            f"json.dump({{'top_1': {top_1}}}, open(os.path.join(d, 'eval_results.json'), 'w'));"
+            "open(os.path.join(sys.argv[1], 'ran'), 'a').write('x')")
+    return ("a fake control", lambda seed, workdir: [[sys.executable, "-c", code, workdir]])
+
+
+def test_a_run_is_recorded_published_and_not_rerun(tmp_path, monkeypatch):
+    monkeypatch.setitem(study.ARMS, "fake", fake_arm(tmp_path, 0.8123))
+    root, results = str(tmp_path / "root"), str(tmp_path / "results")
+    study.run("fake", 2, root, results)
+    study.run("fake", 2, root, results)  # finished: skipped
+    workdir = os.path.join(root, "fake", "seed2")
+    assert open(os.path.join(workdir, "ran")).read() == "x"
+    result = common.read_json(os.path.join(results, "fake-seed2.json"))
+    assert result["metrics"] == {"supervised": pytest.approx(81.23)}
+    assert result["commands"] == open(os.path.join(workdir, "commands.txt")).read().splitlines()
+    assert result["cpu_minutes"] >= 0 and "CPU family" in result["machine"] and not result["resumed"]
+    assert study.load_results(results)[("fake", 2)]["seed"] == 2
+
+
+def test_changed_commands_and_another_runs_result_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setitem(study.ARMS, "fake", fake_arm(tmp_path, 0.5))
+    root, results = str(tmp_path / "root"), str(tmp_path / "results")
+    study.run("fake", 0, root, results)
+    monkeypatch.setitem(study.ARMS, "fake", fake_arm(tmp_path, 0.6))  # another command
+    with pytest.raises(common.UserError, match="made by other commands"):
+        study.run("fake", 0, root, results)
+    with pytest.raises(common.UserError, match="holds a run of other commands"):
+        study.run("fake", 0, str(tmp_path / "other_root"), results)  # same arm and seed elsewhere
+
+
+def test_a_failed_command_names_its_log_and_the_run_resumes(tmp_path, monkeypatch):
+    root, results = str(tmp_path / "root"), str(tmp_path / "results")
+    flag_file = tmp_path / "fail"
+    flag_file.write_text("")
+    code = f"import os, sys; sys.exit(3 if os.path.exists({str(flag_file)!r}) else 0)"
+    ok = fake_arm(tmp_path)[1]
+    arm = ("fails once", lambda seed, workdir: [[sys.executable, "-c", code], *ok(seed, workdir)])
+    monkeypatch.setitem(study.ARMS, "fake", arm)
+    with pytest.raises(common.UserError, match=r"exit 3\); its log: .*fake/seed0/log.txt"):
+        study.run("fake", 0, root, results)
+    flag_file.unlink()
+    study.run("fake", 0, root, results)
+    assert common.read_json(os.path.join(results, "fake-seed0.json"))["resumed"]
+
+
+def test_plan_lists_every_arm_and_seed_and_the_controls_match_the_students(tmp_path):
+    root = str(tmp_path)
+    runs = [(a, s) for a in study.ARMS for s in (0, 1)]
+    text = study.plan_text(runs, root, str(tmp_path / "none"))
+    headers = [l.split(" (")[0] for l in text.splitlines() if l.startswith("# ")]
+    assert headers == [f"# {a} seed {s}" for a, s in runs]
+    assert "(not started)" in text
+    students = study.planned_models(1, os.path.join(root, "x"))
+    epochs = {k: float(study.flag(v, "train_epochs")) for k, v in students.items()}
+    control = lambda arm: study.ARMS[arm][1](1, os.path.join(root, arm, "seed1"))[0]
+    s1, chain, ceiling = (control(a) for a in ("supervised_s1", "supervised_chain", "ceiling_60k"))
+    teacher = students["teacher"]
+    for cmd in (s1, chain, ceiling):  # the teacher's command: main.py, same noise and net
+        assert cmd[:2] == teacher[:2] and "--unlabel_data_dir" not in " ".join(cmd)
+        assert study.flag(cmd, "model_dir") == os.path.join(os.path.dirname(study.flag(cmd, "data_dir")), "model")
+    assert float(study.flag(s1, "train_epochs")) == epochs["iter1/student"]
+    assert study.flag(s1, "seed") == study.flag(students["iter1/student"], "seed") == "11"
+    assert float(study.flag(chain, "train_epochs")) == sum(epochs.values())
+    s3 = students["iter3/student"]
+    steps = lambda cmd, images: math.ceil(float(study.flag(cmd, "train_epochs")) * images
+                                       / int(study.flag(cmd, "train_batch_size")))
+    assert steps(ceiling, int(study.flag(ceiling, "num_train_images"))) == steps(s3, 4000)
+    peak = lambda cmd: float(study.flag(cmd, "base_learning_rate")) * int(study.flag(cmd, "train_batch_size"))
+    assert peak(ceiling) == pytest.approx(peak(s3))
+    assert study.flag(ceiling, "num_labeled_per_class") == "6000"
+    growing = study.ARMS["supervised_chain_w05"][1](0, root)[0]
+    assert study.flag(growing, "width_coefficient") == study.flag(growing, "depth_coefficient") == "0.5"
+
+
+def result(arm, seed, **metrics):
+    return {"arm": arm, "seed": seed, "metrics": metrics, "wall_minutes": 3.0, "cpu_minutes": 5.0,
+            "machine": "Xeon, CPU family 6 model 167; x86_64; TF 2.21.0; 2026-12-06 22:00 UTC",
+            "commit": "abc1234", "commands": ["c"]}
+
+
+def test_claims_table_rows_follow_the_results(tmp_path):
+    results = {}
+    for seed, (t, s1, s3, sup, ceil) in enumerate([(79, 81, 83, 80.0, 91), (78, 81.5, 83.5, 80.2, 91),
+                                                   (80, 82, 84, 80.9, 91)]):
+        results[("noisy_student", seed)] = result("noisy_student", seed, teacher=t, **{
+            "student 1": s1, "student 3": s3})
+        results[("supervised_s1", seed)] = result("supervised_s1", seed, supervised=sup)
+    results[("ceiling_60k", 0)] = result("ceiling_60k", 0, supervised=91.0)
+    (tmp_path / "ceiling_60k" / "seed1").mkdir(parents=True)
+    (tmp_path / "ceiling_60k" / "seed1" / "commands.txt").write_text("c\n")
+    text = study.claims_table(results, [0, 1, 2], str(tmp_path))
+    rows = {l.split(" | ")[0][2:]: l.split(" | ") for l in text.splitlines() if l.startswith("| ")}
+    row = rows[study.CLAIMS[0].claim]  # student 1 - supervised_s1: +1.0, +1.3, +1.1
+    assert row[4:7] == ["+1.13 +- 0.15", "3", "holds |"]
+    assert rows[study.CLAIMS[1].claim][4:7] == ["-", "0", "needs 3 more seeds |"]
+    assert "Gap closed" in text and "33.33% (n = 1" in text  # (83 - 79) / (91 - 79)
+    arm_row = rows["`ceiling_60k`"]
+    assert arm_row[-1] == "seed 0 done, seed 1 unfinished, seed 2 not started |"
+    assert "3.0 min wall, 5.0 CPU min" in arm_row[3]
+    study.write_claims(str(tmp_path / "claims.md"), text)
+    assert (tmp_path / "claims.md").read_text() == text
+    assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
