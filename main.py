@@ -10,6 +10,9 @@ Noised student (step 4) on filtered pseudo-labels written by filter_balance.py:
         --teacher_model_dir=runs/teacher --unlabel_ratio=3 --label_type=soft
 or with the unnoised teacher run on the fly (no label_data/filter_balance step):
     python main.py --model_dir=runs/student --teacher_model_dir=runs/teacher --unlabel_ratio=3
+A published checkpoint as the teacher, as it is (no training; evaluated like a trained one):
+    python main.py --dataset=imagenet --eval_data_dir='validation-*' --model_dir=runs/b0 \
+        --init_checkpoint=efficientnet-b0/model.ckpt --train_steps=0 --train_epochs=0
 In a program: train_and_evaluate(TrainConfig(..., student=StudentConfig(...)), model_dir). Every
 field of the two configs is the flag of the same name.
 
@@ -56,7 +59,17 @@ def train_and_evaluate(config, model_dir):
         data.prepare_fashion_mnist(config.data_dir, seed=config.data_seed,
                                    num_labeled_per_class=config.num_labeled_per_class)
     student = config.student
-    if config.mode in ("train", "train_and_eval"):
+    if config.mode in ("train", "train_and_eval") and not (config.train_steps
+                                                           or config.train_epochs):
+        # Published weights as the teacher, as they are (Algorithm 1's step 1 done by their
+        # authors): --init_checkpoint with no training, exported as this model dir.
+        record = flags_record(config, model_dir)
+        check_resume_flags(model_dir, record)
+        if chief:
+            tf.io.gfile.makedirs(model_dir)
+            common.write_json(os.path.join(model_dir, "flags.json"), record)
+            pretrained.export_model_dir(config.init_checkpoint, model_dir, spec)
+    elif config.mode in ("train", "train_and_eval"):
         record = flags_record(config, model_dir)
         check_resume_flags(model_dir, record)
         label_files = common.list_files(label_pattern, "labeled training data (--label_data_dir)")
@@ -730,7 +743,9 @@ class TrainConfig:
     seed: int = common.setting(0, "Seed for weights, shuffling and augmentation.")
     init_checkpoint: str = common.setting("", "Start the model (and its EMA twin) from these "
         "pretrained weights: a Keras .h5/.keras file or an official EfficientNet checkpoint "
-        "(pretrained.py); only when --model_dir has no checkpoint yet.")
+        "(prefix or directory; pretrained.py); only when --model_dir has no checkpoint yet. With "
+        "--train_steps=0 --train_epochs=0: the teacher as it is, no training (the data's "
+        "classes).")
 
     # Fine-tuning at a larger resolution after training (paper Sec. 3.1, after Touvron et al. FixRes).
     finetune_image_size: int = common.setting(0, "If > 0, after training fine-tune the EMA model at this "
@@ -776,9 +791,12 @@ class TrainConfig:
                      keep_checkpoint_max="> 0", log_every_steps="> 0")
         if self.num_classes == 1:
             raise common.UserError("--num_classes=1: a classifier needs at least 2 classes")
-        if not (self.train_steps or self.train_epochs) and self.mode != "eval":
+        if not (self.train_steps or self.train_epochs) and self.mode != "eval" and (
+                not self.init_checkpoint or self.student or self.finetune_image_size):
             raise common.UserError("--train_steps=0 and --train_epochs=0: nothing to train "
-                                   "(use --mode=eval to evaluate a trained --model_dir)")
+                                   "(use --mode=eval to evaluate a trained --model_dir; with "
+                                   "--init_checkpoint and no student or fine-tuning flags the "
+                                   "checkpoint becomes the teacher as it is)")
 
 
 _RANGES = {"> 0": (lambda v: v > 0, "positive"), ">= 0": (lambda v: v >= 0, "0 or more"),
@@ -807,7 +825,7 @@ RESUMABLE_CHANGES = {"mode", "model_dir", "data_dir", "label_data_dir", "eval_da
 def check_resume_flags(model_dir, record):
     """A model dir holds one run: resuming it with other training flags is refused (its flags.json
     describes its checkpoints), except for the flags in RESUMABLE_CHANGES."""
-    if not restored_step(model_dir):
+    if not tf.train.latest_checkpoint(model_dir):   # ckpt-0: a checkpoint taken as it is
         return
     saved = common.read_json(os.path.join(model_dir, "flags.json"), default=None) or {}
     for name, value in record.items():

@@ -21,6 +21,7 @@ import common
 import data
 import efficientnet_builder
 import main
+import pretrained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
@@ -391,6 +392,37 @@ def test_missing_or_corrupt_data_and_another_model_dir_are_named(tiny_shard, tmp
     config = dataclasses.replace(config, label_data_dir=str(bad.parent))
     with pytest.raises(common.UserError, match="corrupt TFRecord file .*labeled-00000-of-00001"):
         main.train_and_evaluate(config, str(tmp_path / "m"))
+
+
+def test_a_checkpoint_as_it_is_is_a_teacher_evaluated_without_training(tiny_shard, tmp_path):
+    """--init_checkpoint with --train_steps=0 --train_epochs=0: an official-format checkpoint
+    becomes the model dir (model and EMA model: its weights) that label_data.py and the on-the-fly
+    teacher read, evaluated like a trained teacher; another checkpoint in that dir is refused."""
+    from test_pretrained import randomise, write_official
+    spec = main.model_spec(main.TrainConfig(**TINY), data.DATASETS["fashion_mnist"])
+    source = randomise(efficientnet_builder.build_from_config(  # RGB, ImageNet-normalised
+        dict(spec, num_channels=3, mean=None, std=None)))
+    (tmp_path / "official").mkdir()
+    prefix = write_official(str(tmp_path / "official"), source)
+    config = tiny(tmp_path, label_data_dir=tiny_shard, eval_data_dir=tiny_shard, train_steps=0,
+                  train_epochs=0.0, init_checkpoint=prefix)
+    model_dir = str(tmp_path / "teacher")
+    results = main.train_and_evaluate(config, model_dir)
+    assert results[model_dir]["global_step"] == 0
+    assert json.load(open(os.path.join(model_dir, "eval_results.json"))) == results[model_dir]
+    assert json.load(open(os.path.join(model_dir, "flags.json")))["init_checkpoint"] == prefix
+    expected = efficientnet_builder.build_from_config(spec)
+    pretrained.load(expected, prefix)   # the grey model from the RGB checkpoint
+    x = np.random.RandomState(0).uniform(0, 255, (4, 32, 32, 1)).astype("float32")
+    for use_ema in (True, False):
+        model, _ = efficientnet_builder.load_model_dir(model_dir, use_ema=use_ema)
+        np.testing.assert_array_equal(model(x, training=False), expected(x, training=False))
+    with pytest.raises(common.UserError, match=r"was trained with --init_checkpoint=.*model.ckpt"
+                                               r"-1234 \(its flags.json\), not other.weights.h5"):
+        main.train_and_evaluate(dataclasses.replace(config, init_checkpoint="other.weights.h5"),
+                                model_dir)
+    with pytest.raises(common.UserError, match="nothing to train"):
+        dataclasses.replace(config, student=main.StudentConfig(teacher_model_dir=model_dir))
 
 
 def test_a_failed_checkpoint_save_leaves_no_temporaries(tmp_path):
