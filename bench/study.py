@@ -20,6 +20,7 @@ import concurrent.futures
 import glob
 import math
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -309,11 +310,15 @@ def load_results(results_dir):
 
 
 def status(arm, seed, results, root):
+    """done / unfinished (with its log's last training step) / not started."""
+    workdir = workdir_of(root, arm, seed)
     if (arm, seed) in results:
         return "done"
-    if os.path.exists(os.path.join(workdir_of(root, arm, seed), "commands.txt")):
-        return "unfinished"
-    return "not started"
+    if not os.path.exists(os.path.join(workdir, "commands.txt")):
+        return "not started"
+    log_path = os.path.join(workdir, "log.txt")
+    steps = re.findall(r"\] step (\d+/\d+) ", open(log_path).read()) if os.path.exists(log_path) else []
+    return "unfinished" + (f" (last logged: step {steps[-1]})" if steps else "")
 
 
 def fmt(n, mean, std):

@@ -123,6 +123,8 @@ def test_claims_table_rows_follow_the_results(tmp_path):
     results[("ceiling_60k", 0)] = result("ceiling_60k", 0, supervised=91.0)
     (tmp_path / "ceiling_60k" / "seed1").mkdir(parents=True)
     (tmp_path / "ceiling_60k" / "seed1" / "commands.txt").write_text("c\n")
+    (tmp_path / "ceiling_60k" / "seed1" / "log.txt").write_text(
+        "I1206 main.py:270] step 100/1250  loss 2.1\nI1206 main.py:270] step 200/1250  loss 1.9\n")
     text = study.claims_table(results, [0, 1, 2], str(tmp_path))
     rows = {l.split(" | ")[0][2:]: l.split(" | ") for l in text.splitlines() if l.startswith("| ")}
     row = rows[study.CLAIMS[0].claim]  # student 1 - supervised_s1: +1.0, +1.3, +1.1
@@ -130,7 +132,8 @@ def test_claims_table_rows_follow_the_results(tmp_path):
     assert rows[study.CLAIMS[1].claim][4:7] == ["-", "0", "needs 3 more seeds |"]
     assert "Gap closed" in text and "33.33% (n = 1" in text  # (83 - 79) / (91 - 79)
     arm_row = rows["`ceiling_60k`"]
-    assert arm_row[-1] == "seed 0 done, seed 1 unfinished, seed 2 not started |"
+    assert arm_row[-1] == ("seed 0 done, seed 1 unfinished (last logged: step 200/1250), "
+                           "seed 2 not started |")
     assert "3.0 min wall, 5.0 CPU min" in arm_row[3]
     study.write_claims(str(tmp_path / "claims.md"), text)
     assert (tmp_path / "claims.md").read_text() == text
