@@ -907,7 +907,7 @@ class RobustnessConfig:
     model_dir: tuple = common.setting((), "Model dir(s) written by main.py, comma-separated (e.g. the "
                                "teacher, then students). Each gets its robustness.json.")
     suite: tuple = common.setting(("clean", "c", "p", "fgsm", "pgd"), f"Any subset of {','.join(SUITES)}.")
-    data_dir: str = common.setting("data/fashion_mnist", "Prepared data dir (data.py output); the eval split "
+    data_dir: str = common.setting("data/fashion_mnist", "Prepared data dir (prepare_data.py output); the eval split "
                             "defaults to <data_dir>/test.")
     eval_data_dir: str = common.setting("", "Eval records (a dir or a glob) for clean, generated C/P and the "
                                  "attacks. Default: <data_dir>/test.")

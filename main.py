@@ -3,7 +3,8 @@
 One script, TPUEstimator-style: flags pick the model, the data, the noise, the pseudo-label type and
 the tf.distribute strategy; checkpoints live in --model_dir and rerunning the same command resumes.
 
-Teacher (step 1), on the embedded default data (Fashion-MNIST, 400 labels per class):
+Teacher (step 1), on the default data (Fashion-MNIST, 400 labels per class; prepare_data.py):
+    python prepare_data.py --dataset=fashion_mnist --output_dir=data/fashion_mnist
     python main.py --model_dir=runs/teacher
 Noised student (step 4) on filtered pseudo-labels written by filter_balance.py:
     python main.py --model_dir=runs/student --unlabel_data_dir=runs/iter1/filtered \
@@ -56,8 +57,12 @@ def train_and_evaluate(config, model_dir):
     chief = common.is_chief(strategy)
     check_model_dir(model_dir, spec)
     if config.dataset == "fashion_mnist" and not (config.label_data_dir and config.eval_data_dir):
-        data.prepare_fashion_mnist(config.data_dir, seed=config.data_seed,
-                                   num_labeled_per_class=config.num_labeled_per_class)
+        if data.check_prepared(config.data_dir, dict(
+                dataset="fashion_mnist", seed=config.data_seed,
+                num_labeled_per_class=config.num_labeled_per_class)) is None:
+            raise common.UserError(f"--data_dir={config.data_dir} is not prepared: run python "
+                                   f"prepare_data.py --dataset=fashion_mnist "
+                                   f"--output_dir={config.data_dir}")
     student = config.student
     if config.mode in ("train", "train_and_eval") and not (config.train_steps
                                                            or config.train_epochs):
@@ -687,11 +692,12 @@ class TrainConfig:
     mode: str = common.setting("train_and_eval", "What to run.", ["train", "eval", "train_and_eval"])
     dataset: str = common.setting("fashion_mnist", "Dataset preset in data.DATASETS (fashion_mnist, "
         "imagenet, ...): sets classes, image size, channels, preprocessing, mean/std.")
-    data_dir: str = common.setting("data/fashion_mnist", "For --dataset=fashion_mnist: where the prepared "
-        "shards live; prepared from /usr/share/datasets/fashion-mnist when missing.")
-    num_labeled_per_class: int = common.setting(400, "Fashion-MNIST only: labeled images per class (the "
-        "rest of the train set becomes the unlabeled split).")
-    data_seed: int = common.setting(0, "Fashion-MNIST only: seed of the labeled/unlabeled split.")
+    data_dir: str = common.setting("data/fashion_mnist", "Data prepared by prepare_data.py "
+        "(its --output_dir).")
+    num_labeled_per_class: int = common.setting(400, "Fashion-MNIST only: labeled images per class of "
+        "the preparation in --data_dir (checked against its prepared.json).")
+    data_seed: int = common.setting(0, "Fashion-MNIST only: seed of the preparation's labeled/unlabeled "
+        "split (checked against its prepared.json).")
     label_data_dir: str = common.setting("", "Labeled training shards: a directory or a glob. Default: "
         "<data_dir>/labeled.")
     eval_data_dir: str = common.setting("", "Evaluation shards: a directory or a glob. Default: "

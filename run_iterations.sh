@@ -415,7 +415,9 @@ done_or_run() {
   local record="$done_file.command" cmd="$*"
   cmd=${cmd#"$PY "}  # the command without the interpreter (PYTHON may differ between reruns)
   if [ -e "$done_file" ]; then
-    [ ! -e "$record" ] || [ "$(cat "$record")" = "$cmd" ] || fail "$name: $(dirname "$done_file")" \
+    # (a record of data.py, which prepared the data before prepare_data.py, is the same command)
+    [ ! -e "$record" ] || [ "$(sed 's/^data\.py /prepare_data.py /' "$record")" = "$cmd" ] ||
+      fail "$name: $(dirname "$done_file")" \
       "was made by another command; remove it or use another --workdir (then: $(cat "$record");" \
       "now: $cmd)"
     log "$name: done, skipped"; return
@@ -477,12 +479,12 @@ prepare_data() {  # DATA_FLAGS: what every main.py is told about the data; UNLAB
   case "$DATASET" in
     fashion_mnist)
       done_or_run "$DATA/prepared.json" "prepare Fashion-MNIST" \
-        $PY data.py --dataset=fashion_mnist --output_dir="$DATA" --num_labeled_per_class=400 --seed="$SEED"
+        $PY prepare_data.py --dataset=fashion_mnist --output_dir="$DATA" --num_labeled_per_class=400 --seed="$SEED"
       DATA_FLAGS=(--dataset=fashion_mnist --num_labeled_per_class=400 --data_seed="$SEED" --data_dir="$DATA")
       UNLABELED="$DATA/unlabeled/$UNLABELED_SHARDS" ;;
     folder)
       done_or_run "$DATA/prepared.json" "convert the image folders" \
-        $PY data.py --dataset=folder --labeled_dir="$LABELED_DIR" --unlabeled_dir="$UNLABELED_DIR" \
+        $PY prepare_data.py --dataset=folder --labeled_dir="$LABELED_DIR" --unlabeled_dir="$UNLABELED_DIR" \
           --test_dir="$TEST_DIR" --output_dir="$DATA" --seed="$SEED"
       DATA_FLAGS=(--dataset=folder --data_dir="$DATA"); UNLABELED="$DATA/unlabeled/*"
       EVAL_ROBUSTNESS=0 ;;

@@ -4,7 +4,7 @@
         > bench/bf16_top1_run.txt   (bench/bf16_step.md: the reading)
 
 One `python main.py` process per run, alternating fp32 / bf16 per seed, on Fashion-MNIST prepared
-as run_iterations.sh's quick preset does (`python data.py --dataset=fashion_mnist
+as run_iterations.sh's quick preset does (`python prepare_data.py --dataset=fashion_mnist
 --output_dir=DIR --num_labeled_per_class=400 --seed=0`), with the quick preset's teacher recipe.
 """
 import json
@@ -36,7 +36,7 @@ def main(_):
     work = FLAGS.work_dir or tempfile.mkdtemp(prefix="bf16-top1-")
     data_dir = os.path.join(work, "data")
     if not os.path.exists(os.path.join(data_dir, "prepared.json")):
-        subprocess.run([sys.executable, "data.py", "--dataset=fashion_mnist",
+        subprocess.run([sys.executable, "prepare_data.py", "--dataset=fashion_mnist",
                         f"--output_dir={data_dir}", "--num_labeled_per_class=400", "--seed=0"],
                        cwd=ROOT, check=True, capture_output=True)
     print("# Top-1: quick-preset teacher, float32 vs bfloat16\n")

@@ -27,7 +27,7 @@ from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import data  # noqa: E402
+import prepare_data  # noqa: E402
 from benchlib import RECIPE, ROOT, digest, img_per_s, machine  # noqa: E402  (bench/ is on sys.path)
 
 flags.DEFINE_integer("train_steps", 200, "Steps of each run.")
@@ -71,7 +71,7 @@ def checkpoint_mb(model_dir):
 def main(_):
     work = FLAGS.work_dir or tempfile.mkdtemp(prefix="determinism-")
     data_dir = os.path.join(work, "data")
-    data.prepare_fashion_mnist(data_dir, num_labeled_per_class=400, seed=0)
+    prepare_data.prepare_fashion_mnist(data_dir, num_labeled_per_class=400, seed=0)
     print("# --deterministic: cost and reproducibility\n")
     print(f"Machine: {machine()}\n")
     args = " ".join(command("DIR", "DATA", "X", FLAGS.train_steps)[2:])

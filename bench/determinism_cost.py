@@ -21,7 +21,7 @@ import tensorflow as tf  # noqa: E402
 from tensorflow.python.framework import config as tf_config  # noqa: E402
 
 import common  # noqa: E402
-import data  # noqa: E402
+import prepare_data  # noqa: E402
 import main as main_lib  # noqa: E402
 from benchlib import machine  # noqa: E402
 
@@ -79,7 +79,7 @@ def save_cost(trainer, iterator, with_input):
 
 
 def main(_):
-    data.prepare_fashion_mnist(FLAGS.data_dir, num_labeled_per_class=400, seed=0)
+    prepare_data.prepare_fashion_mnist(FLAGS.data_dir, num_labeled_per_class=400, seed=0)
     contenders = {"off": contender(False), "on": contender(True)}
     runs = {name: [] for name in contenders}
     for _ in range(FLAGS.rounds):

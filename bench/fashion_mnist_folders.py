@@ -25,23 +25,24 @@ import tensorflow as tf
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 import data  # noqa: E402
+import prepare_data  # noqa: E402
 
 CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
            "ankle-boot")
 
 
-def export(output_dir, seed, num_labeled_per_class=400, source_dir=data.FASHION_MNIST_DIR):
+def export(output_dir, seed, num_labeled_per_class=400, source_dir=prepare_data.FASHION_MNIST_DIR):
     """Writes the three folders (under a temporary name, renamed when complete); returns counts."""
-    train_images, train_labels = data.read_fashion_mnist(source_dir, "train")
-    test_images, test_labels = data.read_fashion_mnist(source_dir, "test")
-    labeled = data.select_labeled(train_labels, num_labeled_per_class, seed)
+    train_images, train_labels = prepare_data.read_fashion_mnist(source_dir, "train")
+    test_images, test_labels = prepare_data.read_fashion_mnist(source_dir, "test")
+    labeled = prepare_data.select_labeled(train_labels, num_labeled_per_class, seed)
     unlabeled = np.setdiff1d(np.arange(len(train_labels)), labeled)
     splits = {"labeled": (train_images, train_labels, labeled),
               "unlabeled": (train_images, None, unlabeled),
               "test": (test_images, test_labels, np.arange(len(test_labels)))}
     with common.atomic_output(output_dir) as tmp:
         for split, (images, labels, indices) in splits.items():
-            pngs = data.encode_png_batch(data.pad_fashion_mnist(images[indices]))
+            pngs = prepare_data.encode_png_batch(prepare_data.pad_fashion_mnist(images[indices]))
             for png, i in zip(pngs, indices):
                 folder = os.path.join(tmp, split)
                 if labels is not None:
@@ -53,11 +54,11 @@ def export(output_dir, seed, num_labeled_per_class=400, source_dir=data.FASHION_
     return {split: len(indices) for split, (_, _, indices) in splits.items()}
 
 
-def score(workdir, source_dir=data.FASHION_MNIST_DIR):
+def score(workdir, source_dir=prepare_data.FASHION_MNIST_DIR):
     """Pseudo-label accuracy of a folder run's iterations, all images and after filter+balance
     (weighted by copies), from the PNG names (train indices): what report.py shows for the
     embedded run, whose records carry the true label, and cannot for a folder."""
-    _, labels = data.read_fashion_mnist(source_dir, "train")
+    _, labels = prepare_data.read_fashion_mnist(source_dir, "train")
     rows = []
     for i in (1, 2, 3):
         row = [i]

@@ -44,7 +44,7 @@ def stages(w):
     data = f"{w}/data"
     data_flags = ["--dataset=fashion_mnist", "--num_labeled_per_class=400", f"--data_dir={data}"]
     return [
-        ("data preparation", data, [PY, "data.py", "--dataset=fashion_mnist",
+        ("data preparation", data, [PY, "prepare_data.py", "--dataset=fashion_mnist",
                                     "--output_dir={out}", "--num_labeled_per_class=400"], "bytes"),
         ("teacher training", f"{w}/teacher", [PY, "main.py", *data_flags, *TINY,
                                               "--train_steps=300", "--model_dir={out}"], "top_1"),

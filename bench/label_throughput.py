@@ -29,6 +29,7 @@ import tensorflow as tf
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 import data  # noqa: E402
+import prepare_data  # noqa: E402
 import efficientnet_builder  # noqa: E402
 import label_data  # noqa: E402
 
@@ -47,7 +48,7 @@ flags.DEFINE_bool("deterministic", True, "enable_op_determinism(), as label_data
 
 
 def fashion_mnist_pngs(n):
-    path = os.path.join(data.FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz")
+    path = os.path.join(prepare_data.FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz")
     images = np.frombuffer(gzip.open(path).read(), np.uint8, offset=16).reshape(-1, 28, 28)
     images = np.pad(images[:n], ((0, 0), (2, 2), (2, 2)))[..., None]
     return [tf.io.encode_png(im).numpy() for im in images], images

@@ -22,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 
-import data  # noqa: E402
+import prepare_data  # noqa: E402
 from benchlib import RECIPE, ROOT, digest, img_per_s, machine  # noqa: E402  (bench/ is on sys.path)
 
 flags.DEFINE_integer("train_steps", 300, "Steps of each job.")
@@ -50,7 +50,7 @@ def jobs(model_dirs, data_dir):
 def main(_):
     work = FLAGS.work_dir or tempfile.mkdtemp(prefix="parallel-jobs-")
     data_dir = os.path.join(work, "data")
-    data.prepare_fashion_mnist(data_dir, num_labeled_per_class=400, seed=0)
+    prepare_data.prepare_fashion_mnist(data_dir, num_labeled_per_class=400, seed=0)
     print("# Two training jobs at once (run_iterations.sh --jobs=2)\n")
     print(f"Machine: {machine()}\n")
     print(f"Command: `python bench/parallel_jobs.py {' '.join(sys.argv[1:])}`; each job: "

@@ -1,6 +1,6 @@
 """Every RandAugment op at a few magnitudes on real images (paper Sec. 3.1: N = 2, M = 27).
 
-Images: one Fashion-MNIST test image padded to 32 px (data.read_fashion_mnist) and a colour photo
+Images: one Fashion-MNIST test image padded to 32 px (prepare_data.read_fashion_mnist) and a colour photo
 shipped with matplotlib (grace_hopper.jpg), resized with Pillow.
 
     python bench/randaugment_grid.py --output=bench/randaugment_grid.png
@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import data  # noqa: E402
+import prepare_data  # noqa: E402
 import randaugment  # noqa: E402
 
 matplotlib.use("Agg")
@@ -106,8 +107,8 @@ def main(argv):
                                f"got {FLAGS.fashion_mnist_index}")
     if FLAGS.photo_width < 16:
         raise common.UserError(f"--photo_width must be >= 16, got {FLAGS.photo_width}")
-    fashion, _ = data.read_fashion_mnist(data.FASHION_MNIST_DIR, "test")
-    images = [data.pad_fashion_mnist(fashion[FLAGS.fashion_mnist_index][None])[0]]
+    fashion, _ = prepare_data.read_fashion_mnist(prepare_data.FASHION_MNIST_DIR, "test")
+    images = [prepare_data.pad_fashion_mnist(fashion[FLAGS.fashion_mnist_index][None])[0]]
     titles = [f"Fashion-MNIST #{FLAGS.fashion_mnist_index}"]
     if os.path.exists(PHOTO):
         images.append(load_photo(PHOTO, FLAGS.photo_width))

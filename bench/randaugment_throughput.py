@@ -34,6 +34,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import data  # noqa: E402
+import prepare_data  # noqa: E402
 import randaugment  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -141,8 +142,8 @@ def main(argv):
         raise common.UserError("--num_images must be >= --batch_size >= 1")
     if not 1 <= FLAGS.num_source_images <= 10000:
         raise common.UserError("--num_source_images must be in 1..10000 (the test set)")
-    images, _ = data.read_fashion_mnist(data.FASHION_MNIST_DIR, "test")
-    images = data.pad_fashion_mnist(images[:FLAGS.num_source_images])
+    images, _ = prepare_data.read_fashion_mnist(prepare_data.FASHION_MNIST_DIR, "test")
+    images = prepare_data.pad_fashion_mnist(images[:FLAGS.num_source_images])
     results = []
     for name, (augment, batched) in augmenters().items():
         rate = images_per_second(images, augment, batched, FLAGS.num_images, FLAGS.batch_size)

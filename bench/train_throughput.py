@@ -29,6 +29,7 @@ import tensorflow as tf
 
 import data
 import efficientnet_builder
+import prepare_data
 import main as main_lib
 
 flags.DEFINE_integer("batch_size", 128, "Global batch size.")
@@ -139,7 +140,7 @@ def main(_):
               f"{n:,} | {ips[spec]:.0f} ({ips[spec] / kb0:.2f}x keras) |", flush=True)
     if FLAGS.pipeline_configs:
         info = data.DATASETS["fashion_mnist"]
-        data.prepare_fashion_mnist("data/fashion_mnist")
+        prepare_data.prepare_fashion_mnist("data/fashion_mnist")
         print("\n| model | in-memory batch img/s | tf.data basic (crop+flip) | tf.data RandAugment "
               "N=2 M=10 + cutout |\n|---|---|---|---|")
         sources = {"in-memory": synthetic}

@@ -5,19 +5,19 @@ import tempfile
 
 import pytest
 
-import data
+import prepare_data
 
 
 @pytest.fixture(scope="session")
 def fashion_mnist_dir():
     """400 labels per class, seed 0, under the system temp dir: prepared on the first run and
-    reused by later ones (data.prepare_fashion_mnist skips a finished preparation). A file lock
+    reused by later ones (prepare_data.prepare_fashion_mnist skips a finished preparation). A file lock
     makes the parallel test workers (pytest -n) wait for the one that prepares."""
     root = os.path.join(tempfile.gettempdir(), f"noisy-student-tests-{os.getuid()}")
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, "fashion_mnist.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        data.prepare_fashion_mnist(os.path.join(root, "fashion_mnist"), num_labeled_per_class=400,
+        prepare_data.prepare_fashion_mnist(os.path.join(root, "fashion_mnist"), num_labeled_per_class=400,
                                    seed=0)
     return os.path.join(root, "fashion_mnist")
 

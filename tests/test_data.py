@@ -1,4 +1,4 @@
-"""Tests of data.py on the real Fashion-MNIST files and on generated images and records.
+"""data.py and prepare_data.py on the real Fashion-MNIST files and on generated images and records.
 
 Run: cd /work/main && TF_CPP_MIN_LOG_LEVEL=2 python -m pytest -q tests/test_data.py
 """
@@ -21,6 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import common  # noqa: E402
 import data  # noqa: E402
+import prepare_data  # noqa: E402
 
 FASHION = data.DATASETS["fashion_mnist"]
 K = 400
@@ -62,14 +63,14 @@ def write_idx(path, array):
 
 
 def real_fashion(split):
-    return data.read_fashion_mnist(data.FASHION_MNIST_DIR, split)
+    return prepare_data.read_fashion_mnist(prepare_data.FASHION_MNIST_DIR, split)
 
 
 @pytest.fixture(scope="module")
 def fashion_dir(tmp_path_factory):
     """The real Fashion-MNIST prepared once for this module (K=400, seed 0)."""
     out = str(tmp_path_factory.mktemp("fm") / "data")
-    summary = data.prepare_fashion_mnist(out, num_labeled_per_class=K, seed=0)
+    summary = prepare_data.prepare_fashion_mnist(out, num_labeled_per_class=K, seed=0)
     return out, summary
 
 
@@ -88,15 +89,15 @@ def small_idx(tmp_path_factory):
 
 def prepare_small(src, out, seed=0, k=20):
     # read_fashion_mnist expects the official counts; patch them for the subset.
-    files = dict(data.FASHION_MNIST_FILES)
-    data.FASHION_MNIST_FILES.update({"train": files["train"][:2] + (3000,),
+    files = dict(prepare_data.FASHION_MNIST_FILES)
+    prepare_data.FASHION_MNIST_FILES.update({"train": files["train"][:2] + (3000,),
                                      "test": files["test"][:2] + (500,)})
     try:
-        return data.prepare_fashion_mnist(str(out), num_labeled_per_class=k, seed=seed,
+        return prepare_data.prepare_fashion_mnist(str(out), num_labeled_per_class=k, seed=seed,
                                           source_dir=str(src),
                                           shards={"labeled": 2, "unlabeled": 3, "test": 1})
     finally:
-        data.FASHION_MNIST_FILES.update(files)
+        prepare_data.FASHION_MNIST_FILES.update(files)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,7 +185,7 @@ def test_prepare_is_deterministic_skips_reruns_and_refuses_other_args(small_idx,
 
 def test_bad_fashion_mnist_sources_name_the_file(small_idx, tmp_path):
     with pytest.raises(common.UserError, match="missing file .*nowhere"):
-        data.prepare_fashion_mnist(str(tmp_path / "out"), source_dir=str(tmp_path / "nowhere"))
+        prepare_data.prepare_fashion_mnist(str(tmp_path / "out"), source_dir=str(tmp_path / "nowhere"))
     bad = tmp_path / "bad"
     bad.mkdir()
     for f in os.listdir(small_idx):
@@ -274,7 +275,7 @@ def image_folders(tmp_path):
 
 
 def prepare(root, out, **kwargs):
-    return data.prepare_folders(str(out), str(root / "labeled"), str(root / "unlabeled"),
+    return prepare_data.prepare_folders(str(out), str(root / "labeled"), str(root / "unlabeled"),
                                 str(root / "test"), **kwargs)
 
 
@@ -327,7 +328,7 @@ def test_prepare_folders_keeps_bytes_labels_and_measures_settings(image_folders,
     assert data.dataset_info("folder", data_dir=str(out), image_size=32).image_size == 32
     # A folder data set without its conversion (main.py --dataset=folder on raw images): named.
     with pytest.raises(common.UserError, match="needs num_classes, or a data dir with the "
-                                               "class_names.json that data.py --dataset=folder"):
+                                               "class_names.json that prepare_data.py --dataset=folder"):
         data.dataset_info("folder", data_dir=str(root))
     # A rerun with the same arguments does nothing; other arguments are one clear error.
     assert prepare(root, out, num_shards=2) == summary
@@ -343,7 +344,7 @@ def test_grey_large_images_get_imagenet_preprocessing_in_one_channel(tmp_path):
             write_image(tmp_path / "l" / f"digit{c}" / f"{i}.png", grey, "png")
             rgb_grey = np.repeat(grey, 3, axis=-1)  # grey saved as RGB is grey too
             write_image(tmp_path / "l" / f"digit{c}" / f"{i}_rgb.png", rgb_grey, "png")
-    summary = data.prepare_folders(str(tmp_path / "out"), str(tmp_path / "l"), flip="false")
+    summary = prepare_data.prepare_folders(str(tmp_path / "out"), str(tmp_path / "l"), flip="false")
     assert summary["counts"] == {"labeled": 12}
     settings = summary["dataset"]
     assert (settings["input_kind"], settings["image_size"], settings["num_channels"],
@@ -351,7 +352,7 @@ def test_grey_large_images_get_imagenet_preprocessing_in_one_channel(tmp_path):
     info = data.dataset_info("folder", data_dir=str(tmp_path / "out" / "labeled"))
     assert len(info.mean) == len(info.std) == 1 and not info.flip
     # Explicit settings win over the measured ones.
-    forced = data.prepare_folders(str(tmp_path / "o2"), str(tmp_path / "l"), image_size=40,
+    forced = prepare_data.prepare_folders(str(tmp_path / "o2"), str(tmp_path / "l"), image_size=40,
                                   input_kind="small", num_channels=3)["dataset"]
     assert (forced["input_kind"], forced["image_size"], forced["num_channels"],
             len(forced["mean"])) == ("small", 40, 3, 3)
@@ -361,12 +362,12 @@ def test_prepare_folders_bad_inputs_name_the_path(image_folders, tmp_path):
     root, _ = image_folders
     out = tmp_path / "o"
     with pytest.raises(common.UserError, match="--labeled_dir .*missing_dir is not a directory"):
-        data.prepare_folders(str(out), str(tmp_path / "missing_dir"))
+        prepare_data.prepare_folders(str(out), str(tmp_path / "missing_dir"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(common.UserError, match="no class sub-folders"):
-        data.prepare_folders(str(out), str(tmp_path / "empty"))
+        prepare_data.prepare_folders(str(out), str(tmp_path / "empty"))
     with pytest.raises(common.UserError, match="--unlabeled_dir .*empty holds no images"):
-        data.prepare_folders(str(out), str(root / "labeled"), str(tmp_path / "empty"))
+        prepare_data.prepare_folders(str(out), str(root / "labeled"), str(tmp_path / "empty"))
     (root / "test" / "horse").mkdir()
     write_image(root / "test" / "horse" / "h.png", np.zeros((8, 8, 3), np.uint8), "png")
     with pytest.raises(common.UserError, match="--test_dir=.* classes the labeled .*: horse"):
@@ -374,7 +375,7 @@ def test_prepare_folders_bad_inputs_name_the_path(image_folders, tmp_path):
     for bad in (root / "labeled" / "ant" / "broken.jpg", root / "unlabeled" / "deep" / "x.png"):
         bad.write_bytes(b"this is not an image")
         with pytest.raises(common.UserError, match=f"{bad} is not a readable image"):
-            data.prepare_folders(str(out), str(root / "labeled"), str(root / "unlabeled"))
+            prepare_data.prepare_folders(str(out), str(root / "labeled"), str(root / "unlabeled"))
         bad.unlink()
     assert not out.exists() and os.listdir(tmp_path) == ["src", "empty"]  # nothing half-written
 
@@ -406,13 +407,13 @@ def test_images_that_do_not_decode_are_named_or_skipped(tmp_path):
             path.write_bytes(content)
         with pytest.raises(common.UserError, match=re.escape(str(path)) + " is not a readable "
                            r"image \(JPEG, PNG, GIF or BMP\): .*\(--skip_bad_images skips"):
-            data.prepare_folders(str(out), str(root))
+            prepare_data.prepare_folders(str(out), str(root))
         assert not out.exists()
         path.unlink()
     for rel, content in bad.items():
         (root / rel).symlink_to(tmp_path / "gone.jpg") if content is None else (
             root / rel).write_bytes(content)
-    summary = data.prepare_folders(str(out), str(root), skip_bad_images=True)
+    summary = prepare_data.prepare_folders(str(out), str(root), skip_bad_images=True)
     assert summary["counts"] == {"labeled": 6} and summary["per_class"]["labeled"] == [3, 3]
     assert summary["skipped_bad_images"] == {"labeled": {"count": 3, "files": sorted(bad)}}
     assert json.loads((out / "prepared.json").read_text())["skipped_bad_images"] == \
@@ -423,7 +424,7 @@ def test_images_that_do_not_decode_are_named_or_skipped(tmp_path):
     for i in range(3):
         (root / "cat" / f"{i}.png").write_bytes(good[:100])
     with pytest.raises(common.UserError, match=r"class folder .*src/cat: none of its images"):
-        data.prepare_folders(str(tmp_path / "o2"), str(root), skip_bad_images=True)
+        prepare_data.prepare_folders(str(tmp_path / "o2"), str(root), skip_bad_images=True)
 
 
 def test_folders_with_one_class_are_refused(tmp_path):
@@ -432,12 +433,12 @@ def test_folders_with_one_class_are_refused(tmp_path):
     shutil.copytree(root / "cat", tmp_path / "test" / "cat")
     with pytest.raises(common.UserError, match=r"--test_dir=.*test has one class folder \(cat\): "
                        "a classifier needs at least 2 classes"):
-        data.prepare_folders(str(tmp_path / "o"), str(root), test_dir=str(tmp_path / "test"))
+        prepare_data.prepare_folders(str(tmp_path / "o"), str(root), test_dir=str(tmp_path / "test"))
     shutil.rmtree(root / "dog")
     with pytest.raises(common.UserError, match=r"--labeled_dir=.*src has one class folder "
                        r"\(cat\): a classifier needs at least 2 classes, one sub-folder each "
                        r"\(is it a class folder itself\?\)"):
-        data.prepare_folders(str(tmp_path / "o"), str(root))
+        prepare_data.prepare_folders(str(tmp_path / "o"), str(root))
     assert not (tmp_path / "o").exists()
 
 
@@ -446,7 +447,7 @@ def test_a_1x1_image_gets_every_view(tmp_path):
     pipeline's size (the centre crop of a 1 px side used to be 0 px: "target_width must be >
     0")."""
     root = two_class_folder(tmp_path / "src", shape=(1, 1, 3))
-    data.prepare_folders(str(tmp_path / "o"), str(root), input_kind="imagenet", image_size=32)
+    prepare_data.prepare_folders(str(tmp_path / "o"), str(root), input_kind="imagenet", image_size=32)
     info = data.dataset_info("folder", data_dir=str(tmp_path / "o"))
     images, labels = next(iter(data.labeled_dataset(str(tmp_path / "o" / "labeled"), info, 32,
                                                     6, is_training=False)))
@@ -774,7 +775,7 @@ def test_script_converts_folders_and_reports_user_errors_in_one_line(image_folde
     root, files = image_folders
 
     def run(*args):
-        return subprocess.run([sys.executable, "data.py", *args], cwd=ROOT, env=env,
+        return subprocess.run([sys.executable, "prepare_data.py", *args], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=120)
 
     ok = run("--dataset=folder", f"--labeled_dir={root / 'labeled'}",

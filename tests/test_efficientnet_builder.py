@@ -19,7 +19,7 @@ from absl import flags
 
 import common
 from common import UserError
-import data
+import prepare_data
 import efficientnet_builder as eb
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,8 +36,8 @@ PUBLISHED_PARAMS_M = {"efficientnet-b0": 5.3, "efficientnet-b1": 7.8, "efficient
 
 def fashion_mnist_images(n):
     """The first n Fashion-MNIST test images, zero-padded to 32, float32 [0, 255], (n, 32, 32, 1)."""
-    images, _ = data.read_fashion_mnist(data.FASHION_MNIST_DIR, "test")
-    return data.pad_fashion_mnist(images[:n]).astype(np.float32)
+    images, _ = prepare_data.read_fashion_mnist(prepare_data.FASHION_MNIST_DIR, "test")
+    return prepare_data.pad_fashion_mnist(images[:n]).astype(np.float32)
 
 
 def count_params(model_name="efficientnet-b0", num_classes=1000, num_channels=3, width=None,

@@ -34,6 +34,7 @@ import tensorflow as tf
 import corruptions as C
 import common
 import data
+import prepare_data
 import efficientnet_builder as eb
 import eval_robustness as er
 
@@ -43,13 +44,13 @@ FASHION_MNIST = data.DATASETS["fashion_mnist"]
 
 @functools.cache
 def _read(split):
-    return data.read_fashion_mnist(data.FASHION_MNIST_DIR, split)
+    return prepare_data.read_fashion_mnist(prepare_data.FASHION_MNIST_DIR, split)
 
 
 def fashion_mnist(split, n):
     """n real images (zero-padded 28 -> 32, uint8 [n, 32, 32, 1]) and labels."""
     x, y = _read(split)
-    return data.pad_fashion_mnist(x[:n]), y[:n].astype(np.int32)
+    return prepare_data.pad_fashion_mnist(x[:n]), y[:n].astype(np.int32)
 
 
 def _png(image):

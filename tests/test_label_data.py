@@ -21,6 +21,7 @@ import common  # noqa: E402
 import data
 import efficientnet_builder
 import label_data
+import prepare_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = dict(model_name="efficientnet-b0", num_classes=10, image_size=32, num_channels=1,
@@ -31,7 +32,7 @@ BATCH = 32
 
 def fashion_mnist_test(n):
     def read(name, offset):
-        path = os.path.join(data.FASHION_MNIST_DIR, name)
+        path = os.path.join(prepare_data.FASHION_MNIST_DIR, name)
         return np.frombuffer(gzip.open(path).read(), np.uint8, offset=offset)
     images = read("t10k-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)[:n]
     return images, read("t10k-labels-idx1-ubyte.gz", 8)[:n]

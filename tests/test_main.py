@@ -21,6 +21,7 @@ import common
 import data
 import efficientnet_builder
 import main
+import prepare_data
 import pretrained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -365,7 +366,7 @@ def tiny_shard(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("tiny") / "labeled-00000-of-00001.tfrecord")
     images = np.random.RandomState(0).randint(0, 256, (64, 32, 32, 1)).astype("uint8")
     with tf.io.TFRecordWriter(path) as writer:
-        for i, png in enumerate(data.encode_png_batch(images)):
+        for i, png in enumerate(prepare_data.encode_png_batch(images)):
             writer.write(data.image_example(png, i % 10, f"img{i}").SerializeToString())
     return path
 
@@ -373,6 +374,17 @@ def tiny_shard(tmp_path_factory):
 def test_unknown_model_name_is_refused(tmp_path):
     with pytest.raises(common.UserError, match="efficientnet-b9"):
         main.train_and_evaluate(tiny(tmp_path, model_name="efficientnet-b9"), str(tmp_path / "m"))
+
+
+def test_fashion_mnist_unprepared_or_prepared_otherwise_is_one_line(fashion_mnist_dir, tmp_path):
+    """main.py reads what prepare_data.py wrote, checked against its prepared.json."""
+    with pytest.raises(common.UserError, match=f"--data_dir={tmp_path / 'none'} is not prepared: "
+                       "run python prepare_data.py --dataset=fashion_mnist --output_dir="):
+        main.train_and_evaluate(tiny(tmp_path / "none", train_steps=1), str(tmp_path / "m"))
+    with pytest.raises(common.UserError, match=r"prepared with other arguments \(seed: 0 -> 3\)"):
+        main.train_and_evaluate(tiny(fashion_mnist_dir, train_steps=1, data_seed=3),
+                                str(tmp_path / "m"))
+    assert not os.path.exists(tmp_path / "m")
 
 
 def test_missing_or_corrupt_data_and_another_model_dir_are_named(tiny_shard, tmp_path):

@@ -35,6 +35,7 @@ import pytest
 import tensorflow as tf
 
 import data
+import prepare_data
 import randaugment as ra
 
 MAGNITUDES = (0, 3, 5, 10, 23, 27)
@@ -55,8 +56,8 @@ def _dimmed(image):
 @pytest.fixture(scope="module")
 def fashion_images():
     """The first 16 Fashion-MNIST test images, padded to (32, 32, 1)."""
-    images, _ = data.read_fashion_mnist(data.FASHION_MNIST_DIR, "test")
-    return data.pad_fashion_mnist(images[:16])
+    images, _ = prepare_data.read_fashion_mnist(prepare_data.FASHION_MNIST_DIR, "test")
+    return prepare_data.pad_fashion_mnist(images[:16])
 
 
 @pytest.fixture(scope="module")

@@ -124,8 +124,9 @@ def test_bad_flag_is_one_line_before_any_work(tmp_path, flag, error):
 
 
 def test_a_finished_stage_of_another_command_is_refused(tmp_path):
-    """A workdir whose data stage another command made (its record says --seed=1): the driver
-    with --seed=0 refuses before any work, naming the stage and both commands."""
+    """A workdir whose data stage another command made (its record, data.py's from before
+    prepare_data.py, says --seed=1): the driver with --seed=0 refuses before any work, naming the
+    stage and both commands."""
     data_dir = tmp_path / "run" / "data"
     data_dir.mkdir(parents=True)
     (data_dir / "prepared.json").write_text("{}")
@@ -137,7 +138,7 @@ def test_a_finished_stage_of_another_command_is_refused(tmp_path):
     first, error = proc.stderr.strip().splitlines()
     assert (proc.returncode, error) == (2, (
         f"error: prepare Fashion-MNIST: {data_dir} was made by another command; remove it or use "
-        f"another --workdir (then: {then}; now: {then[:-1]}0)"))
+        f"another --workdir (then: {then}; now: prepare_{then[:-1]}0)"))
     # The run's first line states the schedule and what it was made for.
     assert first.endswith("schedule: preset smoke's, made for checking the plumbing in minutes "
                           "(300 steps per model), not accuracy")
