@@ -73,9 +73,10 @@ def write_official(directory, model, ema=True, scope="efficientnet-b0"):
 def randomise(model, seed=0):
     """Kernels redrawn from `seed` at their initial scale, random BN scales and offsets and dense
     bias, then each BN's moving statistics from a real batch (one training-mode pass at
-    momentum 0, noise off), jittered: every BN sees inputs of about unit variance, so the logits
-    depend on the image and a weight loaded wrongly moves them by orders of magnitude past the
-    tolerances below (test_a_wrongly_loaded_weight_fails_the_comparison)."""
+    momentum 0, noise off), jittered, and the classifier scaled to logits of unit spread on it:
+    every BN sees inputs of about unit variance, so the logits depend on the image and a weight
+    loaded wrongly moves them by orders of magnitude past the tolerances below
+    (test_a_wrongly_loaded_weight_fails_the_comparison)."""
     rng = np.random.default_rng(seed)
     bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     for layer in model.layers:
@@ -91,13 +92,22 @@ def randomise(model, seed=0):
     bias.assign(rng.normal(0, 0.1, bias.shape))
     _, size, _, channels = model.input_shape
     eb.set_noise(model, False)
-    model(images(16, size, channels, seed=seed + 100), training=True)
+    dropouts = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
+    rates = [layer.rate for layer in dropouts]
+    for layer in dropouts:   # keras.applications' dropout and drop-connect
+        layer.rate = 0.0
+    batch = images(16, size, channels, seed=seed + 100)
+    model(batch, training=True)
     eb.set_noise(model, True)
+    for layer, rate in zip(dropouts, rates):
+        layer.rate = rate
     for layer in bns:
         layer.momentum = eb.BN_MOMENTUM
         std = np.sqrt(layer.moving_variance.numpy())
         layer.moving_mean.assign(layer.moving_mean + rng.normal(0, 0.1, std.shape) * std)
         layer.moving_variance.assign(layer.moving_variance * rng.uniform(0.8, 1.25, std.shape))
+    # Logits of about unit spread on the batch (float32 round-off then stays far below 1e-5).
+    kernel.assign(kernel / np.std(model(batch, training=False)))
     return model
 
 
