@@ -2,7 +2,8 @@
 pipeline (teacher, three label/filter/student iterations, report) on real Fashion-MNIST, then a
 rerun that skips every finished stage; the driver on generated image folders (with --jobs=2
 labeling, byte-identical to one job, and the Table 6 ablation) and on ImageNet-schema JPEG records
-with a growing B0 -> B1 chain (slow)."""
+in the paper preset's shape (a checkpoint teacher, B1 students, the last fine-tuned; slow); the
+--plan of the paper's and the reference's SVHN runs against their values (fast)."""
 import json
 import os
 import shlex
@@ -17,6 +18,7 @@ import tensorflow as tf
 
 import data
 import efficientnet_builder
+import pretrained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -439,36 +441,70 @@ def test_driver_on_image_folders_with_parallel_labeling_and_ablation(tmp_path):
     assert flags["unlabeled_noise"] == "no_aug"
 
 
+def write_official_checkpoint(directory, model):
+    """`model`'s weights as an official EfficientNet checkpoint (TF1 names, the weights in the
+    ExponentialMovingAverage shadows, zeros in the raw variables); returns its prefix."""
+    variables = {"global_step": tf.Variable(5, dtype=tf.int64)}
+    for layer, names in pretrained.official_names(model).items():
+        for name, weight in zip(names, model.get_layer(layer).weights):
+            key = f"efficientnet-b0/{name}"
+            variables[key] = tf.Variable(np.zeros(weight.shape, np.float32))
+            variables[f"{key}/ExponentialMovingAverage"] = tf.Variable(weight.numpy())
+    return tf.compat.v1.train.Saver(var_list=variables).save(
+        None, os.path.join(directory, "model.ckpt"), global_step=5)
+
+
 @pytest.mark.slow
 @pytest.mark.xdist_group("driver imagenet")
-def test_driver_on_imagenet_records_with_a_growing_chain(tmp_path):
+def test_driver_paper_shape_on_imagenet_records(tmp_path):
+    """--preset=paper's shape, scaled down, on ImageNet-schema JPEG records: a B0 teacher that is
+    an official checkpoint as it is (no training) -> three B1 students (the paper's ratios 14, 14,
+    28), the last fine-tuned at a larger resolution, with --ablation; --train_flags shrinks
+    every model to 4 steps of a tiny net at 32 px."""
     rng = np.random.default_rng(0)
     for name, count, labeled in (("train", 12, True), ("validation", 6, True),
                                  ("unlabeled", 12, False)):
         with tf.io.TFRecordWriter(str(tmp_path / f"{name}-00000-of-00001")) as writer:
             for i in range(count):
                 c = i % 3
-                pixels = np.clip(rng.normal(60 + 70 * c, 20, (224, 224, 3)), 0, 255)
+                pixels = np.clip(rng.normal(60 + 70 * c, 20, (40, 40, 3)), 0, 255)
                 encoded = tf.io.encode_jpeg(pixels.astype(np.uint8)).numpy()
                 writer.write(data.image_example(encoded, c + 1 if labeled else None,
                                                 f"{name}{i}").SerializeToString())
-    # A pretrained teacher: a B0 of the same size with 5 classes (the head is re-initialised).
-    init = str(tmp_path / "b0-5-classes.weights.h5")
-    efficientnet_builder.build_model("efficientnet-b0", num_classes=5, image_size=224,
-                                     width=0.1, depth=0.1).save_weights(init)
+    tiny = dict(num_classes=3, image_size=32, width=0.1, depth=0.1)
+    source = efficientnet_builder.build_model("efficientnet-b0", **tiny)
+    prefix = write_official_checkpoint(str(tmp_path), source)
     workdir = tmp_path / "run"
-    proc = run(workdir, "--dataset=imagenet", f"--label_data_dir={tmp_path}/train-*",
+    proc = run(workdir, "--preset=paper", f"--label_data_dir={tmp_path}/train-*",
                f"--eval_data_dir={tmp_path}/validation-*",
                f"--unlabel_data_dir={tmp_path}/unlabeled-*", "--teacher_model=efficientnet-b0",
                "--student_models=efficientnet-b1,efficientnet-b1,efficientnet-b1",
-               "--num_images_per_class=4", f"--init_checkpoint={init}", TINY + " --num_classes=3")
+               "--image_sizes=32,32,32,32", "--finetune_sizes=0,0,48", "--num_images_per_class=4",
+               f"--teacher_checkpoint={prefix}", "--ablation",
+               "--train_flags=--train_steps=4 --train_batch_size=4 --width_coefficient=0.1"
+               " --depth_coefficient=0.1 --num_classes=3")
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert json.load(open(workdir / "teacher/flags.json"))["init_checkpoint"] == init
-    assert f"Initialised from {init}" in proc.stderr and "5 classes" in proc.stderr
+    assert "schedule: preset paper's, made for ImageNet" in proc.stderr.splitlines()[0]
+    # The teacher is the checkpoint as it is: step 0, its EMA shadows as weights, evaluated.
+    teacher, _ = efficientnet_builder.load_model_dir(str(workdir / "teacher"))
+    for ours, theirs in zip(teacher.weights, source.weights):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
     report = json.load(open(workdir / "report.json"))
-    sizes = [(m["architecture"]["model_name"], m["architecture"]["image_size"])
-             for m in report["models"]]
-    assert sizes == [("efficientnet-b0", 224)] + [("efficientnet-b1", 240)] * 3
-    assert report["supervised_baseline"]["architecture"]["image_size"] == 240
-    assert all(it["filtered"]["images"] <= 12 for it in report["iterations"])
-    assert "| student 1 | efficientnet-b1 w0.1 d0.1 @240 |" in open(workdir / "report.md").read()
+    assert [(m["name"], m["architecture"]["model_name"], m["architecture"]["image_size"],
+             m["global_step"], m["unlabel_ratio"]) for m in report["models"]] == [
+        ("teacher", "efficientnet-b0", 32, 0, None), ("student 1", "efficientnet-b1", 32, 4, 14),
+        ("student 2", "efficientnet-b1", 32, 4, 14), ("student 3", "efficientnet-b1", 32, 4, 28),
+        ("student 3, fine-tuned", "efficientnet-b1", 48, 5, None)]   # 1.5 epochs of 12 images
+    assert all(0.0 <= m["top_1"] <= 1.0 for m in report["models"])
+    assert all(it["filtered"]["images"] == 12 for it in report["iterations"])   # K = 4 x 3
+    flags = {d: json.load(open(workdir / d / "flags.json"))
+             for d in ("teacher", "iter3/student", "ablation/on_the_fly", "ablation/noised_teacher")}
+    assert flags["teacher"]["init_checkpoint"] == prefix
+    # The paper's schedule for a model smaller than B5 (decay every 4.8 epochs), steps shrunk.
+    assert (flags["iter3/student"]["lr_decay_epochs"], flags["iter3/student"]["randaug_mag"],
+            flags["iter3/student"]["final_base_learning_rate"]) == (4.8, 27, 0)
+    # The ablation's on-the-fly teachers read the ImageNet unlabeled records.
+    for d in ("ablation/on_the_fly", "ablation/noised_teacher"):
+        assert flags[d]["unlabel_source_dir"] == f"{tmp_path}/unlabeled-*"
+    assert len(report["ablation"]) == 7
+    assert "Schedule: preset paper's, made for ImageNet" in open(workdir / "report.md").read()
