@@ -24,15 +24,16 @@ common.UserError listing the first mismatches.
 Input normalisation: the model normalises with its own mean/std (model.json's); the source's
 (official: ImageNet's; a Keras file: its Normalization layer's; a Keras file without one, e.g. ours:
 the model's own) is folded into the stem conv and the stem BN's moving mean, so that the model
-computes the source's features. Grey models (num_channels=1) get the RGB stem summed over its input
-channels, each channel's normalisation folded in: a grey image gives the RGB source's logits of the
-image repeated on 3 channels.
+computes the source's features (exactly but at the padded border), with one warning line. Grey
+models (num_channels=1) get the RGB stem summed over its input channels, each channel's
+normalisation folded in: a grey image gives the RGB source's logits of the image on 3 channels.
 
 Transfer: a classifier with another class count (or none, e.g. `include_top=False` files) leaves
 the model's head as initialised. Folds and heads are logged and returned in the summary.
 
 Published weights as a teacher, with no training (Algorithm 1's step 1 done by the authors):
-    main.py --init_checkpoint=PATH --train_epochs=0 --model_dir=DIR   (calls export_model_dir)
+    main.py --init_checkpoint=PATH --train_steps=0 --train_epochs=0 --model_dir=DIR
+        (calls export_model_dir; run_iterations.sh --teacher_checkpoint=PATH runs it)
 """
 
 import collections
@@ -142,8 +143,8 @@ def _keras_normalisation(layers, path):
     if not found:
         return None
     if len(found) > 1 or len(found[0]) < 2:
-        raise common.UserError(f"{path} holds {len(found)} Normalization layers with "
-                               f"{len(found[0])} weights; expected one with a mean and a variance")
+        raise common.UserError(f"{path}: {len(found)} Normalization layers, the first with "
+                               f"{len(found[0])} weights; expected one, with a mean and a variance")
     mean, variance = (np.asarray(a, np.float64).reshape(-1) for a in found[0][:2])
     imagenet_std = np.asarray(efficientnet_builder.IMAGENET_STD) / 255
     if variance.shape == imagenet_std.shape and np.allclose(variance, imagenet_std, rtol=1e-3):
