@@ -18,15 +18,17 @@ def entries(folder):
     return sorted(e for e in os.listdir(folder) if not e.startswith(".") and e != "__pycache__")
 
 
-def test_bench_index_names_every_file_and_run_folder():
+def test_bench_index_names_every_file_and_every_run():
+    """Every file and study folder of bench/ is named in bench/README.md; every entry of a study
+    folder bench/<study>/ (a run, a note) in bench/README.md or in the study's bench/<study>.md."""
     index = read("bench", "README.md")
-    names = [e for e in entries(BENCH) if e != "README.md"]
-    # A study's run folders (bench/<study>/<run>/) are named too; the notes inside them are not.
+    missing = [e for e in entries(BENCH) if e != "README.md" and e not in index]
     for study in (e for e in entries(BENCH) if os.path.isdir(os.path.join(BENCH, e))):
-        names += [run for run in entries(os.path.join(BENCH, study))
-                  if os.path.isdir(os.path.join(BENCH, study, run))]
-    missing = [n for n in names if n not in index]
-    assert not missing, f"bench/README.md does not name {missing}"
+        notes = index
+        if os.path.exists(os.path.join(BENCH, study + ".md")):
+            notes += read("bench", study + ".md")
+        missing += [f"{study}/{e}" for e in entries(os.path.join(BENCH, study)) if e not in notes]
+    assert not missing, f"bench/README.md (or the study's .md) does not name {missing}"
 
 
 def test_relative_links_of_the_readmes_exist():
