@@ -572,6 +572,48 @@ def load_model_dir(model_dir, use_ema=True):
     return model, config
 
 
+def last_training_loss(model_dir):
+    """The last `loss` main.py logged to model_dir/train's TensorBoard events (None without)."""
+    step_loss = None
+    for path in sorted(tf.io.gfile.glob(os.path.join(model_dir, "train", "events.*"))):
+        for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
+            event = tf.compat.v1.Event.FromString(raw)
+            for value in event.summary.value:
+                if value.tag == "loss" and (step_loss is None or event.step >= step_loss[0]):
+                    step_loss = (event.step, float(tf.make_ndarray(value.tensor)))
+    return step_loss and step_loss[1]
+
+
+def check_teacher_strength(model_dir, allow_weak=False):
+    """Refuses (UserError, one line) a teacher whose pseudo-labels would be noise, before they are
+    made or used: top-1 near chance (below min(2x chance, chance + a tenth of the rest), chance =
+    1 / classes), or an evaluation loss above 4x max(training loss, ln classes), BN statistics
+    that never settled. Judged on model_dir's eval_results.json; none: logged, not checked.
+    NOTE: not in the reference (it labels with any teacher); allow_weak goes on with a warning."""
+    results = common.read_json(os.path.join(model_dir, "eval_results.json"), default=None)
+    if not results:
+        logging.warning("%s has no eval_results.json: its accuracy is not checked", model_dir)
+        return
+    classes = common.read_json(os.path.join(model_dir, MODEL_CONFIG_FILE))["num_classes"]
+    chance, top_1, loss = 1 / classes, results["top_1"], results["loss"]
+    train_loss = last_training_loss(model_dir)
+    problems = []
+    if top_1 < min(2 * chance, chance + (1 - chance) / 10):
+        problems.append(f"top-1 {100 * top_1:.1f}% is near chance ({100 * chance:.1f}% for "
+                        f"{classes} classes)")
+    if not math.isfinite(loss) or loss > 4 * max(train_loss or 0, math.log(classes)):
+        problems.append(f"its evaluation loss {loss:.4g} is far above its training loss "
+                        f"{train_loss if train_loss is None else round(train_loss, 3)}")
+    if not problems:
+        return
+    line = (f"the teacher in {model_dir} is too weak to label data: {' and '.join(problems)}; "
+            f"train it longer (more steps or epochs), use a smaller model (width/depth 0.25) or "
+            f"a pretrained teacher (--init_checkpoint), or pass --allow_weak_teacher")
+    if not allow_weak:
+        raise common.UserError(line)
+    logging.warning("%s (--allow_weak_teacher: going on)", line.split(";")[0])
+
+
 # ---------------------------------------------------------------------------------------------
 # Script: parameters and FLOPs table.
 

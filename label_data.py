@@ -32,6 +32,8 @@ another teacher, other inputs, other flags), never kept. Same teacher, inputs, -
 A record whose image does not decode stops the job with one line naming the file, the record
 index and its image/id; with --skip_bad_images such records are left out, and the summary
 counts them ("skipped_bad_images", "skipped_records": their indices in the input file).
+A teacher whose eval_results.json is near chance (or whose evaluation loss is far above its
+training loss) is refused before anything is labeled, in one line; --allow_weak_teacher goes on.
 """
 
 import collections
@@ -277,9 +279,11 @@ def output_name(path):
 
 
 def run(teacher_model_dir, files, output_dir, batch_size=256, probabilities_dtype="float32",
-        strategy_name="default", skip_bad_images=False, precision="float32"):
+        strategy_name="default", skip_bad_images=False, precision="float32",
+        allow_weak_teacher=False):
     """Labels `files` into `output_dir`, skipping those done before with the same provenance
-    (teacher, input file, flags) and relabeling any other; returns the new summaries."""
+    (teacher, input file, flags) and relabeling any other; returns the new summaries. A teacher
+    near chance is refused first (efficientnet_builder.check_teacher_strength)."""
     if batch_size < 1:
         raise common.UserError(f"--batch_size must be >= 1, got {batch_size}")
     if probabilities_dtype not in PROBABILITY_DTYPES:
@@ -292,6 +296,7 @@ def run(teacher_model_dir, files, output_dir, batch_size=256, probabilities_dtyp
     if len(set(names)) != len(names):
         raise common.UserError("the input files must have distinct basenames (outputs keep them)")
     teacher = teacher_identity(teacher_model_dir)
+    efficientnet_builder.check_teacher_strength(teacher_model_dir, allow_weak_teacher)
     todo, relabel = [], 0
     for path, name in zip(files, names):
         prov = provenance(teacher, path, probabilities_dtype, skip_bad_images, precision)
@@ -369,6 +374,8 @@ def define_flags():
                       "in the 1x1 convolutions (Keras mixed precision; bench/bf16_step.md).")
     flags.DEFINE_bool("deterministic", True, "tf.config.experimental.enable_op_determinism(): "
                       "byte-identical outputs also on GPUs (may be slower there).")
+    flags.DEFINE_bool("allow_weak_teacher", False, "Label even with a teacher whose evaluation "
+                      "is near chance (refused by default: its pseudo-labels would be noise).")
 
 
 def main(argv):
@@ -382,7 +389,7 @@ def main(argv):
     files = common.list_files(FLAGS.input_pattern, "unlabeled")
     run(FLAGS.teacher_model_dir, common.shard_files(files, FLAGS.num_shards, FLAGS.shard_id),
         FLAGS.output_dir, FLAGS.batch_size, FLAGS.probabilities_dtype, FLAGS.strategy,
-        FLAGS.skip_bad_images, FLAGS.precision)
+        FLAGS.skip_bad_images, FLAGS.precision, FLAGS.allow_weak_teacher)
 
 
 if __name__ == "__main__":

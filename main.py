@@ -79,8 +79,7 @@ def train_and_evaluate(config, model_dir):
         check_resume_flags(model_dir, record)
         label_files = common.list_files(label_pattern, "labeled training data (--label_data_dir)")
         num_train = config.num_train_images or common.count_records(label_files)
-        steps_per_epoch = num_train / config.train_batch_size
-        train_steps = config.train_steps or int(math.ceil(config.train_epochs * steps_per_epoch))
+        train_steps, steps_per_epoch = train_length(config, num_train)
         if not train_steps:
             raise common.UserError(f"no labeled training records in {label_pattern}")
         if chief:  # written once the run's flags and data are known to be good
@@ -280,7 +279,8 @@ def train(trainer, dataset, config, *, train_steps, model_dir, chief, images_per
             raise common.UserError(f"loss became {loss} at step {step}; checkpoints untouched "
                                    f"(latest: {manager.latest_checkpoint}). Lower "
                                    f"--base_learning_rate or check the input data.")
-        if step % config.log_every_steps == 0 or step == train_steps:
+        # (also steps 5 and 10: an early speed, steps 6-10 past tf.function's tracing)
+        if step % config.log_every_steps == 0 or step in (5, 10) or step == train_steps:
             now = time.time()
             ips = (step - step_last) * sum(images_per_step) / max(now - t_last, 1e-9)
             eta = (train_steps - step) * (now - t0) / max(step - start, 1)
@@ -396,6 +396,20 @@ def learning_rate(step, peak_lr, warmup_steps, decay_steps, decay_factor):
     decayed = peak_lr * tf.pow(decay_factor, tf.floor(step / max(float(decay_steps), 1e-9)))
     warmup = peak_lr * step / float(max(warmup_steps, 1))
     return tf.where(step < warmup_steps, warmup, decayed)
+
+
+def train_length(config, num_train):
+    """(train steps, steps per epoch) of a run on num_train labeled images: --train_steps, or
+    --train_epochs of max(num_train / batch, --min_steps_per_epoch) steps."""
+    steps_per_epoch = num_train / config.train_batch_size
+    if num_train and steps_per_epoch < config.min_steps_per_epoch:
+        # Few labels still get the steps that BN's moving statistics and the optimiser need
+        # (issue 34: 300 images were 59 steps, a teacher at chance); off by default.
+        logging.info("%d labeled images: an epoch counts %d steps (--min_steps_per_epoch), not "
+                     "%.1f.", num_train, config.min_steps_per_epoch, steps_per_epoch)
+        steps_per_epoch = float(config.min_steps_per_epoch)
+    return (config.train_steps or int(math.ceil(config.train_epochs * steps_per_epoch)),
+            steps_per_epoch)
 
 
 def lr_schedule(config, steps_per_epoch, train_steps):
@@ -561,6 +575,9 @@ def check_teacher(student_model, student, num_classes):
     path = os.path.join(student.teacher_model_dir, efficientnet_builder.MODEL_CONFIG_FILE)
     teacher_spec = common.read_json(path, what="--teacher_model_dir's model config")
     teacher_info = data.model_dataset_info(teacher_spec, where=path)
+    if not student.unlabel_data_dir:  # it labels here, on the fly
+        efficientnet_builder.check_teacher_strength(student.teacher_model_dir,
+                                                    student.allow_weak_teacher)
     if teacher_info.num_classes != num_classes:
         raise common.UserError(f"the teacher in {student.teacher_model_dir} predicts "
                                f"{teacher_info.num_classes} classes, the student {num_classes}")
@@ -674,6 +691,8 @@ class StudentConfig:
         "part keeps its noise.", ["full", "no_aug", "none"])
     noised_teacher: bool = common.setting(False, "Table 6 ablation (on-the-fly teacher only): the teacher "
         "labels the student's augmented image with dropout and stochastic depth on.")
+    allow_weak_teacher: bool = common.setting(False, "Let an on-the-fly teacher near chance label "
+        "anyway (refused by default: efficientnet_builder.check_teacher_strength).")
 
     def __post_init__(self):
         if not (self.unlabel_data_dir or self.teacher_model_dir):
@@ -731,6 +750,8 @@ class TrainConfig:
     eval_batch_size: int = common.setting(256, "Global evaluation batch size.")
     train_steps: int = common.setting(0, "Training steps; 0 uses --train_epochs.")
     train_epochs: float = common.setting(40.0, "Epochs over the labeled data, when --train_steps=0.")
+    min_steps_per_epoch: int = common.setting(0, "An epoch is at least this many steps: a small "
+        "labeled set still trains (its warm-up and decay stretch with it). 0: one pass.")
     base_learning_rate: float = common.setting(0.016, "Peak learning rate per 256 labeled images.")
     final_base_learning_rate: float | None = common.setting(None, "If set, the decay period is chosen so "
         "the learning rate ends here (per 256 images; reference SVHN variant). 0 or unset: the plain "
@@ -787,7 +808,8 @@ class TrainConfig:
     def __post_init__(self):
         check_ranges(self, train_batch_size="> 0", eval_batch_size="> 0", train_steps=">= 0",
                      train_epochs=">= 0", num_train_images=">= 0", num_classes=">= 0",
-                     image_size=">= 0", width_coefficient="> 0", depth_coefficient="> 0",
+                     image_size=">= 0", min_steps_per_epoch=">= 0", width_coefficient="> 0",
+                     depth_coefficient="> 0",
                      dropout_rate="[0, 1)", stochastic_depth_rate="[0, 1)", randaug_layer=">= 0",
                      randaug_mag=">= 0", base_learning_rate="> 0", final_base_learning_rate=">= 0",
                      lr_warmup_epochs=">= 0", lr_decay_epochs="> 0", lr_decay_factor="(0, 1]",

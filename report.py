@@ -83,6 +83,9 @@ def collect(workdir):
                            "filtered": pseudo_label_stats(
                                os.path.join(it, "filtered", "*.tfrecord"), num_classes)})
         i += 1
+    for teacher, student in zip(models, models[1:]):  # Algorithm 1 expects each to gain
+        student["below_teacher"] = None not in (teacher["top_1"], student["top_1"]) and (
+            student["top_1"] < teacher["top_1"])
     baseline = os.path.join(workdir, "supervised_baseline")  # the last student's size, labels only
     return {"models": models, "iterations": iterations, "ablation": collect_ablation(workdir),
             "supervised_baseline": model_entry(f"supervised, student {i - 1}'s size", baseline)
@@ -133,7 +136,8 @@ def markdown(report):
     for m in report["models"] + [report["supervised_baseline"]] * bool(
             report.get("supervised_baseline")):
         ratio = "-" if m.get("unlabel_ratio") is None else f"{m['unlabel_ratio']:g}"
-        lines.append(f"| {m['name']} | {architecture(m['architecture'])} | {ratio} | {fmt(m['top_1'])} | {fmt(m['top_5'])} | "
+        name = m["name"] + " (below its teacher)" * bool(m.get("below_teacher"))
+        lines.append(f"| {name} | {architecture(m['architecture'])} | {ratio} | {fmt(m['top_1'])} | {fmt(m['top_5'])} | "
                      f"{m['global_step'] or '-'} |")
     lines += ["", "| iteration | pseudo-label accuracy (all) | after filter+balance | images "
               "(unique) |", "|---|---|---|---|"]

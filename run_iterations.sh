@@ -49,6 +49,12 @@
 #       for, else unlabeled images / classes (a uniform pile's share; paper: 130K for ImageNet)
 #   --train_flags='--train_steps=20 ...'  appended to every main.py command (overrides)
 #   Relative paths in the flags are read from the directory the command is run in.
+#   --teacher_only             train and evaluate the teacher, then stop (does my data train?)
+#   --allow_weak_teacher       label with a teacher near chance (by default the run stops there,
+#       naming its top-1, chance and what to change)
+# Small data (quick, full): an epoch is at least 24 steps; small images (<= 64 px) get B0 at
+#   width/depth 0.25, larger ones B0. The first lines state each model's steps and, after the
+#   teacher's first 10 steps, the run's estimated time.
 #   Robustness (Sec. 3.3-3.4) is evaluated on Fashion-MNIST only.
 #
 # Produces in the workdir: data/{labeled,unlabeled,test}, teacher/, iter{1,2,3}/{labels,filtered,
@@ -71,6 +77,8 @@ main() {  # Algorithm 1: the teacher, then three iterations of label, filter and
   fi
   START=$(date +%s)
   prepare_data
+  [ -z "${TEACHER_ONLY:-}" ] || { ITERATIONS=0; EVAL_ROBUSTNESS=0; }
+  [ -n "$PLAN" ] || { model_size; steps_plan; }
   PIDS=()
   trap kill_jobs EXIT  # also on SIGTERM: a killed driver stops its background jobs
   # Step 1: the teacher, trained on the labeled images (or a published checkpoint as it is).
@@ -79,7 +87,7 @@ main() {  # Algorithm 1: the teacher, then three iterations of label, filter and
   TEACHER_SIZE=(${IMG_FLAG[@]+"${IMG_FLAG[@]}"})
   if [ -n "${TEACHER_CHECKPOINT:-}" ]; then teacher_from_checkpoint; else
     train "$WORKDIR/teacher" "$SEED" "${TEACHER[@]}" ${TEACHER_SIZE[@]+"${TEACHER_SIZE[@]}"} \
-      ${INIT_CHECKPOINT:+--init_checkpoint="$INIT_CHECKPOINT"}
+      ${INIT_CHECKPOINT:+--init_checkpoint="$INIT_CHECKPOINT"} 2> >(speed "${IMAGES:-0}" >&2)
   fi
   TEACHER_DIR="$WORKDIR/teacher"
   for (( i = 1; i <= ITERATIONS; i++ )); do
@@ -169,6 +177,8 @@ parse_flags() {
       --train_flags=*) TRAIN_FLAGS=${arg#*=} ;;
       --skip_setup) SKIP_SETUP=1 ;;
       --ablation) ABLATION=1 ;;
+      --allow_weak_teacher) WEAK=1 ;;
+      --teacher_only) TEACHER_ONLY=1 ;;
       --plan) PLAN=1 ;;
       --teacher_checkpoint=*) TEACHER_CHECKPOINT=$(abs_path "${arg#*=}") ;;
       --teacher_finetune_epochs=*) TEACHER_FINETUNE_EPOCHS=${arg#*=} ;;
@@ -202,6 +212,10 @@ preset() {  # the schedule, sizes and data of --preset (every knob a variable; f
   ABLATION_STEPS=(); WIDTHS=""; DEPTHS=""; STEPS=(); NOISE=(); FINETUNE=(); MODELS=""; RULE=""; EPOCHS=""
   TEACHER_EPOCHS=""; BATCH=""; LR=""; FINAL_LR=""; WARMUP=""; DECAY=""; MAG=""
   IMAGE_SIZES=""; FINETUNE_SIZES=""; ITERATIONS=3; THRESHOLD=0.3; EVAL_ROBUSTNESS=0
+  # NOTE: quick and full count an epoch as at least MIN_EPOCH_STEPS = 24 steps (main.py
+  # --min_steps_per_epoch): 25 epochs on 300 labeled images train 600 steps, not the 59 whose
+  # teacher ended at chance (BN's statistics never settled, issue 34); 4,000 labels: unchanged.
+  MIN_EPOCH_STEPS=""
   # The data split is SEED's; each model has its own --seed (weights, shuffling, augmentation), so no two
   # replay one augmentation stream: the teacher SEED, student i SEED*10+i (the ablation's students share
   # student 1's, so they differ from it only in their noise), the supervised baseline SEED*10+4.
@@ -233,7 +247,7 @@ preset() {  # the schedule, sizes and data of --preset (every knob a variable; f
     quick)
       FOR="Fashion-MNIST with 4,000 labels on 2 CPU cores (~27 min)"
       TEACHER_EPOCHS=25; BATCH=128; LR=0.032; FINAL_LR=0.0016; WARMUP=5; MAG=5
-      EPOCHS=30,30,40; RATIOS=1,2,3
+      EPOCHS=30,30,40; RATIOS=1,2,3; MIN_EPOCH_STEPS=24
       UNLABELED_SHARDS='*'; PER_CLASS=4000; EVAL_ROBUSTNESS=1; ROBUST_EXAMPLES=500 ;;
     # full: the reproduction of Sec. 3.1 and 3.3-3.4: a 50-epoch teacher, students of 75, 75, 100
     #   epochs at unlabeled ratios 1, 2, 3, K = 5,000; robustness on 1,000 test images.
@@ -246,7 +260,7 @@ preset() {  # the schedule, sizes and data of --preset (every knob a variable; f
       # NOTE: students train 1.5x, student 3 2x the teacher's epochs (paper: 700, 2x supervised 350).
       # NOTE: the unlabeled batch grows 1, 2, 3 labeled batches (paper: 14, 14, 28).
       # NOTE: students are the teacher's size (the paper's first student is larger, B7 -> L2).
-      EPOCHS=75,75,100; RATIOS=1,2,3
+      EPOCHS=75,75,100; RATIOS=1,2,3; MIN_EPOCH_STEPS=24
       UNLABELED_SHARDS='*'; PER_CLASS=5000; EVAL_ROBUSTNESS=1; ROBUST_EXAMPLES=1000 ;;
     # paper: the paper's run (Sec. 3.1 "Iterative training"): an EfficientNet-B7 teacher, then
     #   L2, L2, L2 students at unlabeled batch 14x, 14x, 28x the labeled batch, on ImageNet (1.28M
@@ -494,6 +508,75 @@ prepare_data() {  # DATA_FLAGS: what every main.py is told about the data; UNLAB
   esac
 }
 
+model_size() {  # NET for image folders, by the data (unless --teacher_model names the model)
+  # The rule: small-image data (up to 64 px: Fashion-MNIST, a folder prepare_data.py converts as `small`)
+  # gets B0 at width/depth 0.25 (131k parameters at 1 channel; 1,717 img/s at 32 px on 2 cores
+  # against 188 for the 4.0M full width, bench/train_throughput.md): a few hundred to a few
+  # thousand labels train in minutes on a CPU. Larger images get B0 itself (4.0M, at 224 px).
+  [ "$DATASET" = folder ] && [ -z "${TEACHER_MODEL:-}" ] && [ "$TEACHER_NAME" = efficientnet-b0 ] ||
+    return 0
+  [ "$($PY -c 'import json, sys; print(json.load(open(sys.argv[1]))["input_kind"])' \
+       "$DATA/dataset.json")" != small ] || NET+=(--width_coefficient=0.25 --depth_coefficient=0.25)
+}
+
+last_flag() {  # last_flag NAME ARGS...: the value of the last --NAME=VALUE in ARGS (absl's rule)
+  local name=$1 a v=""; shift
+  for a in "$@"; do [[ "$a" != --$name=* ]] || v=${a#*=}; done
+  echo "$v"
+}
+steps_of() {  # steps_of MAIN_PY_FLAGS...: the steps main.py trains (its train_length)
+  local steps
+  steps=$(last_flag train_steps "$@")
+  [ "${steps:-0}" = 0 ] || { echo "$steps"; return; }
+  awk -v n="$NUM_LABELED" -v e="$(last_flag train_epochs "$@")" -v b="$(last_flag train_batch_size "$@")" \
+      -v m="$(last_flag min_steps_per_epoch "$@")" \
+      'BEGIN { s = n / b; if (s < m + 0) s = m; x = e * s; print (x == int(x)) ? x : int(x) + 1 }'
+}
+steps_plan() {  # the run's first lines: the net, each model's steps; IMAGES: the images they train
+  local i batch ratio steps line="" extra=(${MIN_EPOCH_STEPS:+--min_steps_per_epoch=$MIN_EPOCH_STEPS}
+                                           ${EXTRA[@]+"${EXTRA[@]}"})
+  IMAGES=0
+  NUM_LABELED=$($PY -c 'import json, sys
+print(json.load(open(sys.argv[1]))["counts"]["labeled"])' "$DATA/prepared.json" 2>/dev/null) || {
+    log "steps: counted by main.py (no $DATA/prepared.json)"; return 0; }
+  model_settings 0 "$TEACHER_NAME"
+  steps=$(steps_of ${STEPS[@]+"${STEPS[@]}"} --train_epochs="${EP:-0}" "${SCHED[@]}" "${extra[@]}")
+  batch=$(last_flag train_batch_size "${SCHED[@]}" "${extra[@]}")
+  log "model: ${NET[*]}; $NUM_LABELED labeled images, batch $batch: $(( (NUM_LABELED + batch - 1) / batch ))" \
+      "steps per epoch${MIN_EPOCH_STEPS:+ (at least $MIN_EPOCH_STEPS, --min_steps_per_epoch)}"
+  line="teacher $steps"; IMAGES=$(( steps * batch ))
+  for (( i = 1; i <= ITERATIONS; i++ )); do
+    model_settings "$i" "$(field "${STUDENT_MODELS:-$MODELS}" "$i")"
+    ratio=$(field "$RATIOS" "$i")
+    steps=$(steps_of ${STEPS[@]+"${STEPS[@]}"} --train_epochs="${EP:-0}" "${SCHED[@]}" "${extra[@]}")
+    line+=", student $i $steps (+ $(awk -v b="$batch" -v r="$ratio" 'BEGIN { x = b * r;
+      print (x == int(x)) ? x : int(x) + 1 }') unlabeled images a step)"
+    IMAGES=$(awk -v t="$IMAGES" -v s="$steps" -v b="$batch" -v r="$ratio" 'BEGIN { print t + s * b * (1 + r) }')
+  done
+  log "steps: $line"
+}
+speed() {  # speed IMAGES: passes the teacher's log through; at its step 10, the run's time
+  # estimated from its steps 6-10 (past tf.function's tracing): students at the teacher's speed
+  # per image (the same size), labeling (a forward pass) at ~3x. Rough: +-30%, more when busy.
+  local line ips said="" params=0
+  [ "$1" != 0 ] || said=1   # nothing counted (no prepared.json): nothing to estimate
+  while IFS= read -r line; do
+    printf '%s\n' "$line"
+    [[ ! "$line" =~ \(([0-9]+)\ params\) ]] || params=${BASH_REMATCH[1]}
+    if [[ -z "$said" && "$line" =~ step\ 10/[0-9]+.*\ ([0-9.]+)\ img/s ]]; then
+      said=1; ips=${BASH_REMATCH[1]}
+      log "time: $(echo "$params" | sed ':a;s/\B[0-9]\{3\}\>/,&/;ta') parameters; the" \
+          "teacher's steps 6-10 ran at $ips img/s: about $(awk -v i="$1" -v r="$ips" \
+          -v u="$(( $(unlabeled_count) * ITERATIONS / 3 ))" 'BEGIN { printf "%.0f", (i + u) / r / 60 }') min of training and labeling"
+    fi
+  done
+}
+unlabeled_count() {  # the unlabeled images labeled in each iteration
+  $PY -c 'import json, sys
+c = json.load(open(sys.argv[1]))["counts"]["unlabeled"]
+print(c if sys.argv[2] == "*" else c // 8)' "$DATA/prepared.json" "${UNLABELED_SHARDS:-*}" 2>/dev/null || echo 0
+}
+
 # --deterministic: a killed and resumed model ends bit-identical to an uninterrupted one, at no
 # measurable cost (bench/determinism.md); --train_flags=--nodeterministic turns it off.
 train() {  # train MODEL_DIR SEED extra-flags...: train and evaluate one model (resumes by itself)
@@ -503,7 +586,8 @@ train() {  # train MODEL_DIR SEED extra-flags...: train and evaluate one model (
   done
   done_or_run "$model_dir/eval_results.json" "train+eval $model_dir" \
     $PY main.py "${DATA_FLAGS[@]}" "${net[@]}" --model_dir="$model_dir" \
-    --seed="$seed" --log_every_steps=100 --deterministic --precision="$PRECISION" "$@" \
+    --seed="$seed" --log_every_steps=100 --deterministic --precision="$PRECISION" \
+    ${MIN_EPOCH_STEPS:+--min_steps_per_epoch=$MIN_EPOCH_STEPS} "$@" \
     ${STRATEGY[@]+"${STRATEGY[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}
 }
 teacher_from_checkpoint() {  # --teacher_checkpoint: the teacher's model dir, evaluated
@@ -541,7 +625,8 @@ finish() {  # finish: wait for every started job; fail if one failed
 }
 label() {  # label TEACHER_DIR OUTPUT_DIR PRECISION: $JOBS label_data.py jobs, job j every JOBS-th shard
   local j cmd=($PY label_data.py --teacher_model_dir="$1" --input_pattern="$UNLABELED" --output_dir="$2"
-               --precision="$3" ${STRATEGY[@]+"${STRATEGY[@]}"} --num_shards="$JOBS")
+               --precision="$3" ${STRATEGY[@]+"${STRATEGY[@]}"} ${WEAK:+--allow_weak_teacher}
+               --num_shards="$JOBS")
   if [ -n "$PLAN" ]; then plan_stage "iter $i: label" "$2" "$JOBS" "${cmd[@]}" --shard_id=@TASK@; return; fi
   for (( j = 0; j < JOBS; j++ )); do
     start "label $((j + 1))/$JOBS" "${cmd[@]}" --shard_id=$j
@@ -571,8 +656,8 @@ ablation() {  # --ablation, beside student 1 (they share its teacher and pseudo-
   one no_aug --unlabel_data_dir="$f1" --unlabeled_noise=no_aug
   one no_noise --unlabel_data_dir="$f1" --unlabeled_noise=none
   one hard_labels --unlabel_data_dir="$f1" --label_type=hard
-  one on_the_fly ${source[@]+"${source[@]}"}
-  one noised_teacher --noised_teacher ${source[@]+"${source[@]}"}
+  one on_the_fly ${source[@]+"${source[@]}"} ${WEAK:+--allow_weak_teacher}
+  one noised_teacher --noised_teacher ${source[@]+"${source[@]}"} ${WEAK:+--allow_weak_teacher}
 }
 
 robustness() {  # Sec. 3.3-3.4 on generated C/P sets, FGSM and PGD: the teacher vs the students

@@ -1,7 +1,7 @@
 """Benchmark input (issue 18): Fashion-MNIST as a researcher's image folders.
 
-Writes the embedded run's split of --seed (400 labeled images per class, the other 56,000 of the
-train set unlabeled, the 10,000 test images) as PNG files:
+Writes the embedded run's split of --seed (400 labeled images per class, or
+--num_labeled_per_class, the rest of the train set unlabeled, the 10,000 test images) as PNG files:
     OUT/labeled/<k>_<class>/<index>.png   one folder per class, sorted names = label order
     OUT/unlabeled/<index>.png             one flat pile, no label anywhere (names are train indices)
     OUT/test/<k>_<class>/<index>.png
@@ -9,7 +9,8 @@ so that `run_iterations.sh --dataset=folder` sees what `--dataset=fashion_mnist`
 runs can be compared (bench/noisy_student_folders.md). The PNGs hold the 32 px zero-padded images
 the embedded records hold, so the comparison tests the folder path, not another resolution.
 
-    python bench/fashion_mnist_folders.py --output_dir=/tmp/fmnist-folders [--seed=0]
+    python bench/fashion_mnist_folders.py --output_dir=/tmp/fmnist-folders [--seed=0] \
+        [--num_labeled_per_class=30]   # a small labeled set (bench/own_small_data.md)
     python bench/fashion_mnist_folders.py --score=WORKDIR   # pseudo-label accuracy of the run
 """
 
@@ -82,13 +83,15 @@ def main(argv):
     if flags.FLAGS.score:
         print(score(flags.FLAGS.score))
     else:
-        print(export(flags.FLAGS.output_dir, flags.FLAGS.seed))
+        print(export(flags.FLAGS.output_dir, flags.FLAGS.seed, flags.FLAGS.num_labeled_per_class))
 
 
 if __name__ == "__main__":
     flags.DEFINE_string("output_dir", "", "Where the labeled/, unlabeled/ and test/ folders go.")
     flags.DEFINE_integer("seed", 0, "The embedded run's --seed: which 400 images per class are "
                          "labeled.")
+    flags.DEFINE_integer("num_labeled_per_class", 400, "Labeled images per class (the rest of the "
+                         "train set is the unlabeled pile).")
     flags.DEFINE_string("score", "", "Instead: a finished folder run's workdir, whose pseudo-labels "
                         "are scored against the true labels (a markdown table).")
     app.run(main)

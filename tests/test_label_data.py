@@ -258,6 +258,44 @@ def test_arguments_are_checked_before_labeling(tmp_path):
         label_data.run(str(tmp_path / "nope"), files[:1], str(tmp_path / "o"))
 
 
+def test_a_teacher_near_chance_is_refused_before_anything_is_labeled(tmp_path):
+    """efficientnet_builder.check_teacher_strength, through label_data.run: judged on the
+    teacher's eval_results.json and the last training loss of its TensorBoard events."""
+    teacher = str(tmp_path / "teacher")
+    config = dict(CONFIG, width=0.1, depth=0.1, dataset="fashion_mnist", input_kind="small",
+                  label_offset=0)
+    efficientnet_builder.save_model_dir(teacher, config, efficientnet_builder.build_model(
+        **{k: config[k] for k in CONFIG}))
+    with tf.summary.create_file_writer(os.path.join(teacher, "train")).as_default():
+        tf.summary.scalar("loss", 9.0, step=1)
+        tf.summary.scalar("loss", 1.2, step=300)  # the last one counts
+
+    def judge(top_1, loss, allow_weak=False):
+        common.write_json(os.path.join(teacher, "eval_results.json"),
+                          {"top_1": top_1, "top_5": 0.5, "loss": loss, "global_step": 300})
+        efficientnet_builder.check_teacher_strength(teacher, allow_weak)
+
+    out = str(tmp_path / "labels")
+    common.write_json(os.path.join(teacher, "eval_results.json"),
+                      {"top_1": 0.102, "top_5": 0.5, "loss": 6556.0, "global_step": 59})
+    with pytest.raises(common.UserError) as e:  # the issue's teacher: chance, BN unsettled
+        label_data.run(teacher, [str(tmp_path / "unlabeled.tfrecord")], out)
+    assert str(e.value) == (
+        f"the teacher in {teacher} is too weak to label data: top-1 10.2% is near chance (10.0% "
+        f"for 10 classes) and its evaluation loss 6556 is far above its training loss 1.2; train "
+        f"it longer (more steps or epochs), use a smaller model (width/depth 0.25) or a "
+        f"pretrained teacher (--init_checkpoint), or pass --allow_weak_teacher")
+    assert not os.path.exists(out)
+    with pytest.raises(common.UserError, match="top-1 18.0% is near chance"):
+        judge(0.18, 2.0)   # below min(2 x 10%, 10% + 90% / 10)
+    with pytest.raises(common.UserError, match="evaluation loss 9.3 is far above"):
+        judge(0.60, 9.3)   # above 4 x max(1.2, ln 10)
+    judge(0.20, 9.1)       # clearly above chance, loss within 4 x ln 10: good enough
+    judge(0.102, 6556.0, allow_weak=True)  # --allow_weak_teacher: a warning, no error
+    os.remove(os.path.join(teacher, "eval_results.json"))
+    efficientnet_builder.check_teacher_strength(teacher)  # not evaluated: not judged
+
+
 def test_serialized_records_carry_the_image_and_the_soft_label():
     probabilities = np.array([[0.1, 0.7, 0.2], [0.5, 0.25, 0.25]], np.float32)
     for float16 in (False, True):

@@ -89,6 +89,24 @@ def test_final_learning_rate_zero_is_the_plain_staircase():
         main.TrainConfig(final_base_learning_rate=-1)
 
 
+def test_few_labels_get_the_minimum_steps_with_the_schedule_stretched():
+    """The issue-34 teacher: 300 labeled images, batch 128, 25 epochs were 59 steps; with
+    --min_steps_per_epoch=24 they are 600, warm-up and final rate stretched with them."""
+    config = main.TrainConfig(train_batch_size=128, train_epochs=25, min_steps_per_epoch=24,
+                              lr_warmup_epochs=5, base_learning_rate=0.032,
+                              final_base_learning_rate=0.0016)
+    assert main.train_length(dataclasses.replace(config, min_steps_per_epoch=0), 300) == (
+        59, 300 / 128)
+    assert main.train_length(config, 300) == (600, 24.0)
+    s = main.lr_schedule(config, 24.0, 600)
+    assert s["warmup_steps"] == 120   # 5 of 25 epochs
+    assert main.train_length(config, 4000) == (782, 4000 / 128)   # enough labels: unchanged
+    full = main.lr_schedule(config, 4000 / 128, 782)   # the same fraction of the peak at the end
+    assert float(main.learning_rate(600, **s)) == pytest.approx(
+        float(main.learning_rate(782, **full)), rel=0.05)
+    assert main.train_length(dataclasses.replace(config, train_steps=10), 300)[0] == 10
+
+
 def test_ema_decay_num_updates_warmup():
     assert float(main.ema_decay(0, 0.9999)) == pytest.approx(0.1)
     assert float(main.ema_decay(90, 0.9999)) == pytest.approx(91 / 100)

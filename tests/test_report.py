@@ -62,11 +62,15 @@ def test_report_of_a_grown_chain(workdir):
     assert "| student 1 | efficientnet-b1 @240 | 1 | 60.00 | 100.00 | 10 |" in table
     assert "| supervised, student 2's size | efficientnet-b2 @260 | - | 55.00 |" in table
     assert "| 2 | 75.00 | 83.33 | 6 (3) |" in table
+    assert [m.get("below_teacher") for m in data["models"]] == [None, False, False]
     md = open(os.path.join(workdir, "report.md")).read()
     assert md.startswith("# Noisy Student on image folders: preset smoke") and table in md
     for name in ("top1_per_iteration.png", "pseudo_label_quality.png", "class_balance.png"):
         assert os.path.getsize(os.path.join(workdir, name)) > 0
     assert data["ablation"] == [] and data["seconds"] == 5
+    write_model(os.path.join(workdir, "iter3", "student"), "efficientnet-b2", 260, 0.65, 3)
+    assert "| student 3 (below its teacher) | efficientnet-b2 @260 | 3 | 65.00 |" in (
+        report.write_report(workdir))
 
 
 def test_a_fine_tuned_student_and_the_schedule_are_reported(workdir):

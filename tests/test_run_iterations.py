@@ -7,6 +7,7 @@ shape (a checkpoint teacher, B1 students, the last fine-tuned, the Table 6 ablat
 import json
 import os
 import shlex
+import re
 import subprocess
 import sys
 
@@ -182,15 +183,17 @@ def test_own_data_names_the_missing_flag(tmp_path, dataset, missing):
                                                          f"--{missing}")
 
 
-def write_images(folder, count, size, seed, classes=None):
-    """`count` PNGs (classes: one sub-folder each, brightness by class; else a flat pile)."""
+def write_images(folder, count, size, seed, classes=None, num_classes=3, channels=3, signal=True):
+    """`count` PNGs (classes: one sub-folder each, brightness by class unless not signal; else a
+    flat pile)."""
     rng = np.random.default_rng(seed)
     for i in range(count):
-        c = i % 3
+        c = i % num_classes
         sub = os.path.join(folder, f"class_{c}") if classes else folder
         os.makedirs(sub, exist_ok=True)
-        pixels = np.clip(rng.normal(60 + 70 * c, 20, (size, size, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(os.path.join(sub, f"{i:03d}.png"))
+        mean = 60 + 140 * c / (num_classes - 1) if signal else 130
+        pixels = np.clip(rng.normal(mean, 20, (size, size, channels)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels.squeeze()).save(os.path.join(sub, f"{i:03d}.png"))
 
 
 def plan(tmp_path, *flags):
@@ -384,6 +387,59 @@ TINY = ("--train_flags=--train_steps=8 --train_batch_size=8 --width_coefficient=
         " --depth_coefficient=0.1")
 
 
+def own_folders(tmp_path, per_class, size, channels, num_classes, signal=True):
+    """A user's three folders: per_class labeled and 6 test images per class, a pile of 12."""
+    for split, count, seed in (("labeled", per_class, 1), ("test", 6, 2)):
+        write_images(str(tmp_path / split), count * num_classes, size, seed, True, num_classes,
+                     channels, signal)
+    write_images(str(tmp_path / "pile"), 12, size, 3, None, num_classes, channels, signal)
+    return (f"--labeled_dir={tmp_path}/labeled", f"--unlabeled_dir={tmp_path}/pile",
+            f"--test_dir={tmp_path}/test", "--dataset=folder")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size,channels,num_classes,per_class", [(28, 1, 4, 5), (64, 3, 3, 4)])
+def test_own_small_data_trains_a_teacher_far_above_chance(tmp_path, size, channels, num_classes,
+                                                          per_class):
+    """Issue 34, by default (the quick preset, the three folders): B0 at width/depth 0.25 for small
+    images, 25 epochs of at least 24 steps (600), all stated in the run's first lines with the time
+    its teacher's first steps predict; the teacher ends far above chance. (--teacher_only; batch 8
+    keeps the 600 steps to seconds.)"""
+    workdir = tmp_path / "run"
+    proc = run(workdir, "--preset=quick", *own_folders(tmp_path, per_class, size, channels,
+                                                        num_classes),
+               "--teacher_only", "--train_flags=--train_batch_size=8")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    said = {line.split(": ")[1]: line.split(": ", 2)[2] for line in proc.stderr.splitlines()
+            if re.match(r"\[[0-9:]+\] run_iterations \(quick\): (model|steps|time): ", line)}
+    n = per_class * num_classes
+    assert said["model"] == (f"--model_name=efficientnet-b0 --width_coefficient=0.25 "
+                             f"--depth_coefficient=0.25; {n} labeled images, batch 8: "
+                             f"{-(-n // 8)} steps per epoch (at least 24, --min_steps_per_epoch)")
+    assert said["steps"] == "teacher 600"   # 25 epochs of 24 steps
+    assert re.fullmatch(r"[0-9,]+ parameters; the teacher's steps 6-10 ran at [0-9]+ img/s: about "
+                        r"[0-9]+ min of training and labeling", said["time"]), said
+    teacher = json.load(open(workdir / "report.json"))["models"][0]
+    assert teacher["global_step"] == 600 and teacher["top_1"] >= 0.9, teacher  # chance 1/classes
+    assert not (workdir / "iter1").exists()
+
+
+@pytest.mark.slow
+def test_a_teacher_at_chance_stops_the_driver_before_any_label(tmp_path):
+    """Labels that the images do not carry (noise in every class): the teacher ends near chance
+    and the driver stops with the guard's one line before label_data.py writes a label."""
+    workdir = tmp_path / "run"
+    proc = run(workdir, "--preset=quick", *own_folders(tmp_path, 4, 28, 1, 10, signal=False),
+               "--train_flags=--train_steps=20 --train_batch_size=8")
+    error = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and re.fullmatch(
+        f"error: the teacher in {workdir}/teacher is too weak to label data: top-1 [0-9.]+% is "
+        r"near chance \(10.0% for 10 classes\).*; train it longer \(more steps or epochs\), use "
+        r"a smaller model \(width/depth 0.25\) or a pretrained teacher \(--init_checkpoint\), "
+        r"or pass --allow_weak_teacher", error), proc.stderr[-3000:]
+    assert not list((workdir / "iter1").glob("labels/*.tfrecord*"))
+
+
 @pytest.mark.slow
 @pytest.mark.xdist_group("driver folder")
 def test_driver_on_image_folders_with_parallel_labeling(tmp_path):
@@ -397,7 +453,7 @@ def test_driver_on_image_folders_with_parallel_labeling(tmp_path):
     proc = run(workdir, "--dataset=folder", f"--labeled_dir={tmp_path}/labeled",
                f"--unlabeled_dir={tmp_path}/pile", f"--test_dir={tmp_path}/test", "--jobs=2",
                "--supervised_baseline", "--student_epochs=7,8,9",
-               "--unlabel_ratios=1,2,1", TINY)
+               "--unlabel_ratios=1,2,1", "--allow_weak_teacher", TINY)
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.load(open(workdir / "report.json"))
     assert [m["name"] for m in report["models"]] == ["teacher", "student 1", "student 2",
@@ -462,7 +518,7 @@ def test_driver_paper_shape_on_imagenet_records(tmp_path):
                f"--unlabel_data_dir={tmp_path}/unlabeled-*", "--teacher_model=efficientnet-b0",
                "--student_models=efficientnet-b1,efficientnet-b1,efficientnet-b1",
                "--image_sizes=32,32,32,32", "--finetune_sizes=0,0,48", "--num_images_per_class=4",
-               f"--teacher_checkpoint={prefix}", "--ablation", "--jobs=2",
+               f"--teacher_checkpoint={prefix}", "--ablation", "--jobs=2", "--allow_weak_teacher",
                "--train_flags=--train_steps=4 --train_batch_size=4 --width_coefficient=0.1"
                " --depth_coefficient=0.1 --num_classes=3")
     assert proc.returncode == 0, proc.stderr[-4000:]
