@@ -6,6 +6,7 @@ seconds each but too much memory for a shared test machine) are checked with cou
 which is proven equal to the built models for B0..B4 and scaled-down ones.
 """
 
+import json
 import math
 import os
 import subprocess
@@ -15,7 +16,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
 
 import common
 from common import UserError
@@ -104,9 +104,37 @@ def test_round_filters_and_repeats():
     assert len(eb.block_specs(1.0, 1.0)) == 16 and len(eb.block_specs(2.0, 3.1)) == 55
 
 
-def test_import_defines_no_flags():
-    """main.py has its own --image_size, --num_classes...: the script's flags must not clash."""
-    assert "model_names" not in flags.FLAGS and "num_channels" not in flags.FLAGS
+# In a fresh interpreter (so that what the tests imported before cannot hide a flag): the flags
+# that importing each module of the project adds to absl's FLAGS, one module after the other.
+IMPORT_FLAGS = """
+import json, sys
+from absl import flags
+import keras, tensorflow  # what every module imports first
+defined = {}
+for name in sys.argv[1:]:
+    before = set(flags.FLAGS)
+    __import__(name)
+    defined[name] = sorted(set(flags.FLAGS) - before)
+print(json.dumps(defined))
+"""
+
+
+def test_import_defines_no_flags(tmp_path):
+    """Stages define their flags in define_flags() when run, so that importing one (tests, another
+    stage's tools) defines none: main.py's --image_size must not clash with a library's. Checked
+    to see a module that does (`defines`), whichever module imports it first (`imports`)."""
+    modules = sorted(f[:-3] for f in os.listdir(ROOT) if f.endswith(".py"))
+    assert {"main", "data", "prepare_data", "efficientnet_builder"} <= set(modules)
+    (tmp_path / "defines.py").write_text("from absl import flags\n"
+                                         "flags.DEFINE_integer('image_size', 0, 'clash')\n")
+    (tmp_path / "imports.py").write_text("import defines\n")
+    proc = subprocess.run([sys.executable, "-c", IMPORT_FLAGS, *modules, "imports", "defines"],
+                          cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+                                             PYTHONPATH=f"{ROOT}:{tmp_path}"),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {
+        **{m: [] for m in modules}, "imports": ["image_size"], "defines": []}
 
 
 def test_unknown_model_name_is_a_user_error():

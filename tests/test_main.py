@@ -209,6 +209,35 @@ TINY_MODEL = dict(model_name="efficientnet-b0", num_classes=10, image_size=32, n
 SCHEDULE = dict(peak_lr=0.01, warmup_steps=0, decay_steps=100, decay_factor=0.97)
 
 
+def test_student_step_loss_is_labeled_plus_ratio_times_unlabeled_plus_weight_decay():
+    """Algorithm 1 step 4's loss, computed here from the weights before the step: the mean
+    smoothed-label CE of the labeled batch + unlabel_ratio x the mean soft-target CE of the
+    unlabeled batch (both from one training-mode pass over their concatenation, so BN sees the
+    whole batch) + weight_decay x sum ||w||^2 / 2 over the weights that are not BN's."""
+    rng = np.random.RandomState(0)
+    x_l, x_u = (rng.uniform(0, 255, (n, 32, 32, 1)).astype("float32") for n in (4, 8))
+    y_l = rng.randint(0, 10, 4).astype("int32")
+    u = tf.nn.softmax(rng.normal(0, 2, (8, 10)).astype("float32")).numpy()
+    config = main.TrainConfig(weight_decay=0.01, label_smoothing=0.1, student=main.StudentConfig(
+        unlabel_data_dir="records", unlabel_ratio=2.0))
+    t = main.Trainer(config, TINY_MODEL, SCHEDULE)  # TINY_MODEL: no dropout, no stochastic depth
+    reference = efficientnet_builder.build_from_config(TINY_MODEL)
+    reference.set_weights(t.model.get_weights())
+    out = t.make_train_step(4, 8)(iter([(x_l, y_l, x_u, u)]))
+
+    logits = tf.nn.log_softmax(reference(np.concatenate([x_l, x_u]), training=True)).numpy()
+    smoothed = np.eye(10)[y_l] * 0.9 + 0.01
+    labeled = -np.mean(np.sum(smoothed * logits[:4], -1))
+    unlabeled = -np.mean(np.sum(u * logits[4:], -1))
+    decayed = [w.numpy() for w in reference.trainable_weights if w.name not in ("gamma", "beta")]
+    assert len(decayed) < len(reference.trainable_weights)   # BN's gamma and beta left out
+    decay = 0.01 * sum(np.sum(w.astype(np.float64) ** 2) / 2 for w in decayed)
+    assert min(labeled, unlabeled, decay) > 0.05             # each term visible in the sum
+    assert float(out["loss_labeled"]) == pytest.approx(labeled, rel=1e-4)
+    assert float(out["loss_unlabeled"]) == pytest.approx(unlabeled, rel=1e-4)
+    assert float(out["loss"]) == pytest.approx(labeled + 2.0 * unlabeled + decay, rel=1e-4)
+
+
 @pytest.mark.slow
 def test_none_ablation_is_one_pass_updating_bn_once():
     """unlabeled_noise=none: BN sees concat(labeled, unlabeled) once per step, so its moving
@@ -648,10 +677,26 @@ def test_finetune_at_larger_resolution_keeps_shallow_layers(teacher_dir, fashion
 
 
 @pytest.mark.slow
-def test_eval_uses_ema_weights_from_model_dir(teacher_dir):
-    ema, _ = efficientnet_builder.load_model_dir(teacher_dir)
+def test_eval_uses_ema_weights_from_model_dir(teacher_dir, fashion_mnist_dir, tmp_path):
+    """A model dir whose raw weights are the trained teacher's and whose EMA twin is untrained:
+    evaluation reports the EMA model's accuracy (chance), not the raw weights'."""
+    ema, spec = efficientnet_builder.load_model_dir(teacher_dir)
     raw, _ = efficientnet_builder.load_model_dir(teacher_dir, use_ema=False)
     assert any(not np.allclose(a, b) for a, b in zip(ema.get_weights(), raw.get_weights()))
+    t = main.Trainer(main.TrainConfig(), spec, SCHEDULE)
+    t.model.set_weights(ema.get_weights())  # trained; t.ema_model keeps its initial weights
+    model_dir = str(tmp_path / "m")
+    common.write_json(os.path.join(model_dir, "model.json"), spec)
+    main.save_checkpoint(tf.train.CheckpointManager(t.checkpoint, model_dir, 1), 300)
+    test_file = common.list_files(os.path.join(fashion_mnist_dir, "test"))[0]  # 5,000 images
+    strategy = tf.distribute.get_strategy()
+    accuracy = {}
+    for name, model in (("trained", t.model), ("untrained", t.ema_model)):
+        ds = data.labeled_dataset(test_file, data.DATASETS["fashion_mnist"], 32, 256, False)
+        accuracy[name] = main.evaluate(strategy, model, ds, 10)["top_1"]
+    assert accuracy["trained"] > 0.35 and accuracy["untrained"] < 0.25, accuracy
+    results = main.evaluate_model_dir(strategy, model_dir, test_file, 256, chief=True)
+    assert results["top_1"] == pytest.approx(accuracy["untrained"]) and results["global_step"] == 300
 
 
 @pytest.mark.slow
