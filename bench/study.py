@@ -1,7 +1,7 @@
 """Which of the paper's claims hold here (issue 32): arms x seeds, and bench/claims.md.
 
     nice -n 19 python3 bench/study.py --root=/work/exp/claims --arms=supervised_s1 --seeds=0,1,2
-    python3 bench/study.py --root=/work/exp/claims --plan     # every arm x seed's commands, runs nothing
+    python3 bench/study.py --root=/work/exp/claims --plan   # every arm x seed's commands; runs nothing
     python3 bench/study.py --root=/work/exp/claims --norun    # only rewrite bench/claims.md
 
 An arm is a named list of commands: the driver (run_iterations.sh --preset=quick) with flags, or
@@ -34,7 +34,8 @@ from absl import flags  # noqa: E402
 
 from benchlib import ROOT, machine  # noqa: E402  (bench/ is on sys.path)
 
-flags.DEFINE_string("root", "/work/exp/claims", "Study root: one workdir per arm and seed, ROOT/ARM/seedS.")
+flags.DEFINE_string("root", "/work/exp/claims",
+                    "Study root: a workdir per arm and seed, ROOT/ARM/seedS.")
 flags.DEFINE_list("arms", [], "Arms to run (default: every arm, in the order of ARMS).")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds to run for each arm.")
 flags.DEFINE_integer("jobs", 1, "(arm, seed)s run at a time.")
@@ -100,14 +101,16 @@ def control(student, epochs="student", labels_per_class=None, extra=()):
         size = {k: flag(s, k) for k in ("width_coefficient", "depth_coefficient") if flag(s, k)}
         cmd = set_flags(teacher, model_dir=os.path.join(workdir, "model"), seed=flag(s, "seed"),
                         train_epochs=f"{sum(n):g}", **size)
-        if labels_per_class:
-            batch, scale = int(flag(s, "train_batch_size")), 1 + float(flag(s, "unlabel_ratio"))
-            labeled = int(flag(s, "num_labeled_per_class")) * NUM_CLASSES
+        if labels_per_class:  # batch x (1 + ratio); per-256 rates / (1 + ratio): the same lr
+            scale = 1 + float(flag(s, "unlabel_ratio"))
+            batch, labeled = int(flag(s, "train_batch_size")), int(flag(s, "num_labeled_per_class"))
+            lr, final = (float(flag(s, k)) / scale for k in ("base_learning_rate",
+                                                             "final_base_learning_rate"))
             cmd = set_flags(cmd, num_labeled_per_class=labels_per_class,
                             train_batch_size=f"{batch * scale:g}",
-                            num_train_images=f"{labeled * scale:g}",  # the student's steps per epoch
-                            base_learning_rate=f"{float(flag(s, 'base_learning_rate')) / scale:g}",
-                            final_base_learning_rate=f"{float(flag(s, 'final_base_learning_rate')) / scale:g}")
+                            # epochs counted on the student's labeled images x (1 + ratio): its steps
+                            num_train_images=f"{labeled * NUM_CLASSES * scale:g}",
+                            base_learning_rate=f"{lr:g}", final_base_learning_rate=f"{final:g}")
         return [cmd]
     return commands
 
@@ -125,7 +128,8 @@ ARMS = collections.OrderedDict([
     ("size_growing", ("a growing chain, width/depth 0.25 -> 0.35 -> 0.5 (+ the driver's "
                       "supervised baseline of student 3's size)", driver(*GROWING))),
     ("supervised_chain_w05", ("supervised control of the growing chain's student 3 (0.5): the "
-                              "chain's labeled epochs", control("iter3/student", "chain", extra=GROWING))),
+                              "chain's labeled epochs",
+                              control("iter3/student", "chain", extra=GROWING))),
     ("ratio_1", ("the quick preset with the unlabeled batch 1, 1, 1 labeled batches (not 1, 2, 3)",
                  driver("--unlabel_ratios=1,1,1"))),
     ("table6", ("the quick preset + Table 6's students beside student 1 (--ablation)",
@@ -137,7 +141,8 @@ NOT_YET = ["fewer labels (40, 100 per class): the driver prepares 400 per class;
            "--num_labeled_per_class driver flag",
            "out-of-domain unlabeled images (soft vs hard, filtering and balancing on/off): needs a "
            "packaged image source mixed into a --dataset=folder pile",
-           "the amount of unlabeled data (1/8, 1/4, 1/2): needs a driver flag for the unlabeled shards"]
+           "the amount of unlabeled data (1/8, 1/4, 1/2): needs a driver flag for the unlabeled "
+           "shards"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,11 +161,15 @@ CLAIMS = [
           ("noisy_student", "student 3"), ("noisy_student", "teacher"), +1),
     Claim("iterating helps: student 3 beats student 1", "Sec. 3.1 'Iterative training', App. A.2",
           "> 0", ("noisy_student", "student 3"), ("noisy_student", "student 1"), +1),
-    Claim("student 3's corruption error is below the teacher's (relative mCE - 100)",
-          "Sec. 3.3, Table 4", "mCE 45.7 -> 28.3",
-          ("noisy_student", "student 3 relative mCE"), 100.0, -1),
+    Claim("student 3's corruption error is below the teacher's (mCE relative to the teacher's 100)",
+          "Sec. 3.3, Table 4 (L2 at 299 px, mCE 42.5 -> 28.3)", "-33 (x0.67)",
+          ("noisy_student", "student 3 mCE vs teacher"), 100.0, -1),
+    Claim("student 3 flips less under perturbations (mFR relative to the teacher's 100)",
+          "Sec. 3.3, Table 5 (L2 at 299 px, mFR 23.7 -> 12.2)", "-49 (x0.51)",
+          ("noisy_student", "student 3 mFR vs teacher"), 100.0, -1),
     Claim("a larger student helps: the growing chain's student 3 (0.5) beats a same-size one",
-          "Sec. 3.1, App. A.3", "> 0", ("size_growing", "student 3"), ("noisy_student", "student 3"), +1),
+          "Sec. 3.1, App. A.3", "> 0",
+          ("size_growing", "student 3"), ("noisy_student", "student 3"), +1),
     Claim("the growing chain's student 3 beats its supervised control of the same size",
           "Sec. 3.2, Table 2", "+2.9", ("size_growing", "student 3"),
           ("supervised_chain_w05", "supervised"), +1),
@@ -235,8 +244,8 @@ def check_record(workdir, text):
 
 
 def metrics(workdir):
-    """Top-1 (%) per model of a finished run (the driver's report.json, with each model's relative
-    mCE; or main.py's eval_results.json as "supervised")."""
+    """Top-1 (%) per model of a finished run (the driver's report.json, with each evaluated model's
+    mCE and mFR against the teacher's 100; or main.py's eval_results.json, as "supervised")."""
     report = os.path.join(workdir, "report.json")
     if os.path.exists(report):
         r = common.read_json(report)
@@ -245,8 +254,9 @@ def metrics(workdir):
         out = {m["name"]: 100 * m["top_1"] for m in models if m.get("top_1") is not None}
         if r.get("supervised_baseline"):
             out["supervised baseline"] = out.pop(r["supervised_baseline"]["name"])
-        out.update({f"{m['name']} relative mCE": m["robustness"]["c_relative_mce_baseline"]
-                    for m in r["models"] if m.get("robustness")})
+        for m in (m for m in r["models"] if m.get("robustness")):
+            out[f"{m['name']} mCE vs teacher"] = m["robustness"]["c_mce_baseline"]  # teacher: 100
+            out[f"{m['name']} mFR vs teacher"] = m["robustness"]["p_mfr_baseline"]
         return out
     results = common.read_json(os.path.join(workdir, "model", "eval_results.json"))
     return {"supervised": 100 * results["top_1"]}
@@ -317,7 +327,8 @@ def status(arm, seed, results, root):
     if not os.path.exists(os.path.join(workdir, "commands.txt")):
         return "not started"
     log_path = os.path.join(workdir, "log.txt")
-    steps = re.findall(r"\] step (\d+/\d+) ", open(log_path).read()) if os.path.exists(log_path) else []
+    with open(log_path) if os.path.exists(log_path) else open(os.devnull) as f:
+        steps = re.findall(r"\] step (\d+/\d+) ", f.read())
     return "unfinished" + (f" (last logged: step {steps[-1]})" if steps else "")
 
 
@@ -336,8 +347,8 @@ def claims_table(results, seeds, root):
     lines = ["# Which of the paper's claims hold here (issue 32)", "",
              "Written by `python3 bench/study.py` from the results in [claims/](claims/) (one per "
              "arm and seed: top-1 per model, commands, CPU, minutes, date). Effect = a - b in "
-             "top-1 points (mCE: points of relative mCE), per seed, then mean +- std over the "
-             "seeds where both are done. Verdict: *holds* / *does not hold* when |mean| >= 2 "
+             "top-1 points (mCE, mFR: against the teacher's 100), per seed, then mean +- std "
+             "over the seeds where both are done. Verdict: *holds* / *does not hold* when |mean| >= 2 "
              "standard errors (the paper's sign or not), *not resolved at this scale* below that, "
              f"*needs N more seeds* below {MIN_SEEDS} seeds.", "",
              "| claim | paper | paper's number | a - b | ours: mean +- std | n | verdict |",
@@ -356,8 +367,8 @@ def claims_table(results, seeds, root):
                         (ceiling["metrics"]["supervised"] - m["teacher"]))
     n, mean, std, _ = summary(gaps)
     lines += ["", f"Gap closed, (student 3 - teacher) / (ceiling - teacher) per seed: "
-              f"{fmt(n, mean, std).lstrip('+')}{'%' * bool(n)} (n = {n}; public tables, CIFAR-10 with 4,000 labels: "
-              "Pseudo-Label 6%, MixMatch 74%, UDA / FixMatch over 100%).", "",
+              f"{fmt(n, mean, std).lstrip('+')}{'%' * bool(n)} (n = {n}; public tables, CIFAR-10 "
+              "with 4,000 labels: Pseudo-Label 6%, MixMatch 74%, UDA / FixMatch over 100%).", "",
               "## The arms", "",
               "Cost per finished seed: wall and CPU minutes of its commands (the CPU time counts "
               "the work even when the cores are shared), the CPU, the date, the commit.",
@@ -372,7 +383,8 @@ def claims_table(results, seeds, root):
                          for s, r in sorted(done.items()))
         cost = "; ".join(f"seed {s}: {r['wall_minutes']} min wall, {r['cpu_minutes']} CPU min"
                          f"{' (resumed: the last attempt only)' * bool(r.get('resumed'))}, "
-                         f"{r['machine'].split(' cores')[0]} cores, {r['machine'].rsplit('; ', 1)[1]}, "
+                         f"{r['machine'].split(' cores')[0]} cores, "
+                         f"{r['machine'].rsplit('; ', 1)[1]}, "
                          f"commit {r['commit']}" for s, r in sorted(done.items()))
         states = ", ".join(f"seed {s} {status(arm, s, results, root)}"
                            for s in sorted(set(seeds) | set(done)))
@@ -381,7 +393,8 @@ def claims_table(results, seeds, root):
               "## The commands", "", "Seed 0's, in ROOT (`python3 bench/study.py --plan` prints "
               "every seed's); the driver and main.py run from the repository's root.", ""]
     for arm in ARMS:
-        lines += [f"`{arm}`:", "```", commands_text(ARMS[arm][1](0, workdir_of("ROOT", arm, 0))) + "```"]
+        seed0 = ARMS[arm][1](0, workdir_of("ROOT", arm, 0))
+        lines += [f"`{arm}`:", "```", commands_text(seed0) + "```"]
     lines.append("")
     return "\n".join(lines)
 

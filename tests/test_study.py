@@ -32,7 +32,8 @@ def test_verdict_follows_the_numbers():
 
 def fake_arm(tmp_path, top_1=0.5):
     """An arm whose one command writes main.py's eval_results.json and counts its runs."""
-    code = ("import json, os, sys; d = os.path.join(sys.argv[1], 'model'); os.makedirs(d, exist_ok=True);"
+    code = ("import json, os, sys; d = os.path.join(sys.argv[1], 'model');"
+            "os.makedirs(d, exist_ok=True);"
             f"json.dump({{'top_1': {top_1}}}, open(os.path.join(d, 'eval_results.json'), 'w'));"
             "open(os.path.join(sys.argv[1], 'ran'), 'a').write('x')")
     return ("a fake control", lambda seed, workdir: [[sys.executable, "-c", code, workdir]])
@@ -92,7 +93,8 @@ def test_plan_lists_every_arm_and_seed_and_the_controls_match_the_students(tmp_p
     teacher = students["teacher"]
     for cmd in (s1, chain, ceiling):  # the teacher's command: main.py, same noise and net
         assert cmd[:2] == teacher[:2] and "--unlabel_data_dir" not in " ".join(cmd)
-        assert study.flag(cmd, "model_dir") == os.path.join(os.path.dirname(study.flag(cmd, "data_dir")), "model")
+        workdir = os.path.dirname(study.flag(cmd, "data_dir"))
+        assert study.flag(cmd, "model_dir") == os.path.join(workdir, "model")
     assert float(study.flag(s1, "train_epochs")) == epochs["iter1/student"]
     assert study.flag(s1, "seed") == study.flag(students["iter1/student"], "seed") == "11"
     assert float(study.flag(chain, "train_epochs")) == sum(epochs.values())
@@ -100,11 +102,28 @@ def test_plan_lists_every_arm_and_seed_and_the_controls_match_the_students(tmp_p
     steps = lambda cmd, images: math.ceil(float(study.flag(cmd, "train_epochs")) * images
                                        / int(study.flag(cmd, "train_batch_size")))
     assert steps(ceiling, int(study.flag(ceiling, "num_train_images"))) == steps(s3, 4000)
-    peak = lambda cmd: float(study.flag(cmd, "base_learning_rate")) * int(study.flag(cmd, "train_batch_size"))
+    peak = lambda cmd: (float(study.flag(cmd, "base_learning_rate"))
+                        * int(study.flag(cmd, "train_batch_size")))
     assert peak(ceiling) == pytest.approx(peak(s3))
     assert study.flag(ceiling, "num_labeled_per_class") == "6000"
     growing = study.ARMS["supervised_chain_w05"][1](0, root)[0]
-    assert study.flag(growing, "width_coefficient") == study.flag(growing, "depth_coefficient") == "0.5"
+    assert study.flag(growing, "width_coefficient") == "0.5"
+    assert study.flag(growing, "depth_coefficient") == "0.5"
+
+
+def test_metrics_of_a_driver_report(tmp_path):
+    robust = lambda mce, mfr: {"c_mce_baseline": mce, "p_mfr_baseline": mfr,
+                               "c_mce_unnormalized": 20.0}
+    common.write_json(str(tmp_path / "report.json"), {
+        "models": [{"name": "teacher", "top_1": 0.8, "robustness": robust(100.0, 100.0)},
+                   {"name": "student 2", "top_1": None},  # not trained yet
+                   {"name": "student 3", "top_1": 0.8312, "robustness": robust(88.6, 94.7)}],
+        "ablation": [{"name": "student w/o Aug", "top_1": 0.81}],
+        "supervised_baseline": {"name": "supervised, student 3's size", "top_1": 0.79}})
+    assert study.metrics(str(tmp_path)) == pytest.approx({
+        "teacher": 80.0, "student 3": 83.12, "student w/o Aug": 81.0, "supervised baseline": 79.0,
+        "teacher mCE vs teacher": 100.0, "teacher mFR vs teacher": 100.0,
+        "student 3 mCE vs teacher": 88.6, "student 3 mFR vs teacher": 94.7})
 
 
 def result(arm, seed, **metrics):
