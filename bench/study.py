@@ -73,7 +73,8 @@ def set_flags(argv, **values):
 
 
 def planned_models(seed, workdir, *extra):
-    """The driver's main.py commands for a run (its --plan): model dir relative to workdir -> argv."""
+    """The driver's data preparation and main.py commands for a run (its --plan): output or model
+    dir relative to workdir ("data", "teacher", "iter1/student", ...) -> argv."""
     plan = subprocess.run(QUICK + ["--plan", f"--seed={seed}", f"--workdir={workdir}", *extra],
                           cwd=ROOT, capture_output=True, text=True)
     if plan.returncode:
@@ -81,20 +82,20 @@ def planned_models(seed, workdir, *extra):
     models = {}
     for line in plan.stdout.splitlines():
         argv = [] if line.startswith("#") else shlex.split(line)
-        if argv[1:2] == ["main.py"]:
-            models[os.path.relpath(flag(argv, "model_dir"), workdir)] = argv
+        if argv[1:2] in (["main.py"], ["prepare_data.py"]):
+            models[os.path.relpath(flag(argv, "model_dir") or flag(argv, "output_dir"), workdir)] = argv
     return models
 
 
 def control(student, epochs="student", labels_per_class=None, extra=()):
-    """A supervised control of the driver's student (with driver flags extra): the teacher's
-    command at the student's size and seed, trained on the labels only for the student's labeled
+    """A supervised control of the driver's student (with driver flags extra): the driver's data
+    preparation, then the teacher's command at the student's size and seed, trained on the labels only for the student's labeled
     epochs ("student") or the whole chain's up to it ("chain"). labels_per_class: the ceiling,
     trained as long and as noised as the student: its steps, its images per step (labeled +
     unlabeled, all labeled here) and its learning rate per step."""
     def commands(seed, workdir):
         models = planned_models(seed, workdir, *extra)
-        teacher, s = models["teacher"], models[student]
+        prepare, teacher, s = models["data"], models["teacher"], models[student]
         chain = ["teacher", *STUDENTS[:STUDENTS.index(student) + 1]]
         n = (float(flag(models[m], "train_epochs")) for m in chain) if epochs == "chain" else [
             float(flag(s, "train_epochs"))]
@@ -106,12 +107,13 @@ def control(student, epochs="student", labels_per_class=None, extra=()):
             batch, labeled = int(flag(s, "train_batch_size")), int(flag(s, "num_labeled_per_class"))
             lr, final = (float(flag(s, k)) / scale for k in ("base_learning_rate",
                                                              "final_base_learning_rate"))
+            prepare = set_flags(prepare, num_labeled_per_class=labels_per_class)
             cmd = set_flags(cmd, num_labeled_per_class=labels_per_class,
                             train_batch_size=f"{batch * scale:g}",
                             # epochs counted on the student's labeled images x (1 + ratio): its steps
                             num_train_images=f"{labeled * NUM_CLASSES * scale:g}",
                             base_learning_rate=f"{lr:g}", final_base_learning_rate=f"{final:g}")
-        return [cmd]
+        return [prepare, cmd]
     return commands
 
 

@@ -87,14 +87,19 @@ def test_plan_lists_every_arm_and_seed_and_the_controls_match_the_students(tmp_p
     assert headers == [f"# {a} seed {s}" for a, s in runs]
     assert "(not started)" in text
     students = study.planned_models(1, os.path.join(root, "x"))
-    epochs = {k: float(study.flag(v, "train_epochs")) for k, v in students.items()}
-    control = lambda arm: study.ARMS[arm][1](1, os.path.join(root, arm, "seed1"))[0]
+    epochs = {k: float(study.flag(v, "train_epochs")) for k, v in students.items() if k != "data"}
+    control = lambda arm: study.ARMS[arm][1](1, os.path.join(root, arm, "seed1"))
     s1, chain, ceiling = (control(a) for a in ("supervised_s1", "supervised_chain", "ceiling_60k"))
     teacher = students["teacher"]
-    for cmd in (s1, chain, ceiling):  # the teacher's command: main.py, same noise and net
+    for (prepare, cmd), labels in zip((s1, chain, ceiling), ("400", "400", "6000")):
+        assert prepare[:2] == students["data"][:2]  # the driver's data stage, then main.py
+        assert study.flag(prepare, "output_dir") == study.flag(cmd, "data_dir")
+        assert study.flag(prepare, "num_labeled_per_class") == labels
+        assert study.flag(cmd, "num_labeled_per_class") == labels
         assert cmd[:2] == teacher[:2] and "--unlabel_data_dir" not in " ".join(cmd)
         workdir = os.path.dirname(study.flag(cmd, "data_dir"))
         assert study.flag(cmd, "model_dir") == os.path.join(workdir, "model")
+    s1, chain, ceiling = s1[1], chain[1], ceiling[1]
     assert float(study.flag(s1, "train_epochs")) == epochs["iter1/student"]
     assert study.flag(s1, "seed") == study.flag(students["iter1/student"], "seed") == "11"
     assert float(study.flag(chain, "train_epochs")) == sum(epochs.values())
@@ -105,8 +110,7 @@ def test_plan_lists_every_arm_and_seed_and_the_controls_match_the_students(tmp_p
     peak = lambda cmd: (float(study.flag(cmd, "base_learning_rate"))
                         * int(study.flag(cmd, "train_batch_size")))
     assert peak(ceiling) == pytest.approx(peak(s3))
-    assert study.flag(ceiling, "num_labeled_per_class") == "6000"
-    growing = study.ARMS["supervised_chain_w05"][1](0, root)[0]
+    growing = study.ARMS["supervised_chain_w05"][1](0, root)[1]
     assert study.flag(growing, "width_coefficient") == "0.5"
     assert study.flag(growing, "depth_coefficient") == "0.5"
 
