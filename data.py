@@ -33,6 +33,7 @@ AUGMENT_NAMES = ("randaugment", "basic", "none")
 INPUT_KINDS = ("small", "imagenet")
 IMAGENET_CROP_PADDING = 32  # eval centre crop: image_size / (image_size + 32) of the short side
 SMALL_IMAGE_PAD = 4  # reflect padding before the random crop of small images
+PARSE_BATCH = 256  # pseudo-labeled records parsed per op (the parse costs per op, not per record)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 
 
@@ -260,33 +261,48 @@ def parse_unlabeled(serialized, fallback_id=None):
 
 
 def parse_pseudo_labeled(serialized, num_classes, fallback_id=None):
-    """{"image", "id", "probabilities": float32[K], "label": int32, "prob": float32, "copies"}.
+    """{"image", "id", "probabilities": float32[K], "label": int32, "prob": float32, "copies"}; of
+    one record, or of a batch of records (each value then has the batch's leading dimension).
 
     Reads `probabilities` (float list) or `probabilities/float16` (little-endian bytes); `label`
     and `prob` default to the argmax / max of the probabilities, `copies` to 1.
     """
-    parsed = tf.io.parse_single_example(serialized, {
+    serialized = tf.convert_to_tensor(serialized, tf.string)
+    batch = tf.reshape(serialized, [-1])
+    parsed = tf.io.parse_example(batch, {
         **_IMAGE_FEATURES,
         "probabilities": tf.io.VarLenFeature(tf.float32),
         "probabilities/float16": _string(),
         "label": _int64(-1),
         "prob": tf.io.FixedLenFeature([], tf.float32, default_value=-1.0),
         "copies": _int64(1)})
-    as_float32 = tf.sparse.to_dense(parsed["probabilities"])
-    probabilities = tf.cond(
-        tf.size(as_float32) > 0,
-        lambda: as_float32,
-        lambda: tf.cast(tf.io.decode_raw(parsed["probabilities/float16"], tf.float16,
-                                         little_endian=True), tf.float32))
-    tf.debugging.assert_equal(tf.size(probabilities), num_classes, message=(
+    # Per record: K floats, or no floats and 2K bytes of float16.
+    floats, half = parsed["probabilities"], parsed["probabilities/float16"]
+    num_floats = tf.math.bincount(tf.cast(floats.indices[:, 0], tf.int32),
+                                  minlength=tf.size(batch), maxlength=tf.size(batch))
+    has_floats = num_floats > 0
+    well_formed = tf.where(has_floats, tf.equal(num_floats, num_classes),
+                           tf.equal(tf.strings.length(half), 2 * num_classes))
+    check = [tf.debugging.assert_equal(well_formed, True, message=(
         f"pseudo-labeled record without {num_classes} probabilities (key `probabilities` or "
-        f"`probabilities/float16`)"))
-    probabilities = tf.reshape(probabilities, [num_classes])
-    label = tf.where(parsed["label"] >= 0, parsed["label"], tf.argmax(probabilities))
-    prob = tf.where(parsed["prob"] >= 0, parsed["prob"], tf.reduce_max(probabilities))
-    return {"image": parsed["image/encoded"], "id": _record_id(parsed, fallback_id),
-            "probabilities": probabilities, "label": tf.cast(label, tf.int32), "prob": prob,
-            "copies": tf.cast(parsed["copies"], tf.int32)}
+        f"`probabilities/float16`)")),
+             tf.debugging.assert_positive(parsed["copies"],
+                                          message="pseudo-labeled record with copies < 1")]
+    with tf.control_dependencies(check):
+        as_float32 = tf.sparse.to_dense(tf.sparse.reset_shape(floats, [tf.size(batch),
+                                                                       num_classes]))
+    half_bytes = tf.io.decode_raw(half, tf.uint8, fixed_length=2 * num_classes)  # zero-padded
+    as_float16 = tf.cast(tf.bitcast(tf.reshape(half_bytes, [-1, num_classes, 2]), tf.float16),
+                         tf.float32)  # (little-endian bytes, as x86 and ARM hosts)
+    probabilities = tf.where(has_floats[:, None], as_float32, as_float16)
+    label = tf.where(parsed["label"] >= 0, parsed["label"], tf.argmax(probabilities, -1))
+    prob = tf.where(parsed["prob"] >= 0, parsed["prob"], tf.reduce_max(probabilities, -1))
+    record = {"image": parsed["image/encoded"], "id": _record_id(parsed, fallback_id),
+              "probabilities": probabilities, "label": tf.cast(label, tf.int32), "prob": prob,
+              "copies": tf.cast(parsed["copies"], tf.int32)}
+    if serialized.shape.rank == 0:  # one record
+        return {k: v[0] for k, v in record.items()}
+    return record
 
 
 def parse_diagnostic_label(serialized):
@@ -760,13 +776,16 @@ def pseudo_labeled_dataset(pattern, info, image_size, batch_size, num_classes, a
     buffer = shuffle_buffer or _default_shuffle_buffer(info)
     key, shuffle_key, deterministic = _stream(seed, stream, start_batch, input_context)
     ds = _records(files, repeat, shuffle_key, cache, buffer, input_context, deterministic)
-    ds = ds.map(lambda r: parse_pseudo_labeled(r, num_classes),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic or not repeat)
+    # Parsed a batch at a time (one op per batch, not per record: the records' order is kept),
+    # only what training reads; the copies are counted per record below.
+    ds = ds.batch(PARSE_BATCH).map(
+        lambda r: {k: v for k, v in parse_pseudo_labeled(r, num_classes).items()
+                   if k in ("image", "probabilities", "copies")},
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
 
     def copies_of(record):
-        copies = record["copies"]
-        tf.debugging.assert_positive(copies, message="pseudo-labeled record with copies < 1")
-        return tf.data.Dataset.from_tensors(record).repeat(tf.cast(copies, tf.int64))
+        copies = tf.cast(record.pop("copies"), tf.int64)
+        return tf.data.Dataset.from_tensors(record).repeat(copies)
 
     # NOTE: the reference's filter_unlabel.py wrote each kept image `include_copy` times into the
     # shards (shuffled per 10,000-record flush); here filter_balance stores the count once
@@ -783,7 +802,6 @@ def pseudo_labeled_dataset(pattern, info, image_size, batch_size, num_classes, a
         return (train_views(batch["image"], info, image_size, augment_name, randaug_layer,
                             randaug_mag, batch_seed), batch["probabilities"])
 
-    ds = ds.map(lambda r: {"image": r["image"], "probabilities": r["probabilities"]})
     return _noised_batches(ds, batch_size, repeat, key, start_batch, deterministic or not repeat,
                            views)
 

@@ -225,6 +225,29 @@ def test_pseudo_label_records_round_trip(float16):
         data.parse_pseudo_labeled(plain, 4)
 
 
+def test_pseudo_label_records_parse_alike_one_at_a_time_and_as_a_batch():
+    """The student's reader parses a batch of records at once: every field of every record as
+    the one-record parse gives it, float32 and float16 labels mixed, defaults filled; a bad
+    record in the batch fails it with the one-record message."""
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(7):
+        p = rng.dirichlet(np.ones(10)).astype(np.float32)
+        kw = dict(true_label=i % 3, copies=i + 1) if i % 2 else {}
+        records.append(data.pseudo_label_example(b"img%d" % i, f"u/{i}" if i != 3 else "", p,
+                                                 float16=i % 3 == 0, **kw).SerializeToString())
+    batch = data.parse_pseudo_labeled(tf.constant(records), 10, fallback_id="none")
+    for i, record in enumerate(records):
+        one = data.parse_pseudo_labeled(record, 10, fallback_id="none")
+        for key, value in one.items():
+            np.testing.assert_array_equal(batch[key][i].numpy(), value.numpy(), err_msg=key)
+    assert batch["probabilities"].shape == (7, 10) and batch["copies"].numpy().tolist() == [
+        1, 2, 1, 4, 1, 6, 1]
+    bad = data.pseudo_label_example(b"x", "x", np.full(4, 0.25)).SerializeToString()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="without 10 probabilities"):
+        data.parse_pseudo_labeled(tf.constant(records[:2] + [bad]), 10)
+
+
 def test_image_records_round_trip_and_id_fallbacks():
     ex = data.image_example(b"\x89PNG...", 7, "set/0001").SerializeToString()
     r = data.parse_labeled(ex)
