@@ -53,6 +53,7 @@ import efficientnet_builder
 
 SUITES = ("clean", "c", "p", "a", "fgsm", "pgd")
 RESULTS_FILE = "robustness.json"
+MAX_READ_ONCE_BYTES = 1 << 30  # eval images up to this size are read once and shared by every suite
 
 # AlexNet top-1 errors on ImageNet-C per severity 1..5 (Hendrycks & Dietterich 2019), the mCE
 # denominator. Only the first 15 (corruptions.BENCHMARK_CORRUPTIONS) enter mCE, never all 19.
@@ -776,8 +777,17 @@ def evaluate_group(models, cfg, c_layout, files, num_records):
     generated = dict(source="generated", data=cfg.eval_data_dir, seed=seed, constants=scale.kind,
                      length_scale=scale.factor, image_size=info.image_size, notes=GENERATED_NOTES)
 
-    def batches(limit):  # the eval images (at most `limit`) and their number
-        return eval_batches(files, info, bs, limit), min(limit, num_records) if limit else num_records
+    read = {}  # the eval images read so far (every suite and model takes the first n of them)
+
+    def batches(limit):  # the eval images (at most `limit`) in batches of bs, and their number
+        n = min(limit, num_records) if limit else num_records
+        if n * info.image_size ** 2 * info.num_channels > MAX_READ_ONCE_BYTES:
+            return eval_batches(files, info, bs, limit), n  # too many to hold: read again
+        if n and len(read.get("labels", ())) < n:
+            images, labels = zip(*eval_batches(files, info, bs, n))
+            read.update(images=np.concatenate(images), labels=np.concatenate(labels))
+        return ((read["images"][i:min(i + bs, n)], read["labels"][i:min(i + bs, n)])
+                for i in range(0, n, bs)), n
 
     runs = {}  # suite -> (one result per model, the suite's settings)
     if "clean" in suites:

@@ -214,6 +214,21 @@ def test_corruptions_are_deterministic_and_batch_independent(images):
         assert not np.array_equal(whole, C.corrupt_batch(batch, name, 3, 8, 0, scale)), name
 
 
+@pytest.mark.parametrize("size", [32, 96])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_batched_corruptions_give_the_per_image_pixels(size, channels):
+    """corrupt_batch's batch implementations (one pass for the whole batch) against corrupt()
+    image by image with the same generators: the same bytes, every severity."""
+    batch = np.random.default_rng(1).integers(0, 256, (3, size, size, channels), dtype=np.uint8)
+    scale = C.scale_for(size)
+    for name in C._BATCH_FNS:
+        for s in C.SEVERITIES:
+            one_by_one = np.stack([C.corrupt(image, name, s, C._rng(4, name, s, 2 + i), scale)
+                                   for i, image in enumerate(batch)])
+            np.testing.assert_array_equal(C.corrupt_batch(batch, name, s, 4, 2, scale), one_by_one,
+                                          err_msg=f"{name} {s}")
+
+
 @pytest.mark.parametrize("channels", [1, 3])
 def test_perturbation_sequences(images, channels):
     image = images[channels]
