@@ -13,7 +13,8 @@ it runs once per data set; a rerun with the same arguments does nothing.
       -> DIR/labeled/    one record per image of L/<class>/..., labels 0..K-1 in sorted
                          class folder order (at least 2 classes), image bytes unchanged; every
                          image is decoded first: one that does not stops the conversion naming
-                         the file, or (--skip_bad_images) is left out and counted
+                         the file, or (--skip_bad_images) is left out, logged and counted in
+                         prepared.json's "skipped_bad_images"
          DIR/unlabeled/  every image under U (a flat or nested pile; no labels)
          DIR/test/       T/<class>/... with the labeled classes' labels
          DIR/class_names.json, DIR/dataset.json (settings measured on the labeled images:
@@ -145,12 +146,7 @@ def encode_png_batch(images):
 
 def prepare_fashion_mnist(output_dir, num_labeled_per_class=400, seed=0,
                           source_dir=FASHION_MNIST_DIR, shards=DEFAULT_FASHION_MNIST_SHARDS):
-    """Writes output_dir/{labeled,unlabeled,test}/ and prepared.json; returns the summary dict.
-
-    The whole directory is written under a temporary name and renamed into place, prepared.json
-    last, so an interrupted run leaves nothing behind. Skips the work if output_dir holds a run
-    with the same arguments.
-    """
+    """--dataset=fashion_mnist (the module docstring); returns prepared.json's summary."""
     shards = dict(shards)
     if sorted(shards) != ["labeled", "test", "unlabeled"] or min(shards.values()) < 1:
         raise common.UserError(f"shards must give labeled, unlabeled and test counts >= 1, got "
@@ -318,17 +314,8 @@ def measured_settings(facts, num_classes, image_size=0, input_kind="auto", flip=
 def prepare_folders(output_dir, labeled_dir, unlabeled_dir=None, test_dir=None, image_size=0,
                     input_kind="auto", flip="auto", num_channels=0, num_shards=0, seed=0,
                     skip_bad_images=False):
-    """Writes output_dir/{labeled,unlabeled,test}/ (the given ones), class_names.json,
-    dataset.json and prepared.json; returns the summary dict.
-
-    labeled_dir and test_dir hold one sub-folder per class, at least 2 (labels 0..K-1 in sorted
-    order of the labeled folders; test may have fewer classes); unlabeled_dir is a pile of
-    images whose sub-folders are ignored. Every image is decoded; one that does not is a
-    UserError naming it, or (skip_bad_images) left out, counted in prepared.json's
-    "skipped_bad_images" and logged. Image bytes are stored unchanged. Written under a temporary
-    name and renamed into place (prepared.json last); a rerun with the same arguments does
-    nothing.
-    """
+    """--dataset=folder (the module docstring; the test folders may hold fewer classes, the
+    unlabeled and test folders may be left out); returns prepared.json's summary."""
     if image_size < 0 or num_shards < 0:
         raise common.UserError("--image_size and --num_shards must be >= 0 (0: automatic)")
     if num_channels not in (0, 1, 3):
@@ -400,8 +387,7 @@ def prepare_folders(output_dir, labeled_dir, unlabeled_dir=None, test_dir=None, 
 # Script.
 # ---------------------------------------------------------------------------------------------
 def define_flags():
-    """The script's flags; defined only when prepare_data.py runs, so that importing it defines
-    none."""
+    """The script's flags, defined only when it runs (importing it defines none)."""
     flags.DEFINE_enum("dataset", None, ["fashion_mnist", "folder"],
                       "What to prepare: fashion_mnist (IDX files -> labeled/unlabeled/test "
                       "splits) or folder (image folders -> the same splits, with the settings "
