@@ -44,6 +44,7 @@ tf = _import_tensorflow_quietly()
 from absl import app  # noqa: E402  (after the quiet TF import: absl is TF's dependency)
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
+import numpy as np  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,11 +313,23 @@ class Progress:
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
 
-def make_strategy(name, tpu="", allowed=STRATEGIES):
+def check_strategy(name, tpu=""):
+    """UserError naming the flag unless --strategy is known and --tpu goes with tpu."""
+    if name not in STRATEGIES:
+        raise UserError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {name!r}")
+    if tpu and name != "tpu":
+        raise UserError(f"--tpu={tpu} needs --strategy=tpu (got --strategy={name})")
+
+
+def make_strategy(name, tpu="", one_host=False):
     """default: this device; mirrored: the local GPUs (or CPU); multi_worker: hosts from
-    TF_CONFIG; tpu: the TPU `tpu` (a name or grpc address; "" = the local TPU VM)."""
-    if name not in allowed:
-        raise UserError(f"--strategy must be one of {', '.join(allowed)}, got {name!r}")
+    TF_CONFIG; tpu: the TPU `tpu` (a name or grpc address; "" = the local TPU VM). Every stage
+    (training, labeling, evaluation) gets its strategy here; UserError if none is reachable.
+    one_host (labeling, evaluation: several hosts run several jobs): multi_worker = mirrored."""
+    check_strategy(name, tpu)
+    if one_host and name == "multi_worker":
+        logging.info("--strategy=multi_worker: this job runs on its own host's devices (mirrored)")
+        name = "mirrored"
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
@@ -325,10 +338,37 @@ def make_strategy(name, tpu="", allowed=STRATEGIES):
         if "TF_CONFIG" not in os.environ:
             raise UserError("--strategy=multi_worker needs the TF_CONFIG environment variable")
         return tf.distribute.MultiWorkerMirroredStrategy()
-    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
-    tf.config.experimental_connect_to_cluster(resolver)
-    tf.tpu.experimental.initialize_tpu_system(resolver)
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, OSError, RuntimeError, tf.errors.OpError) as e:  # OSError: URLError
+        reason = tf_error_line(e) if isinstance(e, tf.errors.OpError) else str(e).splitlines()[0]
+        raise UserError(f"--strategy=tpu --tpu={tpu!r}: no TPU reachable ({reason})") from None
     return tf.distribute.TPUStrategy(resolver)
+
+
+def on_replicas(strategy, fn):
+    """`fn` (batched tensors in, batched tensors out) as a host function over a whole batch, run
+    on every replica of `strategy`: the batch is cut into equal contiguous slices (the last padded
+    by repeating the final example; TPUs need equal shapes) and the outputs come back as numpy,
+    in order. One replica: `fn` on the whole batch."""
+    step = tf.function(lambda *args: strategy.run(fn, args=args), reduce_retracing=True)
+    replicas = strategy.num_replicas_in_sync
+
+    def call(*batch):
+        if replicas == 1:
+            return tf.nest.map_structure(lambda t: t.numpy(), step(*batch))
+        n = len(batch[0])
+        per = -(-n // replicas)
+        padded = [np.concatenate([b, np.repeat(b[-1:], per * replicas - n, 0)])
+                  for b in map(np.asarray, batch)]
+        sliced = [strategy.experimental_distribute_values_from_function(
+            lambda ctx, p=p: p[ctx.replica_id_in_sync_group * per:][:per]) for p in padded]
+        outputs = strategy.experimental_local_results(step(*sliced))
+        return tf.nest.map_structure(lambda *parts: np.concatenate(parts)[:n], *outputs)
+
+    return call
 
 
 def is_chief(strategy):

@@ -166,23 +166,24 @@ class EvalModel:
     model: object
     config: dict
     info: data.DatasetInfo  # this model's preprocessing, at its input size and channels
+    strategy: object = None  # the tf.distribute strategy the model was built in (None: default)
 
     def __post_init__(self):
-        size = self.info.image_size
-        spec = tf.TensorSpec([None, size, size, self.info.num_channels], tf.float32)
-        self._logits = tf.function(lambda x: self.model(x, training=False), input_signature=[spec])
+        self.strategy = self.strategy or tf.distribute.get_strategy()
+        self._logits = common.on_replicas(self.strategy, lambda x: self.model(x, training=False))
 
     def predict(self, images, batch_size):
         """Logits of uint8 or float [0, 255] images (numpy or tensor), in chunks of batch_size."""
-        return np.concatenate([self._logits(tf.cast(images[i:i + batch_size], tf.float32)).numpy()
+        return np.concatenate([self._logits(tf.cast(images[i:i + batch_size], tf.float32))
                                for i in range(0, len(images), batch_size)])
 
 
-def load_model(model_dir, name):
-    model, config = efficientnet_builder.load_model_dir(model_dir)
+def load_model(model_dir, name, strategy):
+    with strategy.scope():
+        model, config = efficientnet_builder.load_model_dir(model_dir)
     info = data.model_dataset_info(config, image_size=model.input_shape[1],
                                    where=os.path.join(model_dir, efficientnet_builder.MODEL_CONFIG_FILE))
-    return EvalModel(model_dir, name, model, config, info)
+    return EvalModel(model_dir, name, model, config, info, strategy)
 
 
 def display_names(model_dirs):
@@ -476,15 +477,14 @@ def evaluate_a(models, a_dir, mapping_args, limit, seed, batch_size):
 # Adversarial attacks (Sec. 3.4): pixel space [0, 255], normalisation inside the model.
 
 def make_loss_gradient(model):
-    """tf.function (images, labels) -> (d sum CE / d images, logits), model in inference mode."""
-    @tf.function(reduce_retracing=True)
+    """(images, labels) -> (d sum CE / d images, logits), numpy, an EvalModel in inference mode."""
     def loss_gradient(images, labels):
         with tf.GradientTape() as tape:
             tape.watch(images)
-            logits = model(images, training=False)
+            logits = model.model(images, training=False)
             loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
         return tape.gradient(loss, images), logits
-    return loss_gradient
+    return common.on_replicas(model.strategy, loss_gradient)
 
 
 def fgsm(loss_gradient, images, labels, epsilon):
@@ -527,7 +527,7 @@ def parse_step_size(spec):
 def evaluate_attacks(model, batches, total, attacks, epsilons, steps, step_size, random_start, seed,
                      batch_size):
     """Accuracy per epsilon of each attack in `attacks` ("fgsm", "pgd") for one model."""
-    loss_gradient = make_loss_gradient(model.model)
+    loss_gradient = make_loss_gradient(model)
     correct = {a: np.zeros(len(epsilons)) for a in attacks}
     n = 0
     progress = common.Progress(f"{'+'.join(attacks)} {model.name}, images x epsilons",
@@ -861,7 +861,8 @@ def run(config):
     output_dir = config.output_dir or config.model_dir[0]
 
     names = display_names(config.model_dir)
-    models = [load_model(d, n) for d, n in zip(config.model_dir, names)]
+    strategy = common.make_strategy(config.strategy, config.tpu, one_host=True)
+    models = [load_model(d, n, strategy) for d, n in zip(config.model_dir, names)]
     num_records = common.count_records(files) if files else 0
     results = {}  # model index -> its results
     for info in dict.fromkeys(m.info for m in models):  # the same preprocessing: the same inputs
@@ -949,6 +950,10 @@ class RobustnessConfig:
     pgd_random_start: bool = common.setting(False, "Start PGD at a uniform random point of the eps ball.")
     precision: str = common.setting("float32", "float32, or bfloat16: Keras mixed precision, as "
                                     "main.py's --precision.", list(common.PRECISIONS))
+    strategy: str = common.setting("default", "tf.distribute strategy: default (one device), "
+                                   "mirrored (local GPUs; multi_worker too) or tpu (--tpu).",
+                                   list(common.STRATEGIES))
+    tpu: str = common.setting("", "TPU name or grpc address for --strategy=tpu.")
 
     def __post_init__(self):
         self.suite = _choose(self.suite, SUITES, "suite")
@@ -964,6 +969,7 @@ class RobustnessConfig:
         if any(e < 0 for e in self.epsilons) or self.pgd_steps < 1 or self.batch_size < 1:
             raise common.UserError("--epsilons must be >= 0, --pgd_steps and --batch_size >= 1")
         parse_step_size(self.pgd_step_size)
+        common.check_strategy(self.strategy, self.tpu)
         if "a" in self.suite and not self.a_dir:
             raise common.UserError("--suite includes a: pass --a_dir (class folders, e.g. ImageNet-A)")
         self.eval_data_dir = self.eval_data_dir or os.path.join(self.data_dir, "test")

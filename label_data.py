@@ -9,12 +9,12 @@ inference mode (no dropout, no stochastic depth, BN moving statistics) on eval-p
     python label_data.py --teacher_model_dir=runs/teacher \\
         --input_pattern='runs/data/unlabeled/*.tfrecord' --output_dir=runs/iter1/labels \\
         [--num_shards=N --shard_id=I] [--batch_size=256] [--probabilities_dtype=float32|float16] \\
-        [--strategy=default|mirrored] [--precision=float32|bfloat16]
+        [--strategy=default|mirrored|multi_worker|tpu] [--tpu=NAME] [--precision=float32|bfloat16]
 
 Input: unlabeled TFRecord shards (image/encoded, image/id, optional diagnostic/true_label).
 Job I of N labels the sorted input files i with i % N == I, so N independent jobs (on N machines,
 any batch scheduler) cover every file exactly once; inside a job, tf.distribute runs the batches
-on the local devices (--strategy=mirrored: all local GPUs).
+on the local devices (--strategy=mirrored or multi_worker: all local GPUs; tpu: the TPU --tpu).
 Output, per input file, the same basename in --output_dir (`.tfrecord` added if missing): every
 record with its original image bytes (never re-encoded), image/id, diagnostic/true_label (passed
 through), the full probability vector `probabilities` (float32; or `probabilities/float16`
@@ -53,7 +53,6 @@ import data
 import efficientnet_builder
 
 PROBABILITY_DTYPES = ("float32", "float16")
-STRATEGIES = ("default", "mirrored")  # inside one job (N jobs cover N machines)
 PENDING_WRITES = 2  # batches in flight to the writer thread (bounds memory)
 
 
@@ -140,31 +139,15 @@ def make_predictor(model, strategy):
     """images (host batch) -> softmax probabilities, float32 numpy [n, num_classes], in order.
 
     Inference mode: model(x, training=False) = no dropout / stochastic depth, BN moving averages.
-    With several replicas the batch is cut into contiguous slices, one per replica, and the
-    replicas' outputs are concatenated back in order.
+    With several replicas the batch is cut into contiguous slices, one per replica
+    (common.on_replicas), and put back together in order.
     """
 
     def forward(images):
         logits = model(images, training=False)
         return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)  # T = 1
 
-    @tf.function(reduce_retracing=True)
-    def step(images):
-        return strategy.run(forward, args=(images,))
-
-    num_replicas = strategy.num_replicas_in_sync
-
-    def predict(images):
-        if num_replicas > 1:
-            bounds = np.linspace(0, int(images.shape[0]), num_replicas + 1).astype(int)
-            whole = images
-            images = strategy.experimental_distribute_values_from_function(
-                lambda ctx: whole[bounds[ctx.replica_id_in_sync_group]:
-                                  bounds[ctx.replica_id_in_sync_group + 1]])
-        outputs = strategy.experimental_local_results(step(images))
-        return np.concatenate([o.numpy() for o in outputs])
-
-    return predict
+    return common.on_replicas(strategy, forward)
 
 
 # ----------------------------------------------------------------------------- one file
@@ -280,7 +263,7 @@ def output_name(path):
 
 def run(teacher_model_dir, files, output_dir, batch_size=256, probabilities_dtype="float32",
         strategy_name="default", skip_bad_images=False, precision="float32",
-        allow_weak_teacher=False):
+        allow_weak_teacher=False, tpu=""):
     """Labels `files` into `output_dir`, skipping those done before with the same provenance
     (teacher, input file, flags) and relabeling any other; returns the new summaries. A teacher
     near chance is refused first (efficientnet_builder.check_teacher_strength)."""
@@ -289,9 +272,7 @@ def run(teacher_model_dir, files, output_dir, batch_size=256, probabilities_dtyp
     if probabilities_dtype not in PROBABILITY_DTYPES:
         raise common.UserError(f"--probabilities_dtype must be one of {PROBABILITY_DTYPES}, "
                                f"got {probabilities_dtype!r}")
-    if strategy_name not in STRATEGIES:
-        raise common.UserError(f"--strategy must be one of {', '.join(STRATEGIES)}, got "
-                               f"{strategy_name!r}")
+    common.check_strategy(strategy_name, tpu)
     names = [output_name(f) for f in files]
     if len(set(names)) != len(names):
         raise common.UserError("the input files must have distinct basenames (outputs keep them)")
@@ -315,7 +296,7 @@ def run(teacher_model_dir, files, output_dir, batch_size=256, probabilities_dtyp
                  teacher["fingerprint"])
     if not todo:
         return []
-    strategy = common.make_strategy(strategy_name, allowed=STRATEGIES)
+    strategy = common.make_strategy(strategy_name, tpu, one_host=True)
     common.set_precision(precision)  # before the teacher is built
     model, config, info = load_teacher(teacher_model_dir, strategy)
     if teacher_identity(teacher_model_dir) != teacher:
@@ -365,9 +346,12 @@ def define_flags():
     flags.DEFINE_enum("probabilities_dtype", "float32", PROBABILITY_DTYPES,
                       "float32: `probabilities` float list; float16: `probabilities/float16` "
                       "little-endian bytes (half the size).")
-    flags.DEFINE_enum("strategy", "default", STRATEGIES,
-                      "tf.distribute inside this job: default (one device) or mirrored (all "
-                      "local GPUs).")
+    flags.DEFINE_enum("strategy", "default", common.STRATEGIES,
+                      "tf.distribute inside this job: default (one device), mirrored (all "
+                      "local GPUs) or tpu (--tpu); multi_worker = mirrored (hosts: N jobs, "
+                      "--num_shards).")
+    flags.DEFINE_string("tpu", "", "TPU name or grpc address for --strategy=tpu (\"\": the local "
+                        "TPU VM).")
     flags.DEFINE_bool("skip_bad_images", False, "Leave out records whose image does not "
                       "decode (counted in the file's summary) instead of stopping at the first.")
     flags.DEFINE_enum("precision", "float32", list(common.PRECISIONS), "float32, or bfloat16 "
@@ -389,7 +373,7 @@ def main(argv):
     files = common.list_files(FLAGS.input_pattern, "unlabeled")
     run(FLAGS.teacher_model_dir, common.shard_files(files, FLAGS.num_shards, FLAGS.shard_id),
         FLAGS.output_dir, FLAGS.batch_size, FLAGS.probabilities_dtype, FLAGS.strategy,
-        FLAGS.skip_bad_images, FLAGS.precision, FLAGS.allow_weak_teacher)
+        FLAGS.skip_bad_images, FLAGS.precision, FLAGS.allow_weak_teacher, FLAGS.tpu)
 
 
 if __name__ == "__main__":

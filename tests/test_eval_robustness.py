@@ -337,7 +337,7 @@ def test_p_arrays_give_the_flip_probabilities_of_generated_sequences(linear, tmp
 def test_pgd_stays_in_the_epsilon_ball_and_beats_fgsm(linear):
     x, y = fashion_mnist("test", 64)
     images = tf.constant(x, tf.float32)
-    grad = er.make_loss_gradient(linear.model)
+    grad = er.make_loss_gradient(linear)
     adv = er.pgd(grad, images, tf.constant(y), 4.0, 10, 2.0, True, np.random.default_rng(0)).numpy()
     assert np.abs(adv - x).max() <= 4.0 + 1e-4 and adv.min() >= 0 and adv.max() <= 255
     assert np.abs(adv - x).max() > 3.9

@@ -228,7 +228,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import common, label_data
-common.make_strategy = lambda name, **_: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+common.make_strategy = lambda *_, **__: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 summary, = label_data.run({setup['teacher']!r}, [{setup['files'][0]!r}], {str(tmp_path)!r},
                           batch_size={BATCH}, strategy_name="mirrored")
 assert summary["num_replicas"] == 2, summary
@@ -253,7 +253,9 @@ def test_arguments_are_checked_before_labeling(tmp_path):
     with pytest.raises(common.UserError, match="distinct basenames"):
         label_data.run(str(tmp_path), files, str(tmp_path / "o"))
     with pytest.raises(common.UserError, match="--strategy must be one of default, mirrored"):
-        label_data.run(str(tmp_path), files[:1], str(tmp_path / "o"), strategy_name="tpu")
+        label_data.run(str(tmp_path), files[:1], str(tmp_path / "o"), strategy_name="gpu")
+    with pytest.raises(common.UserError, match=r"--tpu=v3 needs --strategy=tpu"):
+        label_data.run(str(tmp_path), files[:1], str(tmp_path / "o"), tpu="v3")
     with pytest.raises(common.UserError, match=f"model dir {tmp_path}/nope does not exist"):
         label_data.run(str(tmp_path / "nope"), files[:1], str(tmp_path / "o"))
 
