@@ -54,9 +54,14 @@ Outputs, besides those named above: WORK/stats/<shard>.json (stats), WORK/counts
 of copies), unique, copies min/max; totals. The output records are the input records unchanged
 (image/encoded, probabilities, label, prob, image/id, diagnostic/true_label) plus `copies` (int64
 >= 1); with --materialize_duplicates a record is written `copies` times with copies=1.
+Copy rounds: an output shard is R = min(largest copies, 256) rounds one after the other, each
+holding its kept records in input order; the c copies of the shard's n-th kept record fall evenly
+over the R rounds at phase n mod R (round_copies): a duplicated image's copies lie ~1/c of the
+shard apart (c <= R: one per round), not next to each other, so one student batch rarely holds two
+(bench/copies_spread.md). A record is written once per round it is in, with that round's count.
 
-Memory is O(num_classes * confidence_bins) per job, independent of the number of records (records
-are streamed); time is linear in the number of records.
+Memory is O(num_classes * confidence_bins) per job (write: plus R open round files), independent of
+the number of records (records are streamed); time is linear in the number of records.
 """
 
 import hashlib
@@ -76,6 +81,7 @@ SUMMARY_FILE = "summary.json"
 PLOT_FILE = "class_balance.png"
 CONFIDENCE_BINS = 10000
 READ_BATCH = 4096
+ROUNDS_MAX = 256
 
 # Fields read by this stage. Defaults mark a missing field so the error can name the record.
 _PARSE_SPEC = {
@@ -158,6 +164,15 @@ def split_picks(picks, candidates_per_shard, rng):
         remaining -= n
     assert picks == 0
     return parts
+
+
+def round_copies(copies, index, rounds):
+    """[records, rounds]: how many of each record's `copies` go to each copy round; rows sum to
+    `copies`. Record `index` (its place in the shard) starts at phase index % rounds, and its
+    copies fall evenly over the rounds: c <= rounds copies land in c rounds ~rounds / c apart."""
+    phase = np.asarray(index)[:, None] % rounds + np.arange(rounds)
+    copies = np.asarray(copies)[:, None]
+    return (phase + 1) * copies // rounds - phase * copies // rounds
 
 
 def tie_break(ids, picks, candidates, seed):
@@ -425,7 +440,8 @@ def merge(files, work_dir, k, min_threshold, seed):
                   num_classes_below_k=sum(p["kind"] == "duplicate" for p in classes),
                   num_empty_classes=len(empty))
     config = {"num_images_per_class": k, "min_threshold": min_threshold, "confidence_bins": bins,
-              "seed": seed, "num_classes": num_classes, "shards": names}
+              "seed": seed, "num_classes": num_classes, "shards": names,
+              "copy_rounds": min(ROUNDS_MAX, max(p["copies"][1] for p in classes))}  # >= 1
     fingerprint = hashlib.sha256(json.dumps([config, classes, picks.tolist(), sources],
                                             sort_keys=True).encode()).hexdigest()[:16]
     summary = {"config": config, "plan_fingerprint": fingerprint, "totals": totals,
@@ -520,43 +536,68 @@ def write_shard(path, output_path, summary, plan, materialize_duplicates=False):
     left[plan["classes"]], picks[plan["classes"]] = plan["candidates"], plan["picks"]
     changed = "the file changed after `stats`; rerun stats and merge"
     kept, unique = np.zeros(num_classes, np.int64), np.zeros(num_classes, np.int64)
+    rounds, written, n_kept = config["copy_rounds"], 0, 0
     progress = common.Progress(f"write {os.path.basename(path)}", unit="records")
-    # NOTE: kept records stay in input order, once each with a `copies` count (the reference
-    # writes duplicates and shuffles 10K-record buffers); the training input repeats and shuffles.
-    # The reference's sample JPEGs per class are not written.
-    with common.atomic_output(output_path) as tmp, tf.io.TFRecordWriter(tmp) as writer:
-        for batch in read_batches(path, num_classes, expected_count=plan["source"]["count"]):
-            label = batch["label"]
-            bucket = eligible_bucket(batch["prob"], config["min_threshold"], bins)
-            copies = np.where(bucket > threshold_bucket[label], base_copies[label], 0)
-            tied = (bucket >= 0) & (duplicated[label] | (bucket == threshold_bucket[label]))
-            for c in np.unique(label[tied]):
-                mine = np.flatnonzero(tied & (label == c))
-                if len(mine) > left[c]:
-                    raise common.UserError(f"{path} has more candidates of class {c} than its "
-                                           f"stats say: {changed}")
-                picked = tie_break(batch["id"][mine], picks[c], left[c], seed)
-                copies[mine] += picked
-                left[c] -= len(mine)
-                picks[c] -= picked.sum()
-            for i in np.flatnonzero(copies):
-                record = with_copies(batch["serialized"][i], 1 if materialize_duplicates
-                                     else int(copies[i]))
-                for _ in range(copies[i] if materialize_duplicates else 1):
-                    writer.write(record)
-            np.add.at(kept, label, copies)
-            np.add.at(unique, label, copies > 0)
-            progress.add(len(label))
-        if left.any():
-            raise common.UserError(f"{path} has fewer candidates of class "
-                                   f"{int(np.flatnonzero(left)[0])} than its stats say: {changed}")
-        if progress.done != plan["num_records"]:
-            raise common.UserError(f"{path} has {progress.done} records but its stats say "
-                                   f"{plan['num_records']}: {changed}")
+    # NOTE: the reference writes every copy and shuffles 10K-record flushes (a record's copies
+    # end up within ~10K records of each other); here the kept records, in input order, are laid
+    # out in `rounds` copy rounds one after the other (round_copies), each copy written once with
+    # its count (`copies`, repeated by the reader). The reference's sample JPEGs are not written.
+    with common.atomic_output(output_path) as tmp:
+        parts = [tmp] if rounds == 1 else [f"{tmp}.round{r}" for r in range(rounds)]
+        writers = [tf.io.TFRecordWriter(part) for part in parts]
+        try:
+            for batch in read_batches(path, num_classes, expected_count=plan["source"]["count"]):
+                label = batch["label"]
+                bucket = eligible_bucket(batch["prob"], config["min_threshold"], bins)
+                copies = np.where(bucket > threshold_bucket[label], base_copies[label], 0)
+                tied = (bucket >= 0) & (duplicated[label] | (bucket == threshold_bucket[label]))
+                for c in np.unique(label[tied]):
+                    mine = np.flatnonzero(tied & (label == c))
+                    if len(mine) > left[c]:
+                        raise common.UserError(f"{path} has more candidates of class {c} than "
+                                               f"its stats say: {changed}")
+                    picked = tie_break(batch["id"][mine], picks[c], left[c], seed)
+                    copies[mine] += picked
+                    left[c] -= len(mine)
+                    picks[c] -= picked.sum()
+                chosen = np.flatnonzero(copies)
+                per_round = round_copies(copies[chosen], n_kept + np.arange(len(chosen)), rounds)
+                for i, counts in zip(chosen, per_round):
+                    for r in np.flatnonzero(counts):
+                        n = 1 if materialize_duplicates else int(counts[r])
+                        record = with_copies(batch["serialized"][i], n)
+                        for _ in range(counts[r] // n):
+                            writers[r].write(record)
+                        written += counts[r] // n
+                n_kept += len(chosen)
+                np.add.at(kept, label, copies)
+                np.add.at(unique, label, copies > 0)
+                progress.add(len(label))
+            if left.any():
+                raise common.UserError(f"{path} has fewer candidates of class "
+                                       f"{int(np.flatnonzero(left)[0])} than its stats say: "
+                                       f"{changed}")
+            if progress.done != plan["num_records"]:
+                raise common.UserError(f"{path} has {progress.done} records but its stats say "
+                                       f"{plan['num_records']}: {changed}")
+            for writer in writers:
+                writer.close()
+            if rounds > 1:  # round 0, then round 1, ...: TFRecord files concatenate
+                with tf.io.gfile.GFile(tmp, "wb") as out:
+                    out.write(b"")  # GFile creates the file at its first write: also if empty
+                    for part in parts:
+                        with tf.io.gfile.GFile(part, "rb") as f:
+                            while chunk := f.read(1 << 24):
+                                out.write(chunk)
+        finally:
+            for writer in writers:
+                writer.close()
+            for part in (parts if rounds > 1 else []):
+                common.remove(part)
     return {"file": os.path.basename(path), "num_records": progress.done,
             "plan_fingerprint": summary["plan_fingerprint"],
             "materialize_duplicates": materialize_duplicates,
-            "records_written": int(kept.sum() if materialize_duplicates else unique.sum()),
+            "records_written": int(written),
             "kept": kept.tolist(), "unique": unique.tolist(), "records_per_second": progress.rate()}
 
 

@@ -48,7 +48,8 @@ def pseudo_label_stats(pattern, num_classes):
     if not files:
         return None
     per_class = np.zeros(num_classes, np.int64)
-    correct = total = unique = with_truth = 0
+    correct = total = with_truth = 0
+    ids = set()  # filter_balance writes a duplicated image once per copy round
     for f in files:
         for raw in tf.data.TFRecordDataset(f).as_numpy_iterator():
             ex = tf.train.Example.FromString(raw).features.feature
@@ -58,11 +59,11 @@ def pseudo_label_stats(pattern, num_classes):
                     if "diagnostic/true_label" in ex else -1)
             per_class[label] += copies
             total += copies
-            unique += 1
+            ids.add(ex["image/id"].bytes_list.value[0] if "image/id" in ex else raw)
             correct += copies * int(true == label)
             with_truth += copies * int(true >= 0)
     # None without true labels (image folders, real unlabeled data): unknown, not 0%.
-    return {"images": int(total), "unique": int(unique), "per_class": per_class.tolist(),
+    return {"images": int(total), "unique": len(ids), "per_class": per_class.tolist(),
             "accuracy": correct / with_truth if with_truth else None}
 
 

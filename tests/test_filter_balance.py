@@ -131,6 +131,55 @@ def test_split_picks_and_tie_break_are_exact():
     assert min(taken.values()) > 60 and max(taken.values()) < 120  # expected 90 each
 
 
+def test_round_copies_spread_each_record_evenly():
+    copies = np.array([1] * 40 + [2, 3, 7, 8, 20, 45])
+    per_round = fb.round_copies(copies, np.arange(len(copies)), 8)
+    assert per_round.sum(1).tolist() == copies.tolist()
+    assert per_round[:40].sum(0).tolist() == [5] * 8  # single copies: 1/8 of them per round
+    for c, row in zip(copies[40:], per_round[40:]):
+        if c <= 8:  # c rounds with one copy each, ~8 / c rounds apart (cyclically)
+            rounds = np.flatnonzero(row)
+            gaps = np.diff(np.r_[rounds, rounds[0] + 8])
+            assert len(rounds) == c and row.max() == 1 and gaps.max() - gaps.min() <= 1
+        else:
+            assert row.min() == c // 8 and row.max() == -(-c // 8)
+
+
+def test_copies_are_spread_over_the_students_batches(tmp_path, monkeypatch):
+    """One shard: 10 classes, K = 200; class 0 has 10 eligible images, 20 copies each. Read by the
+    student's input (a 16-record shuffle buffer, batches of 64). In input order with their counts
+    (the copy rounds off), the reader's 16-record round-robin puts each of the 10 images ~4 times
+    in every batch; laid out in 20 copy rounds of 100 records, twice at most."""
+    rows = [(c, 0.9) for c in range(1, 10) for _ in range(220)] + [(0, 0.9)] * 10
+    rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
+    labels_dir = tmp_path / "labels"
+    labels_dir.mkdir()
+    with tf.io.TFRecordWriter(str(labels_dir / "u-00000.tfrecord")) as writer:
+        for i, (c, p) in enumerate(rows):  # pixels (0, 0), (0, 1): the record's index
+            pixels = np.zeros((8, 8, 1), np.uint8)
+            pixels[0, :2, 0] = divmod(i, 256)
+            probs = np.full(10, (1 - p) / 9, np.float32)
+            probs[c] = p
+            writer.write(data.pseudo_label_example(tf.io.encode_png(pixels).numpy(), f"u/{i}",
+                                                   probs).SerializeToString())
+    info = data.dataset_info("fashion_mnist", image_size=8)
+    most = {}
+    for rounds_max in (1, fb.ROUNDS_MAX):
+        monkeypatch.setattr(fb, "ROUNDS_MAX", rounds_max)
+        work, out = str(tmp_path / f"work{rounds_max}"), str(tmp_path / f"out{rounds_max}")
+        files = fb.input_files(str(labels_dir))
+        fb.run_stats(files, work, MIN_THRESHOLD, 10000)
+        assert fb.run_merge(files, work, 200, MIN_THRESHOLD, 0)["config"]["copy_rounds"] == min(
+            rounds_max, 20)
+        fb.run_write(files, work, out, 0, False)
+        ds = data.pseudo_labeled_dataset(out, info, 8, 64, 10, "none", seed=0, shuffle_buffer=16)
+        counts = [collections.Counter((images[:, 0, 0, 0] * 256 + images[:, 0, 1, 0]).astype(int))
+                  for images, _ in ds.take(31).as_numpy_iterator()]  # one pass: 2,000 records
+        most[rounds_max] = max(max((c[i] for i in c if rows[i][0] == 0), default=0) for c in counts)
+    print(most)
+    assert most[1] >= 4 and most[fb.ROUNDS_MAX] <= 2, most
+
+
 def test_threshold_is_inclusive(tmp_path):
     """prob >= --min_threshold is kept (the reference's >=), compared exactly on float32 values."""
     below = float(np.nextafter(np.float32(0.375), np.float32(0)))
@@ -312,11 +361,10 @@ def test_sharded_stages_write_what_select_selects(labels_dir, pipeline):
     expected = fb.select(labels, probs, ids, K, MIN_THRESHOLD, seed=0,
                          files=np.array([s for s, _ in inputs]))
     by_id = {r["image/id"][0]: r for _, r in inputs}
-    written = {}
+    written = collections.Counter()
     for record in read_records(os.path.join(pipeline["out"], "*.tfrecord")):
         image_id = record["image/id"][0]
-        assert image_id not in written, "a record written twice without --materialize_duplicates"
-        written[image_id] = record.pop("copies")[0]
+        written[image_id] += record.pop("copies")[0]
         assert record == by_id[image_id]  # every input field passed through unchanged
     assert written == {i: c for i, c in zip(ids, expected.tolist()) if c}
     assert check_the_paper_rule(labels, probs, expected) == [K, K, K, K, 0, K, K, K]
@@ -336,9 +384,11 @@ def test_sharded_stages_write_what_select_selects(labels_dir, pipeline):
     assert os.path.getsize(os.path.join(pipeline["work"], fb.PLOT_FILE)) > 10000
 
     # report: the written counts verified against merge's plan, published next to the shards.
+    assert pipeline["summary"]["config"]["copy_rounds"] == K  # class 5: 1 record, K copies
     assert pipeline["report"]["written"] == {
-        "verified": True, "materialize_duplicates": False, "records": len(written),
-        "kept": 7 * K, "unique": len(written)}
+        "verified": True, "materialize_duplicates": False,
+        "records": sum(min(c, K) for c in written.values()), "kept": 7 * K,
+        "unique": len(written)}
     assert common.read_json(os.path.join(pipeline["out"], fb.SUMMARY_FILE)) == pipeline["report"]
     assert os.path.getsize(os.path.join(pipeline["out"], fb.PLOT_FILE)) > 10000
 

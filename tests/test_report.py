@@ -23,13 +23,15 @@ def write_model(model_dir, model_name, image_size, top_1, unlabel_ratio=None, wi
     common.write_json(os.path.join(model_dir, "flags.json"), flags)
 
 
-def write_labels(path, rows):  # rows: (label, true label, copies)
+def write_labels(path, rows):  # rows: (image id, label, true label, copies)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with tf.io.TFRecordWriter(path) as writer:
-        for label, true, copies in rows:
+        for image_id, label, true, copies in rows:
             feature = {name: tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
                        for name, value in (("label", label), ("diagnostic/true_label", true),
                                            ("copies", copies)) if value is not None}
+            feature["image/id"] = tf.train.Feature(bytes_list=tf.train.BytesList(
+                value=[image_id.encode()]))
             writer.write(tf.train.Example(
                 features=tf.train.Features(feature=feature)).SerializeToString())
 
@@ -42,9 +44,9 @@ def workdir(tmp_path):
                                              ("efficientnet-b2", 260, 0.7)], 1):
         write_model(os.path.join(w, f"iter{i}", "student"), name, size, top_1, unlabel_ratio=i)
         write_labels(os.path.join(w, f"iter{i}", "labels", "u-0.tfrecord"),
-                     [(0, 0, 1), (1, 2, 1), (2, 2, 1), (2, 2, 1)])
-        write_labels(os.path.join(w, f"iter{i}", "filtered", "f-0.tfrecord"),
-                     [(0, 0, 3), (2, 2, 2), (1, 2, 1)])
+                     [("a", 0, 0, 1), ("b", 1, 2, 1), ("c", 2, 2, 1), ("d", 2, 2, 1)])
+        write_labels(os.path.join(w, f"iter{i}", "filtered", "f-0.tfrecord"),  # "a" in 2 rounds
+                     [("a", 0, 0, 2), ("c", 2, 2, 2), ("b", 1, 2, 1), ("a", 0, 0, 1)])
     write_model(os.path.join(w, "supervised_baseline"), "efficientnet-b2", 260, 0.55)
     return w
 
@@ -93,7 +95,7 @@ def test_unlabeled_images_without_true_labels_have_no_pseudo_label_accuracy(work
     """Image folders carry no true labels: the accuracy is unknown ("-"), not 0%, and not plotted."""
     for i in (1, 2):
         for part in ("labels/u-0.tfrecord", "filtered/f-0.tfrecord"):
-            write_labels(os.path.join(workdir, f"iter{i}", part), [(0, None, 1), (2, None, 2)])
+            write_labels(os.path.join(workdir, f"iter{i}", part), [("a", 0, None, 1), ("b", 2, None, 2)])
     table = report.write_report(workdir, preset="smoke", seconds=5)
     iteration = json.load(open(os.path.join(workdir, "report.json")))["iterations"][0]
     assert iteration["labels"]["accuracy"] is None and iteration["filtered"]["images"] == 3
