@@ -788,11 +788,11 @@ def pseudo_labeled_dataset(pattern, info, image_size, batch_size, num_classes, a
         return tf.data.Dataset.from_tensors(record).repeat(copies)
 
     # NOTE: the reference's filter_unlabel.py wrote each kept image `include_copy` times into the
-    # shards (shuffled per 10,000-record flush); here filter_balance stores the count once
-    # (`copies`) and the reader repeats it. Repeated back to back, the copies would fill the
-    # shuffle buffer together (one batch could hold dozens of one image); a round-robin over
-    # L = min(buffer, 1024) records puts a record's copies L records apart, before the shuffle
-    # (tf.data's interleave costs more per element above ~1024).
+    # shards (shuffled per 10,000-record flush); here filter_balance spreads a record's copies over
+    # the copy rounds of its shard with a count (`copies`) per round, and the reader repeats the
+    # count (> 1 only for images with more copies than rounds). Repeated back to back, such copies
+    # would fill the shuffle buffer together; a round-robin over L = min(buffer, 1024) records puts
+    # them L records apart, before the shuffle (tf.data's interleave costs more above ~1024).
     ds = ds.interleave(copies_of, cycle_length=min(buffer, 1024), block_length=1)
     if repeat:
         ds = ds.shuffle(buffer, seed=stream_key(shuffle_key, "copies"),

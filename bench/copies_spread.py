@@ -19,7 +19,7 @@ Simulated on image ids (no pixels): the same tf.data steps in the same order, in
 Per batch: the most copies of one image in it. Reported: their mean and max over batches, and the
 share of batches holding some image twice or more.
 
-  python bench/copies_spread.py --output=bench/copies_spread.md
+  python bench/copies_spread.py   # prints the table of bench/copies_spread.md
 """
 import argparse
 import os
@@ -151,13 +151,13 @@ def kept_shards(eligible, k, num_files, per_file, rng):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--output", default="")
-    parser.add_argument("--paper_files", type=int, default=24,
+    parser.add_argument("--paper_files", type=int, default=72,
                         help="simulated shards of the paper's 1,024 (each of paper size)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     lines = [f"Machine: {benchlib.machine()}", ""]
     rows = []
+    fmt = lambda s: f"{s[0]:.2f} / {s[1]} / {100 * s[2]:.0f}% / {s[3]:.2f}"
 
     def measure(scale, shards, buffer, rounds, batches):
         t = time.time()
@@ -170,7 +170,8 @@ def main():
         for b in batches:
             rows.append((scale, f"{len(shards)} x {len(shards[0][0]):,} unique ({n:,} records)",
                          rounds, b, *(batch_stats(s, b, duplicated) for s in streams)))
-            print(f"{scale}, batch {b}: {rows[-1][4:]} ({time.time() - t:.0f} s)", flush=True)
+            print(f"{scale}, batch {b}: {', '.join(map(fmt, rows[-1][4:]))} "
+                  f"({time.time() - t:.0f} s)", flush=True)
 
     # Paper scale: 130M kept (81M unique) in 1,024 shards (ImageNet's train-*-of-01024 layout):
     # 79K unique per shard; `paper_files` of them are simulated.
@@ -181,7 +182,7 @@ def main():
 
     # The presets' scale (Fashion-MNIST, 8 unlabeled shards of 7,000 images, 10 classes, small
     # images: a 16K shuffle buffer): quick's iteration-1 class counts
-    # (bench/quick-20261201-seed0), K = 4,000; and a stressed case where a weak teacher leaves
+    # (bench/noisy_student_quick/seed0-20261201), K = 4,000; and a stressed case where a weak teacher leaves
     # one class 50 eligible images (80 copies each).
     quick = np.array([6097, 5609, 4983, 6505, 8003, 5159, 2288, 6295, 5447, 5614])
     stressed = quick.copy()
@@ -192,16 +193,11 @@ def main():
                 min(filter_balance.ROUNDS_MAX, int(np.ceil(4000 / counts.min()))),
                 (128, 384, 512))
 
-    fmt = lambda s: f"{s[0]:.2f} / {s[1]} / {100 * s[2]:.0f}% / {s[3]:.2f}"
     lines += ["| scale | simulated shards | rounds | batch | reference | ours before | ours after |",
               "|---|---|---|---|---|---|---|"]
     lines += [f"| {a} | {b} | {r} | {c:,} | {fmt(d)} | {fmt(e)} | {fmt(f)} |"
               for a, b, r, c, d, e, f in rows]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text)
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -176,7 +176,6 @@ def test_copies_are_spread_over_the_students_batches(tmp_path, monkeypatch):
         counts = [collections.Counter((images[:, 0, 0, 0] * 256 + images[:, 0, 1, 0]).astype(int))
                   for images, _ in ds.take(31).as_numpy_iterator()]  # one pass: 2,000 records
         most[rounds_max] = max(max((c[i] for i in c if rows[i][0] == 0), default=0) for c in counts)
-    print(most)
     assert most[1] >= 4 and most[fb.ROUNDS_MAX] <= 2, most
 
 
