@@ -55,9 +55,8 @@ def step_flops(step, iterator):
 
 
 def ours(spec, dataset, batch):
-    t = main_lib.Trainer(tf.distribute.get_strategy(), parse(spec), peak_lr=0.01,
-                         warmup_steps=0, decay_steps=100, decay_factor=0.97, weight_decay=1e-5,
-                         label_smoothing=0.1, ema_decay_rate=0.9999, seed=0)
+    t = main_lib.Trainer(main_lib.TrainConfig(), parse(spec), dict(
+        peak_lr=0.01, warmup_steps=0, decay_steps=100, decay_factor=0.97))
     return t.make_train_step(batch, 0), iter(dataset)
 
 
