@@ -345,6 +345,15 @@ def test_plan_of_a_checkpoint_teacher_on_tpu_and_own_schedule(tmp_path):
     assert [s.get("image_size") for s in students] == ["260", None, "300"]
     assert [s.get("finetune_image_size") for s in students] == [None, None, "380"]
     assert [s["unlabel_ratio"] for s in students] == ["2", "3", "4"]
+    # Another class count: the checkpoint fine-tuned on the labels, a fine-tuning schedule (1/10
+    # of the preset's peak, no warm-up from 0, the plain staircase).
+    _, stages = plan(tmp_path, "--preset=quick", "--dataset=imagenet", *RECORDS,
+                     "--teacher_checkpoint=/ckpt/model.ckpt-10", "--teacher_finetune_epochs=3",
+                     "--num_images_per_class=50")
+    teacher = stages[0][4]
+    assert (teacher["init_checkpoint"], teacher["train_epochs"], teacher["lr_warmup_epochs"],
+            teacher["final_base_learning_rate"]) == ("/ckpt/model.ckpt-10", "3", "0", "0")
+    assert float(teacher["base_learning_rate"]) == pytest.approx(0.032 / 10)
     proc = subprocess.run(["bash", "run_iterations.sh", "--plan", "--dataset=imagenet", *RECORDS],
                           cwd=ROOT, capture_output=True, text=True)
     assert (proc.returncode, proc.stderr.strip()) == (2, (
