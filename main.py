@@ -798,7 +798,8 @@ class TrainConfig:
         "compute, float32 variables, losses, softmax, EMA and logits; the layer kinds "
         "efficientnet_builder.FLOAT32_KINDS names compute in float32: bench/bf16_step.md).",
         list(common.PRECISIONS))
-    deterministic: bool = common.setting(False, "Same command, same weights: op determinism "
+    deterministic: bool = common.setting(False, "Same command, same weights (on one CPU type: "
+        "oneDNN rounds differently per instruction set): op determinism "
         "(tf.config.experimental.enable_op_determinism) and the input pipeline's position in "
         "the checkpoints, so that a resumed run reads on where its checkpoint stopped and ends "
         "with the uninterrupted run's weights (bench/determinism.md).")

@@ -577,7 +577,8 @@ c = json.load(open(sys.argv[1]))["counts"]["unlabeled"]
 print(c if sys.argv[2] == "*" else c // 8)' "$DATA/prepared.json" "${UNLABELED_SHARDS:-*}" 2>/dev/null || echo 0
 }
 
-# --deterministic: a killed and resumed model ends bit-identical to an uninterrupted one, at no
+# --deterministic: a killed and resumed model ends bit-identical to an uninterrupted one (on the
+# same CPU type; other instruction sets round differently: README), at no
 # measurable cost (bench/determinism.md); --train_flags=--nodeterministic turns it off.
 train() {  # train MODEL_DIR SEED extra-flags...: train and evaluate one model (resumes by itself)
   local model_dir=$1 seed=$2 net=() a; shift 2
