@@ -6,6 +6,7 @@ import platform
 import re
 import subprocess
 import time
+import types
 
 import keras
 import numpy as np
@@ -49,3 +50,35 @@ def img_per_s(log_path):
     """main.py's training img/s: the median of its progress lines after the first (tracing)."""
     rates = [float(m) for m in re.findall(r"(\d+) img/s", open(log_path).read())]
     return float(np.median(rates[1:])) if len(rates) > 1 else float("nan")
+
+
+def module_at(commit, name):
+    """Module `name` (a .py file at the repository's root) as it is at `commit`, loaded beside
+    today's: a before/after in one process."""
+    source = subprocess.run(["git", "show", f"{commit}:{name}.py"], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout
+    module = types.ModuleType(f"{name}_at_{commit}")
+    exec(compile(source, f"{commit}:{name}.py", "exec"), module.__dict__)
+    return module
+
+
+def keras_b0_step():
+    """keras.applications' EfficientNetB0 (32x32x1, 10 classes) train step with our optimizer
+    (main.TF1RMSprop) and smoothed cross-entropy: a tf.function of an iterator, like
+    main.Trainer's step."""
+    import main as main_lib  # here: benchlib itself stays light
+    model = keras.applications.EfficientNetB0(weights=None, input_shape=(32, 32, 1), classes=10)
+    opt = main_lib.TF1RMSprop(0.01, rho=0.9, momentum=0.9, epsilon=1e-3)
+    opt.build(model.trainable_variables)
+
+    @tf.function
+    def step(it):
+        x, y = next(it)
+        with tf.GradientTape() as tape:
+            logits = model(x, training=True)
+            loss = tf.reduce_mean(keras.losses.categorical_crossentropy(
+                main_lib.smooth(tf.one_hot(y, 10), 0.1), logits, from_logits=False))
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+        return {"loss": loss}
+    return step

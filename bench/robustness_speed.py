@@ -9,10 +9,8 @@ Generates what the quick preset's robustness stage generates from N test images 
 """
 import collections
 import os
-import subprocess
 import sys
 import time
-import types
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -20,21 +18,13 @@ from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 
 import corruptions  # noqa: E402
-from benchlib import ROOT, machine  # noqa: E402
+from benchlib import machine, module_at  # noqa: E402
 
 flags.DEFINE_string("baseline", "HEAD", "The commit whose corruptions.py is the baseline.")
 flags.DEFINE_integer("num_images", 500, "Images corrupted (the quick preset: 500; P: a fifth).")
 flags.DEFINE_integer("rounds", 3, "Interleaved rounds.")
 flags.DEFINE_integer("batch_size", 256, "Images per corrupt_batch call (eval_robustness's batch).")
 FLAGS = flags.FLAGS
-
-
-def module_at(commit, name):
-    source = subprocess.run(["git", "show", f"{commit}:{name}.py"], cwd=ROOT, check=True,
-                            capture_output=True, text=True).stdout
-    module = types.ModuleType(f"{name}_at_{commit}")
-    exec(compile(source, f"{commit}:{name}.py", "exec"), module.__dict__)
-    return module
 
 
 def generate(C, images, what):

@@ -24,12 +24,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import main as main_lib  # noqa: E402
-from benchlib import machine  # noqa: E402
+from benchlib import keras_b0_step, machine  # noqa: E402
 
 flags.DEFINE_integer("batch_size", 128, "Batch of every step.")
 flags.DEFINE_integer("steps", 10, "Timed steps per contender and round (after 3 untimed).")
@@ -61,21 +60,7 @@ def ours(spec, dataset, batch):
 
 
 def keras_b0(dataset):
-    model = keras.applications.EfficientNetB0(weights=None, input_shape=(32, 32, 1), classes=10)
-    opt = main_lib.TF1RMSprop(0.01, rho=0.9, momentum=0.9, epsilon=1e-3)
-    opt.build(model.trainable_variables)
-
-    @tf.function
-    def step(it):
-        x, y = next(it)
-        with tf.GradientTape() as tape:
-            logits = model(x, training=True)
-            loss = tf.reduce_mean(keras.losses.categorical_crossentropy(
-                main_lib.smooth(tf.one_hot(y, 10), 0.1), logits, from_logits=False))
-        grads = tape.gradient(loss, model.trainable_variables)
-        opt.apply_gradients(zip(grads, model.trainable_variables))
-        return {"loss": loss}
-    return step, iter(dataset)
+    return keras_b0_step(), iter(dataset)
 
 
 def timed_steps(step, it, steps):

@@ -31,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -43,7 +42,7 @@ import tensorflow as tf  # noqa: E402
 import common  # noqa: E402
 import data  # noqa: E402
 import main as main_lib  # noqa: E402
-from benchlib import RECIPE, ROOT, machine  # noqa: E402
+from benchlib import RECIPE, ROOT, machine, module_at  # noqa: E402
 
 flags.DEFINE_string("work_dir", "/tmp/step-profile", "Holds data/ and filtered/ (made if missing).")
 flags.DEFINE_string("ratios", "1,3", "Unlabeled ratios of the students profiled (quick: 1, 2, 3).")
@@ -157,15 +156,6 @@ def ratio_spread(a, b):
     """Median and range of the per-round ratios a[i] / b[i] (the same round: the same load)."""
     r = [x / y for x, y in zip(a, b)]
     return f"{med(r):.3f} ({min(r):.3f}-{max(r):.3f})"
-
-
-def module_at(commit, name):
-    """Module `name` as it is at `commit` (git show), loaded beside today's."""
-    source = subprocess.run(["git", "show", f"{commit}:{name}.py"], cwd=ROOT, check=True,
-                            capture_output=True, text=True).stdout
-    module = types.ModuleType(f"{name}_at_{commit}")
-    exec(compile(source, f"{commit}:{name}.py", "exec"), module.__dict__)
-    return module
 
 
 def contenders(work, ratios, in_memory, baseline=None):

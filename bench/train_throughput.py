@@ -31,6 +31,7 @@ import data
 import efficientnet_builder
 import prepare_data
 import main as main_lib
+import benchlib  # bench/ is on sys.path
 
 flags.DEFINE_integer("batch_size", 128, "Global batch size.")
 flags.DEFINE_integer("steps", 20, "Timed steps per round (after 10 untimed steps).")
@@ -95,21 +96,7 @@ def ours(cfg, datasets, batch):
 
 
 def keras_b0(dataset, batch):
-    model = keras.applications.EfficientNetB0(weights=None, input_shape=(32, 32, 1), classes=10)
-    opt = main_lib.TF1RMSprop(0.01, rho=0.9, momentum=0.9, epsilon=1e-3)
-    opt.build(model.trainable_variables)
-
-    @tf.function
-    def step(it):
-        x, y = next(it)
-        with tf.GradientTape() as tape:
-            logits = model(x, training=True)
-            loss = tf.reduce_mean(keras.losses.categorical_crossentropy(
-                main_lib.smooth(tf.one_hot(y, 10), 0.1), logits, from_logits=False))
-        grads = tape.gradient(loss, model.trainable_variables)
-        opt.apply_gradients(zip(grads, model.trainable_variables))
-        return {"loss": loss}
-    return timer(step, iter(dataset), FLAGS.steps, batch)
+    return timer(benchlib.keras_b0_step(), iter(dataset), FLAGS.steps, batch)
 
 
 def main(_):
