@@ -2,18 +2,19 @@
 
     nice -n 19 python3 bench/study.py --root=/work/exp/claims --arms=supervised_s1 --seeds=0,1,2
     python3 bench/study.py --root=/work/exp/claims --plan   # every arm x seed's commands; runs nothing
-    python3 bench/study.py --root=/work/exp/claims --norun    # only rewrite bench/claims.md
+    python3 bench/study.py --root=/work/exp/claims --norun  # only rewrite bench/claims.md
 
-An arm is a named list of commands: the driver (run_iterations.sh --preset=quick) with flags, or
-one main.py training, a supervised control: the quick preset's teacher command as the driver's
---plan prints it (architecture, RandAugment, stochastic depth, dropout, schedule), with a student's
-labeled epochs, size and seed. (arm, seed) runs in ROOT/ARM/seedS: its commands are recorded there
+An arm is a named list of commands: the driver (run_iterations.sh --preset=quick) with flags, or a
+supervised control: the driver's data stage and its teacher's main.py command, as its --plan prints
+them (architecture, RandAugment, stochastic depth, dropout, schedule), with a student's labeled
+epochs, size and seed. (arm, seed) runs in ROOT/ARM/seedS: its commands are recorded there
 before they run and a different command for that folder is refused (use another --root); a
 finished one (its result.json) is not rerun; the driver and main.py resume an unfinished one.
 --jobs=N runs N (arm, seed)s at a time. A finished run's result (top-1 per model, its commands,
 CPU, wall and CPU minutes, date) is copied to bench/claims/ARM-seedS.json, and bench/claims.md is
 computed from those files: one row per claim (paper section and number, our mean +- std over the
-seeds, n, a verdict from the numbers), then every arm's seeds, cost and status.
+seeds, n, a verdict from the numbers), then every arm's seeds, cost and status. A result names the
+commit checked out when its run started: run a study from a checkout that is not rebased meanwhile.
 """
 import collections
 import concurrent.futures
@@ -380,9 +381,13 @@ def claims_table(results, seeds, root):
         done = {s: r for (a, s), r in results.items() if a == arm}
         names = sorted({side[1] for c in CLAIMS for side in (c.a, c.b)
                         if not isinstance(side, float) and side[0] == arm})
-        tops = "; ".join(f"seed {s}: " + ", ".join(f"{k} {r['metrics'][k]:.2f}" for k in names
+        tops = "; ".join(f"[seed {s}](claims/{arm}-seed{s}.json): " + ", ".join(f"{k} {r['metrics'][k]:.2f}" for k in names
                                                     if k in r["metrics"])
                          for s, r in sorted(done.items()))
+        means = [(k, summary([r["metrics"][k] for r in done.values() if k in r["metrics"]]))
+                 for k in names]
+        tops += "".join(f"; mean {k} {m:.2f} +- {sd:.2f} (n = {n})" for k, (n, m, sd, _) in means
+                        if n > 1)
         cost = "; ".join(f"seed {s}: {r['wall_minutes']} min wall, {r['cpu_minutes']} CPU min"
                          f"{' (resumed: the last attempt only)' * bool(r.get('resumed'))}, "
                          f"{r['machine'].split(' cores')[0]} cores, "

@@ -154,6 +154,7 @@ def test_claims_table_rows_follow_the_results(tmp_path):
     assert row[4:7] == ["+1.13 +- 0.15", "3", "holds |"]
     assert rows[study.CLAIMS[1].claim][4:7] == ["-", "0", "needs 3 more seeds |"]
     assert "Gap closed" in text and "33.33% (n = 1" in text  # (83 - 79) / (91 - 79)
+    assert rows["`supervised_s1`"][2].endswith("; mean supervised 80.37 +- 0.47 (n = 3)")
     arm_row = rows["`ceiling_60k`"]
     assert arm_row[-1] == ("seed 0 done, seed 1 unfinished (last logged: step 200/1250), "
                            "seed 2 not started |")
