@@ -69,7 +69,9 @@ def test_smoke_report_has_every_model_and_iteration(smoke_run):
     # The preset's unlabeled ratio, recorded in the report (the teacher has none).
     assert [m["unlabel_ratio"] for m in report["models"]] == [None, 1, 1, 1]
     table = open(os.path.join(workdir, "report.md")).read()
-    assert "| student 2 | efficientnet-b0 w0.25 d0.25 @32 | 1 |" in table
+    # (a smoke student may be marked below its teacher: 300 steps promise no gain)
+    assert re.search(r"^\| student 2( \(below its teacher\))? \| efficientnet-b0 w0.25 d0.25 @32 \| 1 \|",
+                     table, re.M), table
     # --student_epochs reaches each student's main.py (smoke trains by --train_steps, which wins).
     epochs = {d: json.load(open(os.path.join(workdir, d, "flags.json")))["train_epochs"]
               for d in ("teacher", "iter1/student", "iter2/student", "iter3/student")}
