@@ -82,3 +82,18 @@ def keras_b0_step():
         opt.apply_gradients(zip(grads, model.trainable_variables))
         return {"loss": loss}
     return step
+
+
+def step_timer(step, it, steps, warmup=10):
+    """A function that runs `warmup` untimed steps (trace, warm-up, and a tf.data pipeline's
+    prefetch buffers filled while other contenders ran are drained), then times `steps` steps:
+    seconds per step."""
+    def timed():
+        for _ in range(warmup):
+            float(step(it)["loss"])
+        t = time.perf_counter()
+        for _ in range(steps):
+            out = step(it)
+        float(out["loss"])
+        return (time.perf_counter() - t) / steps
+    return timed

@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import main as main_lib  # noqa: E402
-from benchlib import keras_b0_step, machine  # noqa: E402
+from benchlib import keras_b0_step, machine, step_timer  # noqa: E402
 
 flags.DEFINE_integer("batch_size", 128, "Batch of every step.")
 flags.DEFINE_integer("steps", 10, "Timed steps per contender and round (after 3 untimed).")
@@ -61,18 +61,6 @@ def ours(spec, dataset, batch):
 
 def keras_b0(dataset):
     return keras_b0_step(), iter(dataset)
-
-
-def timed_steps(step, it, steps):
-    def timed():
-        for _ in range(3):
-            float(step(it)["loss"])
-        t = time.perf_counter()
-        for _ in range(steps):
-            out = step(it)
-        float(out["loss"])
-        return (time.perf_counter() - t) / steps
-    return timed
 
 
 def timed_matmul(n):
@@ -126,7 +114,8 @@ def main(_):
                   "ours, full B0 (w1 d1, standard strides)": ours("w1d1", synthetic, b),
                   "keras.applications.EfficientNetB0": keras_b0(synthetic)}
     flops = {n: step_flops(step, it) for n, (step, it) in contenders.items()}
-    timers = {n: timed_steps(step, it, FLAGS.steps) for n, (step, it) in contenders.items()}
+    timers = {n: step_timer(step, it, FLAGS.steps, warmup=3)
+              for n, (step, it) in contenders.items()}
     timers["peak"] = timed_matmul(FLAGS.matmul_size)
     runs = collections.defaultdict(list)
     for _ in range(FLAGS.rounds):

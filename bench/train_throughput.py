@@ -52,17 +52,9 @@ def parse(spec):
 
 
 def timer(step, it, steps, batch):
-    """A function that runs 10 untimed steps (trace, warm-up, and a tf.data pipeline's prefetch
-    buffers filled while other contenders ran are drained), then times `steps` steps in img/s."""
-    def timed():
-        for _ in range(10):
-            float(step(it)["loss"])
-        t = time.time()
-        for _ in range(steps):
-            out = step(it)
-        float(out["loss"])
-        return steps * batch / (time.time() - t)
-    return timed
+    """img/s of `steps` steps after 10 untimed (benchlib.step_timer)."""
+    timed = benchlib.step_timer(step, it, steps)
+    return lambda: batch / timed()
 
 
 def cpu_ms_per_call(fn, calls=200):
