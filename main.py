@@ -64,33 +64,28 @@ def train_and_evaluate(config, model_dir):
                                    f"prepare_data.py --dataset=fashion_mnist "
                                    f"--output_dir={config.data_dir}")
     student = config.student
-    if config.mode in ("train", "train_and_eval") and not (config.train_steps
-                                                           or config.train_epochs):
+    if config.mode != "eval":
+        record = flags_record(config, model_dir)
+        check_resume_flags(model_dir, record)
+    if config.mode != "eval" and not (config.train_steps or config.train_epochs):
         # Published weights as the teacher, as they are (Algorithm 1's step 1 done by their
         # authors): --init_checkpoint with no training, exported as this model dir.
-        record = flags_record(config, model_dir)
-        check_resume_flags(model_dir, record)
         if chief:
-            tf.io.gfile.makedirs(model_dir)
             common.write_json(os.path.join(model_dir, "flags.json"), record)
             pretrained.export_model_dir(config.init_checkpoint, model_dir, spec)
-    elif config.mode in ("train", "train_and_eval"):
-        record = flags_record(config, model_dir)
-        check_resume_flags(model_dir, record)
+    elif config.mode != "eval":
         label_files = common.list_files(label_pattern, "labeled training data (--label_data_dir)")
         num_train = config.num_train_images or common.count_records(label_files)
         train_steps, steps_per_epoch = train_length(config, num_train)
         if not train_steps:
             raise common.UserError(f"no labeled training records in {label_pattern}")
         if chief:  # written once the run's flags and data are known to be good
-            tf.io.gfile.makedirs(model_dir)
             common.write_json(os.path.join(model_dir, "flags.json"), record)
             common.write_json(os.path.join(model_dir, efficientnet_builder.MODEL_CONFIG_FILE), spec)
         schedule = lr_schedule(config, steps_per_epoch, train_steps)
-        peak_lr = schedule["peak_lr"]
         trainer = Trainer(config, spec, schedule, strategy)
         logging.info("lr ends at 1/%.1f of the peak.",
-                     peak_lr / float(learning_rate(train_steps, **schedule)))
+                     schedule["peak_lr"] / float(learning_rate(train_steps, **schedule)))
         initialize(trainer, config.init_checkpoint, model_dir)
         batch_u = int(math.ceil(config.train_batch_size * student.unlabel_ratio)) if student else 0
         teacher_info = check_teacher(trainer.model, student, info.num_classes) if student else None
@@ -100,7 +95,7 @@ def train_and_evaluate(config, model_dir):
         logging.info("%s: %s (%d params), %d labeled images, batch %d%s, %d steps, peak lr %.4f.",
                      "Student" if student else "Teacher", config.model_name,
                      num_params(trainer.model), num_train, config.train_batch_size,
-                     f" + {batch_u} unlabeled" if student else "", train_steps, peak_lr)
+                     f" + {batch_u} unlabeled" if student else "", train_steps, schedule["peak_lr"])
         with data.translate_data_errors(label_files + unlabeled_files(config)):
             train(trainer, dataset, config, train_steps=train_steps, model_dir=model_dir,
                   chief=chief, images_per_step=(config.train_batch_size, batch_u))
@@ -195,8 +190,7 @@ class Trainer:
                     probs = tf.nn.softmax(self.teacher(x_u if noised else u, training=noised), -1)
                     u = tf.stop_gradient(probs)
                 targets_u = pseudo_label_targets(u, self.student.label_type,
-                                                 self.student.teacher_softmax_temp,
-                                                 label_smoothing)
+                                                 self.student.teacher_softmax_temp, label_smoothing)
                 logits_l, logits_u = self._forward_student(x_l, x_u)
                 loss_u = tf.reduce_sum(cross_entropy(targets_u, logits_u)) / global_batch_u
             else:
@@ -218,8 +212,8 @@ class Trainer:
         def train_step(iterator):
             lr = learning_rate(self.step + self.lr_step_offset, **self.schedule)
             self.optimizer.learning_rate.assign(lr)
-            out = self.strategy.run(self._step_fn, args=(next(iterator), global_batch_l,
-                                                          global_batch_u))
+            out = self.strategy.run(self._step_fn,
+                                    args=(next(iterator), global_batch_l, global_batch_u))
             out = {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
                    for k, v in out.items()}
             self.step.assign_add(1)
@@ -263,8 +257,7 @@ def train(trainer, dataset, config, *, train_steps, model_dir, chief, images_per
     if start >= train_steps:
         logging.info("Already trained to step %d of %d: nothing to do.", start, train_steps)
         return
-    writer = tf.summary.create_file_writer(os.path.join(model_dir, "train") if chief
-                                           else os.path.join(ckpt_dir, "train"))
+    writer = tf.summary.create_file_writer(os.path.join(model_dir if chief else ckpt_dir, "train"))
     train_step = trainer.make_train_step(*images_per_step)
     t0, t_last, step_last = time.time(), time.time(), start
     logging.info("Training from step %d to %d.", start, train_steps)
@@ -315,7 +308,6 @@ def finetune(config, model_dir, strategy, spec, info, label_files, num_train, ch
     ft_spec = dict(spec, image_size=size)
     check_model_dir(ft_dir, ft_spec)
     if chief:
-        tf.io.gfile.makedirs(ft_dir)
         common.write_json(os.path.join(ft_dir, efficientnet_builder.MODEL_CONFIG_FILE), ft_spec)
     init = None
     if not tf.train.latest_checkpoint(ft_dir):
@@ -366,7 +358,7 @@ def evaluate_model_dir(strategy, model_dir, eval_pattern, batch_size, chief):
         model, spec = efficientnet_builder.load_model_dir(model_dir)
     info = data.model_dataset_info(
         spec, where=os.path.join(model_dir, efficientnet_builder.MODEL_CONFIG_FILE))
-    step = int(tf.train.latest_checkpoint(model_dir).rsplit("-", 1)[1])  # load_model_dir found one
+    step = restored_step(model_dir)
     files = common.list_files(eval_pattern, "evaluation data (--eval_data_dir)")
     eval_ds = data.labeled_dataset(files, info, info.image_size, batch_size, is_training=False)
     with data.translate_data_errors(files):  # names the file and record of a bad image
@@ -560,7 +552,7 @@ def model_spec(config, info):
 def check_model_dir(model_dir, spec):
     """A model dir holds one model: refuse to resume with a different architecture."""
     saved = common.read_json(os.path.join(model_dir, efficientnet_builder.MODEL_CONFIG_FILE),
-                             default=None) or {}
+                             default={})
     for k in spec:
         if saved and saved.get(k) != spec[k]:
             raise common.UserError(f"--model_dir={model_dir} holds a model with "
@@ -810,14 +802,13 @@ class TrainConfig:
         check_ranges(self, train_batch_size="> 0", eval_batch_size="> 0", train_steps=">= 0",
                      train_epochs=">= 0", num_train_images=">= 0", num_classes=">= 0",
                      image_size=">= 0", min_steps_per_epoch=">= 0", width_coefficient="> 0",
-                     depth_coefficient="> 0",
-                     dropout_rate="[0, 1)", stochastic_depth_rate="[0, 1)", randaug_layer=">= 0",
-                     randaug_mag=">= 0", base_learning_rate="> 0", final_base_learning_rate=">= 0",
-                     lr_warmup_epochs=">= 0", lr_decay_epochs="> 0", lr_decay_factor="(0, 1]",
-                     weight_decay=">= 0", label_smoothing="[0, 1)", moving_average_decay="[0, 1)",
-                     finetune_image_size=">= 0", finetune_epochs="> 0",
-                     finetune_frozen_stages="[0, 7]", save_checkpoints_steps="> 0",
-                     keep_checkpoint_max="> 0", log_every_steps="> 0")
+                     depth_coefficient="> 0", dropout_rate="[0, 1)", stochastic_depth_rate="[0, 1)",
+                     randaug_layer=">= 0", randaug_mag=">= 0", base_learning_rate="> 0",
+                     final_base_learning_rate=">= 0", lr_warmup_epochs=">= 0",
+                     lr_decay_epochs="> 0", lr_decay_factor="(0, 1]", weight_decay=">= 0",
+                     label_smoothing="[0, 1)", moving_average_decay="[0, 1)", finetune_epochs="> 0",
+                     finetune_image_size=">= 0", finetune_frozen_stages="[0, 7]",
+                     save_checkpoints_steps="> 0", keep_checkpoint_max="> 0", log_every_steps="> 0")
         if self.num_classes == 1:
             raise common.UserError("--num_classes=1: a classifier needs at least 2 classes")
         if not (self.train_steps or self.train_epochs) and self.mode != "eval" and (
