@@ -2,18 +2,13 @@
 
 Paper Sec. 3.1 "Experiment Details" (labeled and unlabeled data, RandAugment as input noise) and
 Algorithm 1 (the data between teacher, pseudo-labeling and student). Small images follow the
-authors' CIFAR-10/SVHN preprocessing, used here for Fashion-MNIST. A library: it writes no
-files; prepare_data.py writes the prepared data sets (Fashion-MNIST, image folders) it reads.
+authors' CIFAR-10/SVHN preprocessing, used here for Fashion-MNIST. A library: it writes no files
+(prepare_data.py does). ImageNet converter records (`image/encoded`, 1-based `image/class/label`,
+shards `train-00000-of-01024`) are read as they are; unlabeled records need only `image/encoded`.
 
-ImageNet records of the standard converter (`image/encoded` JPEG, 1-based `image/class/label`,
-shards `train-00000-of-01024`) are read as they are: a glob `DIR/train-*` and DATASETS["imagenet"];
-unlabeled records need only `image/encoded` (ids default to "<file>:<index>").
-
-Conventions: images are uint8 HxWxC; preprocessing returns float32 in [0, 255] (the model
-normalises); labels are 0-based int32. tf.data reports corrupt records lazily and without the
-file name: consume a dataset inside `with translate_data_errors(files):` to get a
-common.UserError naming the bad file and record. pseudo_labeled_dataset refuses records without
-soft labels (the raw unlabeled split) by its first record.
+Images are uint8 HxWxC; preprocessing returns float32 in [0, 255] (the model normalises); labels
+are 0-based int32. tf.data reports corrupt records without the file name: consume a dataset inside
+`with translate_data_errors(files):` to get a common.UserError naming the bad file and record.
 """
 
 import contextlib
@@ -54,10 +49,8 @@ class DatasetInfo:
 
 
 DATASETS = {
-    # Mean/std over every pixel of the 60k train images after zero-padding 28 -> 32, 0-255 scale:
-    #   x, _ = prepare_data.read_fashion_mnist(FASHION_MNIST_DIR, "train"); p = np.pad(x, ...)
-    #   p.mean() = 55.84495717773437, p.std() = 84.61190011498954
-    # Clothes stay clothes when mirrored, so horizontal flips are used.
+    # Mean/std over every pixel of the 60k train images zero-padded 28 -> 32 (0-255 scale); clothes
+    # stay clothes when mirrored, so horizontal flips are used.
     "fashion_mnist": DatasetInfo(num_classes=10, image_size=32, num_channels=1, input_kind="small",
                                  flip=True, mean=(55.844957,), std=(84.611900,), label_offset=0),
     "imagenet": DatasetInfo(num_classes=1000, image_size=224, num_channels=3, input_kind="imagenet",
@@ -80,13 +73,9 @@ DATASETS = {
 
 
 def dataset_info(name, data_dir=None, **overrides):
-    """DATASETS[name] with `overrides` (DatasetInfo fields) applied, validated.
-
-    For presets without a class count (num_classes=0: "folder") the settings measured at
-    conversion (folder_settings) replace the preset's, found next to `data_dir` (the output
-    directory, a split directory or a glob of records); `overrides` still win. Changing
-    num_channels without giving mean/std averages the mean/std over channels.
-    """
+    """DATASETS[name] with `overrides` (DatasetInfo fields) applied, validated. Without a class
+    count ("folder") the settings measured at conversion (folder_settings, next to `data_dir`)
+    replace the preset's; `overrides` still win. A new num_channels averages mean/std."""
     if name not in DATASETS:
         raise common.UserError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
     fields = {f.name for f in dataclasses.fields(DatasetInfo)}
@@ -135,8 +124,7 @@ def model_dataset_info(config, image_size=None, where="model.json"):
                         **overrides)
 
 
-FOLDER_SETTINGS = ("num_classes", "image_size", "num_channels", "input_kind", "flip", "mean",
-                   "std")
+FOLDER_SETTINGS = ("num_classes", "image_size", "num_channels", "input_kind", "flip", "mean", "std")
 
 
 def folder_settings(data_dir):
@@ -204,12 +192,8 @@ def pseudo_label_example(encoded, image_id, probabilities, true_label=None, copi
                          float16=False):
     """A pseudo-labeled record: soft labels plus their argmax `label` and top-1 `prob`."""
     probabilities = np.asarray(probabilities, np.float32).reshape(-1)
-    feature = {
-        "image/encoded": _bytes(encoded),
-        "image/id": _bytes(image_id),
-        "label": _int(np.argmax(probabilities)),
-        "prob": _floats([probabilities.max()]),
-    }
+    feature = {"image/encoded": _bytes(encoded), "image/id": _bytes(image_id),
+               "label": _int(np.argmax(probabilities)), "prob": _floats([probabilities.max()])}
     if float16:
         feature["probabilities/float16"] = _bytes(probabilities.astype("<f2").tobytes())
     else:
@@ -261,12 +245,9 @@ def parse_unlabeled(serialized, fallback_id=None):
 
 
 def parse_pseudo_labeled(serialized, num_classes, fallback_id=None):
-    """{"image", "id", "probabilities": float32[K], "label": int32, "prob": float32, "copies"}; of
-    one record, or of a batch of records (each value then has the batch's leading dimension).
-
-    Reads `probabilities` (float list) or `probabilities/float16` (little-endian bytes); `label`
-    and `prob` default to the argmax / max of the probabilities, `copies` to 1.
-    """
+    """{"image", "id", "probabilities": float32[K], "label": int32, "prob": float32, "copies"} of
+    one record or a batch, from `probabilities` (floats) or `probabilities/float16` (little-endian
+    bytes); `label` and `prob` default to the argmax / max of the probabilities, `copies` to 1."""
     serialized = tf.convert_to_tensor(serialized, tf.string)
     batch = tf.reshape(serialized, [-1])
     parsed = tf.io.parse_example(batch, {
@@ -313,12 +294,9 @@ def parse_diagnostic_label(serialized):
 
 def check_records(files, keys=("image/encoded",), decode=False, start=0):
     """Reads every record of `files` from record `start` on; returns the count. UserError naming
-    the first bad file and record (index and image/id).
-
-    A record is bad when the TFRecord framing/CRC is broken, it is not a tf.train.Example, a key
-    in `keys` is missing, or (decode) its image does not decode: decode=True tries
-    tf.io.decode_image, a function of the encoded bytes (e.g. an eval view) tries that.
-    """
+    the first bad file and record (index, image/id): broken framing, not a tf.train.Example, a key
+    of `keys` missing or (decode: True for tf.io.decode_image, or a function) an undecodable
+    image."""
     spec = {"image/id": _string(), **{k: tf.io.FixedLenFeature(
         [], tf.string if k == "image/encoded" else tf.int64) for k in keys}}
     view = decode if callable(decode) else (
@@ -348,9 +326,8 @@ def check_records(files, keys=("image/encoded",), decode=False, start=0):
 
 
 def _count_if_all_decode(path, spec, view):
-    """The record count of `path` if every record parses with `spec` and its image passes
-    `view`, else None: one parallel pass, bad records dropped and so counted by tf.data's
-    ignore_errors, that spares check_records its slow eager scan of the good files."""
+    """The record count of `path` if every record parses and decodes (one parallel pass with
+    ignore_errors, sparing check_records its slow eager scan of good files), else None."""
     try:
         total = common.count_records([path])
     except common.UserError:  # broken framing: the eager scan names the record
@@ -370,8 +347,7 @@ def check_pseudo_labeled(files, num_classes):
         try:
             first = [r.numpy() for r in tf.data.TFRecordDataset(path).take(1)]
         except tf.errors.DataLossError as e:
-            raise common.UserError(f"corrupt record file {path}: {common.tf_error_line(e)}") \
-                from None
+            raise common.UserError(f"corrupt record file {path}: {common.tf_error_line(e)}") from e
         if not first:
             continue  # an empty shard (filter_balance keeps none of some shards)
         try:
@@ -396,12 +372,8 @@ def check_pseudo_labeled(files, num_classes):
 @contextlib.contextmanager
 def translate_data_errors(files):
     """Turns tf input errors raised while consuming a dataset of `files` into a common.UserError.
-
-    tf.data's messages do not name the file: for broken records and undecodable images the
-    files are rescanned with check_records to name the bad one (a parallel decode pass per
-    file, then record by record in the file that fails: minutes for ImageNet, but only after a
-    failure). Other errors (e.g. labels out of range) explain themselves.
-    """
+    For broken records and undecodable images the files are rescanned (check_records) to name the
+    bad one (minutes for ImageNet, but only after a failure); other errors explain themselves."""
     try:
         yield
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
@@ -426,13 +398,9 @@ def _images_under(folder):
     paths, skipped = [], 0
     for root, dirs, files in tf.io.gfile.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for f in files:
-            if f.startswith("."):
-                continue
-            if f.lower().endswith(IMAGE_EXTENSIONS):
-                paths.append(os.path.join(root, f))
-            else:
-                skipped += 1
+        visible = [f for f in files if not f.startswith(".")]
+        images = [os.path.join(root, f) for f in visible if f.lower().endswith(IMAGE_EXTENSIONS)]
+        paths, skipped = paths + images, skipped + len(visible) - len(images)
     return sorted(paths), skipped
 
 
@@ -515,11 +483,8 @@ def _small_image(encoded, info, image_size):
 
 
 def _center_crop(image, image_size):
-    """Centre square of image_size / (image_size + 32) of the short side, resized (bicubic).
-
-    As noisystudent's preprocessing.py (fixed padding 32); the later tensorflow/tpu code uses a
-    crop fraction of 0.875 instead, which differs for sizes other than 224.
-    """
+    """Centre square of image_size / (image_size + 32) of the short side, resized (bicubic), as
+    noisystudent's preprocessing.py (tensorflow/tpu's later crop fraction 0.875 differs off 224)."""
     shape = tf.shape(image)
     height, width = shape[0], shape[1]
     crop = tf.cast(image_size / (image_size + IMAGENET_CROP_PADDING)
@@ -555,10 +520,8 @@ def _split_seed(seed, num):
 
 def _random_crop_and_flip(images, pad, flip, seed):
     """Per image of a batch [B, S, S, C]: reflect-pad `pad` px, a random S x S crop and (flip) a
-    random left-right flip, as tf.pad(REFLECT) + tf.image.random_crop + random_flip_left_right
-    per image do, but as two gathers over the whole batch. The padding is never built: crop
-    indices that fall into it are reflected back into the image (tf.pad REFLECT on uint8 costs
-    more CPU than the rest of the crop)."""
+    random left-right flip, as two gathers over the batch; the padding is never built (crop indices
+    in it are reflected back: tf.pad REFLECT on uint8 costs more than the rest of the crop)."""
     size = images.shape[1]
     batch = tf.shape(images)[0]
     offset_seed, flip_seed = _split_seed(seed, 2)
@@ -576,11 +539,8 @@ def _random_crop_and_flip(images, pad, flip, seed):
 
 
 def decode_for_train(encoded, info, image_size, seed):
-    """The per-image part of the training view (the rest, `augment_batch`, runs on batches).
-
-    small: the decoded image, uint8 (S, S, C). imagenet: distorted bounding-box crop -> bicubic
-    resize S -> random flip, float32 (S, S, C) in [0, 255], drawn from `seed` ([2] ints).
-    """
+    """The per-image part of the training view (augment_batch does the rest): small: the decoded
+    image, uint8; imagenet: distorted bbox crop -> bicubic resize -> random flip, float32."""
     if info.input_kind == "small":
         return _small_image(encoded, info, image_size)
     crop_seed, flip_seed = _split_seed(seed, 2)
@@ -643,18 +603,14 @@ def preprocess_for_eval(encoded, info, image_size):
 
 
 # ---------------------------------------------------------------------------------------------
-# Datasets: list files -> shuffle files (training) -> parallel interleaved reads -> shuffle
-# buffer -> batch -> parallel map over batches (parse, decode, noise; every random choice per
-# image) -> prefetch. Eval maps per record, then batches. Nothing is cached unless cache=True.
-# On a 2-core host the input pipeline takes CPU from the model step: per-batch ops cut its cost
-# against a per-record map (bench/train_throughput.md).
-#
-# Randomness: a training dataset is one stream named by (seed, stream), e.g. (0, "labeled") and
-# (0, "unlabeled"): its shuffles are seeded with hashes of the pair and batch i is noised with
-# the stateless seed (hash, i), so streams are independent of each other and of the global seed,
-# and the same (seed, stream) gives the same batches, also with parallel maps. seed=None: a fresh
-# random seed (not reproducible). start_batch=n (a resumed run at step n) continues the noise at
-# batch n; its record order is a fresh shuffle (seeded with n), not the interrupted run's.
+# Datasets: files (shuffled when training) -> interleaved reads -> shuffle -> batch -> parallel
+# map over batches (parse, decode, noise per image: cheaper than a per-record map on 2 cores,
+# bench/train_throughput.md) -> prefetch. Eval maps per record, then batches.
+# Randomness: a training dataset is one stream named by (seed, stream), e.g. (0, "labeled"): its
+# shuffles are seeded with hashes of the pair and batch i is noised with the stateless seed
+# (hash, i), so the same (seed, stream) gives the same batches, also with parallel maps.
+# seed=None: a fresh seed. start_batch=n (a resumed run at step n) continues the noise at batch n
+# on a fresh shuffle (seeded with n) of the records.
 # ---------------------------------------------------------------------------------------------
 def _default_shuffle_buffer(info):
     # NOTE: the reference shuffles 1024 records (16K only when the data set is cached in memory);
@@ -723,13 +679,9 @@ def _noised_batches(ds, batch_size, drop_remainder, key, start_batch, determinis
 def labeled_dataset(pattern, info, image_size, batch_size, is_training, augment_name="randaugment",
                     randaug_layer=2, randaug_mag=10, seed=None, stream="labeled", start_batch=0,
                     drop_remainder=None, cache=False, shuffle_buffer=None, input_context=None):
-    """Batches (images float32 [B, S, S, C], labels int32 [B]).
-
-    is_training: shuffled, repeated forever, noised (augment_name), drop_remainder by default;
-    the random stream (seed, stream, start_batch) as described above. Otherwise one ordered pass
-    with eval preprocessing that keeps the last partial batch. Labels outside [0, num_classes)
-    fail the eval pipeline with a message naming the range (training: main.py's step does).
-    """
+    """Batches (images float32 [B, S, S, C], labels int32 [B]). is_training: shuffled, repeated,
+    noised (augment_name), drop_remainder by default; else one ordered pass of eval views that
+    keeps the last partial batch and names a label outside [0, num_classes) (training: main.py)."""
     _check_augment_name(augment_name)
     files = _files(pattern, "labeled")
     key, shuffle_key, deterministic = _stream(seed, stream, start_batch, input_context)
@@ -749,9 +701,8 @@ def labeled_dataset(pattern, info, image_size, batch_size, is_training, augment_
         # NOTE: no label-range assert here: a stateful op makes tf.data run this map serially under
         # op determinism (main.py --deterministic); the training step checks the labels instead.
         record = parse_labeled(serialized, info.label_offset)
-        encoded, label = record["image"], record["label"]
-        return train_views(encoded, info, image_size, augment_name, randaug_layer, randaug_mag,
-                           batch_seed), label
+        return train_views(record["image"], info, image_size, augment_name, randaug_layer,
+                           randaug_mag, batch_seed), record["label"]
 
     drop = is_training if drop_remainder is None else drop_remainder
     if not is_training:
@@ -764,12 +715,8 @@ def pseudo_labeled_dataset(pattern, info, image_size, batch_size, num_classes, a
                            randaug_layer=2, randaug_mag=10, seed=None, stream="unlabeled",
                            start_batch=0, repeat=True, cache=False, shuffle_buffer=None,
                            input_context=None):
-    """Batches (images float32 [B, S, S, C], probabilities float32 [B, K]) for the student.
-
-    Each record is read `copies` times per pass (filter_balance's duplication of under-full
-    classes), spread far apart, shuffled and (repeat=True) repeated forever with full batches;
-    the random stream (seed, stream, start_batch) as for labeled_dataset.
-    """
+    """Batches (images float32 [B, S, S, C], probabilities float32 [B, K]) for the student: each
+    record read `copies` times per pass, spread far apart, shuffled and (repeat) repeated."""
     _check_augment_name(augment_name)
     files = _files(pattern, "pseudo-labeled")
     check_pseudo_labeled(files, num_classes)
@@ -787,12 +734,9 @@ def pseudo_labeled_dataset(pattern, info, image_size, batch_size, num_classes, a
         copies = tf.cast(record.pop("copies"), tf.int64)
         return tf.data.Dataset.from_tensors(record).repeat(copies)
 
-    # NOTE: the reference's filter_unlabel.py wrote each kept image `include_copy` times into the
-    # shards (shuffled per 10,000-record flush); here filter_balance spreads a record's copies over
-    # the copy rounds of its shard with a count (`copies`) per round, and the reader repeats the
-    # count (> 1 only for images with more copies than rounds). Repeated back to back, such copies
-    # would fill the shuffle buffer together; a round-robin over L = min(buffer, 1024) records puts
-    # them L records apart, before the shuffle (tf.data's interleave costs more above ~1024).
+    # NOTE: the reference wrote each kept image `include_copy` times (filter_unlabel.py); here a
+    # record's copies lie in its shard's copy rounds with a count per round, repeated by the reader
+    # in a round-robin over L = min(buffer, 1024) records: such copies land L records apart.
     ds = ds.interleave(copies_of, cycle_length=min(buffer, 1024), block_length=1)
     if repeat:
         ds = ds.shuffle(buffer, seed=stream_key(shuffle_key, "copies"),
@@ -810,12 +754,8 @@ def unlabeled_pair_dataset(pattern, info, image_size, batch_size, augment_name, 
                            randaug_mag=10, seed=None, stream="unlabeled", start_batch=0,
                            teacher_image_size=None, cache=False, shuffle_buffer=None,
                            input_context=None):
-    """Batches (student_images, teacher_images) of the same unlabeled images, forever.
-
-    The student sees train preprocessing (augment_name), the teacher eval preprocessing at
-    teacher_image_size (default image_size): labels made on the fly by an unnoised teacher.
-    The random stream (seed, stream, start_batch) as for labeled_dataset.
-    """
+    """Batches (student_images, teacher_images) of the same unlabeled images, forever: training
+    views (augment_name) and eval views at teacher_image_size, for the on-the-fly teacher."""
     _check_augment_name(augment_name)
     files = _files(pattern, "unlabeled")
     teacher_size = teacher_image_size or image_size
@@ -835,12 +775,9 @@ def unlabeled_pair_dataset(pattern, info, image_size, batch_size, augment_name, 
 
 
 def unlabeled_records_dataset(files, info, image_size, batch_size, skip_bad_images=False):
-    """One ordered, deterministic pass for labeling: batches of dicts {"image": eval view,
-    "encoded": the stored bytes, "id": string (fallback "<file basename>:<index>"),
-    "index": int64 (the record's place in its file), "true_label": int32 (-1 if absent; for
-    reports only)}. skip_bad_images: records that do not parse or decode are left out (their
-    indices are missing); check the files' framing first (common.count_records), as a broken
-    file would be cut short silently too."""
+    """One ordered pass for labeling: batches of {"image": eval view, "encoded", "id" (default
+    "<file>:<index>"), "index" (in its file), "true_label" (-1 if absent)}. skip_bad_images: records
+    that do not decode are left out (check the framing first: common.count_records)."""
     files = [files] if isinstance(files, str) else list(files)
     if not files:
         raise common.UserError("no unlabeled files given")
