@@ -47,9 +47,7 @@ from absl import logging  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-# ---------------------------------------------------------------------------------------------
-# Errors.
-# ---------------------------------------------------------------------------------------------
+# --- Errors. -------------------------------------------------------------------------------------
 class UserError(Exception):
     """A mistake of the user (bad flag, missing or corrupt file): reported as one line, exit 2."""
 
@@ -144,9 +142,7 @@ def tf_error_line(error):
     return line[:300]
 
 
-# ---------------------------------------------------------------------------------------------
-# Outputs: written under a temporary name, then renamed into place.
-# ---------------------------------------------------------------------------------------------
+# --- Outputs: written under a temporary name, then renamed into place. ---------------------------
 @contextlib.contextmanager
 def atomic_output(path):
     """Yields a temporary path next to `path`; renames it onto `path` when the block succeeds.
@@ -219,9 +215,7 @@ def read_json(path, what="JSON file", default=_REQUIRED):
         raise UserError(f"{what} is not valid JSON: {path} ({e})") from None
 
 
-# ---------------------------------------------------------------------------------------------
-# File lists and shards.
-# ---------------------------------------------------------------------------------------------
+# --- File lists and shards. ----------------------------------------------------------------------
 def list_files(pattern, what="data"):
     """A directory -> all its `*.tfrecord*` files; otherwise a glob. Sorted; UserError if none."""
     if not pattern:
@@ -267,9 +261,7 @@ def count_records(files):
     return n
 
 
-# ---------------------------------------------------------------------------------------------
-# Progress.
-# ---------------------------------------------------------------------------------------------
+# --- Progress. -----------------------------------------------------------------------------------
 def format_eta(seconds):
     seconds = int(seconds)
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m{seconds % 60:02d}s"
@@ -307,9 +299,7 @@ class Progress:
                      100.0 * done / max(self.total, 1), rate, self.unit, format_eta(eta))
 
 
-# ---------------------------------------------------------------------------------------------
-# tf.distribute.
-# ---------------------------------------------------------------------------------------------
+# --- tf.distribute. ------------------------------------------------------------------------------
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
 
@@ -380,9 +370,7 @@ def is_chief(strategy):
                                              and "chief" not in resolver.cluster_spec().as_dict())
 
 
-# ---------------------------------------------------------------------------------------------
-# Numerics: precision and determinism (one place, so every stage means the same by them).
-# ---------------------------------------------------------------------------------------------
+# --- Numerics: precision and determinism (one place, so every stage means the same by them). -----
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 
 

@@ -119,8 +119,7 @@ C_CONSTANTS = {
 ELASTIC_UNIT = {"cifar": 32.0, "imagenet": 244.0}
 
 
-# ----------------------------------------------------------------------------------------------
-# Helpers (float32 images in [0, 1], HxWxC)
+# --- Helpers (float32 images in [0, 1], HxWxC) ---------------------------------------------------
 
 def _gaussian(x, sigma, mode="nearest", truncate=4.0):
     """skimage.filters.gaussian over the spatial axes only (channels kept apart)."""
@@ -343,8 +342,7 @@ def _frost_texture(h, w, channels, rng):
     return np.clip(texture * tint / tint.max(), 0, 1)  # pale blue; brightest channel unchanged
 
 
-# ----------------------------------------------------------------------------------------------
-# The corruptions: f(x float32 HxWxC in [0, 1], c = severity constant, rng, scale factor) -> float
+# --- The corruptions: f(x float32 HxWxC in [0, 1], c = severity constant, rng, scale) -> float
 
 def gaussian_noise(x, c, rng, k):
     return x + rng.normal(size=x.shape, scale=c)
@@ -574,8 +572,7 @@ def corrupt_batch(images, name, severity, seed, start_index, scale):
     return np.stack([corrupt(img, name, severity, rng, scale) for img, rng in zip(images, rngs)])
 
 
-# ----------------------------------------------------------------------------------------------
-# Perturbation sequences (ImageNet-P / CIFAR-10-P). Frame 0 is the clean image for the noise
+# --- Perturbation sequences (ImageNet-P / CIFAR-10-P). Frame 0 is the clean image for the noise
 # sequences and zoom_blur; the others sweep a parameter through the clean value.
 
 P_CONSTANTS = {

@@ -32,9 +32,7 @@ PARSE_BATCH = 256  # pseudo-labeled records parsed per op (the parse costs per o
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 
 
-# ---------------------------------------------------------------------------------------------
-# Data set descriptions.
-# ---------------------------------------------------------------------------------------------
+# --- Data set descriptions. ----------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
     """What the pipeline and the model need to know about a data set."""
@@ -162,9 +160,7 @@ def check_prepared(data_dir, args, exact=False):
     return summary
 
 
-# ---------------------------------------------------------------------------------------------
-# Records (tf.train.Example). Keys are listed in the contract's schema table.
-# ---------------------------------------------------------------------------------------------
+# --- Records (tf.train.Example). Keys are listed in the contract's schema table. -----------------
 def _bytes(value):
     value = value.encode() if isinstance(value, str) else bytes(value)
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
@@ -389,9 +385,7 @@ def translate_data_errors(files):
         raise common.UserError(f"bad input record in {where}: {message}") from e
 
 
-# ---------------------------------------------------------------------------------------------
-# Folders of images: what they hold (prepare_data.py converts them, eval_robustness.py reads them).
-# ---------------------------------------------------------------------------------------------
+# --- Folders of images (prepare_data.py converts them, eval_robustness.py reads them). ----------
 def _images_under(folder):
     """Sorted paths of the image files anywhere under `folder` (hidden files and folders
     skipped) and the number of other files."""
@@ -445,9 +439,7 @@ def list_image_pile(src_dir, what="source directory"):
     return [(p, None, os.path.relpath(p, src_dir)) for p in paths]
 
 
-# ---------------------------------------------------------------------------------------------
-# Preprocessing (graph mode; usable inside tf.data map). Output: float32 [0, 255], (S, S, C).
-# ---------------------------------------------------------------------------------------------
+# --- Preprocessing (graph mode; usable inside tf.data map). Output: float32 [0, 255], (S, S, C).
 def decode_image(encoded, num_channels):
     """JPEG/PNG/GIF/BMP bytes -> uint8 (H, W, num_channels)."""
     image = tf.io.decode_image(encoded, channels=num_channels, expand_animations=False,
@@ -602,16 +594,14 @@ def preprocess_for_eval(encoded, info, image_size):
     return image
 
 
-# ---------------------------------------------------------------------------------------------
-# Datasets: files (shuffled when training) -> interleaved reads -> shuffle -> batch -> parallel
+# --- Datasets: files (shuffled when training) -> interleaved reads -> shuffle -> batch -> parallel
 # map over batches (parse, decode, noise per image: cheaper than a per-record map on 2 cores,
-# bench/train_throughput.md) -> prefetch. Eval maps per record, then batches.
-# Randomness: a training dataset is one stream named by (seed, stream), e.g. (0, "labeled"): its
-# shuffles are seeded with hashes of the pair and batch i is noised with the stateless seed
-# (hash, i), so the same (seed, stream) gives the same batches, also with parallel maps.
-# seed=None: a fresh seed. start_batch=n (a resumed run at step n) continues the noise at batch n
-# on a fresh shuffle (seeded with n) of the records.
-# ---------------------------------------------------------------------------------------------
+# bench/train_throughput.md) -> prefetch. Eval maps per record, then batches. Randomness: a
+# training dataset is one stream named by (seed, stream), e.g. (0, "labeled"): its shuffles are
+# seeded with hashes of the pair and batch i is noised with the stateless seed (hash, i), so the
+# same (seed, stream) gives the same batches, also with parallel maps. seed=None: a fresh seed.
+# start_batch=n (a resumed run at step n) continues the noise at batch n on a fresh shuffle (seeded
+# with n) of the records.
 def _default_shuffle_buffer(info):
     # NOTE: the reference shuffles 1024 records (16K only when the data set is cached in memory);
     # small images (~1 KB each) get a 16K buffer here, ~16 MB, without caching.

@@ -84,8 +84,7 @@ LAYER_KINDS = ("stem", "conv1x1", "depthwise", "bn", "activation", "se", "other"
 FLOAT32_KINDS = frozenset(LAYER_KINDS) - {"conv1x1"}
 
 
-# ---------------------------------------------------------------------------------------------
-# The architecture as data: block strings -> scaled per-block specs.
+# --- The architecture as data: block strings -> scaled per-block specs. --------------------------
 
 @dataclasses.dataclass(frozen=True)
 class BlockArgs:
@@ -201,8 +200,7 @@ def block_specs(width, depth, small_image=False, stochastic_depth_rate=0.2,
     return blocks
 
 
-# ---------------------------------------------------------------------------------------------
-# Layers.
+# --- Layers. -------------------------------------------------------------------------------------
 
 def _dtype(kind):
     """A layer's dtype policy: None (the global one) unless the global policy computes in
@@ -533,8 +531,7 @@ def count_flops(model):
     return int(total)
 
 
-# ---------------------------------------------------------------------------------------------
-# Model dirs.
+# --- Model dirs. ---------------------------------------------------------------------------------
 
 def save_model_dir(model_dir, config, model, ema_model=None, step=0):
     """Writes model.json (config) and <model_dir>/ckpt-<step>; returns the checkpoint path.
@@ -614,8 +611,7 @@ def check_teacher_strength(model_dir, allow_weak=False):
     logging.warning("%s (--allow_weak_teacher: going on)", line.split(";")[0])
 
 
-# ---------------------------------------------------------------------------------------------
-# Script: parameters and FLOPs table.
+# --- Script: parameters and FLOPs table. ---------------------------------------------------------
 
 def define_flags():
     """The script's flags; defined only when run as a script, so that importing this module

@@ -97,8 +97,7 @@ IMAGENET_A_INDICES = (
     981, 984, 986, 987, 988)
 
 
-# ---------------------------------------------------------------------------------------------
-# Metrics (pure functions; errors are fractions in [0, 1]).
+# --- Metrics (pure functions; errors are fractions in [0, 1]). -----------------------------------
 
 def _benchmark_names(errors, reference):
     return [c for c in corruptions.BENCHMARK_CORRUPTIONS if c in errors and c in reference]
@@ -156,8 +155,7 @@ def masked_predictions(logits, indices):
     return indices[np.argmax(np.asarray(logits)[:, indices], axis=1)]
 
 
-# ---------------------------------------------------------------------------------------------
-# Models and inputs.
+# --- Models and inputs. --------------------------------------------------------------------------
 
 @dataclasses.dataclass
 class EvalModel:
@@ -298,8 +296,7 @@ def folder_items(root, mapping_args, limit, seed):
     return [p for p, _, _ in items], [mapping[classes[k]] for _, k, _ in items], source, mapping
 
 
-# ---------------------------------------------------------------------------------------------
-# Evaluations: each takes the models of one input group and returns one result per model. C and
+# --- Evaluations: each takes the models of one input group and returns one result per model. C and
 # P read their images from a source (generated, arrays or folders) as a stream of chunks.
 
 def count_wrong(models, images, labels, batch_size):
@@ -473,8 +470,7 @@ def evaluate_a(models, a_dir, mapping_args, limit, seed, batch_size):
              "num_classes_in_mask": len(indices), "class_mapping": source} for m in range(len(models))]
 
 
-# ---------------------------------------------------------------------------------------------
-# Adversarial attacks (Sec. 3.4): pixel space [0, 255], normalisation inside the model.
+# --- Adversarial attacks (Sec. 3.4): pixel space [0, 255], normalisation inside the model. -------
 
 def make_loss_gradient(model):
     """(images, labels) -> (d sum CE / d images, logits), numpy, an EvalModel in inference mode."""
@@ -555,8 +551,7 @@ def evaluate_attacks(model, batches, total, attacks, epsilons, steps, step_size,
             for a in attacks}
 
 
-# ---------------------------------------------------------------------------------------------
-# Normalised metrics, summary, report.
+# --- Normalised metrics, summary, report. --------------------------------------------------------
 
 def normalise_c(c, baseline_c, clean_error):
     """Adds unnormalised mCE, baseline-normalised (relative) mCE and, for the released ImageNet-C,
@@ -730,8 +725,7 @@ def write_plots(names, results, output_dir):
     return written
 
 
-# ---------------------------------------------------------------------------------------------
-# The run: one evaluation per input group; results merged, normalised and reported.
+# --- The run: one evaluation per input group; results merged, normalised and reported. -----------
 
 def input_layout(path, flag):
     """'arrays' (*.npy) or, for --c_dir, 'folders'; UserError for anything else."""
@@ -901,8 +895,7 @@ def run(config):
     return report
 
 
-# ---------------------------------------------------------------------------------------------
-# Settings and flags: each RobustnessConfig field is the flag of its name, type, default and help.
+# --- Settings and flags: each RobustnessConfig field is the flag of its name, default and help.
 
 def _choose(values, known, flag):
     unknown = [v for v in values if v not in known]

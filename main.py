@@ -40,9 +40,7 @@ import efficientnet_builder
 import pretrained
 
 
-# ---------------------------------------------------------------------------------------------
-# Algorithm 1, step 1 (teacher) or step 4 (noised student), then evaluation.
-# ---------------------------------------------------------------------------------------------
+# --- Algorithm 1, step 1 (teacher) or step 4 (noised student), then evaluation. ------------------
 def train_and_evaluate(config, model_dir):
     """Trains the model of `config` in `model_dir` (resuming from its checkpoints), fine-tunes it if
     asked, and evaluates it, as config.mode says. Returns {model dir: eval results}."""
@@ -114,9 +112,7 @@ def train_and_evaluate(config, model_dir):
             for d in model_dirs}
 
 
-# ---------------------------------------------------------------------------------------------
-# Training: one step of Algorithm 1 (teacher: labeled loss; student: labeled + unlabeled).
-# ---------------------------------------------------------------------------------------------
+# --- Training: one step of Algorithm 1 (teacher: labeled loss; student: labeled + unlabeled). ----
 class Trainer:
     """One run of `config` (a TrainConfig; its `student` makes it step 4): the model of `spec`
     (model.json), its EMA twin, the optimizer on learning_rate(**schedule) and, for the on-the-fly
@@ -328,9 +324,7 @@ def finetune(config, model_dir, strategy, spec, info, label_files, num_train, ch
               images_per_step=(config.train_batch_size, 0))
 
 
-# ---------------------------------------------------------------------------------------------
-# Evaluation.
-# ---------------------------------------------------------------------------------------------
+# --- Evaluation. ---------------------------------------------------------------------------------
 def evaluate(strategy, model, dataset, num_classes):
     """Top-1, top-5 and mean cross-entropy of `model` in inference mode over one pass of `dataset`."""
     @tf.function
@@ -378,9 +372,7 @@ def evaluate_model_dir(strategy, model_dir, eval_pattern, batch_size, chief):
     return results
 
 
-# ---------------------------------------------------------------------------------------------
-# Small pure pieces: learning rate, EMA decay, losses, optimizer.
-# ---------------------------------------------------------------------------------------------
+# --- Small pure pieces: learning rate, EMA decay, losses, optimizer. -----------------------------
 def learning_rate(step, peak_lr, warmup_steps, decay_steps, decay_factor):
     """Reference schedule: linear warm-up, then staircase exponential decay on the global step
     (decay_steps a float, as the reference's steps_per_epoch * decay_epochs)."""
@@ -518,9 +510,7 @@ def float_weights(model):
     return [w for w in model.weights if w.dtype in ("float32", "float16", "bfloat16")]
 
 
-# ---------------------------------------------------------------------------------------------
-# Setup: data settings, model.json, model dirs.
-# ---------------------------------------------------------------------------------------------
+# --- Setup: data settings, model.json, model dirs. -----------------------------------------------
 def dataset_info(config, label_pattern):
     """The preset of config.dataset (a folder's: its dataset.json) with the config's class count,
     label offset and resolution; without --image_size imagenet-kind data takes the model's own
@@ -658,9 +648,7 @@ def build_train_dataset(config, info, label_files, batch_u, teacher_image_size=N
         lambda lab, unl: (lab[0], lab[1], unl[0], unl[1]))
 
 
-# ---------------------------------------------------------------------------------------------
-# Configs: every field is also the command-line flag of the same name (defined below).
-# ---------------------------------------------------------------------------------------------
+# --- Configs: every field is also the command-line flag of the same name (defined below). --------
 @dataclasses.dataclass(frozen=True)
 class StudentConfig:
     """Algorithm 1 step 4: what makes a run a noised student."""
@@ -872,9 +860,7 @@ def main(_):
                        FLAGS.model_dir)
 
 
-# ---------------------------------------------------------------------------------------------
-# Command line: --model_dir and one flag per config field, with the field's default.
-# ---------------------------------------------------------------------------------------------
+# --- Command line: --model_dir and one flag per config field, with the field's default. ----------
 FLAGS = flags.FLAGS
 
 

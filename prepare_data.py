@@ -41,9 +41,7 @@ import data
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 
-# ---------------------------------------------------------------------------------------------
-# Sharded writing with progress.
-# ---------------------------------------------------------------------------------------------
+# --- Sharded writing with progress. --------------------------------------------------------------
 def write_shards(out_dir, split, serialized_records, num_records, num_shards):
     """Writes `num_records` serialized records, in order, as `num_shards` contiguous shards."""
     tf.io.gfile.makedirs(out_dir)
@@ -71,9 +69,7 @@ def _previous_run(output_dir, args):
     return summary
 
 
-# ---------------------------------------------------------------------------------------------
-# Fashion-MNIST (IDX files) -> labeled / unlabeled / test TFRecords.
-# ---------------------------------------------------------------------------------------------
+# --- Fashion-MNIST (IDX files) -> labeled / unlabeled / test TFRecords. --------------------------
 FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", 60000),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", 10000),
@@ -200,9 +196,7 @@ def prepare_fashion_mnist(output_dir, num_labeled_per_class=400, seed=0,
     return summary
 
 
-# ---------------------------------------------------------------------------------------------
-# Folders of images -> labeled / unlabeled / test TFRecords, with settings measured on them.
-# ---------------------------------------------------------------------------------------------
+# --- Folders of images -> labeled / unlabeled / test TFRecords, with settings measured on them.
 SMALL_IMAGE_MAX_SIDE = 64  # median short side up to which a folder gets small-image preprocessing
 FOLDER_IMAGE_SIZE = 224  # the resolution of ImageNet-style preprocessing for larger images
 IMAGES_PER_SHARD = 10000
@@ -383,9 +377,7 @@ def prepare_folders(output_dir, labeled_dir, unlabeled_dir=None, test_dir=None, 
     return summary
 
 
-# ---------------------------------------------------------------------------------------------
-# Script.
-# ---------------------------------------------------------------------------------------------
+# --- Script. -------------------------------------------------------------------------------------
 def define_flags():
     """The script's flags, defined only when it runs (importing it defines none)."""
     flags.DEFINE_enum("dataset", None, ["fashion_mnist", "folder"],

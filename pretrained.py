@@ -95,8 +95,7 @@ def official_names(model):
     return names
 
 
-# ---------------------------------------------------------------------------------------------
-# Readers: {layer name: [arrays in layer.weights order]}, plus checkpoint entries left unused.
+# --- Readers: {layer name: [arrays in layer.weights order]}, plus checkpoint entries left unused.
 
 def _text(value):
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -207,8 +206,7 @@ def _read_official(prefix, model):
     return layers, unused, ema
 
 
-# ---------------------------------------------------------------------------------------------
-# Matching and loading.
+# --- Matching and loading. -----------------------------------------------------------------------
 
 def _round(values):
     return tuple(round(float(v), 2) for v in values)

@@ -44,9 +44,7 @@ SIGNED_OPS = ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")  # rando
 MAGNITUDE_POLICIES = ("reference", "increasing")
 
 
-# ---------------------------------------------------------------------------------------------
-# Helpers.
-# ---------------------------------------------------------------------------------------------
+# --- Helpers. ------------------------------------------------------------------------------------
 def _check_uint8(images, ranks=(3, 4)):
     """`images` as a uint8 tensor of rank in `ranks` (3: one image, 4: a batch), C = 1 or 3."""
     images = tf.convert_to_tensor(images)
@@ -130,11 +128,9 @@ def _transform(images, matrix, replace):
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# The 16 ops, each on a batch uint8 (B, H, W, C) or one image (H, W, C), C = 1 or 3; uint8 of the
-# same shape out. Statistics (min/max, histogram, mean) are per image; arguments are scalars or
+# --- The 16 ops, each on a batch uint8 (B, H, W, C) or one image (H, W, C), C = 1 or 3; uint8 of
+# the same shape out. Statistics (min/max, histogram, mean) are per image; arguments are scalars or
 # one value per image ([B]).
-# ---------------------------------------------------------------------------------------------
 @_batch_op
 def autocontrast(images):
     """Per image and channel, stretch [min, max] linearly to [0, 255] (float32, truncated); a
@@ -349,9 +345,7 @@ NAME_TO_FUNC = {
 }
 
 
-# ---------------------------------------------------------------------------------------------
-# Magnitude -> op arguments.
-# ---------------------------------------------------------------------------------------------
+# --- Magnitude -> op arguments. ------------------------------------------------------------------
 def _posterize_bits(magnitude, magnitude_policy):
     """Bits kept by Posterize at magnitude M.
 
