@@ -47,6 +47,8 @@
 #       (bench/bf16_step.md; default float32)
 #   --num_images_per_class=K   K after balancing; default: the preset's on the data it was made
 #       for, else unlabeled images / classes (a uniform pile's share; paper: 130K for ImageNet)
+#   --num_labeled_per_class=N --unlabeled_shards=S  Fashion-MNIST's split: N labels per class
+#       (default 400), the first S of the 8 unlabeled shards (default: the preset's)
 #   --train_flags='--train_steps=20 ...'  appended to every main.py command (overrides)
 #   Relative paths in the flags are read from the directory the command is run in.
 #   --teacher_only             train and evaluate the teacher, then stop (does my data train?)
@@ -174,6 +176,8 @@ parse_flags() {
       --jobs=*) JOBS=${arg#*=} ;;
       --precision=*) PRECISION=${arg#*=} ;;
       --num_images_per_class=*) PER_CLASS_FLAG=${arg#*=} ;;
+      --num_labeled_per_class=*) LABELED_PER_CLASS=${arg#*=} ;;
+      --unlabeled_shards=*) UNLABELED_SHARDS_FLAG=${arg#*=} ;;
       --train_flags=*) TRAIN_FLAGS=${arg#*=} ;;
       --skip_setup) SKIP_SETUP=1 ;;
       --ablation) ABLATION=1 ;;
@@ -236,7 +240,7 @@ preset() {  # the schedule, sizes and data of --preset (every knob a variable; f
       FOR="checking the plumbing in minutes (300 steps per model), not accuracy"
       STEPS=(--train_steps=300); BATCH=32; WARMUP=0.5; MAG=5
       EPOCHS=1,1,1; RATIOS=1,1,1  # (--train_steps wins over the epochs)
-      UNLABELED_SHARDS='unlabeled-00000-*'; PER_CLASS=600; ROBUST_EXAMPLES=0
+      UNLABELED_SHARDS=1; PER_CLASS=600; ROBUST_EXAMPLES=0
       ABLATION_STEPS=(--train_steps=60) ;;  # --ablation here only checks the plumbing
     # quick: the README's first command. Sec. 2 and 3.1 at demo scale: a 25-epoch teacher, students
     #   of 30, 30, 40 epochs at unlabeled ratios 1, 2, 3 (the full preset's shape), all 56k unlabeled
@@ -248,7 +252,7 @@ preset() {  # the schedule, sizes and data of --preset (every knob a variable; f
       FOR="Fashion-MNIST with 4,000 labels on 2 CPU cores (~27 min)"
       TEACHER_EPOCHS=25; BATCH=128; LR=0.032; FINAL_LR=0.0016; WARMUP=5; MAG=5
       EPOCHS=30,30,40; RATIOS=1,2,3; MIN_EPOCH_STEPS=24
-      UNLABELED_SHARDS='*'; PER_CLASS=4000; EVAL_ROBUSTNESS=1; ROBUST_EXAMPLES=500 ;;
+      UNLABELED_SHARDS=8; PER_CLASS=4000; EVAL_ROBUSTNESS=1; ROBUST_EXAMPLES=500 ;;
     # full: the reproduction of Sec. 3.1 and 3.3-3.4: a 50-epoch teacher, students of 75, 75, 100
     #   epochs at unlabeled ratios 1, 2, 3, K = 5,000; robustness on 1,000 test images.
     #   Prints every iteration above the previous, student 3 +3.6-3.8 over the teacher (seeds 0 / 1
@@ -261,7 +265,7 @@ preset() {  # the schedule, sizes and data of --preset (every knob a variable; f
       # NOTE: the unlabeled batch grows 1, 2, 3 labeled batches (paper: 14, 14, 28).
       # NOTE: students are the teacher's size (the paper's first student is larger, B7 -> L2).
       EPOCHS=75,75,100; RATIOS=1,2,3; MIN_EPOCH_STEPS=24
-      UNLABELED_SHARDS='*'; PER_CLASS=5000; EVAL_ROBUSTNESS=1; ROBUST_EXAMPLES=1000 ;;
+      UNLABELED_SHARDS=8; PER_CLASS=5000; EVAL_ROBUSTNESS=1; ROBUST_EXAMPLES=1000 ;;
     # paper: the paper's run (Sec. 3.1 "Iterative training"): an EfficientNet-B7 teacher, then
     #   L2, L2, L2 students at unlabeled batch 14x, 14x, 28x the labeled batch, on ImageNet (1.28M
     #   labels) + 300M unlabeled images. It cost the authors 6 days on a 2048-core TPU v3 pod per L2
@@ -370,6 +374,7 @@ check_flags() {  # every flag checked before any work: one line naming the bad o
   BATCH=${BATCH_FLAG:-$BATCH}; LR=${LR_FLAG:-$LR}; FINAL_LR=${FINAL_LR_FLAG:-$FINAL_LR}
   MAG=${MAG_FLAG:-$MAG}; IMAGE_SIZES=${IMAGE_SIZES_FLAG:-$IMAGE_SIZES}
   FINETUNE_SIZES=${FINETUNE_SIZES_FLAG:-$FINETUNE_SIZES}
+  UNLABELED_SHARDS=${UNLABELED_SHARDS_FLAG:-${UNLABELED_SHARDS:-8}}
   local v x
   for v in teacher_epochs=TEACHER_EPOCHS_FLAG base_learning_rate=LR_FLAG lr_decay_epochs=DECAY_FLAG \
            final_base_learning_rate=FINAL_LR_FLAG teacher_finetune_epochs=TEACHER_FINETUNE_EPOCHS \
@@ -397,6 +402,15 @@ check_flags() {  # every flag checked before any work: one line naming the bad o
   [[ "$PRECISION" =~ ^(float32|bfloat16)$ ]] || fail "--precision=$PRECISION is not one of float32, bfloat16"
   [ -z "${PER_CLASS_FLAG:-}" ] || [[ "$PER_CLASS_FLAG" =~ ^[1-9][0-9]*$ ]] ||
     fail "--num_images_per_class=$PER_CLASS_FLAG must be a positive number of images"
+  [ -z "${LABELED_PER_CLASS:-}${UNLABELED_SHARDS_FLAG:-}" ] || [ "$DATASET" = fashion_mnist ] ||
+    fail "--num_labeled_per_class and --unlabeled_shards are for --dataset=fashion_mnist" \
+         "(own data: the folders are the split)"
+  [ -z "${LABELED_PER_CLASS:-}" ] || [[ "$LABELED_PER_CLASS" =~ ^[1-9][0-9]*$ ]] &&
+    (( ${LABELED_PER_CLASS:-1} <= 5000 )) ||
+    fail "--num_labeled_per_class=$LABELED_PER_CLASS must be 1 to 5000 (Fashion-MNIST has 6,000" \
+         "train images per class; the rest are the unlabeled pile)"
+  [ -z "${UNLABELED_SHARDS_FLAG:-}" ] || [[ "$UNLABELED_SHARDS_FLAG" =~ ^[1-8]$ ]] ||
+    fail "--unlabeled_shards=$UNLABELED_SHARDS_FLAG must be 1 to 8 (of the 8 unlabeled shards)"
   [ -z "${STUDENT_MODELS:-}" ] || [[ "$STUDENT_MODELS" =~ ^[a-z0-9-]+,[a-z0-9-]+,[a-z0-9-]+$ ]] ||
     fail "--student_models=$STUDENT_MODELS must be three model names, one per iteration" \
          "(e.g. efficientnet-b1,efficientnet-b2,efficientnet-b3)"
@@ -493,9 +507,11 @@ prepare_data() {  # DATA_FLAGS: what every main.py is told about the data; UNLAB
   case "$DATASET" in
     fashion_mnist)
       done_or_run "$DATA/prepared.json" "prepare Fashion-MNIST" \
-        $PY prepare_data.py --dataset=fashion_mnist --output_dir="$DATA" --num_labeled_per_class=400 --seed="$SEED"
-      DATA_FLAGS=(--dataset=fashion_mnist --num_labeled_per_class=400 --data_seed="$SEED" --data_dir="$DATA")
-      UNLABELED="$DATA/unlabeled/$UNLABELED_SHARDS" ;;
+        $PY prepare_data.py --dataset=fashion_mnist --output_dir="$DATA" \
+          --num_labeled_per_class="${LABELED_PER_CLASS:-400}" --seed="$SEED"
+      DATA_FLAGS=(--dataset=fashion_mnist --num_labeled_per_class="${LABELED_PER_CLASS:-400}"
+                  --data_seed="$SEED" --data_dir="$DATA")
+      UNLABELED="$DATA/unlabeled/$(shards_glob)" ;;
     folder)
       done_or_run "$DATA/prepared.json" "convert the image folders" \
         $PY prepare_data.py --dataset=folder --labeled_dir="$LABELED_DIR" --unlabeled_dir="$UNLABELED_DIR" \
@@ -574,7 +590,12 @@ speed() {  # speed IMAGES: passes the teacher's log through; at its step 10, the
 unlabeled_count() {  # the unlabeled images labeled in each iteration
   $PY -c 'import json, sys
 c = json.load(open(sys.argv[1]))["counts"]["unlabeled"]
-print(c if sys.argv[2] == "*" else c // 8)' "$DATA/prepared.json" "${UNLABELED_SHARDS:-*}" 2>/dev/null || echo 0
+print(c * int(sys.argv[2]) // 8)' "$DATA/prepared.json" "$UNLABELED_SHARDS" 2>/dev/null || echo 0
+}
+shards_glob() {  # the first N of Fashion-MNIST's 8 unlabeled shards (presets, --unlabeled_shards)
+  case "$UNLABELED_SHARDS" in
+    8) echo '*' ;; 1) echo 'unlabeled-00000-*' ;; *) echo "unlabeled-0000[0-$((UNLABELED_SHARDS - 1))]-*" ;;
+  esac
 }
 
 # --deterministic: a killed and resumed model ends bit-identical to an uninterrupted one (on the

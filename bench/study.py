@@ -138,14 +138,20 @@ ARMS = collections.OrderedDict([
     ("table6", ("the quick preset + Table 6's students beside student 1 (--ablation)",
                 driver("--ablation", "--jobs=2"))),
 ])
-# Not buildable with the driver's flags yet (issue 32): fewer labels (the driver fixes 400 per
-# class), out-of-domain images mixed into the pile, 1/8-1/2 of the unlabeled images.
-NOT_YET = ["fewer labels (40, 100 per class): the driver prepares 400 per class; needs a "
-           "--num_labeled_per_class driver flag",
-           "out-of-domain unlabeled images (soft vs hard, filtering and balancing on/off): needs a "
-           "packaged image source mixed into a --dataset=folder pile",
-           "the amount of unlabeled data (1/8, 1/4, 1/2): needs a driver flag for the unlabeled "
-           "shards"]
+# Fewer labels (the same unlabeled pile: the other train images), each with the chain's control.
+for n in (40, 100):
+    labels = f"--num_labeled_per_class={n}"
+    ARMS[f"labels_{n}"] = (f"the quick preset with {n} labels per class", driver(labels))
+    ARMS[f"supervised_chain_{n}"] = (f"supervised control of labels_{n}: the chain's labeled "
+                                     "epochs", control("iter3/student", "chain", extra=(labels,)))
+# Less unlabeled data: the first S of the 8 shards, K scaled with them (the same copies per image).
+for shards in (1, 2, 4):
+    ARMS[f"unlabeled_{shards}of8"] = (
+        f"the quick preset on {shards}/8 of the unlabeled images, K = {500 * shards:,}",
+        driver(f"--unlabeled_shards={shards}", f"--num_images_per_class={500 * shards}"))
+# Not buildable with the driver's flags yet (issue 32).
+NOT_YET = ["out-of-domain unlabeled images (soft vs hard, filtering and balancing on/off): needs a "
+           "packaged image source mixed into a --dataset=folder pile"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,6 +191,13 @@ CLAIMS = [
     Claim("an unnoised teacher labels better than a noised one (both on the fly)", T6, "+0.5",
           ("table6", "NoisyStudent, on-the-fly teacher (no filter/balance)"),
           ("table6", "teacher w. Aug, SD, Dropout (on the fly)"), +1),
+    *[Claim(f"with {n} labels per class, student 3 beats a supervised model trained as long as the "
+            "chain", "Sec. 1, App. A.3 (self-training helps most with few labels)", "> 0",
+            (f"labels_{n}", "student 3"), (f"supervised_chain_{n}", "supervised"), +1)
+      for n in (40, 100)],
+    *[Claim(f"more unlabeled data helps: all of it beats {s}/8", "Sec. 3.1, App. A.3", "> 0",
+            ("noisy_student", "student 3"), (f"unlabeled_{s}of8", "student 3"), +1)
+      for s in (1, 2, 4)],
 ]
 
 

@@ -165,6 +165,9 @@ def test_help_prints_the_whole_header():
     ("--jobs=0", "must be a positive number of labeling jobs"),
     ("--precision=float16", "is not one of float32, bfloat16"),
     ("--num_images_per_class=many", "must be a positive number of images"),
+    ("--num_labeled_per_class=6000", "must be 1 to 5000 (Fashion-MNIST has 6,000 train images per "
+     "class; the rest are the unlabeled pile)"),
+    ("--unlabeled_shards=0", "must be 1 to 8 (of the 8 unlabeled shards)"),
     ("--student_models=efficientnet-b1", "must be three model names, one per iteration "
      "(e.g. efficientnet-b1,efficientnet-b2,efficientnet-b3)"),
     ("--init_checkpoint=/nonexistent.weights.h5", "does not exist (expected a Keras .h5/.keras "

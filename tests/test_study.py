@@ -4,6 +4,7 @@ arm x seed list and the controls' commands derived from the driver's, bench/clai
 import json
 import math
 import os
+import subprocess
 import sys
 
 import pytest
@@ -113,6 +114,18 @@ def test_plan_lists_every_arm_and_seed_and_the_controls_match_the_students(tmp_p
     growing = study.ARMS["supervised_chain_w05"][1](0, root)[1]
     assert study.flag(growing, "width_coefficient") == "0.5"
     assert study.flag(growing, "depth_coefficient") == "0.5"
+    # Fewer labels: the driver's split and its control's; less unlabeled data: the first shards
+    # of the pile are what every iteration labels, K scaled with them.
+    fewer = study.planned_models(0, root, "--num_labeled_per_class=40")
+    few_control = study.ARMS["supervised_chain_40"][1](0, root)
+    assert {study.flag(c, "num_labeled_per_class") for c in [*fewer.values(), *few_control]} == {"40"}
+    assert float(study.flag(few_control[1], "train_epochs")) == sum(epochs.values())
+    [quarter] = study.ARMS["unlabeled_2of8"][1](0, str(tmp_path / "q"))
+    plan = subprocess.run([*quarter, "--plan"], cwd=study.ROOT, capture_output=True, text=True,
+                          check=True).stdout
+    labels = [l for l in plan.splitlines() if "label_data.py" in l]
+    assert len(labels) == 3 and all("/data/unlabeled/unlabeled-0000[0-1]-*" in l for l in labels)
+    assert plan.count("--num_images_per_class=1000") == 3 and "--num_images_per_class=4000" not in plan
 
 
 def test_metrics_of_a_driver_report(tmp_path):
