@@ -7,12 +7,9 @@ keep at most K (130K) images, the most confident first; classes with fewer than 
 duplicated up to K. `select()` below is the whole rule on arrays in memory.
 Reference: filter_unlabel.py of google-research/noisystudent (a 0.01 histogram, then a filter pass).
 
-On one machine, one command runs the four stages below (rerun it to finish a killed run: stats
-and write skip the shards they finished, merge skips when its plan is unchanged). A shard's stats
-are fresh while its source is unchanged: size, mtime and label_data.py's summary beside it
-(provenance and record count); a relabeled shard is redone, and `write` refuses a plan made
-from other labels. A shard whose size or record count disagrees with that summary (cut short at
-a record boundary) is one error naming it:
+On one machine, one command runs the four stages below; rerun it to finish a killed run (a shard's
+stats are redone when its size, mtime or label_data.py summary changed; a shard whose size or
+record count disagrees with that summary is one error naming it):
 
   python filter_balance.py all --input_pattern=LABELS_DIR --work_dir=WORK --output_dir=OUT \\
       --num_images_per_class=K [--min_threshold=0.3] [--seed=0] [--materialize_duplicates]
@@ -38,27 +35,22 @@ What "the K most confident" means exactly (ties and resolution):
 - Confidence is bucketed as b = min(floor(prob * B), B) with B = --confidence_bins = 10,000
   (a 1e-4 grid, 100x finer than the reference's 0.01). Records in one bucket count as tied.
 - Class c with N_c >= K eligible records: merge finds the bucket b* where the count from the top
-  reaches K. Every record above b* is kept; of the T records in b*, exactly m = K - (count above b*)
-  are kept. So the kept set is exactly a global top-K by (bucket, tie-break), and exactly K records.
-- The tie-break is a seeded uniform random subset of the T tied records, computed without a third
-  pass: merge splits m over the shards holding tied records with a seeded multivariate
-  hypergeometric draw (per shard s: m_s of its T_s), and `write` picks exactly m_s of the T_s in
-  file order by selection sampling (Knuth's Algorithm S) whose coin for each record is a keyed
-  BLAKE2b hash of (seed, record id). Same inputs and seed -> the same records, byte for byte.
-- Class c with 0 < N_c < K: every eligible record is kept once with `copies` = K // N_c, and exactly
-  K mod N_c of them, chosen by the same seeded mechanism, get one copy more: sum(copies) == K.
-  Classes with no eligible record stay empty (reported).
+  reaches K; every record above b* is kept and of the T records in b* exactly m = K - (count above
+  b*): exactly K records, a global top-K by (bucket, tie-break).
+- The tie-break, a seeded uniform subset of the T tied records without a third pass: merge splits m
+  over the shards with a seeded multivariate hypergeometric draw (shard s: m_s of its T_s), and
+  `write` picks m_s of the T_s in file order by selection sampling (Knuth's Algorithm S), each
+  record's coin a keyed BLAKE2b hash of (seed, record id). Same inputs and seed, same bytes.
+- Class c with 0 < N_c < K: every eligible record is kept with `copies` = K // N_c, and K mod N_c of
+  them (the same seeded choice) get one copy more: sum(copies) == K. Empty classes stay empty.
 
-Outputs, besides those named above: WORK/stats/<shard>.json (stats), WORK/counts/<shard>.json
-(write: the counts it wrote). summary.json: per class seen, above threshold, threshold, kept (= sum
-of copies), unique, copies min/max; totals. The output records are the input records unchanged
-(image/encoded, probabilities, label, prob, image/id, diagnostic/true_label) plus `copies` (int64
->= 1); with --materialize_duplicates a record is written `copies` times with copies=1.
-Copy rounds: an output shard is R = min(largest copies, 256) rounds one after the other, each
-holding its kept records in input order; the c copies of the shard's n-th kept record fall evenly
-over the R rounds at phase n mod R (round_copies): a duplicated image's copies lie ~1/c of the
-shard apart (c <= R: one per round), not next to each other, so one student batch rarely holds two
-(bench/copies_spread.md). A record is written once per round it is in, with that round's count.
+Also WORK/stats/<shard>.json and WORK/counts/<shard>.json. summary.json: per class seen, above
+threshold, threshold, kept (= sum of copies), unique, copies min/max; totals. Output records are
+the input records unchanged plus `copies` (int64 >= 1; --materialize_duplicates: written `copies`
+times with copies=1). An output shard is R = min(largest copies, 256) copy rounds one after the
+other, each with its kept records in input order; the c copies of the n-th kept record fall evenly
+over the rounds at phase n mod R (round_copies), ~1/c of the shard apart, so one student batch
+rarely holds two (bench/copies_spread.md).
 
 Memory is O(num_classes * confidence_bins) per job (write: plus R open round files), independent of
 the number of records (records are streamed); time is linear in the number of records.
@@ -95,14 +87,9 @@ _PARSE_SPEC = {
 # ----------------------------------------------------------------------------- the rule
 
 def select(labels, probs, ids, k, min_threshold=0.3, seed=0, files=None, bins=CONFIDENCE_BINS):
-    """The copies of each record (0: dropped): the whole rule on in-memory arrays.
-
-    Per class (`labels`): the records whose top-1 probability (`probs`) is >= min_threshold; of a
-    class with >= K of them the K most confident (ties at the K-th place broken by the seeded
-    tie-break on `ids`), once each; of a class with N < K all N, K // N copies each and K % N of
-    them (chosen by the tie-break) one more. `files`: each record's input file index (records in
-    file order; the tie-break depends on it). The sharded stages write exactly these copies.
-    """
+    """The copies of each record (0: dropped): the whole rule (module docstring) on in-memory
+    arrays; `files`: each record's input file index (the tie-break depends on it). The sharded
+    stages write exactly these copies."""
     labels, ids = np.asarray(labels), np.asarray(ids, dtype=object)
     files = np.zeros(len(labels), np.int64) if files is None else np.asarray(files)
     bucket = eligible_bucket(probs, min_threshold, bins)
@@ -151,10 +138,8 @@ def class_plan(hist_c, k, min_threshold, bins):
 
 
 def split_picks(picks, candidates_per_shard, rng):
-    """Splits `picks` among shards as a uniform random subset of all candidates would fall.
-
-    A multivariate hypergeometric draw, one shard at a time (exact: the parts sum to `picks`).
-    """
+    """Splits `picks` among shards as a uniform random subset of all candidates would fall: a
+    multivariate hypergeometric draw, one shard at a time (the parts sum to `picks`)."""
     remaining = int(sum(candidates_per_shard))
     parts = []
     for n in candidates_per_shard:
@@ -176,12 +161,9 @@ def round_copies(copies, index, rounds):
 
 
 def tie_break(ids, picks, candidates, seed):
-    """Which of the candidate records `ids` (in file order) are picked, when `picks` are to be
-    picked among the `candidates` (>= len(ids)) from the first of `ids` to the last of the shard.
-
-    Knuth's selection sampling (Algorithm S): a candidate is picked when u * (candidates left) <
-    (picks left), u in [0, 1) a keyed BLAKE2b hash of (seed, id), in exact integer arithmetic.
-    """
+    """Which of the candidate records `ids` (in file order) are picked, `picks` among the
+    `candidates` (>= len(ids)) left in the shard: Knuth's Algorithm S, u * (candidates left) <
+    (picks left) with u in [0, 1) a keyed BLAKE2b hash of (seed, id), in integer arithmetic."""
     key = str(int(seed)).encode()
     picked, picks = np.zeros(len(ids), bool), int(picks)
     for j, record_id in enumerate(ids):
@@ -211,10 +193,9 @@ def labels_summary_path(path):
 
 
 def shard_source(path):
-    """What a labels shard is, the freshness key of its stats and plan: size, mtime and (when
-    label_data.py's summary is beside it) the summary's provenance key and record count; a
-    relabeled shard is another source even at the same size. UserError if the shard's size
-    differs from the size its summary recorded (cut short or replaced after labeling)."""
+    """The freshness key of a labels shard's stats and plan: size, mtime and label_data.py's
+    provenance key and record count; UserError if its size differs from the one its summary
+    recorded (cut short or replaced after labeling)."""
     stat = tf.io.gfile.stat(path)
     summary_file = labels_summary_path(path)
     summary = common.read_json(summary_file, "label_data.py summary", default=None) or {}
@@ -258,14 +239,10 @@ def _parse_batch(serialized, path, start):
 
 
 def read_batches(path, num_classes=None, batch_size=READ_BATCH, expected_count=None):
-    """Streams a label_data.py output shard in batches.
-
-    Yields dicts: "serialized" (bytes), "label" (int64), "prob" (float32), "id" (object array of
-    bytes: image/id, else image/filename, else b"<basename>:<index>"), "num_classes" (given, else
-    the first record's). Every record is checked: a missing or out-of-range field ends in a
-    UserError naming file and record, and so does a record count other than `expected_count`
-    (label_data.py's summary: a file cut at a record boundary frames correctly).
-    """
+    """Streams a label_data.py output shard: dicts of "serialized", "label", "prob", "id" (image/id,
+    else image/filename, else b"<basename>:<index>") and "num_classes" (given, else the first
+    record's). A missing or out-of-range field, or a record count other than `expected_count`
+    (label_data.py's summary), is a UserError naming file and record."""
     batches = iter(tf.data.TFRecordDataset(path, buffer_size=1 << 22).batch(batch_size).prefetch(2))
     start, framed_bytes = 0, 0
     while True:
@@ -319,19 +296,17 @@ def shard_stats(path, min_threshold, bins, source=None):
     for batch in read_batches(path, expected_count=source["count"]):
         if not len(hist):
             hist = np.zeros((batch["num_classes"], bins + 2), np.int64)
-        np.add.at(hist, (batch["label"], 1 + eligible_bucket(batch["prob"], min_threshold, bins)),
-                  1)
+        bucket = eligible_bucket(batch["prob"], min_threshold, bins)
+        np.add.at(hist, (batch["label"], 1 + bucket), 1)
         progress.add(len(batch["label"]))
     progress.update(progress.done, force=True)
     eligible = hist[:, 1:]
-    return {
-        "file": os.path.basename(path), "input": os.path.abspath(path), "source": source,
-        "num_records": progress.done,
-        "num_classes": len(hist) or None, "min_threshold": min_threshold, "confidence_bins": bins,
-        "seen": hist.sum(1).tolist(), "above_threshold": eligible.sum(1).tolist(),
-        "histogram": [{"bins": np.flatnonzero(row).tolist(), "counts": row[row > 0].tolist()}
-                      for row in eligible],
-    }
+    return {"file": os.path.basename(path), "input": os.path.abspath(path), "source": source,
+            "num_records": progress.done, "num_classes": len(hist) or None,
+            "min_threshold": min_threshold, "confidence_bins": bins, "seen": hist.sum(1).tolist(),
+            "above_threshold": eligible.sum(1).tolist(),
+            "histogram": [{"bins": np.flatnonzero(row).tolist(), "counts": row[row > 0].tolist()}
+                          for row in eligible]}
 
 
 def run_stats(files, work_dir, min_threshold, bins):
@@ -366,11 +341,8 @@ def _dense_histogram(stats, bins):
 
 
 def merge(files, work_dir, k, min_threshold, seed):
-    """Reads all per-shard stats; returns (summary dict, {shard name: plan dict}).
-
-    Two passes over the small stats files (sum, then per-shard tie counts), so memory is
-    O(num_classes * bins + num_shards * num_classes).
-    """
+    """Reads all per-shard stats; returns (summary dict, {shard name: plan dict}). Two passes over
+    the small stats files (sum, then per-shard tie counts)."""
     if k is None or k < 1:
         raise common.UserError(f"--num_images_per_class must be >= 1, got {k}")
     if seed < 0:
@@ -522,11 +494,8 @@ def with_copies(serialized, copies):
 
 
 def write_shard(path, output_path, summary, plan, materialize_duplicates=False):
-    """Streams one shard and writes its kept records; returns the per-class counts written.
-
-    select() on a stream: the thresholds and base copies come from merge's summary, the tie-break
-    runs on this shard's `candidates` and `picks` of merge's plan.
-    """
+    """Streams one shard and writes its kept records (select() on a stream, with merge's summary
+    and this shard's plan); returns the per-class counts written."""
     config = summary["config"]
     num_classes, bins, seed = config["num_classes"], config["confidence_bins"], config["seed"]
     per_class = lambda key: np.array([p[key] for p in summary["classes"]])
@@ -595,10 +564,9 @@ def write_shard(path, output_path, summary, plan, materialize_duplicates=False):
             for part in (parts if rounds > 1 else []):
                 common.remove(part)
     return {"file": os.path.basename(path), "num_records": progress.done,
-            "plan_fingerprint": summary["plan_fingerprint"],
-            "materialize_duplicates": materialize_duplicates,
-            "records_written": int(written),
-            "kept": kept.tolist(), "unique": unique.tolist(), "records_per_second": progress.rate()}
+            "plan_fingerprint": summary["plan_fingerprint"], "records_written": int(written),
+            "materialize_duplicates": materialize_duplicates, "kept": kept.tolist(),
+            "unique": unique.tolist(), "records_per_second": progress.rate()}
 
 
 def run_write(files, work_dir, output_dir, seed, materialize_duplicates):
@@ -683,8 +651,7 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-    """The command-line flags (defined only when run as a script, so that tests and tools
-    can import several stage files into one process)."""
+    """The flags, defined only when run as a script (importing the file defines none)."""
     flags.DEFINE_string("input_pattern", None, "label_data.py output shards: a directory (all "
                         "*.tfrecord* in it) or a glob. The same value for stats, merge and write.")
     flags.DEFINE_string("work_dir", None, "Small intermediate files: stats/, plan/, counts/, "
@@ -723,10 +690,9 @@ def main(argv):
         if not FLAGS[name].value:
             raise common.UserError(f"{command} needs --{name}")
     files = [] if command == "report" else input_files(FLAGS.input_pattern)
+    mine = files
     if command in ("stats", "write"):
         mine = common.shard_files(files, FLAGS.num_shards, FLAGS.shard_id)
-    else:
-        mine = files
     if command in ("all", "stats"):
         run_stats(mine, FLAGS.work_dir, FLAGS.min_threshold, FLAGS.confidence_bins)
     if command in ("all", "merge"):
