@@ -11,29 +11,23 @@ inference mode (no dropout, no stochastic depth, BN moving statistics) on eval-p
         [--num_shards=N --shard_id=I] [--batch_size=256] [--probabilities_dtype=float32|float16] \\
         [--strategy=default|mirrored|multi_worker|tpu] [--tpu=NAME] [--precision=float32|bfloat16]
 
-Input: unlabeled TFRecord shards (image/encoded, image/id, optional diagnostic/true_label).
-Job I of N labels the sorted input files i with i % N == I, so N independent jobs (on N machines,
-any batch scheduler) cover every file exactly once; inside a job, tf.distribute runs the batches
-on the local devices (--strategy=mirrored or multi_worker: all local GPUs; tpu: the TPU --tpu).
+Input: unlabeled TFRecord shards (image/encoded, image/id, optional diagnostic/true_label). Job I
+of N labels the sorted input files i with i % N == I (N independent jobs cover every file once);
+inside a job, tf.distribute runs the batches on the local devices (--strategy, --tpu).
 Output, per input file, the same basename in --output_dir (`.tfrecord` added if missing): every
-record with its original image bytes (never re-encoded), image/id, diagnostic/true_label (passed
-through), the full probability vector `probabilities` (float32; or `probabilities/float16`
-bytes), `label` (argmax) and `prob` (top-1 probability) -- the field names of the reference
-code. Each file is written under a temporary name and renamed when complete, then
---output_dir/summaries/<basename>.json (count, output bytes, mean confidence, class counts,
-seconds, img/s, and the provenance: the teacher's checkpoint, its step and a fingerprint of
-model.json and the checkpoint's index (which holds a CRC32C of every tensor), the input file's
-name, size and mtime, and the flags that change the records). A file
-whose output and summary exist, with the same provenance and the output at its recorded size,
-is skipped, so rerunning a killed job finishes the rest; any other is labeled again (logged:
-another teacher, other inputs, other flags), never kept. Same teacher, inputs, --batch_size and
---strategy -> byte-identical output files.
+record with its original image bytes, image/id, diagnostic/true_label, the probability vector
+`probabilities` (float32, or `probabilities/float16` bytes), `label` (argmax) and `prob` (top-1)
+-- the reference's field names -- written atomically, then summaries/<basename>.json (count,
+bytes, mean confidence, class counts, img/s and the provenance: the teacher's checkpoint, step and
+a fingerprint of model.json and the checkpoint's index, the input's name, size and mtime, the
+flags that change records). A file with the same provenance and its recorded size is skipped, so a
+rerun finishes a killed job; any other is labeled again (logged why). Same teacher, inputs,
+--batch_size and --strategy: byte-identical outputs.
 
 A record whose image does not decode stops the job with one line naming the file, the record
-index and its image/id; with --skip_bad_images such records are left out, and the summary
-counts them ("skipped_bad_images", "skipped_records": their indices in the input file).
-A teacher whose eval_results.json is near chance (or whose evaluation loss is far above its
-training loss) is refused before anything is labeled, in one line; --allow_weak_teacher goes on.
+index and its image/id; --skip_bad_images leaves such records out (counted in the summary). A
+teacher near chance (eval_results.json) is refused before anything is labeled;
+--allow_weak_teacher goes on.
 """
 
 import collections
@@ -64,8 +58,7 @@ def summary_path(output_dir, name):
 
 def teacher_identity(model_dir):
     """The teacher's latest checkpoint (name, step) and a fingerprint of its model.json and the
-    checkpoint's index (a CRC32C per tensor: other weights, another fingerprint); no TF model is
-    built, so a rerun with nothing to do stays cheap."""
+    checkpoint's index (a CRC32C per tensor); no model is built, so a rerun stays cheap."""
     if not tf.io.gfile.isdir(model_dir):
         raise common.UserError(f"model dir {model_dir} does not exist")
     checkpoint = tf.train.latest_checkpoint(model_dir)
@@ -136,12 +129,8 @@ def load_teacher(model_dir, strategy):
 
 
 def make_predictor(model, strategy):
-    """images (host batch) -> softmax probabilities, float32 numpy [n, num_classes], in order.
-
-    Inference mode: model(x, training=False) = no dropout / stochastic depth, BN moving averages.
-    With several replicas the batch is cut into contiguous slices, one per replica
-    (common.on_replicas), and put back together in order.
-    """
+    """images (host batch) -> softmax probabilities, float32 numpy [n, num_classes], in order, in
+    inference mode (no dropout or stochastic depth, BN moving averages) on every replica."""
 
     def forward(images):
         logits = model(images, training=False)
@@ -218,14 +207,13 @@ def label_file(path, output_path, predict, info, batch_size, float16, skip_bad_i
             raise common.UserError(f"{path}: none of its {total} records decodes "
                                    "(--skip_bad_images skips only some)")
     count = progress.done
-    summary = {
-        "input": path, "output": output_path, "count": count,
-        "output_bytes": tf.io.gfile.stat(output_path).length,
-        "mean_confidence": confidence_sum / max(count, 1),
-        "class_counts": [] if class_counts is None else class_counts.tolist(),
-        "seconds": time.time() - progress.start, "images_per_second": progress.rate(),
-        "probabilities_dtype": "float16" if float16 else "float32", "batch_size": batch_size,
-    }
+    summary = {"input": path, "output": output_path, "count": count,
+               "output_bytes": tf.io.gfile.stat(output_path).length,
+               "mean_confidence": confidence_sum / max(count, 1),
+               "class_counts": [] if class_counts is None else class_counts.tolist(),
+               "seconds": time.time() - progress.start, "images_per_second": progress.rate(),
+               "probabilities_dtype": "float16" if float16 else "float32",
+               "batch_size": batch_size}
     if skip_bad_images:
         skipped = np.flatnonzero(~seen)
         summary.update(skipped_bad_images=len(skipped), skipped_records=skipped[:100].tolist())
@@ -330,8 +318,7 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-    """The command-line flags (defined only when run as a script, so that tests and tools
-    can import several stage files into one process)."""
+    """The flags, defined only when run as a script (importing the file defines none)."""
     flags.DEFINE_string("teacher_model_dir", None, "Model dir of the teacher (model.json + "
                         "checkpoints, as written by main.py); its EMA weights are used.")
     flags.DEFINE_string("input_pattern", None, "Unlabeled shards: a directory (all *.tfrecord* "
