@@ -8,14 +8,11 @@ authors' randaugment.py (google-research/noisystudent, from tensorflow/tpu's aut
   per op but never uses it) at magnitude M; M maps linearly to each op's argument
   (level_to_arg) and M > 10 extrapolates (the paper: 27). Rotate, shear and translate get a
   random sign; geometric ops and cutout fill empty pixels with 128.
-- Every op has one implementation, for a batch with per-image statistics and arguments; one
-  image (H, W, C) runs as a batch of one. 1-channel images are accepted (the reference: RGB).
-- distort_image_with_randaugment: one image, as the reference's per-image map.
-  distort_batch_with_randaugment: a batch after .batch(), what data.py runs, with the same
-  per-image choices: each layer splits the batch by chosen op (tf.dynamic_partition), runs each
-  op once and puts the images back in order (tf.dynamic_stitch).
-- Every random draw (op choice, sign, Cutout centre) is a stateless op of an explicit `seed`, a
-  [2] int tensor: the same seed gives the same result, in a tf.data map, in parallel, anywhere.
+- Every op has one implementation, for a batch with per-image statistics and arguments (one
+  image runs as a batch of one); 1-channel images are accepted (the reference: RGB).
+- distort_batch_with_randaugment (what data.py runs) makes distort_image_with_randaugment's
+  per-image choices on a batch: each layer splits it by chosen op and runs each op once.
+- Every random draw (op choice, sign, Cutout centre) is a stateless op of an explicit [2] `seed`.
 
 A library of data.py (which also adds the reference's extra `cutout` for 32 px images).
 bench/randaugment_grid.py draws every op at a few magnitudes on real images.
@@ -58,12 +55,8 @@ def _check_uint8(images, ranks=(3, 4)):
 
 
 def _batch_op(op):
-    """Decorator for an op written for a batch: uint8 (B, H, W, C) in, same shape out.
-
-    The decorated op checks its input and also takes one image (H, W, C), which it runs as a
-    batch of one: each op has a single implementation for both. Per-image arguments of the op
-    are then scalars; on a batch they are scalars (shared) or vectors [B] (one per image).
-    """
+    """Decorator for an op written for a batch (uint8 (B, H, W, C) in, same shape out): it checks
+    the input and also takes one image (H, W, C), run as a batch of one."""
     @functools.wraps(op)
     def wrapper(images, *args, **kwargs):
         images = _check_uint8(images)
@@ -77,8 +70,7 @@ def _batch_op(op):
 
 
 def _per_image(value, dtype):
-    """A scalar or per-image [B] argument as a (B or 1, 1, 1, 1) tensor that broadcasts
-    against a batch (B, H, W, C)."""
+    """A scalar or per-image [B] argument as a (B or 1, 1, 1, 1) tensor (broadcasts on a batch)."""
     return tf.reshape(tf.cast(value, dtype), [-1, 1, 1, 1])
 
 
@@ -88,15 +80,9 @@ def _truncate_to_uint8(image_float):
 
 
 def blend(image1, image2, factor):
-    """image1 + factor * (image2 - image1) in float32, clipped and truncated to uint8.
-
-    factor 0 gives image1, 1 gives image2, > 1 extrapolates away from image1. Same arithmetic as
-    the reference's blend and Pillow's Image.blend (float, truncation), which is what the
-    enhance ops (Color, Contrast, Brightness, Sharpness) are built on. The three arguments
-    broadcast against each other (e.g. a per-image factor of shape (B, 1, 1, 1)).
-    """
-    image1 = tf.cast(image1, tf.float32)
-    image2 = tf.cast(image2, tf.float32)
+    """image1 + factor * (image2 - image1) in float32, clipped and truncated to uint8 (> 1
+    extrapolates), as the reference's blend and Pillow's Image.blend; the arguments broadcast."""
+    image1, image2 = tf.cast(image1, tf.float32), tf.cast(image2, tf.float32)
     return _truncate_to_uint8(image1 + tf.cast(factor, tf.float32) * (image2 - image1))
 
 
@@ -108,15 +94,9 @@ def _grayscale(images):
 
 
 def _transform(images, matrix, replace):
-    """Nearest-neighbour affine transform of a batch; in image b, output pixel (x, y) reads input
-    pixel round(a0 x + a1 y + a2, b0 x + b1 y + b2) (pixel indices); outside -> `replace`.
-
-    `matrix` = [a0, a1, a2, b0, b1, b2], each a scalar or a vector [B] (one value per image).
-    This is what tensorflow-addons' transform (and the reference's tf.contrib.image) ran:
-    tf.raw_ops.ImageProjectiveTransformV3, one transform row per image. The reference marked
-    empty pixels with an extra all-ones channel and filled them with 128 afterwards; the op's
-    fill_value does the same in one step.
-    """
+    """Nearest-neighbour affine transform of a batch: output pixel (x, y) reads input pixel
+    round(a0 x + a1 y + a2, b0 x + b1 y + b2), outside -> `replace`; `matrix` = [a0, .., b2], each a
+    scalar or [B]. The reference's tf.contrib.image op, whose fill the reference did by hand."""
     batch_size = tf.shape(images)[0]
     columns = [tf.broadcast_to(tf.cast(value, tf.float32), [batch_size]) for value in matrix]
     columns += [tf.zeros([batch_size])] * 2  # no projective part
@@ -157,8 +137,7 @@ def equalize(images):
     histogram_of = tf.reshape(tf.range(num_histograms), [batch_size, 1, channels])
     bins = (tf.reshape(tf.cast(images, tf.int32), [batch_size, num_pixels, channels])
             + 256 * histogram_of)
-    hist = tf.math.bincount(bins, minlength=256 * num_histograms,
-                            maxlength=256 * num_histograms)
+    hist = tf.math.bincount(bins, minlength=256 * num_histograms, maxlength=256 * num_histograms)
     hist = tf.reshape(hist, [batch_size, channels, 256])
     brightest = tf.cast(tf.reduce_max(images, axis=[1, 2]), tf.int32)  # [B, C]
     brightest_count = tf.gather(hist, brightest, batch_dims=2)
@@ -182,12 +161,9 @@ def rotate(images, degrees, replace=FILL_VALUE):
     (the reference's docstring says clockwise; it calls tf.contrib.image.rotate, which is
     counter-clockwise -- the random sign makes the two the same op). = PIL Image.rotate."""
     radians = tf.cast(degrees, tf.float32) * (math.pi / 180.0)
-    # NOTE: cos and sin are evaluated in float64 and rounded to float32; the reference evaluated
-    # them in float32. TF's float32 sin/cos run a vectorised polynomial on most elements of a
-    # tensor and libm on the rest, which differ in the last bit, so in a batch an image's result
-    # would depend on its position (at 45 degrees that moves pixels; tested). Rounded float64
-    # equals the reference's float32 value at every integer magnitude M = 0..30 and is at most
-    # 1 ulp from it otherwise, which can move an output pixel only at an exact rounding tie.
+    # NOTE: cos and sin in float64, rounded to float32 (reference: float32, whose vectorised and
+    # libm paths differ in the last bit, so a batch's result would depend on the position; tested).
+    # Equal to the reference at every integer M = 0..30, else at most 1 ulp (only a tie moves).
     radians = tf.cast(radians, tf.float64)
     cos = tf.cast(tf.cos(radians), tf.float32)
     sin = tf.cast(tf.sin(radians), tf.float32)
@@ -237,10 +213,8 @@ def color(images, factor):
 def contrast(images, factor):
     """Blend from a constant image at the mean grey level (factor 0) to the image (1) and beyond.
     = PIL.ImageEnhance.Contrast: mean of the luma, rounded half up, per image."""
-    # NOTE: the reference's degenerate value is sum(histogram) / 256 = H * W / 256 (a constant 4
-    # at 32 px, 196 at 224 px, 255 from 256 px on), not the mean it intends (its docstring says
-    # "Equivalent of PIL Contrast"; the authors confirmed the bug in tensorflow/models#8328 and it
-    # was fixed in tensorflow/models#11219). We use the mean grey level, as Pillow does.
+    # NOTE: the reference's degenerate value is H * W / 256 (4 at 32 px), not the mean it intends
+    # (the bug confirmed in tensorflow/models#8328, fixed in #11219); here the mean, as Pillow.
     gray = tf.cast(_grayscale(images), tf.int64)
     num_pixels = tf.cast(tf.reduce_prod(tf.shape(gray)[1:]), tf.float64)
     mean = tf.cast(tf.reduce_sum(gray, axis=[1, 2, 3], keepdims=True), tf.float64) / num_pixels
@@ -263,9 +237,8 @@ def sharpness(images, factor):
     channels = images.shape[-1]
     kernel = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13.0
     kernel = tf.tile(kernel[:, :, None, None], [1, 1, channels, 1])
-    # "SAME" rather than the reference's "VALID" + pad: on the interior it sums the same
-    # products (tested), and TF's "VALID" depthwise conv returns the input's shape, not
-    # (0, H - 2, W - 2, C), on an empty batch.
+    # "SAME", not the reference's "VALID" + pad: the same interior (tested), and "VALID" gets an
+    # empty batch's shape wrong.
     smooth = tf.nn.depthwise_conv2d(tf.cast(images, tf.float32), kernel, strides=[1, 1, 1, 1],
                                     padding="SAME")
     interior = tf.pad(tf.ones(tf.shape(images)[1:3] - 2, tf.bool), [[1, 1], [1, 1]])
@@ -301,13 +274,8 @@ def translate_y(images, pixels, replace=FILL_VALUE):
 
 @_batch_op
 def cutout(images, pad_size, replace=FILL_VALUE, center=None, seed=None):
-    """Fill a (2 pad_size) x (2 pad_size) square, clipped at the image border, with `replace`.
-
-    The square covers rows [cy - pad_size, cy + pad_size) and the same for columns. Its centre
-    (cy, cx) is `center` (scalars, or vectors [B] for a batch) or, with `seed` instead, uniform
-    over all pixels, drawn independently for each image of a batch (as the reference draws it per
-    call). `pad_size` is a scalar or one value per image.
-    """
+    """Fill rows and columns [c - pad_size, c + pad_size) (clipped) with `replace`; the centre is
+    `center` (scalars or [B]) or, with `seed`, uniform per image (the reference's per-call draw)."""
     shape = tf.shape(images)
     batch_size, height, width = shape[0], shape[1], shape[2]
     if center is None:
@@ -325,38 +293,19 @@ def cutout(images, pad_size, replace=FILL_VALUE, center=None, seed=None):
     return tf.where(inside[..., None], tf.cast(replace, tf.uint8), images)
 
 
-NAME_TO_FUNC = {
-    "AutoContrast": autocontrast,
-    "Equalize": equalize,
-    "Invert": invert,
-    "Rotate": rotate,
-    "Posterize": posterize,
-    "Solarize": solarize,
-    "Color": color,
-    "Contrast": contrast,
-    "Brightness": brightness,
-    "Sharpness": sharpness,
-    "ShearX": shear_x,
-    "ShearY": shear_y,
-    "TranslateX": translate_x,
-    "TranslateY": translate_y,
-    "SolarizeAdd": solarize_add,
-    "Cutout": cutout,
-}
+NAME_TO_FUNC = {"AutoContrast": autocontrast, "Equalize": equalize, "Invert": invert,
+                "Rotate": rotate, "Posterize": posterize, "Solarize": solarize, "Color": color,
+                "Contrast": contrast, "Brightness": brightness, "Sharpness": sharpness,
+                "ShearX": shear_x, "ShearY": shear_y, "TranslateX": translate_x,
+                "TranslateY": translate_y, "SolarizeAdd": solarize_add, "Cutout": cutout}
 
 
 # --- Magnitude -> op arguments. ------------------------------------------------------------------
 def _posterize_bits(magnitude, magnitude_policy):
-    """Bits kept by Posterize at magnitude M.
-
-    "reference": what the reference computes. It keeps bits = int(M / 10 * 4) by shifting right
-      and left by 8 - bits, with 8 - bits converted to uint8 and TF clamping shifts to 0..7. So
-      bits = 1..8 are kept as asked (M = 10: 4 bits; M = 20..22: all 8 bits, the identity), and
-      bits = 0 (M < 2.5) and bits >= 9 (M >= 23: 8 - bits < 0 wraps to 255, clamped to 7) both
-      keep 1 bit. The paper's M = 27 (bits = 10) therefore binarises every channel at 128.
-    "increasing": 8 - int(M / 10 * 4), at least 1: 8 bits (identity) at M = 0, 4 at M = 10,
-      1 from M = 17.5 on (27 included). Strength grows with M, like every other op.
-    """
+    """Bits kept by Posterize at magnitude M. "reference": bits = int(M / 10 * 4) shifted by a
+      uint8 8 - bits that TF clamps to 0..7: 1..8 as asked (M = 20..22: the identity), and 0
+      (M < 2.5) or >= 9 (M >= 23: wraps to 255, clamped to 7) keep 1 bit, so M = 27 binarises.
+    "increasing": 8 - int(M / 10 * 4), at least 1 (identity at M = 0, 1 bit from M = 17.5)."""
     if magnitude_policy == "reference":
         bits = int((magnitude / MAX_LEVEL) * 4)
         return bits if 1 <= bits <= 8 else 1
@@ -364,16 +313,10 @@ def _posterize_bits(magnitude, magnitude_policy):
 
 
 def _solarize_threshold(magnitude, magnitude_policy):
-    """Solarize threshold (values >= threshold are inverted) at magnitude M.
-
-    "reference": what the reference computes: threshold int(M / 10 * 256), compared with a uint8
-      image, so TF converts it to uint8 modulo 256 (checked on TF 2.21 in graph and eager mode;
-      TF 1 did the same through numpy < 1.24). M = 0 and M = 10 invert every pixel, M in (0, 10)
-      inverts the values >= M * 25.6 (strength falls as M grows), and M > 10 wraps around:
-      M = 27 -> 691 mod 256 = 179, so values >= 179 are inverted.
-    "increasing": 256 - int(M / 10 * 256), at least 0: nothing inverted (identity) at M = 0,
-      values >= 128 at M = 5, everything (= Invert) from M = 10 on.
-    """
+    """Solarize threshold (values >= it are inverted) at magnitude M. "reference": int(M / 10 *
+      256) compared with uint8, so modulo 256 (TF 2.21 and TF 1 alike): M = 0 and 10 invert all,
+      strength falls as M grows to 10, then wraps (M = 27 -> 691 mod 256 = 179).
+    "increasing": 256 - int(M / 10 * 256), at least 0 (identity at M = 0, Invert from M = 10)."""
     if magnitude_policy == "reference":
         return int((magnitude / MAX_LEVEL) * 256) % 256
     return max(0, 256 - int((magnitude / MAX_LEVEL) * 256))
@@ -381,11 +324,8 @@ def _solarize_threshold(magnitude, magnitude_policy):
 
 def level_to_arg(name, magnitude, cutout_const=40, translate_const=100,
                  magnitude_policy="reference"):
-    """The arguments (after the image) of op `name` at magnitude M, as Python numbers.
-
-    Linear in M / 10 and not clamped, as in the reference (M = 27 extrapolates). Rotate, shear
-    and translate are returned positive; apply_op gives them a random sign.
-    """
+    """The arguments (after the image) of op `name` at magnitude M, as Python numbers: linear in
+    M / 10, not clamped (M = 27 extrapolates); positive (apply_op draws the sign)."""
     if magnitude_policy not in MAGNITUDE_POLICIES:
         raise ValueError(f"magnitude_policy={magnitude_policy!r} is not one of "
                          f"{MAGNITUDE_POLICIES}")
@@ -426,9 +366,8 @@ def _random_sign(value, batch_size, seed):
 @_batch_op
 def apply_op(images, name, magnitude, seed, cutout_const=40, translate_const=100,
              magnitude_policy="reference"):
-    """Op `name` at magnitude M on one image or a batch, with the reference's random draws made
-    per image from `seed` ([2] ints): a random sign for geometric ops, a random centre for
-    Cutout."""
+    """Op `name` at magnitude M on one image or a batch, with the reference's random draws (sign,
+    Cutout centre) made per image from `seed` ([2] ints)."""
     args = level_to_arg(name, magnitude, cutout_const, translate_const, magnitude_policy)
     if name in SIGNED_OPS:
         args = (_random_sign(args[0], tf.shape(images)[0], seed),)
@@ -445,23 +384,11 @@ def _check_randaugment_args(magnitude, cutout_const, translate_const, magnitude_
 
 def distort_image_with_randaugment(image, num_layers, magnitude, seed, cutout_const=40,
                                    translate_const=100, magnitude_policy="reference"):
-    """RandAugment: `num_layers` times, apply one op chosen uniformly at random at magnitude M.
-
-    Args:
-      image: uint8 (H, W, C), C = 1 or 3 (static), one image (call it inside a tf.data map for a
-        per-image choice; for a batch, distort_batch_with_randaugment is much cheaper).
-      num_layers: N, the number of ops applied in sequence (the paper: 2).
-      magnitude: M, a Python number >= 0 shared by all ops (the paper: 27; 10 = top of the
-        original range).
-      seed: [2] ints (a tensor in a tf.data map) from which every random choice is drawn.
-      cutout_const, translate_const: Cutout pad and translation in pixels at M = 10. ImageNet:
-        40 and 100 (the defaults); the reference's 32 px path: image_size // 8 for both.
-      magnitude_policy: how Posterize and Solarize read M: "reference" (default; bit-for-bit what
-        the reference's TF code computes, uint8 wrap-around above M = 10 included) or
-        "increasing" (monotone in M, saturating). See _posterize_bits and _solarize_threshold.
-    Returns:
-      uint8 image of the same shape.
-    """
+    """RandAugment on one uint8 image (H, W, C): `num_layers` (N; paper 2) times, one op chosen
+    uniformly at random at magnitude M (a number >= 0; paper 27), every draw from `seed` ([2]).
+    cutout_const, translate_const: pixels at M = 10 (ImageNet 40 and 100; 32 px: size // 8).
+    magnitude_policy: "reference" (bit for bit the reference's Posterize and Solarize) or
+    "increasing" (monotone). Returns the uint8 image."""
     image = _check_uint8(image, ranks=(3,))
     return distort_batch_with_randaugment(image[None], num_layers, magnitude, seed, cutout_const,
                                           translate_const, magnitude_policy)[0]
@@ -469,11 +396,8 @@ def distort_image_with_randaugment(image, num_layers, magnitude, seed, cutout_co
 
 def _randaugment_batch_layer(images, magnitude, seed, cutout_const, translate_const,
                              magnitude_policy):
-    """One RandAugment layer on a batch: each image gets one op chosen uniformly at random.
-
-    The batch is split by chosen op (tf.dynamic_partition; a part may be empty), each op runs
-    once on its part, and the results are put back in the images' order (tf.dynamic_stitch).
-    """
+    """One RandAugment layer on a batch: split by chosen op (tf.dynamic_partition), each op run
+    once on its part, the results put back in order (tf.dynamic_stitch)."""
     num_ops = len(AVAILABLE_OPS)
     batch_size = tf.shape(images)[0]
     # NOTE: the reference draws with stateful ops (tf.random_uniform); stateless draws from `seed`
@@ -492,21 +416,9 @@ def _randaugment_batch_layer(images, magnitude, seed, cutout_const, translate_co
 
 def distort_batch_with_randaugment(images, num_layers, magnitude, seed, cutout_const=40,
                                    translate_const=100, magnitude_policy="reference"):
-    """RandAugment on a batch, with the per-image semantics of distort_image_with_randaugment.
-
-    `num_layers` times, every image independently picks one op uniformly at random and gets it
-    at magnitude M (with its own random sign for geometric ops and its own Cutout centre), as if
-    distort_image_with_randaugment had run on each image. Each layer runs each of the 16 ops
-    once, on the images that picked it: a few large ops per batch instead of many small ones
-    per image. Use it after .batch() in a tf.data pipeline.
-
-    Args:
-      images: uint8 (B, H, W, C), C = 1 or 3 (static); B may be unknown (None) and may be 0.
-      num_layers, magnitude, seed, cutout_const, translate_const, magnitude_policy: as in
-        distort_image_with_randaugment.
-    Returns:
-      uint8 batch of the same shape.
-    """
+    """RandAugment on a uint8 batch (B, H, W, C; B may be unknown or 0) with the per-image
+    choices of distort_image_with_randaugment (same arguments), as a few large ops per batch (each
+    layer runs each op once on the images that picked it). Returns the uint8 batch."""
     images = _check_uint8(images, ranks=(4,))
     _check_randaugment_args(magnitude, cutout_const, translate_const, magnitude_policy)
     for layer in range(num_layers):
