@@ -1,23 +1,17 @@
 """Common corruptions (ImageNet-C / CIFAR-10-C) and perturbation sequences (ImageNet-P / CIFAR-10-P).
 
 Library of eval_robustness.py (paper Sec. 3.3: "ImageNet-C and P test sets include images with
-common corruptions and perturbations such as blurring, fogging, rotation and scaling"). It
-generates corrupted copies of ANY test set on the fly, written from the benchmark definitions
-(Hendrycks & Dietterich 2019; hendrycks/robustness make_imagenet_c.py, make_cifar_c.py,
-make_imagenet_p.py, make_cifar_p.py) in numpy + scipy + Pillow only, because imagecorruptions
-1.1.2 crashes on numpy 2 / current scikit-image, refuses images under 32 px, returns grayscale
-as RGB, and the benchmarks' own scripts need OpenCV and ImageMagick.
+common corruptions and perturbations such as blurring, fogging, rotation and scaling"): corrupted
+copies of ANY test set, generated from the benchmark definitions (Hendrycks & Dietterich 2019;
+hendrycks/robustness make_{imagenet,cifar}_{c,p}.py) in numpy + scipy + Pillow only
+(imagecorruptions 1.1.2 crashes on numpy 2 and refuses small images; the benchmarks' scripts need
+OpenCV and ImageMagick).
 
-Conventions
-- Images are uint8 HxWxC with C = 1 or 3. Every output keeps shape, dtype, channels and [0, 255].
-- Randomness only from an explicit np.random.Generator. `corrupt_batch` / `perturb_batch` seed one
-  generator per (seed, name, severity, image index): the same image gets the same corruption
-  whatever the batch size or the order of evaluation.
-- Severity constants (`scale_for`): CIFAR-10-C / CIFAR-10-P constants for images up to 64 px
-  (designed at 32 px), ImageNet-C / ImageNet-P constants above (designed at 224 px). Lengths in
-  pixels (blur radii and sigmas, motion length, glass-blur shuffle distance, elastic displacement,
-  translation, flake size) are multiplied by image_size / 32 resp. image_size / 224, so a 32 px
-  Fashion-MNIST image gets exactly the CIFAR-10-C constants.
+Images are uint8 HxWxC, C = 1 or 3; every output keeps shape, dtype and range. Randomness comes
+from one generator per (seed, name, severity, image index), so an image's corruption does not
+depend on the batch. Severity constants (`scale_for`): CIFAR's up to 64 px, ImageNet's above;
+pixel lengths (blur radii, motion length, shuffle distance, displacement, translation, flakes)
+scale with image_size / 32 resp. / 224, so 32 px Fashion-MNIST gets exactly CIFAR-10-C's.
 """
 import dataclasses
 import io
@@ -371,37 +365,22 @@ def gaussian_blur(x, c, rng, k):
 
 
 def glass_blur(x, c, rng, k):
-    sigma, delta, iterations = c[0] * k, max(1, int(round(c[1] * k))), c[2]
-    x = np.floor(_gaussian(x, sigma) * 255) / 255
-    h, w = x.shape[:2]
-    # Locally shuffle pixels in the benchmark's order (bottom-right to top-left), tracked on a flat
-    # index list so that only one gather touches the image.
+    return _glass_blur_batch(x[None], c, [rng], k)[0]
+
+
+def _glass_blur_batch(x, c, rngs, k):
+    """glass_blur over a batch [B, H, W, C] (image i with rngs[i]): pixels shuffled locally in the
+    benchmark's order (bottom-right to top-left), one pass of its loop for the whole batch."""
     # NOTE: the benchmark writes a swap, `x[h, w], x[h', w'] = x[h', w'], x[h, w]`, but on HxWx3
     # numpy views the second assignment reads the already overwritten pixel, so the released
     # ImageNet-C / CIFAR-10-C data COPY the neighbour into (h, w). We reproduce that effect, for
     # 1 and 3 channels alike (a true swap lets pixels drift across the whole image).
-    index = list(range(h * w))
-    rows, cols = range(h - delta, delta, -1), range(w - delta, delta, -1)
-    for _ in range(iterations):
-        # randint(-delta, delta): the upper bound is exclusive in the benchmark too.
-        offsets = rng.integers(-delta, delta, size=(len(rows), len(cols), 2))
-        for i, r in enumerate(rows):
-            for j, col in enumerate(cols):
-                dx, dy = offsets[i, j]
-                a, b = r * w + col, (r + dy) * w + col + dx
-                index[a] = index[b]
-    x = x.reshape(h * w, -1)[index].reshape(x.shape)
-    return _gaussian(x, sigma)
-
-
-def _glass_blur_batch(x, c, rngs, k):
-    """glass_blur over a batch [B, H, W, C] (image i with rngs[i]): the same pixels, one pass of
-    the benchmark's loop for the whole batch instead of one per image."""
     sigma, delta, iterations = c[0] * k, max(1, int(round(c[1] * k))), c[2]
     x = np.floor(_gaussian_batch(x, sigma) * 255) / 255
     b, h, w = x.shape[:3]
     rows, cols = range(h - delta, delta, -1), range(w - delta, delta, -1)
-    # Each image's draws in its own generator's order: one [rows, cols, 2] block per iteration.
+    # Each image's draws in its own generator's order: one [rows, cols, 2] block per iteration
+    # (randint(-delta, delta): the upper bound is exclusive in the benchmark too).
     offsets = np.stack([np.stack([rng.integers(-delta, delta, size=(len(rows), len(cols), 2))
                                   for _ in range(iterations)]) for rng in rngs])
     index, batch = np.tile(np.arange(h * w), (b, 1)), np.arange(b)
@@ -430,11 +409,7 @@ def motion_blur(x, c, rng, k):
 
 
 def zoom_blur(x, c, rng, k):
-    zooms = np.arange(1, c[0], c[1])
-    out = np.zeros_like(x)
-    for z in zooms:
-        out += _clipped_zoom(x, z)
-    return (x + out) / (len(zooms) + 1)
+    return _zoom_blur_batch(x[None], c, [rng], k)[0]
 
 
 def _zoom_blur_batch(x, c, rngs, k):
