@@ -6,12 +6,11 @@ layer for B7/L2). The architecture is EfficientNet (Tan & Le, 2019) as the autho
 it (block strings, the (width, depth, resolution, dropout) table, round_filters / round_repeats),
 plus the reference's small-image variant for 32 px inputs.
 
-The model takes float32 images in [0, 255] (H, W, C), C = 1 or 3, normalises them inside with
-constant dataset mean/std and returns logits. `model(x, training=True)` applies dropout,
-stochastic depth and batch-statistics BN; `set_noise(model, False)` switches dropout and
-stochastic depth off without touching BN (`set_noise(model, True, noised_rows=n)`: on for the first
-n rows only). `load_model_dir` reads "the model in this model dir"
-(model.json + a tf.train.Checkpoint with `model` and `ema_model`); `save_model_dir` writes one.
+The model takes float32 images in [0, 255] (H, W, C), C = 1 or 3, normalises them inside and
+returns logits. `model(x, training=True)` applies dropout, stochastic depth and batch-statistics
+BN; `set_noise` switches dropout and stochastic depth off (or on for the first n rows) without
+touching BN. `load_model_dir` reads the model of a model dir (model.json + a tf.train.Checkpoint
+with `model` and `ema_model`); `save_model_dir` writes one.
 
 As a script it prints parameters and FLOPs (multiply-adds of one image, B = 1e9):
 
@@ -164,12 +163,8 @@ def efficientnet_params(model_name):
 
 def block_specs(width, depth, small_image=False, stochastic_depth_rate=0.2,
                 block_strings=BLOCK_STRINGS):
-    """The scaled MBConv blocks, in order, with their stochastic depth rates.
-
-    Block idx (0-based) of N gets drop rate stochastic_depth_rate * idx / N, as the reference
-    (efficientnet_model.Model.call: `drop_rate *= float(idx) / len(self._blocks)`); N counts all
-    blocks, the rate is used only by residual blocks.
-    """
+    """The scaled MBConv blocks, in order; block idx (0-based) of N drops with rate
+    stochastic_depth_rate * idx / N if residual, as the reference's efficientnet_model.py."""
     # NOTE: the paper (Sec. 3.1) says survival 0.8 "for the final layer"; the reference's 0-based
     # rule, followed here, gives block idx 1 - 0.2 * idx / N; B0's last block (idx 15 of 16) has no
     # skip, so its last residual block (block6d, idx 14) survives with 0.825.
@@ -211,10 +206,8 @@ def _dtype(kind):
 
 
 def _conv_init():
-    # N(0, sqrt(2 / fan_out)), fan_out = kh * kw * out_channels (depthwise: kh * kw): the
-    # reference conv_kernel_initializer, a plain (untruncated) normal.
-    # A fresh instance per layer: an unseeded Keras 3 initializer instance fixes its seed at
-    # construction and would give every layer of the same shape identical values.
+    # N(0, sqrt(2 / fan_out)) (depthwise: fan_out = kh * kw), the reference's untruncated normal;
+    # a fresh instance per layer (an unseeded Keras 3 instance fixes its seed at construction).
     return keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
 
 
@@ -256,12 +249,8 @@ def _noise_rows_only(noised, clean, noised_rows):
 
 
 class StochasticDepth(keras.layers.Layer):
-    """Drops a residual branch for whole examples: x / keep * Bernoulli(keep), training only.
-
-    `noised_rows` (set by set_noise, read in call()): None noises every row, n only the first n
-    (0: off). A frozen layer (trainable=False, fine-tuning) is off, as the reference's fixed
-    blocks, which it calls with training=False.
-    """
+    """Drops a residual branch for whole examples: x / keep * Bernoulli(keep), training only, on
+    the first `noised_rows` rows (set_noise; None: all, 0: off); off when frozen (fine-tuning)."""
 
     def __init__(self, rate, seed=None, **kwargs):
         super().__init__(**kwargs)
@@ -302,9 +291,7 @@ class NoiseDropout(keras.layers.Dropout):
 
 class Conv2D(layers.Conv2D):
     """Keras Conv2D that computes a 1x1, stride-1 convolution as one matrix product over all
-    pixels: the same result, and on CPU about half the time of the conv kernels forward and
-    backward (EfficientNet's expand, project, head and squeeze-excitation convs are all 1x1).
-    Same weights and checkpoints; other convs are Keras' own."""
+    pixels: the same result and weights, about half the CPU time of the conv kernels."""
 
     def convolution_op(self, inputs, kernel):
         if self.kernel_size != (1, 1) or self.strides != (1, 1) \
@@ -356,9 +343,7 @@ def live_taps(size, kernel_size, stride):
 
 class DepthwiseConv2D(layers.DepthwiseConv2D):
     """Keras DepthwiseConv2D ('same' padding, no bias) that skips kernel taps which only ever meet
-    padding. On maps smaller than the kernel (B0's last stages at 32 px: 5x5 kernels on 2x2 and
-    1x1 maps) most taps multiply zeros; the trimmed kernel gives the same output and the same
-    gradients (zero for the skipped taps) in less time. Same weights and checkpoints."""
+    padding (5x5 kernels on B0's 2x2 maps at 32 px): same output, gradients and weights, faster."""
 
     def call(self, inputs):
         k, s = self.kernel_size[0], self.strides[0]
@@ -381,8 +366,7 @@ class DepthwiseConv2D(layers.DepthwiseConv2D):
 def _bn(name):
     # NOTE: statistics per replica under tf.distribute; the reference uses cross-replica BN only
     # on TPU slices over 8 cores (keras BatchNormalization(synchronized=True) would be it).
-    return FusedBatchNorm(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name,
-                          dtype=_dtype("bn"))
+    return FusedBatchNorm(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name, dtype=_dtype("bn"))
 
 
 def _swish(name):
@@ -405,8 +389,7 @@ def _mbconv(x, b):
     if b.se_filters:
         # Squeeze to the block INPUT width * 0.25 (reference); the only convs with biases.
         se_dtype = _dtype("se")
-        se = layers.GlobalAveragePooling2D(keepdims=True, name=f"{n}_se_squeeze",
-                                           dtype=se_dtype)(x)
+        se = layers.GlobalAveragePooling2D(keepdims=True, name=f"{n}_se_squeeze", dtype=se_dtype)(x)
         se = Conv2D(b.se_filters, 1, activation="swish", kernel_initializer=_conv_init(),
                     name=f"{n}_se_reduce", dtype=se_dtype)(se)
         se = Conv2D(b.expanded_filters, 1, activation="sigmoid", kernel_initializer=_conv_init(),
@@ -440,11 +423,7 @@ def build_model(model_name="efficientnet-b0", num_classes=1000, image_size=None,
                 small_image=False, width=None, depth=None, dropout_rate=None,
                 stochastic_depth_rate=0.2, mean=None, std=None, name=None):
     """An EfficientNet as a functional keras.Model: float32 [0, 255] (H, W, C) images -> logits.
-
-    None means the table value for width, depth, image_size (= resolution) and dropout_rate;
-    mean/std default to ImageNet RGB on the 0-255 scale (for num_channels != 3, their average).
-    Rates of 0 remove dropout / stochastic depth.
-    """
+    None: the table's width, depth, image_size and dropout_rate, ImageNet's mean/std."""
     table_width, table_depth, resolution, table_dropout = efficientnet_params(model_name)
     width = table_width if width is None else float(width)
     depth = table_depth if depth is None else float(depth)
@@ -479,22 +458,12 @@ def build_from_config(config):
     return build_model(**{k: v for k, v in config.items() if k in arguments})
 
 
-def _all_layers(model):
-    for layer in model.layers:
-        yield layer
-        if hasattr(layer, "layers"):
-            yield from _all_layers(layer)
-
-
 def set_noise(model, enabled, noised_rows=None):
-    """Switches dropout and stochastic depth on (for all rows, or only the first `noised_rows`,
-    a Python int or scalar tensor) or off; BN untouched. Returns the number of layers switched.
-
-    The setting is a Python attribute read in call(): set it around the call inside the traced
-    function (a tf.function traced before the switch keeps the old behaviour).
-    """
+    """Switches dropout and stochastic depth on (all rows, or the first `noised_rows`) or off; BN
+    untouched; returns the layers switched. A Python attribute read in call(): set it inside the
+    traced function (a tf.function traced before the switch keeps the old behaviour)."""
     switched = 0
-    for layer in _all_layers(model):
+    for layer in model._flatten_layers():
         if isinstance(layer, (StochasticDepth, NoiseDropout)):
             layer.noised_rows = noised_rows if enabled else 0
             switched += 1
@@ -504,41 +473,27 @@ def set_noise(model, enabled, noised_rows=None):
 def noise_states(model):
     """The seed-generator states of the model noise (stochastic depth, dropout): Keras keeps them
     out of model.weights and checkpoints; main.py saves them so a resumed run draws on."""
-    return [layer.seed_generator.state for layer in _all_layers(model)
+    return [layer.seed_generator.state for layer in model._flatten_layers()
             if isinstance(layer, (StochasticDepth, NoiseDropout))
             and getattr(layer, "seed_generator", None)]  # Keras' Dropout(0) has none
 
 
 def count_flops(model):
-    """Multiply-adds of one image in the convolutions and dense layers.
-
-    Normalisation, BN, activations, pooling, the SE gating product and the residual sums are not
-    counted (the usual convention behind the published 0.39B for B0).
-    """
+    """Multiply-adds of one image in the convolutions and dense layers (kernel size x output
+    pixels; the convention behind the published 0.39B for B0)."""
     total = 0
-    for layer in _all_layers(model):
-        if isinstance(layer, layers.DepthwiseConv2D):
-            _, h, w, _ = layer.output.shape
-            kh, kw, cin, multiplier = layer.kernel.shape
-            total += h * w * kh * kw * cin * multiplier
-        elif isinstance(layer, layers.Conv2D):
-            _, h, w, _ = layer.output.shape
-            kh, kw, cin, cout = layer.kernel.shape
-            total += h * w * kh * kw * cin * cout
-        elif isinstance(layer, layers.Dense):
-            cin, cout = layer.kernel.shape
-            total += cin * cout
+    for layer in model._flatten_layers():
+        if isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D, layers.Dense)):
+            pixels = 1 if isinstance(layer, layers.Dense) else math.prod(layer.output.shape[1:3])
+            total += pixels * math.prod(layer.kernel.shape)
     return int(total)
 
 
 # --- Model dirs. ---------------------------------------------------------------------------------
 
 def save_model_dir(model_dir, config, model, ema_model=None, step=0):
-    """Writes model.json (config) and <model_dir>/ckpt-<step>; returns the checkpoint path.
-
-    For tools and tests; main.py writes the same layout through its own CheckpointManager.
-    """
-    tf.io.gfile.makedirs(model_dir)
+    """Writes model.json (config) and <model_dir>/ckpt-<step> (main.py's layout); returns the
+    checkpoint path."""
     common.write_json(os.path.join(model_dir, MODEL_CONFIG_FILE), config)
     checkpoint = tf.train.Checkpoint(model=model, ema_model=ema_model or model,
                                      step=tf.Variable(step, dtype=tf.int64))
@@ -614,8 +569,7 @@ def check_teacher_strength(model_dir, allow_weak=False):
 # --- Script: parameters and FLOPs table. ---------------------------------------------------------
 
 def define_flags():
-    """The script's flags; defined only when run as a script, so that importing this module
-    from main.py (which has its own --image_size, --num_classes, ...) does not clash."""
+    """The script's flags, defined only when run as a script (main.py has its own)."""
     flags.DEFINE_list("model_names", ["efficientnet-b0"],
                       f"Comma-separated model names to report; any of {', '.join(_PARAMS)}.")
     flags.DEFINE_bool("small_image", False,
