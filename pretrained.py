@@ -16,20 +16,13 @@ PATH is one of
                        .../blocks_0/tpu_batch_normalization/gamma, .../head/dense/kernel); the
                        ExponentialMovingAverage shadows are taken where present.
 
-A checkpoint is data: no model config is deserialised and nothing in the file runs (a .keras
-file's Lambda layers and pickled objects are never read, stronger than Keras' safe mode). All
-weights are checked before any is assigned; names or shapes that do not fit raise one
-common.UserError listing the first mismatches.
-
-Input normalisation: the model normalises with its own mean/std (model.json's); the source's
-(official: ImageNet's; a Keras file: its Normalization layer's; a Keras file without one, e.g. ours:
-the model's own) is folded into the stem conv and the stem BN's moving mean, so that the model
-computes the source's features (exactly but at the padded border), with one warning line. Grey
-models (num_channels=1) get the RGB stem summed over its input channels, each channel's
-normalisation folded in: a grey image gives the RGB source's logits of the image on 3 channels.
-
-Transfer: a classifier with another class count (or none, e.g. `include_top=False` files) leaves
-the model's head as initialised. Folds and heads are logged and returned in the summary.
+A checkpoint is data: no model config is deserialised and nothing in the file runs. All weights
+are checked before any is assigned; names or shapes that do not fit raise one common.UserError
+listing the first mismatches. The source's input normalisation (official: ImageNet's; a Keras
+file: its Normalization layer's, else the model's own) is folded into the stem conv and the stem
+BN's moving mean, so the model, normalising with its own mean/std, computes the source's features
+(exactly but at the padded border); a grey model gets the RGB stem summed over its channels. A
+classifier with another class count (or none) leaves the model's head as initialised.
 
 Published weights as a teacher, with no training (Algorithm 1's step 1 done by the authors):
     main.py --init_checkpoint=PATH --train_steps=0 --train_epochs=0 --model_dir=DIR
@@ -56,16 +49,16 @@ STEM = "stem_conv"
 # Weights of keras.applications' input normalisation; our Normalize layer has none.
 KERAS_NORMALIZATION = re.compile(r"normalization(_\d+)?")
 _BLOCK_LAYER = re.compile(r"(block\d+(?:[a-z]|_\d+))_(\w+)")
+_OFFICIAL_KINDS = ((keras.layers.DepthwiseConv2D, "depthwise_conv2d"),
+                   (keras.layers.Conv2D, "conv2d"),
+                   (keras.layers.BatchNormalization, "tpu_batch_normalization"),
+                   (keras.layers.Layer, "dense"))
 
 
 def official_names(model):
-    """{our layer name: official variable names (no model scope), in layer.weights order}.
-
-    The authors' builder makes TF1 layers named by class (conv2d, depthwise_conv2d,
-    tpu_batch_normalization, dense) and numbered in call order within each variable scope:
-    stem, blocks_<i> (its squeeze-excitation convs in blocks_<i>/se) and head. Our layers are
-    created in the same order, so counting them per scope gives the same numbers.
-    """
+    """{our layer name: official variable names (no model scope), in layer.weights order}: TF1
+    layers named by class and numbered in call order per scope (stem, blocks_<i>, blocks_<i>/se,
+    head); ours are created in the same order, so counting them per scope gives the same names."""
     names, seen, blocks = {}, collections.Counter(), []
     for layer in model.layers:
         if not layer.weights:
@@ -78,14 +71,7 @@ def official_names(model):
             scope += "/se" if match.group(2).startswith("se_") else ""
         else:
             scope = "stem" if layer.name.startswith("stem") else "head"
-        if isinstance(layer, keras.layers.DepthwiseConv2D):
-            kind = "depthwise_conv2d"
-        elif isinstance(layer, keras.layers.Conv2D):
-            kind = "conv2d"
-        elif isinstance(layer, keras.layers.BatchNormalization):
-            kind = "tpu_batch_normalization"
-        else:
-            kind = "dense"
+        kind = next(k for cls, k in _OFFICIAL_KINDS if isinstance(layer, cls))
         n = seen[scope, kind]
         seen[scope, kind] += 1
         tf_layer = f"{scope}/{kind}" + (f"_{n}" if n else "")
@@ -132,12 +118,8 @@ def _keras_layers(data, path):
 
 
 def _keras_normalisation(layers, path):
-    """(mean, std) on the 0-255 scale of a Keras file's Normalization layer, None without one.
-
-    keras.applications computes Rescaling(1/255), then (x - mean) / sqrt(variance); for
-    weights="imagenet" it also divides by sqrt(ImageNet's std), which its published files need:
-    their variance holds ImageNet's std, not its square (tensorflow/tensorflow#49930).
-    """
+    """(mean, std) on the 0-255 scale of a Keras file's Normalization layer, None without one
+    (keras.applications' published files hold ImageNet's std as the variance: tensorflow#49930)."""
     found = [arrays for name, arrays in layers.items() if KERAS_NORMALIZATION.fullmatch(name)]
     if not found:
         return None
@@ -213,16 +195,10 @@ def _round(values):
 
 
 def _fold_normalisation(layers, source, model):
-    """Rewrites the stem of `layers` (conv kernel, BN moving mean) so that `model`, which
-    normalises with its own mean/std, computes what the source computed with `source` = (mean,
-    std); a 3-channel stem becomes a 1-channel one for a grey model. Returns the notes.
-
-    The stem sees (x - m_c) / s_c: its kernel on raw pixels is A = W / s_c. The model's kernel
-    W' = s' A (summed over c for a grey model) gives A (x - m'); the source's output exceeds it
-    by d = sum A (m' - m_c) over taps and channels, a constant per filter that the BN's moving
-    mean absorbs (mean - d). Exact but at the image's padded border (zeros in each model's own
-    normalised units).
-    """
+    """Rewrites the stem of `layers` (conv kernel, BN moving mean) so that `model` computes what
+    the source computed with `source` = (mean, std); returns the notes. On raw pixels the kernel is
+    A = W / s_c; the model's W' = s' A (summed over c for a grey model) gives A (x - m'), short of
+    the source's by d = sum A (m' - m_c), a constant per filter the BN's moving mean absorbs."""
     # NOTE: not in the reference (one normalisation, RGB only): the source's normalisation is
     # folded into the stem for another mean/std or a grey model.
     normalize = model.get_layer("normalize")
@@ -290,12 +266,9 @@ def _match(model, layers, problems):
 
 
 def load(model, path, ema_model=None):
-    """Loads the checkpoint at `path` into `model` (and `ema_model`, with the same values).
-
-    Returns the summary {'path', 'format' ('keras' | 'official'), 'weights' (assigned per model),
-    'ema_shadows' (official only), 'notes' (normalisation folded, head re-initialised)}.
-    common.UserError if the file is missing, unreadable or does not fit the model.
-    """
+    """Loads the checkpoint at `path` into `model` (and `ema_model`); returns the summary {'path',
+    'format' ('keras' | 'official'), 'weights', 'ema_shadows', 'notes'}. UserError if the file is
+    missing, unreadable or does not fit the model."""
     path = checkpoint_path(path)
     ema = []
     if path.endswith((".h5", ".keras")):
@@ -343,13 +316,9 @@ def checkpoint_path(path):
 
 
 def export_model_dir(path, model_dir, config):
-    """The checkpoint at `path` as it is, as a model dir: model.json (`config`, main.py's) and
-    ckpt-0 whose model and EMA model hold the checkpoint's weights (its EMA shadows where it has
-    them), what efficientnet_builder.load_model_dir, label_data.py and the on-the-fly teacher read.
-    Nothing is done when model_dir already holds a checkpoint. Returns load()'s summary (None
-    then). common.UserError if the checkpoint does not fit, or has another class count (its head
-    would be random: fine-tune it instead).
-    """
+    """The checkpoint at `path` as it is, as a model dir: model.json (`config`) and ckpt-0 whose
+    model and EMA model hold its weights; returns load()'s summary (None if model_dir has a
+    checkpoint already). UserError if it does not fit or has another class count."""
     if tf.train.latest_checkpoint(model_dir):
         logging.info("%s already holds a checkpoint: not exported again from %s", model_dir, path)
         return None
