@@ -131,11 +131,11 @@ def tf_error_line(error):
     if line is None:
         line = next((l for l in lines if "Graph execution error" not in l
                      and not l.startswith(("Detected at node", "<stack traces"))), lines[0])
+    if line.startswith("{{function_node"):
+        line = line.split("}}", 1)[-1].strip()
     # tf.data's prefix: "Error in user-defined function passed to X transformation with
     # iterator: Iterator::Root::...: " before the message itself
     line = re.sub(r"^Error in user-defined function passed to .*? with iterator: \S+: ", "", line)
-    if line.startswith("{{function_node"):
-        line = line.split("}}", 1)[-1].strip()
     line = line.split(" [Op:")[0].split("\t")[0].strip()
     if "assertion failed: [" in line:  # keep our assertion's message, drop tf's operand dump
         line = line.split("assertion failed: [", 1)[1].split("]", 1)[0]

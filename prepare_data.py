@@ -78,10 +78,8 @@ DEFAULT_FASHION_MNIST_SHARDS = types.MappingProxyType({"labeled": 2, "unlabeled"
 
 
 def read_idx(path, expected_dims):
-    """A gzip IDX file as a uint8 array; UserError naming the file if it is missing or corrupt.
-
-    IDX: magic 0x0000 08 <ndim> (08 = unsigned byte), ndim big-endian int32 sizes, then data.
-    """
+    """A gzip IDX file (magic 0x0000 08 <ndim>, ndim big-endian int32 sizes, uint8 data) as an
+    array; UserError naming the file if it is missing or corrupt."""
     try:
         with gzip.open(path, "rb") as f:
             raw = f.read()
@@ -232,10 +230,8 @@ def _scan_images(paths, measure, skip_bad=False):
             facts.append(next(it))
         except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.DataLossError,
                 tf.errors.PermissionDeniedError, tf.errors.FailedPreconditionError) as e:
-            reason = common.tf_error_line(e)
-            if "Iterator::" in reason:  # drop tf.data's "Error in user-defined function ..."
-                reason = reason.split("Iterator::", 1)[1].split(": ", 1)[-1]
-            line = f"{path} is not a readable image (JPEG, PNG, GIF or BMP): {reason}"
+            line = (f"{path} is not a readable image (JPEG, PNG, GIF or BMP): "
+                    f"{common.tf_error_line(e)}")
             if not skip_bad:
                 raise common.UserError(f"{line} (--skip_bad_images skips such files)") from None
             logging.warning("skipped: %s", line)
@@ -254,10 +250,9 @@ def _num_shards(split, count, num_shards):
 
 
 def write_image_split(out_dir, split, items, num_shards, seed, skip_bad=False):
-    """Writes `items` [(path, label or None, relative path)] as shards of out_dir in a seeded
-    random order, ids "<split>/<relative path>", after decoding every image (skip_bad: images
-    that do not decode are left out); returns (shard names, the items written, facts of their
-    images (measured for the labeled split), relative paths of the skipped files)."""
+    """Writes `items` [(path, label or None, relative path)] as shards of out_dir in a seeded order,
+    ids "<split>/<relative path>", after decoding every image (skip_bad: leaving out bad ones);
+    returns (shard names, the items written, their images' facts, the skipped relative paths)."""
     order = np.random.default_rng([seed, zlib.crc32(split.encode())]).permutation(len(items))
     items = [items[i] for i in order]
     facts, bad = _scan_images([path for path, _, _ in items], split == "labeled", skip_bad)
@@ -282,13 +277,9 @@ def write_image_split(out_dir, split, items, num_shards, seed, skip_bad=False):
 
 def measured_settings(facts, num_classes, image_size=0, input_kind="auto", flip="auto",
                       num_channels=0):
-    """dataset.json of a folder data set from the facts of its labeled images; explicit
-    arguments win over "auto" / 0.
-
-    input_kind auto: "small" (pad, crop, flip) if the median short side is <= 64 px, else
-    "imagenet"; image_size 0: the median short side for small images, else 224; num_channels 0:
-    1 if every image is grey, else 3; flip auto: true. mean/std per channel over every pixel.
-    """
+    """dataset.json of a folder data set from the facts of its labeled images; "auto" / 0: small
+    images if the median short side is <= 64 px (image_size: that side), else imagenet (224); 1
+    channel if every image is grey; flips on; mean/std per channel over every pixel."""
     short_side = float(np.median([min(f["size"]) for f in facts]))
     if input_kind == "auto":
         input_kind = "small" if short_side <= SMALL_IMAGE_MAX_SIDE else "imagenet"
@@ -429,8 +420,7 @@ def main(argv):
         raise common.UserError("--dataset and --output_dir are required")
     folder_flags = ("labeled_dir", "unlabeled_dir", "test_dir")
     if F.dataset == "fashion_mnist":
-        if F.num_shards is not None or F.skip_bad_images or any(
-                F[f].present for f in folder_flags):
+        if F.num_shards is not None or F.skip_bad_images or any(F[f].present for f in folder_flags):
             raise common.UserError("--num_shards, --skip_bad_images and --*_dir apply to "
                                    "--dataset=folder only")
         summary = prepare_fashion_mnist(F.output_dir, F.num_labeled_per_class, F.seed,
