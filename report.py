@@ -78,11 +78,8 @@ def collect(workdir):
         # Paper Sec. 3.1: fine-tuned at a larger resolution (main.py --finetune_image_size).
         models += [model_entry(f"student {i}, fine-tuned", d) for d in
                    sorted(glob.glob(os.path.join(it, "student", "finetune_*")))]
-        iterations.append({"iteration": i,
-                           "labels": pseudo_label_stats(os.path.join(it, "labels", "*.tfrecord"),
-                                                        num_classes),
-                           "filtered": pseudo_label_stats(
-                               os.path.join(it, "filtered", "*.tfrecord"), num_classes)})
+        iterations.append({"iteration": i, **{kind: pseudo_label_stats(
+            os.path.join(it, kind, "*.tfrecord"), num_classes) for kind in ("labels", "filtered")}})
         i += 1
     for teacher, student in zip(models, models[1:]):  # Algorithm 1 expects each to gain
         student["below_teacher"] = None not in (teacher["top_1"], student["top_1"]) and (
@@ -126,9 +123,8 @@ def architecture(a):
     '-' for a model not started yet (no model.json)."""
     if not a.get("model_name"):
         return "-"
-    return " ".join([a["model_name"]] + [f"{k[0]}{a[k]:g}" for k in ("width", "depth")
-                                                  if a.get(k) is not None]
-                    + [f"@{a.get('image_size')}"])
+    sizes = [f"{k[0]}{a[k]:g}" for k in ("width", "depth") if a.get(k) is not None]
+    return " ".join([a["model_name"]] + sizes + [f"@{a.get('image_size')}"])
 
 
 def markdown(report):
