@@ -104,10 +104,8 @@ def _benchmark_names(errors, reference):
 
 
 def mce(errors, reference):
-    """100 x mean over the 15 benchmark corruptions of sum_s E(f,s,c) / sum_s E(ref,s,c).
-
-    errors, reference: {corruption: [error at severity 1..5]}. Extras are ignored. Returns
-    (mCE or None, names used); None when a reference corruption has zero error."""
+    """(100 x mean over the 15 benchmark corruptions of sum_s E(f,s,c) / sum_s E(ref,s,c), names
+    used) of {corruption: [error at severity 1..5]}; None if a reference error is zero."""
     names = _benchmark_names(errors, reference)
     ratios = [np.sum(errors[c]) / np.sum(reference[c]) for c in names if np.sum(reference[c]) > 0]
     if not names or len(ratios) < len(names):
@@ -255,11 +253,9 @@ def read_wnids(path):
 
 
 def class_mapping(folders, num_classes, class_index_json="", imagenet_wnids="", imagenet_a=False):
-    """{folder name: class index of the model} and where it came from.
-
-    --class_index_json wins; then --imagenet_wnids (index in the sorted 1000 wnids); then, for
-    ImageNet-A (200 folders), IMAGENET_A_INDICES by sorted folder order; then, when the folder
-    count equals the model's classes, the sorted folder order itself."""
+    """({folder name: class index of the model}, its source): --class_index_json, else
+    --imagenet_wnids (index in the sorted 1000), else for ImageNet-A's 200 folders
+    IMAGENET_A_INDICES, else the sorted folder order when it has the model's class count."""
     folders = sorted(folders)
     if class_index_json:
         mapping, source = common.read_json(class_index_json, "--class_index_json"), "class_index_json"
@@ -576,9 +572,8 @@ def normalise_c(c, baseline_c, clean_error):
         if clean is not None and base_clean is not None:
             c["relative_mce_baseline"] = relative_mce(errors, clean, baseline_c["errors"], base_clean)[0]
         ours, theirs = c["settings"], baseline_c.get("settings", {})
-        c["baseline_settings_differ"] = sorted(k for k in ("source", "corruptions", "seed", "data",
-                                                           "constants", "num_examples")
-                                               if ours.get(k) != theirs.get(k))
+        keys = ("source", "corruptions", "seed", "data", "constants", "num_examples")
+        c["baseline_settings_differ"] = sorted(k for k in keys if ours.get(k) != theirs.get(k))
 
 
 def normalise_p(p, baseline_p):
@@ -906,8 +901,7 @@ def _choose(values, known, flag):
 
 @dataclasses.dataclass
 class RobustnessConfig:
-    """The settings of a run, checked on construction (UserError naming the flag); recorded in
-    every robustness.json."""
+    """The settings of a run, checked on construction; recorded in every robustness.json."""
     model_dir: tuple = common.setting((), "Model dir(s) written by main.py, comma-separated (e.g. the "
                                "teacher, then students). Each gets its robustness.json.")
     suite: tuple = common.setting(("clean", "c", "p", "fgsm", "pgd"), f"Any subset of {','.join(SUITES)}.")
@@ -969,8 +963,7 @@ class RobustnessConfig:
 
 
 def define_flags(flag_values=flags.FLAGS):
-    """One flag per RobustnessConfig field. Defined only when run as a script (or into a private
-    FlagValues in tests), so that importing this file next to other stage scripts defines no flags."""
+    """One flag per RobustnessConfig field, defined only when run as a script (or in tests)."""
     common.define_config_flags([RobustnessConfig], flag_values)
 
 
