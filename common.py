@@ -9,6 +9,7 @@ TF's start-up lines about missing CUDA drivers and CPU instructions are silenced
 import contextlib
 import dataclasses
 import errno
+import io
 import json
 import os
 import re
@@ -19,11 +20,8 @@ import uuid
 
 def _import_tensorflow_quietly():
     """TF prints CUDA/CPU-feature lines to fd 2 before its logging is set up; mute them once.
-
-    NOTE: not in the reference. Only the import and the first device query are muted; errors
-    and warnings raised later still reach stderr (TF_CPP_MIN_LOG_LEVEL=2 hides TF's INFO and
-    WARNING C++ logs unless the user sets it).
-    """
+    NOTE: not in the reference. Only the import and the first device query are muted (and
+    TF_CPP_MIN_LOG_LEVEL=2 unless the user sets it); later errors still reach stderr."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if "tensorflow" in sys.modules:
         return sys.modules["tensorflow"]
@@ -145,11 +143,8 @@ def tf_error_line(error):
 # --- Outputs: written under a temporary name, then renamed into place. ---------------------------
 @contextlib.contextmanager
 def atomic_output(path):
-    """Yields a temporary path next to `path`; renames it onto `path` when the block succeeds.
-
-    The caller creates a file or a directory at the yielded path. An existing `path` is replaced.
-    On an exception the temporary file or directory is deleted and `path` is left untouched.
-    """
+    """Yields a temporary path next to `path` for the caller to create a file or directory at;
+    renames it onto `path` (replacing it) when the block succeeds, else deletes it."""
     path = os.path.normpath(path)
     parent, base = os.path.split(path)
     if parent:
@@ -192,11 +187,23 @@ def remove(path):
         tf.io.gfile.remove(path)
 
 
+def write_file(path, content):
+    """Writes `content` (str or bytes) to `path` atomically: temp file, then rename."""
+    with atomic_output(path) as tmp, tf.io.gfile.GFile(tmp, "wb" if isinstance(content, bytes)
+                                                       else "w") as f:
+        f.write(content)
+
+
 def write_json(path, obj):
-    """Writes `obj` as JSON (indent 2, sorted keys) atomically: temp file, then rename."""
-    with atomic_output(path) as tmp:
-        with tf.io.gfile.GFile(tmp, "w") as f:
-            f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    """Writes `obj` as JSON (indent 2, sorted keys) atomically."""
+    write_file(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_png(fig, path, **savefig_args):
+    """Writes the matplotlib figure `fig` as a PNG atomically."""
+    png = io.BytesIO()
+    fig.savefig(png, format="png", **savefig_args)
+    write_file(path, png.getvalue())
 
 
 _REQUIRED = object()
@@ -268,10 +275,8 @@ def format_eta(seconds):
 
 
 class Progress:
-    """Logs `what: done/total (pct), N unit/s, ETA` at most every `every` seconds.
-
-    `update(done)` sets the count, `add(n)` adds to it; without a total only the rate is logged.
-    """
+    """Logs `what: done/total (pct), N unit/s, ETA` at most every `every` seconds (without a total
+    only the rate); `update(done)` sets the count, `add(n)` adds to it."""
 
     def __init__(self, what, total=None, unit="img", every=10.0):
         self.what, self.total, self.unit, self.every = what, total, unit, every
@@ -339,10 +344,9 @@ def make_strategy(name, tpu="", one_host=False):
 
 
 def on_replicas(strategy, fn):
-    """`fn` (batched tensors in, batched tensors out) as a host function over a whole batch, run
-    on every replica of `strategy`: the batch is cut into equal contiguous slices (the last padded
-    by repeating the final example; TPUs need equal shapes) and the outputs come back as numpy,
-    in order. One replica: `fn` on the whole batch."""
+    """`fn` (batched tensors in and out) as a host function over a whole batch, run on every
+    replica in equal contiguous slices (the last padded with the final example: TPUs need equal
+    shapes); the outputs come back as numpy, in order."""
     step = tf.function(lambda *args: strategy.run(fn, args=args), reduce_retracing=True)
     replicas = strategy.num_replicas_in_sync
 

@@ -671,8 +671,7 @@ def write_plots(names, results, output_dir):
     written = []
 
     def save(fig, name):
-        with common.atomic_output(os.path.join(output_dir, name)) as tmp:
-            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        common.write_png(fig, os.path.join(output_dir, name), dpi=110, bbox_inches="tight")
         written.append(name)
 
     errors = [r.get("c", {}).get("errors", {}) for r in results]
@@ -882,9 +881,7 @@ def run(config):
     tf.io.gfile.makedirs(output_dir)
     plots = write_plots(names, merged, output_dir)
     report = markdown_report(names, merged) + "".join(f"\n![{p}]({p})\n" for p in plots)
-    with common.atomic_output(os.path.join(output_dir, "robustness.md")) as tmp:
-        with tf.io.gfile.GFile(tmp, "w") as f:
-            f.write(report)
+    common.write_file(os.path.join(output_dir, "robustness.md"), report)
     logging.info("wrote %s in each model dir and robustness.md, %s to %s (%.0fs)", RESULTS_FILE,
                  ", ".join(plots) or "no plots", output_dir, time.time() - started)
     return report

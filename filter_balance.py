@@ -57,7 +57,6 @@ the number of records (records are streamed); time is linear in the number of re
 """
 
 import hashlib
-import io
 import json
 import os
 
@@ -453,11 +452,8 @@ def plot_class_balance(summary, path):
     bottom.set_xlabel("class")
     bottom.legend(fontsize=8, loc="upper right", ncols=3)
     fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=100, metadata={"Software": None})
+    common.write_png(fig, path, dpi=100, metadata={"Software": None})
     plt.close(fig)
-    with common.atomic_output(path) as tmp, tf.io.gfile.GFile(tmp, "wb") as f:
-        f.write(png.getvalue())
 
 
 def run_merge(files, work_dir, k, min_threshold, seed):

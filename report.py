@@ -160,7 +160,7 @@ def plot(report, workdir):
     import matplotlib.pyplot as plt
     names = [m["name"] for m in report["models"] if m["top_1"] is not None]
     top1 = [100 * m["top_1"] for m in report["models"] if m["top_1"] is not None]
-    paths = []
+    plots = []
     if top1:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         ax.plot(range(len(top1)), top1, "o-")
@@ -173,7 +173,7 @@ def plot(report, workdir):
         ax.set_ylabel("test top-1 (%)")
         ax.set_title("Noisy Student: top-1 per iteration")
         ax.grid(alpha=0.3)
-        paths.append(save(fig, os.path.join(workdir, "top1_per_iteration.png")))
+        plots.append(save(fig, workdir, "top1_per_iteration.png"))
     its = [it for it in report["iterations"] if it["labels"]]
     if its and all(it["labels"]["accuracy"] is not None for it in its):  # true labels known
         fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -187,7 +187,7 @@ def plot(report, workdir):
         ax.set_ylabel("pseudo-label accuracy (%)")
         ax.legend()
         ax.grid(alpha=0.3)
-        paths.append(save(fig, os.path.join(workdir, "pseudo_label_quality.png")))
+        plots.append(save(fig, workdir, "pseudo_label_quality.png"))
     if its:
         fig, ax = plt.subplots(figsize=(7, 3.5))
         k = len(its[0]["labels"]["per_class"])
@@ -201,7 +201,7 @@ def plot(report, workdir):
         ax.set_xlabel("class")
         ax.set_ylabel("images")
         ax.legend(fontsize=7)
-        paths.append(save(fig, os.path.join(workdir, "class_balance.png")))
+        plots.append(save(fig, workdir, "class_balance.png"))
     if report.get("ablation"):
         rows = report["ablation"]
         fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1))
@@ -213,14 +213,13 @@ def plot(report, workdir):
         ax.set_xlabel("test top-1 (%)")
         ax.set_title("Table 6 style ablation: one iteration, same-size student")
         ax.grid(axis="x", alpha=0.3)
-        paths.append(save(fig, os.path.join(workdir, "ablation.png")))
-    return paths
+        plots.append(save(fig, workdir, "ablation.png"))
+    return plots
 
 
-def save(fig, path):
-    with common.atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    return path
+def save(fig, workdir, name):
+    common.write_png(fig, os.path.join(workdir, name), dpi=110, bbox_inches="tight")
+    return name
 
 
 DATASET_NAMES = {"fashion_mnist": "Fashion-MNIST", "imagenet": "ImageNet records",
@@ -239,11 +238,10 @@ def write_report(workdir, preset="", seconds=0, schedule=""):
     plots = plot(report, workdir)
     dataset = common.read_json(os.path.join(workdir, "teacher", "flags.json"),
                                default={}).get("dataset", "fashion_mnist")
-    with common.atomic_output(os.path.join(workdir, "report.md")) as tmp:
-        with open(tmp, "w") as f:
-            f.write(f"# Noisy Student on {DATASET_NAMES.get(dataset, dataset)}: preset {preset}"
-                    f"\n\n" + (f"Schedule: {schedule}\n\n" if schedule else "") + f"{table}\n")
-            f.write("".join(f"![{os.path.basename(p)}]({os.path.basename(p)})\n" for p in plots))
+    common.write_file(os.path.join(workdir, "report.md"),
+                      f"# Noisy Student on {DATASET_NAMES.get(dataset, dataset)}: preset {preset}"
+                      f"\n\n" + (f"Schedule: {schedule}\n\n" if schedule else "") + f"{table}\n"
+                      + "".join(f"![{p}]({p})\n" for p in plots))
     logging.info("Wrote %s/report.json, report.md and %d plots.", workdir, len(plots))
     return table
 
