@@ -114,10 +114,9 @@ def train_and_evaluate(config, model_dir):
 
 # --- Training: one step of Algorithm 1 (teacher: labeled loss; student: labeled + unlabeled). ----
 class Trainer:
-    """One run of `config` (a TrainConfig; its `student` makes it step 4): the model of `spec`
-    (model.json), its EMA twin, the optimizer on learning_rate(**schedule) and, for the on-the-fly
-    student, the teacher. Fine-tuning: init_weights, and finetune_offset the steps trained before
-    (the schedule's tail; the stem and the first config.finetune_frozen_stages stages frozen)."""
+    """One run of `config` (a TrainConfig; its `student` makes it step 4): the model of `spec`, its
+    EMA twin, the optimizer and, for the on-the-fly student, the teacher. Fine-tuning: init_weights,
+    finetune_offset the steps trained before (the stem and the first stages frozen)."""
 
     def __init__(self, config, spec, schedule, strategy=None, *, init_weights=None,
                  finetune_offset=None):
@@ -222,8 +221,7 @@ class Trainer:
 
 
 def save_checkpoint(manager, step):
-    """manager.save; if it fails (a full disk), TF's half-written ckpt-N_temp directory is removed
-    before the error goes on, so a failed run leaves no temporaries in the model dir."""
+    """manager.save; if it fails (a full disk), TF's half-written ckpt-N_temp is removed first."""
     try:
         manager.save(checkpoint_number=step)
     except (tf.errors.OpError, OSError):
@@ -240,11 +238,9 @@ def train(trainer, dataset, config, *, train_steps, model_dir, chief, images_per
                                          checkpoint_name="ckpt", step_counter=trainer.step)
     iterator = iter(trainer.strategy.experimental_distribute_dataset(dataset))
     if config.deterministic:
-        # The input position (shuffle buffers, the batch counter of the noise streams) is saved
-        # and restored with the weights: a resumed run reads on where its checkpoint stopped.
+        # The input position is checkpointed: a resumed run reads on where its checkpoint stopped.
         # NOTE: by default it is not (as TPUEstimator, which restarted its input_fn): a resumed
-        # run continues the schedule and the noise streams (the datasets' start_batch) from the
-        # restored step on a fresh shuffle of the data.
+        # run continues the schedule and noise streams from its step on a fresh shuffle.
         trainer.checkpoint.input = iterator
     if manager.latest_checkpoint:
         trainer.checkpoint.restore(manager.latest_checkpoint)
@@ -291,14 +287,10 @@ def train(trainer, dataset, config, *, train_steps, model_dir, chief, images_per
 
 def finetune(config, model_dir, strategy, spec, info, label_files, num_train, chief,
              schedule, train_steps):
-    """Paper Sec. 3.1: fine-tune the trained (EMA) model at a larger resolution for a short time on
-    unaugmented labeled images with the shallow layers fixed. Writes its own model dir.
-
-    As the reference (fix_layer_num, remove_aug, train_last_step_num): the fixed layers run in
-    inference mode (BN on its moving statistics, no stochastic depth), the images get the eval
-    preprocessing, and the learning rate is the tail of the training schedule: fine-tuning step s
-    takes the rate of step s + train_steps - finetune_steps.
-    """
+    """Paper Sec. 3.1: fine-tune the trained (EMA) model into its own model dir at a larger
+    resolution, shortly, on unaugmented labeled images with the shallow layers fixed (inference
+    mode), at the schedule's tail (step s takes the rate of s + train_steps - finetune_steps), as
+    the reference's fix_layer_num, remove_aug and train_last_step_num."""
     size = config.finetune_image_size
     ft_dir = finetune_path(model_dir, size)
     ft_spec = dict(spec, image_size=size)
@@ -397,11 +389,9 @@ def train_length(config, num_train):
 
 
 def lr_schedule(config, steps_per_epoch, train_steps):
-    """learning_rate()'s arguments for a run of train_steps: the reference's utils.build_learning_rate
-    and, with --final_base_learning_rate, its main.py: the decay period that reaches the final
-    rate after the warm-up, total_epochs = train_epochs - warm-up epochs, decay_epochs =
-    total_epochs / (log(final / base) / log(decay_factor)), decay_steps = steps_per_epoch *
-    decay_epochs (a float; the staircase floors step / decay_steps)."""
+    """learning_rate()'s arguments: the reference's utils.build_learning_rate and, with
+    --final_base_learning_rate, its main.py's decay period that reaches the final rate after the
+    warm-up: (train_epochs - warm-up epochs) / (log(final / base) / log(decay_factor)) epochs."""
     decay_epochs = config.lr_decay_epochs
     if config.final_base_learning_rate:
         decay_times = math.log(config.final_base_learning_rate / config.base_learning_rate) / (
@@ -450,14 +440,9 @@ def weight_decay_loss(model, weight_decay):
 
 
 class TF1RMSprop(keras.optimizers.RMSprop):
-    """RMSProp as in TF1 (the reference): the mean-square slot starts at 1.0, not 0.
-
-    The update is otherwise Keras': ms = rho ms + (1 - rho) g^2; mom = m mom + lr g / sqrt(ms + eps);
-    var -= mom. Starting ms at 0 makes the first steps ~1/sqrt(1 - rho) = 3x larger, a different
-    optimizer. With momentum (the reference's 0.9) each variable is updated by TF1's own fused
-    kernel, ResourceApplyRMSProp: one op instead of Keras' dozen small ones per variable.
-    Call build() eagerly: the ms = 1 initial value is assigned there.
-    """
+    """RMSProp as in TF1 (the reference): the mean-square slot starts at 1.0, not 0 (at 0 the first
+    steps are ~1/sqrt(1 - rho) = 3x larger). With momentum each variable is updated by TF1's fused
+    ResourceApplyRMSProp, one op instead of Keras' dozen. Call build() eagerly (it sets ms = 1)."""
 
     def build(self, var_list):
         if self.built:
@@ -588,9 +573,8 @@ def restored_step(model_dir):
 
 
 def input_start(model_dir):
-    """start_batch of a run's training datasets: the restored global step (the noise streams go
-    on from there), or 0 when the checkpoint holds the input position (--deterministic: the
-    restored iterator goes on by itself, in the stream the run started)."""
+    """start_batch of a run's training datasets: the restored step, or 0 when the checkpoint holds
+    the input position (--deterministic: the restored iterator goes on by itself)."""
     latest = tf.train.latest_checkpoint(model_dir)
     if latest and any(n.startswith("input/") for n, _ in tf.train.list_variables(latest)):
         return 0
