@@ -54,16 +54,14 @@ DATASETS = {
     "imagenet": DatasetInfo(num_classes=1000, image_size=224, num_channels=3, input_kind="imagenet",
                             flip=True, mean=efficientnet_builder.IMAGENET_MEAN,
                             std=efficientnet_builder.IMAGENET_STD, label_offset=1),
-    # SVHN as the reference's proc_svhn.py writes it (JPEG records, labels 1..10: line 133; its
-    # extra split is the unlabeled set), with its mean/std (task_info.py:28-29) and no flips
-    # (digits; preprocessing.py:221). Used by run_iterations.sh --preset=svhn.
+    # SVHN as the reference's proc_svhn.py writes it (labels 1..10, extra = unlabeled), with its
+    # mean/std (task_info.py:28-29) and no flips (digits; preprocessing.py:221).
     "svhn": DatasetInfo(num_classes=10, image_size=32, num_channels=3, input_kind="small",
                         flip=False, mean=(0.4376821 * 255, 0.4437697 * 255, 0.47280442 * 255),
                         std=(0.19803012 * 255, 0.20101562 * 255, 0.19703614 * 255),
                         label_offset=1),
-    # Image folders converted by prepare_data.py. num_classes=0 means "read the settings measured
-    # at conversion": dataset_info("folder", data_dir=...) takes them from the dataset.json and
-    # class_names.json next to the records; these values apply only to folders without them.
+    # Image folders converted by prepare_data.py; num_classes=0: dataset_info reads the settings
+    # measured at conversion (dataset.json, class_names.json) next to the records.
     "folder": DatasetInfo(num_classes=0, image_size=224, num_channels=3, input_kind="imagenet",
                           flip=True, mean=efficientnet_builder.IMAGENET_MEAN,
                           std=efficientnet_builder.IMAGENET_STD, label_offset=0),
@@ -543,15 +541,12 @@ def decode_for_train(encoded, info, image_size, seed):
 
 
 def augment_batch(images, info, augment_name, randaug_layer, randaug_mag, seed):
-    """The batch part of the training view: `decode_for_train` images [B, S, S, C] -> float32.
-
+    """The batch part of the training view: `decode_for_train` images [B, S, S, C] -> float32,
+    every random choice per image (as the reference's per-image map) from `seed` ([2] ints).
     small:    [RandAugment(translate = cutout const = S // 8) -> cutout 2*(S//4) px, fill 128]
               -> reflect-pad 4 + random crop S -> random flip (if info.flip)
     imagenet: [RandAugment(translate 100, cutout const 40) on the uint8-truncated image]
-    The bracketed parts run for augment_name="randaugment" only. Every random choice is made per
-    image, as the reference's per-image tf.data map makes them, from `seed` ([2] ints); batching
-    only saves op overhead.
-    """
+    (bracketed: augment_name="randaugment" only)."""
     size = images.shape[1]
     small = info.input_kind == "small"
     randaug_seed, cutout_seed, crop_seed = _split_seed(seed, 3)
@@ -568,9 +563,8 @@ def augment_batch(images, info, augment_name, randaug_layer, randaug_mag, seed):
 
 
 def train_views(encoded, info, image_size, augment_name, randaug_layer, randaug_mag, seed):
-    """Training views of a batch of encoded images [B] -> float32 [B, S, S, C], every random
-    choice drawn from `seed` ([2] ints): decode_for_train per image (one tf.map_fn: far cheaper
-    on CPU than a per-record tf.data map), then augment_batch. augment_name="none": eval views."""
+    """Training views of a batch of encoded images [B] -> float32 [B, S, S, C]: decode_for_train
+    per image (one tf.map_fn), then augment_batch; augment_name="none": eval views."""
     if augment_name == "none":
         return tf.map_fn(lambda e: preprocess_for_eval(e, info, image_size), encoded,
                          fn_output_signature=tf.TensorSpec(
