@@ -54,9 +54,10 @@
 #   --teacher_only             train and evaluate the teacher, then stop (does my data train?)
 #   --allow_weak_teacher       label with a teacher near chance (by default the run stops there,
 #       naming its top-1, chance and what to change)
-# Small data (quick, full): an epoch is at least 24 steps; small images (<= 64 px) get B0 at
-#   width/depth 0.25, larger ones B0. The first lines state each model's steps and, after the
-#   teacher's first 10 steps, the run's estimated time.
+# Small data: quick and full count an epoch as at least 24 steps; a labeled set smaller than the
+#   preset's batch trains with a batch of its size (the lr, per 256, scales with it); folders of
+#   small images (<= 64 px) get B0 at width/depth 0.25, larger ones B0. The first lines (and
+#   --plan) state the net, the batch and each model's steps, then (teacher's step 10) the time.
 #   Robustness (Sec. 3.3-3.4) is evaluated on Fashion-MNIST only.
 #
 # Produces in the workdir: data/{labeled,unlabeled,test}, teacher/, iter{1,2,3}/{labels,filtered,
@@ -72,15 +73,15 @@ main() {  # Algorithm 1: the teacher, then three iterations of label, filter and
   parse_flags "$@"
   preset
   check_flags
-  if [ -n "$PLAN" ]; then plan_header; else
+  [ -z "${TEACHER_ONLY:-}" ] || { ITERATIONS=0; EVAL_ROBUSTNESS=0; }
+  if [ -n "$PLAN" ]; then fit_data; plan_header; steps_plan; else  # (--plan: nothing converted)
     [ -n "${SKIP_SETUP:-}" ] || bash setup.sh
     mkdir -p "$WORKDIR"
     log "schedule: $SCHEDULE_NOTE"
   fi
   START=$(date +%s)
   prepare_data
-  [ -z "${TEACHER_ONLY:-}" ] || { ITERATIONS=0; EVAL_ROBUSTNESS=0; }
-  [ -n "$PLAN" ] || { model_size; steps_plan; }
+  [ -n "$PLAN" ] || { fit_data; steps_plan; }
   PIDS=()
   trap kill_jobs EXIT  # also on SIGTERM: a killed driver stops its background jobs
   # Step 1: the teacher, trained on the labeled images (or a published checkpoint as it is).
@@ -202,7 +203,7 @@ parse_flags() {
        exit 2 ;;
     esac
   done
-  WORKDIR=${WORKDIR:-runs/$PRESET-seed$SEED}
+  WORKDIR=${WORKDIR:-runs/$PRESET-seed$SEED}; DATA="$WORKDIR/data"
 }
 
 preset() {  # the schedule, sizes and data of --preset (every knob a variable; flags override)
@@ -219,6 +220,7 @@ preset() {  # the schedule, sizes and data of --preset (every knob a variable; f
   # NOTE: quick and full count an epoch as at least MIN_EPOCH_STEPS = 24 steps (main.py
   # --min_steps_per_epoch): 25 epochs on 300 labeled images train 600 steps, not the 59 whose
   # teacher ended at chance (BN's statistics never settled, issue 34); 4,000 labels: unchanged.
+  # Every preset: fewer labeled images than BATCH train with a batch of that many (fit_data).
   MIN_EPOCH_STEPS=""
   # The data split is SEED's; each model has its own --seed (weights, shuffling, augmentation), so no two
   # replay one augmentation stream: the teacher SEED, student i SEED*10+i (the ablation's students share
@@ -431,6 +433,7 @@ need() {  # need DATASET FLAG...: each --FLAG (variable FLAG in capitals) is set
 }
 
 log() { echo "[$(date +%H:%M:%S)] run_iterations ($PRESET): $*" >&2; }
+say() { if [ -n "$PLAN" ]; then echo "# $*"; else log "$*"; fi; }  # a first line (--plan: a comment)
 # done_or_run DONE_FILE NAME CMD...: run CMD unless DONE_FILE exists (stages rename outputs into
 # place). The command is recorded in DONE_FILE.command: a finished stage that another command made
 # (other flags, preset or data) is refused, never silently reused.
@@ -503,7 +506,6 @@ quote() {  # quote ARG...: the args as one shell-safe line (plain words unquoted
 }
 
 prepare_data() {  # DATA_FLAGS: what every main.py is told about the data; UNLABELED: its shards
-  DATA="$WORKDIR/data"
   case "$DATASET" in
     fashion_mnist)
       done_or_run "$DATA/prepared.json" "prepare Fashion-MNIST" \
@@ -524,15 +526,60 @@ prepare_data() {  # DATA_FLAGS: what every main.py is told about the data; UNLAB
   esac
 }
 
-model_size() {  # NET for image folders, by the data (unless --teacher_model names the model)
-  # The rule: small-image data (up to 64 px: Fashion-MNIST, a folder prepare_data.py converts as `small`)
-  # gets B0 at width/depth 0.25 (131k parameters at 1 channel; 1,717 img/s at 32 px on 2 cores
-  # against 188 for the 4.0M full width, bench/train_throughput.md): a few hundred to a few
-  # thousand labels train in minutes on a CPU. Larger images get B0 itself (4.0M, at 224 px).
-  [ "$DATASET" = folder ] && [ -z "${TEACHER_MODEL:-}" ] && [ "$TEACHER_NAME" = efficientnet-b0 ] ||
-    return 0
-  [ "$($PY -c 'import json, sys; print(json.load(open(sys.argv[1]))["input_kind"])' \
-       "$DATA/dataset.json")" != small ] || NET+=(--width_coefficient=0.25 --depth_coefficient=0.25)
+# fit_data: the rules for own data, from the converted data or (--plan: not converted yet) the
+# labeled folder, for the first lines (steps_plan). NUM_LABELED: the labeled images.
+# - Model size: small-image folders (up to 64 px: prepare_data.py converts them as `small`; before
+#   that, the first readable image's short side) get B0 at width/depth 0.25 (131k parameters at 1
+#   channel; 1,717 img/s at 32 px on 2 cores against 188 for the 4.0M full width,
+#   bench/train_throughput.md): a few hundred to a few thousand labels train in minutes on a CPU.
+#   Larger images get B0 itself (4.0M, at 224 px). (Not with --teacher_model or another preset net.)
+# - Batch: a labeled set smaller than the preset's batch trains with a batch of its size (the peak
+#   lr scales with it, per 256); --train_batch_size (or in --train_flags) wins. Unchanged: the
+#   Fashion-MNIST presets (4,000 labels) and the records (main.py counts them).
+fit_data() {
+  local kind="" facts
+  NUM_LABELED=""
+  if [ -e "$DATA/prepared.json" ]; then
+    NUM_LABELED=$($PY -c 'import json, sys; print(json.load(open(sys.argv[1]))["counts"]["labeled"])' \
+                  "$DATA/prepared.json")
+    [ "$DATASET" != folder ] ||
+      kind=$($PY -c 'import json, sys; print(json.load(open(sys.argv[1]))["input_kind"])' "$DATA/dataset.json")
+  elif [ "$DATASET" = folder ]; then
+    facts=$(folder_facts "$LABELED_DIR") || exit 2
+    NUM_LABELED=${facts% *}; kind=imagenet; (( ${facts#* } > 64 )) || kind=small
+  elif [ "$DATASET" = fashion_mnist ]; then NUM_LABELED=4000  # (prepare_data: 400 per class)
+  fi
+  [ "$DATASET" != folder ] || [ -n "${TEACHER_MODEL:-}" ] || [ "$TEACHER_NAME" != efficientnet-b0 ] ||
+    [ "$kind" != small ] || NET+=(--width_coefficient=0.25 --depth_coefficient=0.25)
+  CUT=""
+  if [ -n "$NUM_LABELED" ] && [ -z "${BATCH_FLAG:-}$(last_flag train_batch_size ${EXTRA[@]+"${EXTRA[@]}"})" ] &&
+     (( NUM_LABELED < BATCH )); then
+    CUT=" (the preset's $BATCH cut to the labeled images)"; BATCH=$NUM_LABELED
+  fi
+}
+folder_facts() {  # folder_facts DIR: "IMAGES SHORT_SIDE": DIR's images (data.list_image_folder's:
+  # in its class sub-folders), the short side of the first that opens (its header only: PIL, fast)
+  $PY - "$1" <<'EOF'
+import os, sys
+from PIL import Image
+top, paths = sys.argv[1], []
+if not os.path.isdir(top):
+    sys.exit(f"error: --labeled_dir={top} is not a directory")
+for name in sorted(os.listdir(top)):
+    for root, dirs, files in os.walk(os.path.join(top, name)) if name[0] != "." else ():
+        dirs[:] = [d for d in dirs if d[0] != "."]
+        paths += [os.path.join(root, f) for f in files if f[0] != "." and
+                  f.lower().endswith((".jpg", ".jpeg", ".png", ".gif", ".bmp"))]
+for path in sorted(paths):
+    try:
+        print(len(paths), min(Image.open(path).size))
+        break
+    except OSError:
+        pass
+else:
+    sys.exit(f"error: --labeled_dir={top} holds no readable image (JPEG, PNG, GIF or BMP) in a "
+             "class sub-folder")
+EOF
 }
 
 last_flag() {  # last_flag NAME ARGS...: the value of the last --NAME=VALUE in ARGS (absl's rule)
@@ -552,13 +599,11 @@ steps_plan() {  # the run's first lines: the net, each model's steps; IMAGES: th
   local i batch ratio steps line="" extra=(${MIN_EPOCH_STEPS:+--min_steps_per_epoch=$MIN_EPOCH_STEPS}
                                            ${EXTRA[@]+"${EXTRA[@]}"})
   IMAGES=0
-  NUM_LABELED=$($PY -c 'import json, sys
-print(json.load(open(sys.argv[1]))["counts"]["labeled"])' "$DATA/prepared.json" 2>/dev/null) || {
-    log "steps: counted by main.py (no $DATA/prepared.json)"; return 0; }
+  [ -n "$NUM_LABELED" ] || { say "steps: counted by main.py (records: not counted here)"; return 0; }
   model_settings 0 "$TEACHER_NAME"
   steps=$(steps_of ${STEPS[@]+"${STEPS[@]}"} --train_epochs="${EP:-0}" "${SCHED[@]}" "${extra[@]}")
   batch=$(last_flag train_batch_size "${SCHED[@]}" "${extra[@]}")
-  log "model: ${NET[*]}; $NUM_LABELED labeled images, batch $batch: $(( (NUM_LABELED + batch - 1) / batch ))" \
+  say "model: ${NET[*]}; $NUM_LABELED labeled images, batch $batch$CUT: $(( (NUM_LABELED + batch - 1) / batch ))" \
       "steps per epoch${MIN_EPOCH_STEPS:+ (at least $MIN_EPOCH_STEPS, --min_steps_per_epoch)}"
   line="teacher $steps"; IMAGES=$(( steps * batch ))
   for (( i = 1; i <= ITERATIONS; i++ )); do
@@ -569,7 +614,7 @@ print(json.load(open(sys.argv[1]))["counts"]["labeled"])' "$DATA/prepared.json" 
       print (x == int(x)) ? x : int(x) + 1 }') unlabeled images a step)"
     IMAGES=$(awk -v t="$IMAGES" -v s="$steps" -v b="$batch" -v r="$ratio" 'BEGIN { print t + s * b * (1 + r) }')
   done
-  log "steps: $line"
+  say "steps: $line"
 }
 speed() {  # speed IMAGES: passes the teacher's log through; at its step 10, the run's time
   # estimated from its steps 6-10 (past tf.function's tracing): students at the teacher's speed

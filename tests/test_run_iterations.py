@@ -3,7 +3,8 @@ pipeline (teacher, three label/filter/student iterations, report) on real Fashio
 rerun that skips every finished stage; the driver on generated image folders (with --jobs=2
 labeling, byte-identical to one job) and on ImageNet-schema JPEG records in the paper preset's
 shape (a checkpoint teacher, B1 students, the last fine-tuned, the Table 6 ablation; slow); the
---plan of the paper's and the reference's SVHN runs against their values (fast)."""
+--plan of the paper's and the reference's SVHN runs against their values, and of own image folders
+(the model and batch their images get; fast)."""
 import json
 import os
 import shlex
@@ -412,25 +413,74 @@ def own_folders(tmp_path, per_class, size, channels, num_classes, signal=True, t
             f"--test_dir={tmp_path}/test", "--dataset=folder")
 
 
+def test_plan_on_own_folders_states_the_model_and_batch_of_the_images(tmp_path):
+    """--plan reads the labeled folder before any conversion (its images counted, one opened):
+    B0 at width/depth 0.25 up to 64 px, else B0; a labeled set smaller than the preset's batch
+    trains with a batch of its size, unless --train_batch_size is given; both in the first lines
+    and the commands. Unchanged: the benchmark's 300 and 1,000 labels (bench/own_small_data.md)
+    and the Fashion-MNIST presets (4,000 labels). No readable image: one line."""
+    def first_lines_and_models(*flags):
+        out, stages = plan(tmp_path, *flags)
+        said = dict(line[2:].split(": ", 1) for line in out.splitlines()
+                    if line.startswith(("# model: ", "# steps: ")))
+        return said, [s[4] for s in stages if s[3] == "main.py"]
+
+    b0 = "--model_name=efficientnet-b0"
+    quarter = f"{b0} --width_coefficient=0.25 --depth_coefficient=0.25"
+    folders = {size: own_folders(tmp_path / f"own{size}", per_class, size, channels, num_classes)
+               for size, channels, per_class, num_classes in [(28, 1, 5, 4), (96, 3, 4, 3)]}
+    for size, n, net in [(28, 20, quarter), (96, 12, b0)]:
+        said, models = first_lines_and_models("--num_images_per_class=5", *folders[size])
+        assert said["model"] == (f"{net}; {n} labeled images, batch {n} (the preset's 128 cut to "
+                                 "the labeled images): 1 steps per epoch (at least 24, "
+                                 "--min_steps_per_epoch)")
+        assert said["steps"] == (f"teacher 600, student 1 720 (+ {n} unlabeled images a step), "
+                                 f"student 2 720 (+ {2 * n} unlabeled images a step), student 3 "
+                                 f"960 (+ {3 * n} unlabeled images a step)")
+        assert [(m["train_batch_size"], m.get("width_coefficient")) for m in models] == [
+            (str(n), "0.25" if size <= 64 else None)] * 4
+    _, models = first_lines_and_models("--num_images_per_class=5", "--train_batch_size=64",
+                                       *folders[28])
+    assert {m["train_batch_size"] for m in models} == {"64"}          # the flag wins
+    for per_class in (30, 100):   # bench/own_small_data.md's 30 and 100 labels per class
+        said, models = first_lines_and_models("--num_images_per_class=5", *own_folders(
+            tmp_path / f"fm{per_class}", per_class, 28, 1, 10))
+        assert said["model"].startswith(f"{quarter}; {per_class * 10} labeled images, batch 128: ")
+        assert {m["train_batch_size"] for m in models} == {"128"}
+    for preset, batch in (("smoke", 32), ("quick", 128), ("full", 128)):
+        said, models = first_lines_and_models(f"--preset={preset}")
+        assert said["model"].startswith(f"{quarter}; 4000 labeled images, batch {batch}: ")
+        assert {m["train_batch_size"] for m in models} == {str(batch)}
+    (tmp_path / "junk" / "cat").mkdir(parents=True)
+    (tmp_path / "junk" / "cat" / "a.png").write_bytes(b"not a png")
+    proc = subprocess.run(["bash", "run_iterations.sh", "--plan", "--num_images_per_class=5",
+                           *folders[28][1:], f"--labeled_dir={tmp_path}/junk"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", (
+        f"error: --labeled_dir={tmp_path}/junk holds no readable image (JPEG, PNG, GIF or BMP) "
+        "in a class sub-folder\n"))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("size,channels,num_classes,per_class", [(28, 1, 4, 5), (64, 3, 3, 4)])
 def test_own_small_data_trains_a_teacher_far_above_chance(tmp_path, size, channels, num_classes,
                                                           per_class):
-    """Issue 34, by default (the quick preset, the three folders): B0 at width/depth 0.25 for small
-    images, 25 epochs of at least 24 steps (600), all stated in the run's first lines with the time
-    its teacher's first steps predict; the teacher ends far above chance. (--teacher_only; batch 8
-    keeps the 600 steps to seconds.)"""
+    """Issue 34, by default (the quick preset, the three folders, no schedule flag): B0 at
+    width/depth 0.25 for small images, a batch of the labeled set (smaller than the preset's 128),
+    25 epochs of at least 24 steps (600), all stated in the run's first lines with the time its
+    teacher's first steps predict; the teacher ends far above chance. (--teacher_only)"""
     workdir = tmp_path / "run"
     proc = run(workdir, "--preset=quick", *own_folders(tmp_path, per_class, size, channels,
-                                                        num_classes),
-               "--teacher_only", "--train_flags=--train_batch_size=8")
+                                                        num_classes), "--teacher_only")
     assert proc.returncode == 0, proc.stderr[-4000:]
     said = {line.split(": ")[1]: line.split(": ", 2)[2] for line in proc.stderr.splitlines()
             if re.match(r"\[[0-9:]+\] run_iterations \(quick\): (model|steps|time): ", line)}
     n = per_class * num_classes
     assert said["model"] == (f"--model_name=efficientnet-b0 --width_coefficient=0.25 "
-                             f"--depth_coefficient=0.25; {n} labeled images, batch 8: "
-                             f"{-(-n // 8)} steps per epoch (at least 24, --min_steps_per_epoch)")
+                             f"--depth_coefficient=0.25; {n} labeled images, batch {n} (the "
+                             f"preset's 128 cut to the labeled images): 1 steps per epoch (at "
+                             f"least 24, --min_steps_per_epoch)")
+    assert json.load(open(workdir / "teacher" / "flags.json"))["train_batch_size"] == n
     assert said["steps"] == "teacher 600"   # 25 epochs of 24 steps
     assert re.fullmatch(r"[0-9,]+ parameters; the teacher's steps 6-10 ran at [0-9]+ img/s: about "
                         r"[0-9]+ min of training and labeling", said["time"]), said
@@ -447,7 +497,7 @@ def test_a_teacher_at_chance_stops_the_driver_before_any_label(tmp_path):
     workdir = tmp_path / "run"
     proc = run(workdir, "--preset=quick", *own_folders(tmp_path, 4, 28, 1, 10, signal=False,
                                                         test_per_class=20),
-               "--train_flags=--train_steps=20 --train_batch_size=8")
+               "--train_flags=--train_steps=20")   # (batch 40: the labeled set)
     error = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 2 and re.fullmatch(
         f"error: the teacher in {workdir}/teacher is too weak to label data: top-1 [0-9.]+% is "
