@@ -535,7 +535,8 @@ prepare_data() {  # DATA_FLAGS: what every main.py is told about the data; UNLAB
 #   Larger images get B0 itself (4.0M, at 224 px). (Not with --teacher_model or another preset net.)
 # - Batch: a labeled set smaller than the preset's batch trains with a batch of its size (the peak
 #   lr scales with it, per 256); --train_batch_size (or in --train_flags) wins. Unchanged: the
-#   Fashion-MNIST presets (4,000 labels) and the records (main.py counts them).
+#   Fashion-MNIST presets (4,000 labels; --num_labeled_per_class=12 or fewer: cut) and the records
+#   (main.py counts them).
 fit_data() {
   local kind="" facts
   NUM_LABELED=""
@@ -547,7 +548,7 @@ fit_data() {
   elif [ "$DATASET" = folder ]; then
     facts=$(folder_facts "$LABELED_DIR") || exit 2
     NUM_LABELED=${facts% *}; kind=imagenet; (( ${facts#* } > 64 )) || kind=small
-  elif [ "$DATASET" = fashion_mnist ]; then NUM_LABELED=4000  # (prepare_data: 400 per class)
+  elif [ "$DATASET" = fashion_mnist ]; then NUM_LABELED=$(( ${LABELED_PER_CLASS:-400} * 10 ))
   fi
   [ "$DATASET" != folder ] || [ -n "${TEACHER_MODEL:-}" ] || [ "$TEACHER_NAME" != efficientnet-b0 ] ||
     [ "$kind" != small ] || NET+=(--width_coefficient=0.25 --depth_coefficient=0.25)

@@ -447,9 +447,11 @@ def test_plan_on_own_folders_states_the_model_and_batch_of_the_images(tmp_path):
             tmp_path / f"fm{per_class}", per_class, 28, 1, 10))
         assert said["model"].startswith(f"{quarter}; {per_class * 10} labeled images, batch 128: ")
         assert {m["train_batch_size"] for m in models} == {"128"}
-    for preset, batch in (("smoke", 32), ("quick", 128), ("full", 128)):
-        said, models = first_lines_and_models(f"--preset={preset}")
-        assert said["model"].startswith(f"{quarter}; 4000 labeled images, batch {batch}: ")
+    for preset, batch, labels in (("smoke", 32, 4000), ("quick", 128, 4000), ("full", 128, 4000),
+                                  ("quick", 128, 400)):   # (400: the claims study's smallest)
+        said, models = first_lines_and_models(f"--preset={preset}",
+                                              f"--num_labeled_per_class={labels // 10}")
+        assert said["model"].startswith(f"{quarter}; {labels} labeled images, batch {batch}: ")
         assert {m["train_batch_size"] for m in models} == {str(batch)}
     (tmp_path / "junk" / "cat").mkdir(parents=True)
     (tmp_path / "junk" / "cat" / "a.png").write_bytes(b"not a png")
