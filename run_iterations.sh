@@ -268,25 +268,17 @@ preset() {  # the schedule, sizes and data of --preset (every knob a variable; f
       # NOTE: students are the teacher's size (the paper's first student is larger, B7 -> L2).
       EPOCHS=75,75,100; RATIOS=1,2,3; MIN_EPOCH_STEPS=24
       UNLABELED_SHARDS=8; PER_CLASS=5000; EVAL_ROBUSTNESS=1; ROBUST_EXAMPLES=1000 ;;
-    # paper: the paper's run (Sec. 3.1 "Iterative training"): an EfficientNet-B7 teacher, then
-    #   L2, L2, L2 students at unlabeled batch 14x, 14x, 28x the labeled batch, on ImageNet (1.28M
-    #   labels) + 300M unlabeled images. It cost the authors 6 days on a 2048-core TPU v3 pod per L2
-    #   at 14x (Sec. 3.1); it prints ImageNet top-1 85.0 (B7) -> 88.4 (Table 2). Cannot run on a CPU:
-    #   --plan prints its jobs. Sources (paper Sec. 3.1 paragraphs; reference = google-research/
-    #   noisystudent, its main.py defaults and local_scripts/imagenet/train.sh):
-    #   - models B7 -> L2 -> L2 -> L2 ("Iterative training"); ratios 14, 14, 28 (same)
-    #   - labeled batch 2048 ("Training details"); peak lr 0.128 at 2048 = 0.016 per 256 (same;
-    #     reference main.py:174), plain staircase x0.97 (no final rate), every 2.4 epochs for 350
-    #     epochs, 4.8 for 700 (same); 350 epochs for models larger than B4, incl. L2, else 700
-    #     (same; reference train.sh: --train_ratio=2 for B0-B4); warm-up 5 epochs (reference main.py:583)
-    #   - L2 trained at 475 px (a smaller resolution, "Training details"; 475: App. A.1 Table 7 and
-    #     the released noisy_student_efficientnet-l2_475 checkpoint of tensorflow/tpu), then
-    #     fine-tuned 1.5 epochs at 800 px (L2's resolution, reference efficientnet_builder.py:44) on
-    #     unaugmented labeled images with shallow layers fixed (main.py --finetune_image_size)
-    #   - noise ("Noise", the same for B7 and L2): stochastic depth survival 0.8 at the last layer
-    #     (drop rate 0.2, linear rule), dropout 0.5, RandAugment N=2, M=27
-    #   - threshold 0.3, K = 130K per class ("Unlabeled dataset")
-    #   - EMA 0.9999, weight decay 1e-5, label smoothing 0.1 (reference main.py:179, 183, 187)
+    # paper: Sec. 3.1's run: a B7 teacher, then L2, L2, L2 students at unlabeled batch 14x, 14x,
+    #   28x, on ImageNet + 300M unlabeled images (6 days on a 2048-core TPU v3 pod per L2); prints
+    #   top-1 85.0 (B7) -> 88.4 (Table 2). --plan prints its jobs. Sources (Sec. 3.1; reference =
+    #   google-research/noisystudent main.py defaults, local_scripts/imagenet/train.sh):
+    #   - batch 2048, peak lr 0.016 per 256 (main.py:174), staircase x0.97 every 2.4 epochs for 350
+    #     epochs (models above B4, L2 too), 4.8 for 700 (B0-B4, train.sh), warm-up 5 (main.py:583)
+    #   - L2 at 475 px (App. A.1 Table 7, tensorflow/tpu's l2_475 checkpoint), then fine-tuned 1.5
+    #     epochs at 800 px (efficientnet_builder.py:44) with shallow layers fixed
+    #   - noise ("Noise"): stochastic depth 0.2 (linear rule), dropout 0.5, RandAugment N=2, M=27;
+    #     threshold 0.3, K = 130K ("Unlabeled dataset"); EMA 0.9999, weight decay 1e-5, label
+    #     smoothing 0.1 (main.py:179, 183, 187)
     # NOTE: the paper filters and balances with an ImageNet B0's confidences ("Unlabeled dataset");
     #   here with the teacher's own (the reference's filter_unlabel.py takes whichever it is given).
     paper)
@@ -298,18 +290,14 @@ preset() {  # the schedule, sizes and data of --preset (every knob a variable; f
              --moving_average_decay=0.9999 --weight_decay=1e-5 --label_smoothing=0.1)
       FINETUNE=(--finetune_epochs=1.5)
       PER_CLASS=130000; THRESHOLD=0.3 ;;
-    # svhn: the reference's SVHN example (google-research/noisystudent local_scripts/svhn/, README:
-    #   teacher 97.9% -> student 98.6 +- 0.1%): B0 -> B0, one iteration, on SVHN records as its
-    #   proc_svhn.py writes them (train: labeled, extra: unlabeled; --dataset=svhn). Sources
-    #   (svhn_offline.sh lines; main.py = the reference's main.py defaults):
-    #   - B0 teacher and student (svhn_offline.sh:22; run.sh:37), 32 px small-image model
-    #     (main.py:680-682); labeled batch 128 (:27); unlabeled ratio 5 (:30); soft labels, T=1
-    #     (:31); RandAugment (:32) M=5 (:33), N=2 (main.py:259); final lr 0.0002 per 256 (:34)
-    #     from 0.016 (main.py:174), decay chosen to reach it after the 5 warm-up epochs (main.py:
-    #     569-583); weight decay 1e-4 (:35); 109,474 steps (main.py:76) counted on 69,257 images
-    #     (task_info.py:39, 73,257 - 4,000), ~202 epochs; EMA 0.9999, label smoothing 0.1
-    #     (main.py:179, 187); dropout 0.2, stochastic depth 0.2 (efficientnet_builder.py:36, 126)
-    #   - threshold 0.3, K = 53,113 per class (svhn/filter_unlabel.sh:36, 39)
+    # svhn: the reference's SVHN example (local_scripts/svhn/, README: teacher 97.9% -> student
+    #   98.6 +- 0.1%): B0 -> B0, one iteration, on proc_svhn.py's records (extra: unlabeled).
+    #   Sources (svhn_offline.sh lines; main.py = the reference's): 32 px small-image B0 (:22;
+    #   main.py:680-682), batch 128 (:27), ratio 5 (:30), soft labels (:31), RandAugment M=5 (:33),
+    #   N=2 (main.py:259), lr 0.016 (main.py:174) decayed to 0.0002 per 256 after 5 warm-up epochs
+    #   (:34; main.py:569-583), weight decay 1e-4 (:35), 109,474 steps on 69,257 images (main.py:76,
+    #   task_info.py:39), EMA 0.9999, smoothing 0.1, dropout and SD 0.2; threshold 0.3, K = 53,113
+    #   (svhn/filter_unlabel.sh:36, 39)
     # NOTE: the reference ships its teacher (prepro.sh:24; use --teacher_checkpoint); without it
     #   the teacher is trained with the student's schedule (the reference's is not published).
     svhn)
@@ -364,15 +352,15 @@ field() { echo "$1" | cut -d, -f"$2"; }  # field LIST I: the I-th of a comma-sep
 
 check_flags() {  # every flag checked before any work: one line naming the bad one
   RATIOS=${RATIOS_FLAG:-$RATIOS}; STUDENT_WIDTHS=${WIDTHS_FLAG:-$WIDTHS}; STUDENT_DEPTHS=${DEPTHS_FLAG:-$DEPTHS}
-  [[ "$RATIOS" =~ ^[0-9.]+,[0-9.]+,[0-9.]+$ ]] || {
-    echo "error: --unlabel_ratios=$RATIOS must be three numbers, one per iteration (e.g. 1,2,3)" >&2; exit 2; }
+  [[ "$RATIOS" =~ ^[0-9.]+,[0-9.]+,[0-9.]+$ ]] ||
+    fail "--unlabel_ratios=$RATIOS must be three numbers, one per iteration (e.g. 1,2,3)"
   EPOCHS=${STUDENT_EPOCHS:-$EPOCHS}
   [[ "$EPOCHS" =~ ^[0-9.]+$ ]] && EPOCHS=$EPOCHS,$EPOCHS,$EPOCHS   # one number: every student
   # (the paper's rule and fixed --train_steps need no epochs)
   { [ -z "$EPOCHS${STUDENT_EPOCHS:-}" ] && [ -n "$RULE${STEPS[*]}" ]; } ||
-    [[ "$EPOCHS" =~ ^[0-9]+(\.[0-9]+)?(,[0-9]+(\.[0-9]+)?){2}$ ]] || {
-    echo "error: --student_epochs=${STUDENT_EPOCHS:-$EPOCHS} must be one number of epochs or three," \
-         "one per iteration (e.g. 50 or 50,50,75)" >&2; exit 2; }
+    [[ "$EPOCHS" =~ ^[0-9]+(\.[0-9]+)?(,[0-9]+(\.[0-9]+)?){2}$ ]] ||
+    fail "--student_epochs=${STUDENT_EPOCHS:-$EPOCHS} must be one number of epochs or three, one" \
+         "per iteration (e.g. 50 or 50,50,75)"
   BATCH=${BATCH_FLAG:-$BATCH}; LR=${LR_FLAG:-$LR}; FINAL_LR=${FINAL_LR_FLAG:-$FINAL_LR}
   MAG=${MAG_FLAG:-$MAG}; IMAGE_SIZES=${IMAGE_SIZES_FLAG:-$IMAGE_SIZES}
   FINETUNE_SIZES=${FINETUNE_SIZES_FLAG:-$FINETUNE_SIZES}
@@ -420,9 +408,8 @@ check_flags() {  # every flag checked before any work: one line naming the bad o
   read -ra EXTRA <<< "$TRAIN_FLAGS"
   local size
   for size in "widths=$STUDENT_WIDTHS" "depths=$STUDENT_DEPTHS"; do
-    [ "${size#*=}" = "" ] || [[ "${size#*=}" =~ ^[0-9.]+,[0-9.]+,[0-9.]+$ ]] || {
-      echo "error: --student_$size must be three multipliers, one per iteration (e.g. 0.3,0.35,0.4)" >&2
-      exit 2; }
+    [ "${size#*=}" = "" ] || [[ "${size#*=}" =~ ^[0-9.]+,[0-9.]+,[0-9.]+$ ]] ||
+      fail "--student_$size must be three multipliers, one per iteration (e.g. 0.3,0.35,0.4)"
   done
 }
 
