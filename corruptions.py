@@ -320,11 +320,9 @@ def _add_snow(x, layer, mix):
 
 
 def _frost_texture(h, w, channels, rng):
-    # NOTE: ImageNet-C's frost blends a random crop of one of six photos of frosted windows that the
-    # package ships (frost1.png ... frost6.jpg); they are not available here, so frost is this
-    # documented procedural substitute: a rough plasma cloud plus ice needles (sparse seeds smeared
-    # in three random directions), mean ~0.5, tinted pale blue. Same blend x*c0 + frost*c1 and
-    # severity constants as the benchmark, but its errors are NOT comparable to released frost.
+    # NOTE: ImageNet-C's frost blends crops of six photos (frost1.png ...) not available here; this
+    # procedural substitute (plasma cloud plus ice needles, mean ~0.5, pale blue) uses the same
+    # blend and constants, but its errors are NOT comparable to released frost.
     cloud = _plasma(h, w, 1.6, rng)
     seeds = (rng.random((h, w, 1)) < 0.04).astype(np.float32)
     length = max(2.0, 0.15 * min(h, w))

@@ -71,14 +71,11 @@ DEPTH_DIVISOR = 8
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
-# --precision=bfloat16 (common.set_precision: Keras' mixed_bfloat16, float32 variables): the
-# layer kinds computed in float32 nevertheless. Kinds: stem (3x3 conv), conv1x1 (expand,
-# project, head), depthwise, bn, activation, se (squeeze-excitation), other (stochastic depth,
-# residual add, pooling, dropout). The input normalisation and the classifier (float32 logits)
-# are float32 under any policy.
-# NOTE: bfloat16 only in the 1x1 convolutions (matrix products: oneDNN's AVX512-BF16 kernels)
-# was the fastest split on an AVX512-BF16 CPU without AMX; TF's bf16 depthwise-conv gradients
-# ran ~5x slower than float32, its bf16 BN gradient and sigmoid slower too (bench/bf16_step.md).
+# --precision=bfloat16 (Keras' mixed_bfloat16, float32 variables): the layer kinds computed in
+# float32 nevertheless (conv1x1: expand, project, head; other: stochastic depth, add, pooling,
+# dropout); the input normalisation and the logits are float32 under any policy.
+# NOTE: bf16 only in the 1x1 convolutions was the fastest split on an AVX512-BF16 CPU without AMX
+# (TF's bf16 depthwise-conv gradients ran ~5x slower than float32; bench/bf16_step.md).
 LAYER_KINDS = ("stem", "conv1x1", "depthwise", "bn", "activation", "se", "other")
 FLOAT32_KINDS = frozenset(LAYER_KINDS) - {"conv1x1"}
 
@@ -433,9 +430,8 @@ def build_model(model_name="efficientnet-b0", num_classes=1000, image_size=None,
     mean, std = _normalisation_constants(num_channels, mean, std)
 
     inputs = keras.Input((image_size, image_size, num_channels), dtype="float32", name="images")
-    # TF 'same' padding also for stride 2, as the reference (keras.applications pads symmetrically
-    # and uses 'valid'); parameter counts are the same.
-    # Under --precision=bfloat16 the normalised images and the logits stay float32.
+    # TF 'same' padding also for stride 2, as the reference (keras.applications: 'valid' after a
+    # symmetric pad); under --precision=bfloat16 the normalised images and the logits stay float32.
     x = Normalize(mean, std, name="normalize", dtype="float32")(inputs)
     x = _conv(round_filters(32, width), 3, strides=2, name="stem_conv", kind="stem")(x)
     x = _bn("stem_bn")(x)

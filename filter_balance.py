@@ -116,10 +116,9 @@ def eligible_bucket(prob, min_threshold, bins):
 
 def class_plan(hist_c, k, min_threshold, bins):
     """Threshold and tie-break of one class from its eligible-confidence histogram."""
-    # NOTE: the reference keeps the whole 0.01 bucket at its threshold (a class can end above K)
-    # and thins/duplicates by unseeded stochastic rounding of K / count (sum of copies ~ K). Here
-    # the count is exact: a 1e-4 grid, then a seeded exact choice of the tied records (top_k) or
-    # of the records that get one extra copy (duplicate), so every non-empty class sums to K.
+    # NOTE: the reference keeps the whole 0.01 bucket at its threshold and thins/duplicates by
+    # unseeded stochastic rounding (sum of copies ~ K); here a 1e-4 grid and a seeded exact choice
+    # of the tied (top_k) or extra-copy (duplicate) records: every non-empty class sums to K.
     eligible = int(hist_c.sum())
     if eligible >= k:  # over-full: everything above bucket b*, plus `picks` of the tied bucket b*
         b_star = bins - int(np.argmax(np.cumsum(hist_c[::-1]) >= k))
@@ -503,10 +502,9 @@ def write_shard(path, output_path, summary, plan, materialize_duplicates=False):
     kept, unique = np.zeros(num_classes, np.int64), np.zeros(num_classes, np.int64)
     rounds, written, n_kept = config["copy_rounds"], 0, 0
     progress = common.Progress(f"write {os.path.basename(path)}", unit="records")
-    # NOTE: the reference writes every copy and shuffles 10K-record flushes (a record's copies
-    # end up within ~10K records of each other); here the kept records, in input order, are laid
-    # out in `rounds` copy rounds one after the other (round_copies), each copy written once with
-    # its count (`copies`, repeated by the reader). The reference's sample JPEGs are not written.
+    # NOTE: the reference writes every copy and shuffles 10K-record flushes; here the kept records
+    # lie in `rounds` copy rounds (round_copies), each written once with its count (`copies`, the
+    # reader repeats it). The reference's sample JPEGs are not written.
     with common.atomic_output(output_path) as tmp:
         parts = [tmp] if rounds == 1 else [f"{tmp}.round{r}" for r in range(rounds)]
         writers = [tf.io.TFRecordWriter(part) for part in parts]
