@@ -1,10 +1,9 @@
 """Robustness of trained models: ImageNet-A/C/P style tests and FGSM/PGD attacks (paper Sec. 3.3, 3.4).
 
-Sec. 3.3 evaluates Noisy Student on ImageNet-A (top-1 with the 200-class logit mask), ImageNet-C
-(mean corruption error, mCE, normalised by AlexNet) and ImageNet-P (mean flip rate, mFR); Sec. 3.4
-attacks the model with FGSM (and 10-step PGD) at epsilons in pixel units. The reference code has
-no robustness evaluation; this file follows the benchmarks' definitions (Hendrycks & Dietterich
-2019 for C and P, Hendrycks et al. 2021 for A).
+Sec. 3.3: ImageNet-A (top-1 with the 200-class logit mask), ImageNet-C (mean corruption error,
+mCE, normalised by AlexNet) and ImageNet-P (mean flip rate, mFR); Sec. 3.4: FGSM (and 10-step PGD)
+at epsilons in pixels. The reference has no robustness evaluation; this file follows the
+benchmarks' definitions (Hendrycks & Dietterich 2019 for C and P, Hendrycks et al. 2021 for A).
 
 Suites (--suite, any subset of clean,c,p,a,fgsm,pgd):
 - clean: top-1 on --eval_data_dir (default <data_dir>/test).
@@ -32,9 +31,8 @@ Cost per image and model on 2 CPU cores: C ~96 forward passes (+22 ms to generat
 shared by the models), P ~300 passes, FGSM + PGD ~55 gradient passes; the command above takes
 roughly 10-15 minutes for four B0 (width/depth 0.5) models at 32 px.
 
-Writes robustness.json into every model dir (merged with the suites of earlier runs; every setting
-used is recorded), and robustness.md plus robustness_c.png, robustness_p.png, robustness_adv.png
-into --output_dir (default: the first model dir).
+Writes robustness.json into every model dir (merged with earlier runs' suites; every setting
+recorded), robustness.md and robustness_{c,p,adv}.png into --output_dir (default: the first).
 """
 import dataclasses
 import json

@@ -14,20 +14,17 @@ record count disagrees with that summary is one error naming it):
   python filter_balance.py all --input_pattern=LABELS_DIR --work_dir=WORK --output_dir=OUT \\
       --num_images_per_class=K [--min_threshold=0.3] [--seed=0] [--materialize_duplicates]
 
-On a cluster, the four stages of `all`; every per-shard stage is an independent job:
+On a cluster, `all`'s four stages: stats (per-class confidence histograms) and write (the kept
+records -> OUT/<input basename>), one job per group of shards; merge (thresholds and the exact
+per-shard picks -> WORK/summary.json, class_balance.png, plan/<shard>.json) and report (checks
+the written counts against the plan, then publishes OUT/summary.json and class_balance.png):
 
-  # 1. per-class confidence histograms, one job per group of label_data.py output shards
-  python filter_balance.py stats --input_pattern=LABELS_DIR --work_dir=WORK \\
-      --num_shards=N --shard_id=I [--min_threshold=0.3]
-  # 2. one small job: per-class thresholds and the exact per-shard picks -> WORK/summary.json,
-  #    WORK/class_balance.png, WORK/plan/<shard>.json
+  python filter_balance.py stats --input_pattern=LABELS_DIR --work_dir=WORK --num_shards=N \\
+      --shard_id=I [--min_threshold=0.3]
   python filter_balance.py merge --input_pattern=LABELS_DIR --work_dir=WORK \\
       --num_images_per_class=K [--min_threshold=0.3] [--seed=0]
-  # 3. keep the selected records, one job per group of shards -> OUT/<same basename as the input>
   python filter_balance.py write --input_pattern=LABELS_DIR --work_dir=WORK --output_dir=OUT \\
       --num_shards=N --shard_id=I [--seed=0] [--materialize_duplicates]
-  # 4. one small job: checks every shard's written counts against merge's exact plan, then
-  #    publishes OUT/summary.json and OUT/class_balance.png (names shards not written yet)
   python filter_balance.py report --work_dir=WORK --output_dir=OUT
 
 What "the K most confident" means exactly (ties and resolution):

@@ -465,11 +465,8 @@ class TF1RMSprop(keras.optimizers.RMSprop):
 
 def build_optimizer(name, learning_rate):
     """The reference's utils.build_optimizer: 'rmsprop' (what it trains with), 'momentum', 'sgd'.
-
-    NOTE: the reference trains every model with RMSProp; 'momentum' is offered because in short
-    runs on 4,000 labels it fitted the full-width B0 much faster (bench/b0_optimizer_diag.md), and
-    with crop + flip it took that teacher to 87.32% (bench/teacher_recipes/teacher_b0_small_4k_momentum_basic120.md).
-    """
+    NOTE: the reference trains with RMSProp only; 'momentum' fitted the full-width B0 on 4,000
+    labels much faster (bench/b0_optimizer_diag.md; 87.32% with crop + flip: teacher_recipes/)."""
     if name == "rmsprop":
         return TF1RMSprop(learning_rate=learning_rate, rho=0.9, momentum=0.9, epsilon=1e-3)
     if name == "momentum":

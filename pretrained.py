@@ -1,9 +1,8 @@
 """Pretrained teachers: Keras and official EfficientNet checkpoints loaded into our model.
 
-Paper: Sec. 3.1 and 4 train the teachers (EfficientNet-B7, L2) on ImageNet before self-training;
-the authors released those EfficientNet and Noisy Student checkpoints (tensorflow/tpu
-models/official/efficientnet, google-research/noisystudent), and keras.applications ships
-EfficientNet-B0..B7 ImageNet weights. Starting from one skips or shortens step 1 of Algorithm 1.
+Paper: Sec. 3.1 and 4 train the teachers (B7, L2) on ImageNet before self-training; the authors
+released those checkpoints (tensorflow/tpu, google-research/noisystudent) and keras.applications
+ships B0..B7 ImageNet weights. Starting from one skips or shortens step 1 of Algorithm 1.
 
     main.py --init_checkpoint=PATH      (calls pretrained.load(model, PATH, ema_model))
 
