@@ -876,7 +876,6 @@ def run(config):
         r["summary"] = summary(r)
     for m, r in zip(models, merged):
         common.write_json(os.path.join(m.model_dir, RESULTS_FILE), _plain(r))
-    tf.io.gfile.makedirs(output_dir)
     plots = write_plots(names, merged, output_dir)
     report = markdown_report(names, merged) + "".join(f"\n![{p}]({p})\n" for p in plots)
     common.write_file(os.path.join(output_dir, "robustness.md"), report)

@@ -9,8 +9,7 @@
 #   bash run_iterations.sh --preset=smoke          # the whole pipeline on a tiny budget (tests)
 #   bash run_iterations.sh --student_widths=0.25,0.35,0.5 --student_depths=0.25,0.35,0.5  # growing
 #   bash run_iterations.sh --unlabel_ratios=1,2,4  # unlabeled batch per labeled batch, per iteration
-#   bash run_iterations.sh --preset=full --student_epochs=50  # students' epochs over the labeled data
-#   bash run_iterations.sh --preset=full --student_epochs=50,50,75  # ... per iteration
+#   bash run_iterations.sh --preset=full --student_epochs=50  # students' epochs (or 50,50,75)
 #   bash run_iterations.sh --preset=full --ablation --jobs=2  # + Table 6 ablation, soft vs hard labels
 #   bash run_iterations.sh --preset=paper --label_data_dir='train-*' --eval_data_dir='validation-*' \
 #       --unlabel_data_dir='jft-*' --plan  # the paper's run (Sec. 3.1), printed as a cluster's jobs
@@ -60,10 +59,9 @@
 #   --plan) state the net, the batch and each model's steps, then (teacher's step 10) the time.
 #   Robustness (Sec. 3.3-3.4) is evaluated on Fashion-MNIST only.
 #
-# Produces in the workdir: data/{labeled,unlabeled,test}, teacher/, iter{1,2,3}/{labels,filtered,
-# student}/, ablation/ (with --ablation), report.json, report.md and plots (top-1 per iteration,
-# pseudo-label quality, class balance, ablation). Every stage writes to a temporary name and
-# renames when done; rerunning the same command skips finished stages and resumes the unfinished
+# Produces in the workdir: data/, teacher/, iter{1,2,3}/{labels,filtered,student}/, ablation/,
+# report.json, report.md and plots. Every stage writes to a temporary name and renames when done;
+# rerunning the same command skips finished stages and resumes the unfinished
 # one from its last checkpoint.
 set -euo pipefail
 CALLER=$PWD  # relative path flags name files from where the user ran the command (abs_path)
@@ -197,23 +195,19 @@ parse_flags() {
       --finetune_sizes=*) FINETUNE_SIZES_FLAG=${arg#*=} ;;
       --strategy=*|--tpu=*) STRATEGY+=("$arg") ;;
       -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
-      *) echo "error: unknown argument $arg (use --preset=smoke|quick|full|paper|svhn --workdir=DIR --seed=N" \
+      *) fail "unknown argument $arg (use --preset=smoke|quick|full|paper|svhn --workdir=DIR --seed=N" \
               "--student_widths=W1,W2,W3 --student_depths=D1,D2,D3 --unlabel_ratios=R1,R2,R3" \
-              "--student_epochs=N|N1,N2,N3 --ablation; --help for the data, model and job flags)" >&2
-       exit 2 ;;
+              "--student_epochs=N|N1,N2,N3 --ablation; --help for the data, model and job flags)" ;;
     esac
   done
   WORKDIR=${WORKDIR:-runs/$PRESET-seed$SEED}; DATA="$WORKDIR/data"
 }
 
 preset() {  # the schedule, sizes and data of --preset (every knob a variable; flags override)
-  # Presets: one case each, with what it runs, what it should print and its time. Why the
-  # Fashion-MNIST presets' epochs, ratios and sizes are what they are: bench/presets_history.md.
-  # MADE_FOR: the data a preset's schedule was made for (its K applies there only); NET: the
-  # teacher's architecture (students too, unless --student_models/_widths/_depths); STEPS: fixed
-  # steps for every model; TEACHER_EPOCHS, EPOCHS and RATIOS (the unlabeled batch per labeled
-  # batch): the teacher's and the students' of iterations 1-3; BATCH, LR, FINAL_LR, WARMUP, DECAY,
-  # MAG, NOISE: main.py's schedule and noise (empty: main.py's default, left off the command).
+  # One case per preset: what it runs, prints and takes (why: bench/presets_history.md). MADE_FOR:
+  # the data its schedule was made for (its K applies there only); NET: the teacher's (and
+  # students') architecture; STEPS: fixed steps; TEACHER_EPOCHS, EPOCHS, RATIOS (unlabeled batch
+  # per labeled batch): per model; BATCH .. NOISE: main.py's flags (empty: main.py's default).
   ABLATION_STEPS=(); WIDTHS=""; DEPTHS=""; STEPS=(); NOISE=(); FINETUNE=(); MODELS=""; RULE=""; EPOCHS=""
   TEACHER_EPOCHS=""; BATCH=""; LR=""; FINAL_LR=""; WARMUP=""; DECAY=""; MAG=""
   IMAGE_SIZES=""; FINETUNE_SIZES=""; ITERATIONS=3; THRESHOLD=0.3; EVAL_ROBUSTNESS=0
@@ -222,12 +216,11 @@ preset() {  # the schedule, sizes and data of --preset (every knob a variable; f
   # teacher ended at chance (BN's statistics never settled, issue 34); 4,000 labels: unchanged.
   # Every preset: fewer labeled images than BATCH train with a batch of that many (fit_data).
   MIN_EPOCH_STEPS=""
-  # The data split is SEED's; each model has its own --seed (weights, shuffling, augmentation), so no two
-  # replay one augmentation stream: the teacher SEED, student i SEED*10+i (the ablation's students share
-  # student 1's, so they differ from it only in their noise), the supervised baseline SEED*10+4.
+  # The data split is SEED's; each model has its own --seed: the teacher SEED, student i SEED*10+i
+  # (the ablation's students share student 1's), the supervised baseline SEED*10+4.
   case "$PRESET" in
     smoke|quick|full) MADE_FOR=fashion_mnist ;; paper) MADE_FOR=imagenet ;; svhn) MADE_FOR=svhn ;;
-    *) echo "error: --preset=$PRESET is not one of smoke, quick, full, paper, svhn" >&2; exit 2 ;;
+    *) fail "--preset=$PRESET is not one of smoke, quick, full, paper, svhn" ;;
   esac
   DATASET=${DATASET:-$MADE_FOR}
   TEACHER_NAME=efficientnet-b0
@@ -513,17 +506,13 @@ prepare_data() {  # DATA_FLAGS: what every main.py is told about the data; UNLAB
   esac
 }
 
-# fit_data: the rules for own data, from the converted data or (--plan: not converted yet) the
-# labeled folder, for the first lines (steps_plan). NUM_LABELED: the labeled images.
-# - Model size: small-image folders (up to 64 px: prepare_data.py converts them as `small`; before
-#   that, the first readable image's short side) get B0 at width/depth 0.25 (131k parameters at 1
-#   channel; 1,717 img/s at 32 px on 2 cores against 188 for the 4.0M full width,
-#   bench/train_throughput.md): a few hundred to a few thousand labels train in minutes on a CPU.
-#   Larger images get B0 itself (4.0M, at 224 px). (Not with --teacher_model or another preset net.)
-# - Batch: a labeled set smaller than the preset's batch trains with a batch of its size (the peak
-#   lr scales with it, per 256); --train_batch_size (or in --train_flags) wins. Unchanged: the
-#   Fashion-MNIST presets (4,000 labels; --num_labeled_per_class=12 or fewer: cut) and the records
-#   (main.py counts them).
+# fit_data: the rules for own data (NUM_LABELED: the labeled images), from the converted data or
+# (--plan) the labeled folder.
+# - Model size: small-image folders (up to 64 px) get B0 at width/depth 0.25 (131k parameters;
+#   1,717 img/s at 32 px on 2 cores against 188 for the 4.0M full width, bench/train_throughput.md),
+#   larger images B0 itself (not with --teacher_model or another preset net).
+# - Batch: fewer labeled images than the preset's batch train with a batch of that many (the peak lr
+#   scales with it); --train_batch_size wins. Records: main.py counts them.
 fit_data() {
   local kind="" facts
   NUM_LABELED=""
@@ -604,9 +593,8 @@ steps_plan() {  # the run's first lines: the net, each model's steps; IMAGES: th
   done
   say "steps: $line"
 }
-speed() {  # speed IMAGES: passes the teacher's log through; at its step 10, the run's time
-  # estimated from its steps 6-10 (past tf.function's tracing): students at the teacher's speed
-  # per image (the same size), labeling (a forward pass) at ~3x. Rough: +-30%, more when busy.
+speed() {  # speed IMAGES: passes the teacher's log through; at its step 10, the run's time from
+  # its steps 6-10: students at its speed per image, labeling at ~3x (+-30%, more when busy).
   local line ips said="" params=0
   [ "$1" != 0 ] || said=1   # nothing counted (no prepared.json): nothing to estimate
   while IFS= read -r line; do
@@ -631,9 +619,8 @@ shards_glob() {  # the first N of Fashion-MNIST's 8 unlabeled shards (presets, -
   esac
 }
 
-# --deterministic: a killed and resumed model ends bit-identical to an uninterrupted one (on the
-# same CPU type; other instruction sets round differently: README), at no
-# measurable cost (bench/determinism.md); --train_flags=--nodeterministic turns it off.
+# --deterministic: a killed and resumed model ends bit-identical to an uninterrupted one (on one CPU
+# type), at no measurable cost (bench/determinism.md); --train_flags=--nodeterministic: off.
 train() {  # train MODEL_DIR SEED extra-flags...: train and evaluate one model (resumes by itself)
   local model_dir=$1 seed=$2 net=() a; shift 2
   for a in "${NET[@]}"; do  # a student grown by name: its --model_name only
@@ -662,9 +649,8 @@ teacher_from_checkpoint() {  # --teacher_checkpoint: the teacher's model dir, ev
     --base_learning_rate="$lr" --lr_warmup_epochs=0 --final_base_learning_rate=0 \
     ${TEACHER_SIZE[@]+"${TEACHER_SIZE[@]}"} --init_checkpoint="$TEACHER_CHECKPOINT"
 }
-# --jobs=N: independent jobs run N at a time, each on all cores (two of the presets' nets at once:
-# 1.03-1.22x one's speed on a 2-core Zen 3, bench/parallel_jobs.md). Each model's numbers are the
-# same as alone (op determinism: the threads' schedule does not change them).
+# --jobs=N: independent jobs N at a time, each on all cores (1.03-1.22x one's speed on a 2-core Zen
+# 3, bench/parallel_jobs.md), each model's numbers the same as alone (op determinism).
 kill_jobs() { local p; for p in ${PIDS[@]+"${PIDS[@]}"}; do pkill -P "$p"; kill "$p"; done 2>/dev/null; }
 start() {  # start NAME CMD...: CMD as one of at most $JOBS jobs, its lines prefixed [NAME]
   local name=$1; shift
@@ -696,16 +682,14 @@ print(max(1, n // json.load(open(sys.argv[2] + "/model.json"))["num_classes"]))'
 }
 
 ablation() {  # --ablation, beside student 1 (they share its teacher and pseudo-labels)
-  # Paper Table 6 and soft vs hard (Sec. 2): one iteration, a student the size of the teacher,
-  # the iteration-0 teacher; NoisyStudent itself is iter1/student. Noise is removed for the
-  # unlabeled images only. The noised teacher labels on the fly (the student's augmented view,
-  # dropout and SD on); on_the_fly is its unnoised control (also unfiltered, unbalanced).
+  # Paper Table 6 and soft vs hard (Sec. 2) beside iter1/student, noise removed for the unlabeled
+  # images only; the noised teacher labels the student's augmented view on the fly (dropout and SD
+  # on), on_the_fly is its unnoised control (also unfiltered, unbalanced).
   local s1=$(( SEED * 10 + 1 )) f1="$WORKDIR/iter1/filtered"
   local abl=("${STUDENT[@]}" ${EP:+--train_epochs="$EP"} ${ABLATION_STEPS[@]+"${ABLATION_STEPS[@]}"}
              ${TEACHER_SIZE[@]+"${TEACHER_SIZE[@]}"} --unlabel_ratio="$(field "$RATIOS" 1)"
              --teacher_model_dir="$WORKDIR/teacher")
-  # The on-the-fly teachers read the unlabeled images themselves (Fashion-MNIST and folders: main.py's
-  # default, <data_dir>/unlabeled; records: --unlabel_data_dir).
+  # The on-the-fly teachers read the unlabeled images (records: --unlabel_data_dir).
   local source=(); case "$DATASET" in imagenet|svhn) source=(--unlabel_source_dir="$UNLABELED") ;; esac
   one() { start "ablation/$1" train "$WORKDIR/ablation/$1" "$s1" "${abl[@]}" "${@:2}"; }
   one no_aug --unlabel_data_dir="$f1" --unlabeled_noise=no_aug
