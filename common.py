@@ -317,10 +317,9 @@ def check_strategy(name, tpu=""):
 
 
 def make_strategy(name, tpu="", one_host=False):
-    """default: this device; mirrored: the local GPUs (or CPU); multi_worker: hosts from
-    TF_CONFIG; tpu: the TPU `tpu` (a name or grpc address; "" = the local TPU VM). Every stage
-    (training, labeling, evaluation) gets its strategy here; UserError if none is reachable.
-    one_host (labeling, evaluation: several hosts run several jobs): multi_worker = mirrored."""
+    """Every stage's strategy: default (this device), mirrored (local GPUs), multi_worker (hosts
+    of TF_CONFIG; one_host: mirrored) or tpu (`tpu`: a name, an address, "" = the local TPU VM);
+    UserError if none is reachable."""
     check_strategy(name, tpu)
     if one_host and name == "multi_worker":
         logging.info("--strategy=multi_worker: this job runs on its own host's devices (mirrored)")

@@ -149,10 +149,7 @@ def _from_pil(img, channels):
 
 def _disk(radius, alias_blur):
     """Defocus kernel: aliased disk smoothed by a 3 (5) tap Gaussian, as ImageNet-C's disk()."""
-    if radius <= 8:
-        r, taps = 8, 1
-    else:
-        r, taps = int(np.ceil(radius)), 2
+    r, taps = (8, 1) if radius <= 8 else (int(np.ceil(radius)), 2)
     xs = np.arange(-r, r + 1)
     xx, yy = np.meshgrid(xs, xs)
     kernel = ((xx ** 2 + yy ** 2) <= radius ** 2).astype(np.float32)
@@ -566,7 +563,6 @@ def perturbation_sequence(image, name, rng, scale):
     # ImageNet-P instead warps the 256 px image and centre-crops 224, so it has no empty borders.
     p, k = P_CONSTANTS[scale.kind][name], scale.factor
     x = image.astype(np.float32) / 255.0
-    frames = []
     if name == "gaussian_noise":
         frames = [x] + [gaussian_noise(x, p, rng, k) for _ in range(30)]
     elif name == "shot_noise":

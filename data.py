@@ -288,9 +288,8 @@ def parse_diagnostic_label(serialized):
 
 def check_records(files, keys=("image/encoded",), decode=False, start=0):
     """Reads every record of `files` from record `start` on; returns the count. UserError naming
-    the first bad file and record (index, image/id): broken framing, not a tf.train.Example, a key
-    of `keys` missing or (decode: True for tf.io.decode_image, or a function) an undecodable
-    image."""
+    the first bad file and record: broken framing, not an Example, a key of `keys` missing or
+    (decode: True for tf.io.decode_image, or a function) an undecodable image."""
     spec = {"image/id": _string(), **{k: tf.io.FixedLenFeature(
         [], tf.string if k == "image/encoded" else tf.int64) for k in keys}}
     view = decode if callable(decode) else (

@@ -305,13 +305,10 @@ def _conv(filters, kernel_size, strides=1, name=None, kind="conv1x1"):
 
 
 class FusedBatchNorm(layers.BatchNormalization):
-    """Keras BatchNormalization whose training pass is TF's fused kernel (the reference's BN is
-    the non-fused tf.layers one, same output). Keras 3 computes moments and normalises with
-    separate ops, which costs a large share of a small convnet's step on CPU. Inference, frozen
-    (trainable=False) layers and non-NHWC inputs take the Keras path unchanged.
-    NOTE: the fused kernel updates the moving variance with the unbiased (Bessel-corrected) batch
-    variance; the reference's non-fused BN stores the biased one: a factor n / (n - 1), n = batch
-    x H x W, under 0.05% at our sizes."""
+    """Keras BatchNormalization whose training pass is TF's fused kernel (Keras 3's separate ops
+    cost a large share of a small convnet's CPU step); inference, frozen and non-NHWC: Keras'.
+    NOTE: the fused kernel's moving variance is the unbiased batch variance, the reference's
+    non-fused BN the biased one (a factor n / (n - 1), under 0.05% at our sizes)."""
 
     def call(self, inputs, training=None, mask=None):
         if not (training and self.trainable) or mask is not None or len(inputs.shape) != 4 \
@@ -533,10 +530,8 @@ def last_training_loss(model_dir):
 
 
 def check_teacher_strength(model_dir, allow_weak=False):
-    """Refuses (UserError, one line) a teacher whose pseudo-labels would be noise, before they are
-    made or used: top-1 near chance (below min(2x chance, chance + a tenth of the rest), chance =
-    1 / classes), or an evaluation loss above 4x max(training loss, ln classes), BN statistics
-    that never settled. Judged on model_dir's eval_results.json; none: logged, not checked.
+    """Refuses a teacher whose pseudo-labels would be noise (eval_results.json: top-1 below min(2x
+    chance, chance + a tenth of the rest), or loss above 4x max(training loss, ln classes)).
     NOTE: not in the reference (it labels with any teacher); allow_weak goes on with a warning."""
     results = common.read_json(os.path.join(model_dir, "eval_results.json"), default=None)
     if not results:

@@ -161,10 +161,8 @@ def write_batch(writer, ids, encoded, true_labels, probabilities, float16):
 
 
 def label_file(path, output_path, predict, info, batch_size, float16, skip_bad_images=False):
-    """Labels one input file into `output_path` (atomically); returns its summary dict.
-
-    A writer thread serializes and writes batch i while the teacher runs on batch i + 1.
-    """
+    """Labels one input file into `output_path` (atomically; a writer thread writes batch i while
+    the teacher runs on batch i + 1); returns its summary dict."""
     total = common.count_records([path]) if skip_bad_images else None  # framing intact?
     dataset = data.unlabeled_records_dataset([path], info, info.image_size, batch_size,
                                              skip_bad_images)

@@ -371,19 +371,16 @@ def prepare_folders(output_dir, labeled_dir, unlabeled_dir=None, test_dir=None, 
 # --- Script. -------------------------------------------------------------------------------------
 def define_flags():
     """The script's flags, defined only when it runs (importing it defines none)."""
-    flags.DEFINE_enum("dataset", None, ["fashion_mnist", "folder"],
-                      "What to prepare: fashion_mnist (IDX files -> labeled/unlabeled/test "
-                      "splits) or folder (image folders -> the same splits, with the settings "
+    flags.DEFINE_enum("dataset", None, ["fashion_mnist", "folder"], "What to prepare: "
+                      "fashion_mnist (IDX files) or folder (image folders, with the settings "
                       "measured on the labeled images in dataset.json).")
     flags.DEFINE_string("output_dir", None, "Directory to write; written under a temporary name "
                         "and renamed into place when complete.")
     flags.DEFINE_string("source_dir", None, "fashion_mnist: directory of the four IDX .gz files "
                         f"(default {FASHION_MNIST_DIR}).")
-    flags.DEFINE_integer("num_labeled_per_class", 400, "fashion_mnist: K labeled images per "
+    flags.DEFINE_integer("num_labeled_per_class", 400, "fashion_mnist: labeled images per "
                          "class, chosen with --seed from the 60k train images; the rest become "
-                         "unlabeled. folder: every labeled image is kept. (Balancing the "
-                         "pseudo-labeled data to K images per class is filter_balance.py's "
-                         "--num_images_per_class.)")
+                         "unlabeled. (folder: every labeled image is kept.)")
     flags.DEFINE_integer("seed", 0, "Seed of the labeled subset (fashion_mnist) or of the record "
                          "order across shards (folder).")
     flags.DEFINE_string("labeled_dir", None, "folder: labeled images, one sub-folder per class "
@@ -394,8 +391,7 @@ def define_flags():
                         "--labeled_dir.")
     flags.DEFINE_integer("image_size", 0, "folder: resolution; 0 = the labeled images' median "
                          f"short side if it is <= {SMALL_IMAGE_MAX_SIDE} px (small images), else "
-                         f"{FOLDER_IMAGE_SIZE}. Models named on main.py's command line may use "
-                         "their own resolution for large images.")
+                         f"{FOLDER_IMAGE_SIZE} (main.py's named models may use their own).")
     flags.DEFINE_enum("input_kind", "auto", ["auto"] + list(data.INPUT_KINDS), "folder: "
                       "preprocessing; auto = small (reflect-pad, crop, flip: the paper's "
                       f"CIFAR/SVHN setting) if the median short side is <= {SMALL_IMAGE_MAX_SIDE}"

@@ -125,10 +125,8 @@ def autocontrast(images):
 
 @_batch_op
 def equalize(images):
-    """Per image and channel histogram equalisation with Pillow's lookup table
-    (PIL.ImageOps.equalize): step = (pixels - count of the brightest value) // 255;
-    lut[v] = (step // 2 + #pixels < v) // step, clipped to 255; step 0 (nearly constant
-    channel) leaves the channel as it is."""
+    """Per image and channel, PIL.ImageOps.equalize's lookup table: step = (pixels - count of the
+    brightest value) // 255, lut[v] = (step // 2 + #pixels < v) // step (step 0: unchanged)."""
     channels = images.shape[-1]
     shape = tf.shape(images)
     batch_size, num_pixels = shape[0], shape[1] * shape[2]
@@ -230,10 +228,8 @@ def brightness(images, factor):
 
 @_batch_op
 def sharpness(images, factor):
-    """Blend from a smoothed image (factor 0) to the image (1) and beyond (> 1 sharpens).
-    = PIL.ImageEnhance.Sharpness: Pillow's SMOOTH kernel [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13
-    on the interior; the one-pixel border keeps the original values. The smoothed values are
-    truncated, as in the reference (Pillow rounds them)."""
+    """Blend from a smoothed image (factor 0) to the image (1) and beyond: = PIL's Sharpness
+    (SMOOTH kernel on the interior, border kept), smoothed values truncated as the reference."""
     channels = images.shape[-1]
     kernel = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13.0
     kernel = tf.tile(kernel[:, :, None, None], [1, 1, channels, 1])
