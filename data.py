@@ -286,18 +286,16 @@ def parse_diagnostic_label(serialized):
     return tf.cast(parsed["diagnostic/true_label"], tf.int32)
 
 
-def check_records(files, keys=("image/encoded",), decode=False, start=0):
+def check_records(files, decode=False, start=0):
     """Reads every record of `files` from record `start` on; returns the count. UserError naming
-    the first bad file and record: broken framing, not an Example, a key of `keys` missing or
-    (decode: True for tf.io.decode_image, or a function) an undecodable image."""
-    spec = {"image/id": _string(), **{k: tf.io.FixedLenFeature(
-        [], tf.string if k == "image/encoded" else tf.int64) for k in keys}}
+    the first bad file and record: broken framing, not an Example, no image/encoded or (decode:
+    True for tf.io.decode_image, or a function) an undecodable image."""
+    spec = {"image/id": _string(), "image/encoded": tf.io.FixedLenFeature([], tf.string)}
     view = decode if callable(decode) else (
         lambda encoded: tf.io.decode_image(encoded, expand_animations=False))
     total = 0
     for path in files:
-        count = (_count_if_all_decode(path, spec, view)
-                 if decode and not start and "image/encoded" in spec else None)
+        count = _count_if_all_decode(path, spec, view) if decode and not start else None
         if count is not None:  # the fast parallel pass found nothing: no record-by-record scan
             total += count
             continue
@@ -617,34 +615,22 @@ def stream_key(seed, stream, *more):
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") >> 1
 
 
-def _stream(seed, stream, start_batch, input_context):
-    """(noise key, shuffle key, deterministic) of a training stream, one per input pipeline."""
-    pipeline = input_context.input_pipeline_id if input_context is not None else 0
-    key = stream_key(seed, stream, pipeline)
+def _stream(seed, stream, start_batch):
+    """(noise key, shuffle key, deterministic) of a training stream (0: its one input pipeline)."""
+    key = stream_key(seed, stream, 0)
     return key, stream_key(key, "shuffle", start_batch), seed is not None
 
 
-def _records(files, is_training, key=0, cache=False, shuffle_buffer=1024, input_context=None,
-             deterministic=True):
+def _records(files, is_training, key=0, shuffle_buffer=1024, deterministic=True):
     """Serialized records of `files`; training: shuffled (seeds from `key`), repeated forever."""
-    by_file = (input_context is not None and input_context.num_input_pipelines > 1
-               and len(files) >= input_context.num_input_pipelines)
     ds = tf.data.Dataset.from_tensor_slices(files)
-    if by_file:
-        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    if is_training and not cache:
+    if is_training:
         ds = ds.shuffle(len(files), seed=stream_key(key, "files"),
                         reshuffle_each_iteration=True).repeat()
     ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, buffer_size=8 * 1024 * 1024),
                        cycle_length=min(len(files), 16), block_length=1,
                        num_parallel_calls=tf.data.AUTOTUNE,
                        deterministic=deterministic or not is_training)
-    if input_context is not None and input_context.num_input_pipelines > 1 and not by_file:
-        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    if cache:
-        ds = ds.cache()
-        if is_training:
-            ds = ds.repeat()
     if is_training:
         ds = ds.shuffle(shuffle_buffer, seed=stream_key(key, "records"),
                         reshuffle_each_iteration=True)
@@ -661,15 +647,15 @@ def _noised_batches(ds, batch_size, drop_remainder, key, start_batch, determinis
 
 def labeled_dataset(pattern, info, image_size, batch_size, is_training, augment_name="randaugment",
                     randaug_layer=2, randaug_mag=10, seed=None, stream="labeled", start_batch=0,
-                    drop_remainder=None, cache=False, shuffle_buffer=None, input_context=None):
+                    shuffle_buffer=None):
     """Batches (images float32 [B, S, S, C], labels int32 [B]). is_training: shuffled, repeated,
-    noised (augment_name), drop_remainder by default; else one ordered pass of eval views that
-    keeps the last partial batch and names a label outside [0, num_classes) (training: main.py)."""
+    noised (augment_name), full batches; else one ordered pass of eval views that keeps the last
+    partial batch and names a label outside [0, num_classes) (training: main.py's step does)."""
     _check_augment_name(augment_name)
     files = _files(pattern, "labeled")
-    key, shuffle_key, deterministic = _stream(seed, stream, start_batch, input_context)
-    ds = _records(files, is_training, shuffle_key, cache,
-                  shuffle_buffer or _default_shuffle_buffer(info), input_context, deterministic)
+    key, shuffle_key, deterministic = _stream(seed, stream, start_batch)
+    ds = _records(files, is_training, shuffle_key, shuffle_buffer or _default_shuffle_buffer(info),
+                  deterministic)
 
     def eval_view(serialized):
         record = parse_labeled(serialized, info.label_offset)
@@ -687,25 +673,23 @@ def labeled_dataset(pattern, info, image_size, batch_size, is_training, augment_
         return train_views(record["image"], info, image_size, augment_name, randaug_layer,
                            randaug_mag, batch_seed), record["label"]
 
-    drop = is_training if drop_remainder is None else drop_remainder
     if not is_training:
         ds = ds.map(eval_view, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.batch(batch_size, drop_remainder=drop).prefetch(tf.data.AUTOTUNE)
-    return _noised_batches(ds, batch_size, drop, key, start_batch, deterministic, train_batch)
+        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return _noised_batches(ds, batch_size, True, key, start_batch, deterministic, train_batch)
 
 
 def pseudo_labeled_dataset(pattern, info, image_size, batch_size, num_classes, augment_name,
                            randaug_layer=2, randaug_mag=10, seed=None, stream="unlabeled",
-                           start_batch=0, repeat=True, cache=False, shuffle_buffer=None,
-                           input_context=None):
+                           start_batch=0, repeat=True, shuffle_buffer=None):
     """Batches (images float32 [B, S, S, C], probabilities float32 [B, K]) for the student: each
     record read `copies` times per pass, spread far apart, shuffled and (repeat) repeated."""
     _check_augment_name(augment_name)
     files = _files(pattern, "pseudo-labeled")
     check_pseudo_labeled(files, num_classes)
     buffer = shuffle_buffer or _default_shuffle_buffer(info)
-    key, shuffle_key, deterministic = _stream(seed, stream, start_batch, input_context)
-    ds = _records(files, repeat, shuffle_key, cache, buffer, input_context, deterministic)
+    key, shuffle_key, deterministic = _stream(seed, stream, start_batch)
+    ds = _records(files, repeat, shuffle_key, buffer, deterministic)
     # Parsed a batch at a time (one op per batch, not per record: the records' order is kept),
     # only what training reads; the copies are counted per record below.
     ds = ds.batch(PARSE_BATCH).map(
@@ -735,16 +719,15 @@ def pseudo_labeled_dataset(pattern, info, image_size, batch_size, num_classes, a
 
 def unlabeled_pair_dataset(pattern, info, image_size, batch_size, augment_name, randaug_layer=2,
                            randaug_mag=10, seed=None, stream="unlabeled", start_batch=0,
-                           teacher_image_size=None, cache=False, shuffle_buffer=None,
-                           input_context=None):
+                           teacher_image_size=None, shuffle_buffer=None):
     """Batches (student_images, teacher_images) of the same unlabeled images, forever: training
     views (augment_name) and eval views at teacher_image_size, for the on-the-fly teacher."""
     _check_augment_name(augment_name)
     files = _files(pattern, "unlabeled")
     teacher_size = teacher_image_size or image_size
-    key, shuffle_key, deterministic = _stream(seed, stream, start_batch, input_context)
-    ds = _records(files, True, shuffle_key, cache, shuffle_buffer or _default_shuffle_buffer(info),
-                  input_context, deterministic)
+    key, shuffle_key, deterministic = _stream(seed, stream, start_batch)
+    ds = _records(files, True, shuffle_key, shuffle_buffer or _default_shuffle_buffer(info),
+                  deterministic)
 
     def views(serialized, batch_seed):  # a batch of records
         encoded = parse_unlabeled(serialized)["image"]
