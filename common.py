@@ -346,7 +346,8 @@ def on_replicas(strategy, fn):
     """`fn` (batched tensors in and out) as a host function over a whole batch, run on every
     replica in equal contiguous slices (the last padded with the final example: TPUs need equal
     shapes); the outputs come back as numpy, in order."""
-    step = tf.function(lambda *args: strategy.run(fn, args=args), reduce_retracing=True)
+    step = tf.function(lambda *args: strategy.run(fn, args=args), reduce_retracing=True,
+                       autograph=False)  # (plain TF ops: AutoGraph's conversion is start-up cost)
     replicas = strategy.num_replicas_in_sync
 
     def call(*batch):

@@ -637,10 +637,15 @@ def _records(files, is_training, key=0, shuffle_buffer=1024, deterministic=True)
     return ds
 
 
+# tf.data map functions made of plain TF ops (no tensor-dependent Python control flow) skip
+# AutoGraph's source conversion, a start-up cost of every process that builds a pipeline.
+plain = tf.autograph.experimental.do_not_convert
+
+
 def _noised_batches(ds, batch_size, drop_remainder, key, start_batch, deterministic, views):
     """Batches of `ds` mapped by views(batch, seed) in parallel, batch i with seed (key, i)."""
     ds = ds.batch(batch_size, drop_remainder=drop_remainder).enumerate(start_batch)
-    ds = ds.map(lambda i, batch: views(batch, tf.stack([tf.constant(key, tf.int64), i])),
+    ds = ds.map(plain(lambda i, batch: views(batch, tf.stack([tf.constant(key, tf.int64), i]))),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -657,6 +662,7 @@ def labeled_dataset(pattern, info, image_size, batch_size, is_training, augment_
     ds = _records(files, is_training, shuffle_key, shuffle_buffer or _default_shuffle_buffer(info),
                   deterministic)
 
+    @plain
     def eval_view(serialized):
         record = parse_labeled(serialized, info.label_offset)
         label = record["label"]
@@ -693,8 +699,8 @@ def pseudo_labeled_dataset(pattern, info, image_size, batch_size, num_classes, a
     # Parsed a batch at a time (one op per batch, not per record: the records' order is kept),
     # only what training reads; the copies are counted per record below.
     ds = ds.batch(PARSE_BATCH).map(
-        lambda r: {k: v for k, v in parse_pseudo_labeled(r, num_classes).items()
-                   if k in ("image", "probabilities", "copies")},
+        plain(lambda r: {k: v for k, v in parse_pseudo_labeled(r, num_classes).items()
+                         if k in ("image", "probabilities", "copies")}),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
 
     def copies_of(record):
@@ -755,6 +761,7 @@ def unlabeled_records_dataset(files, info, image_size, batch_size, skip_bad_imag
 
     ds = tf.data.Dataset.from_tensor_slices((files, names)).flat_map(read)
 
+    @plain
     def parse(serialized, fallback_id, index):
         record = parse_unlabeled(serialized, fallback_id)
         return {"image": preprocess_for_eval(record["image"], info, image_size),

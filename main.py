@@ -203,7 +203,7 @@ class Trainer:
                 "accuracy": correct / global_batch_l}
 
     def make_train_step(self, global_batch_l, global_batch_u):
-        @tf.function
+        @tf.function(autograph=False)  # no tensor-dependent Python control flow: no conversion
         def train_step(iterator):
             lr = learning_rate(self.step + self.lr_step_offset, **self.schedule)
             self.optimizer.learning_rate.assign(lr)
@@ -319,7 +319,7 @@ def finetune(config, model_dir, strategy, spec, info, label_files, num_train, ch
 # --- Evaluation. ---------------------------------------------------------------------------------
 def evaluate(strategy, model, dataset, num_classes):
     """Top-1, top-5 and mean cross-entropy of `model` in inference mode over one pass of `dataset`."""
-    @tf.function
+    @tf.function(autograph=False)
     def eval_step(images, labels):
         logits = tf.cast(model(images, training=False), tf.float32)
         labels = tf.cast(labels, tf.int32)
