@@ -32,8 +32,8 @@ def run(workdir, *extra):
                           text=True, timeout=3600)  # (a shared 2-core machine)
 
 
-# One number of epochs per student. (A growing unlabeled batch, growing students and the supervised
-# baseline: the image-folder and ImageNet-records tests below, on tiny nets.)
+# One number of epochs per student. (A growing unlabeled batch: the image-folder test below; growing
+# students and the supervised baseline: the ImageNet-records test, both on tiny nets.)
 SMOKE_FLAGS = ("--student_epochs=7,8,9",)
 
 
@@ -396,6 +396,21 @@ def test_relative_paths_are_the_callers_and_a_checkpoint_prefix_is_accepted(tmp_
     assert os.listdir(tmp_path) == ["ckpt"]
 
 
+def test_a_supervised_baseline_is_planned_on_request_or_for_grown_students(tmp_path):
+    """--supervised_baseline (students of the teacher's size) or grown students add the last
+    student's architecture trained on the labels only, seed SEED*10+4; else there is none.
+    (Trained and reported: the ImageNet-records driver test.)"""
+    def baselines(*flags):
+        _, stages = plan(tmp_path, "--preset=quick", "--seed=2", "--dataset=imagenet", *RECORDS,
+                         "--num_images_per_class=5", *flags)
+        return [(s[4]["model_name"], s[4]["seed"]) for s in stages
+                if s[0] == f"train+eval {tmp_path}/run/supervised_baseline"]
+    assert baselines() == []
+    assert baselines("--supervised_baseline") == [("efficientnet-b0", "24")]
+    assert baselines("--student_models=efficientnet-b0,efficientnet-b1,efficientnet-b2") == [
+        ("efficientnet-b2", "24")]
+
+
 # Tiny steps on any data: --preset=smoke with every model shrunk and shortened.
 # (depth 0.1: one block per stage, so each model builds and traces in seconds)
 TINY = ("--train_flags=--train_steps=8 --train_batch_size=8 --width_coefficient=0.1"
@@ -512,8 +527,8 @@ def test_a_teacher_at_chance_stops_the_driver_before_any_label(tmp_path):
 @pytest.mark.slow
 @pytest.mark.xdist_group("driver folder")
 def test_driver_on_image_folders_with_parallel_labeling(tmp_path):
-    """The driver on image folders, with --jobs=2 labeling and a supervised baseline (--ablation:
-    the ImageNet-records test below)."""
+    """The driver on image folders, with --jobs=2 labeling (--ablation and the supervised
+    baseline: the ImageNet-records test below)."""
     for split, count in (("labeled", 24), ("test", 12)):
         write_images(str(tmp_path / split), count, 32, seed=len(split), classes=True)
     write_images(str(tmp_path / "pile" / "a"), 18, 32, seed=5)   # nested, meaningless folders
@@ -521,7 +536,7 @@ def test_driver_on_image_folders_with_parallel_labeling(tmp_path):
     workdir = tmp_path / "run"
     proc = run(workdir, "--dataset=folder", f"--labeled_dir={tmp_path}/labeled",
                f"--unlabeled_dir={tmp_path}/pile", f"--test_dir={tmp_path}/test", "--jobs=2",
-               "--supervised_baseline", "--student_epochs=7,8,9",
+               "--student_epochs=7,8,9",
                "--unlabel_ratios=1,2,1", "--allow_weak_teacher", TINY)
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.load(open(workdir / "report.json"))
@@ -532,8 +547,6 @@ def test_driver_on_image_folders_with_parallel_labeling(tmp_path):
     # --unlabel_ratios: one per iteration, recorded in the report (the teacher has none).
     assert [m["unlabel_ratio"] for m in report["models"]] == [None, 1, 2, 1]
     assert "| student 2 | efficientnet-b0 w0.1 d0.1 @32 | 2 |" in open(workdir / "report.md").read()
-    assert report["supervised_baseline"]["global_step"] == 8
-    assert json.load(open(workdir / "supervised_baseline/flags.json"))["seed"] == 4  # SEED*10+4
     for it in report["iterations"]:
         assert it["labels"]["images"] == 30   # every unlabeled image, K = 30 / 3 classes
         assert set(it["filtered"]["per_class"]) <= {0, 10}
@@ -608,8 +621,13 @@ def test_driver_paper_shape_on_imagenet_records(tmp_path):
         assert set(it["filtered"]["per_class"]) <= {0, 4} and it["filtered"]["images"] >= 4
     flags = {d: json.load(open(workdir / d / "flags.json"))
              for d in ("teacher", "iter3/student", "ablation/no_aug", "ablation/on_the_fly",
-                       "ablation/noised_teacher")}
+                       "ablation/noised_teacher", "supervised_baseline")}
     assert flags["teacher"]["init_checkpoint"] == prefix
+    # Grown students: the supervised baseline, student 3's architecture on the labels only
+    # (test_a_supervised_baseline_is_planned_on_request_or_for_grown_students: its flag).
+    assert report["supervised_baseline"]["global_step"] == 4
+    assert flags["supervised_baseline"]["seed"] == 4 and flags["supervised_baseline"][
+        "model_name"] == "efficientnet-b1"   # SEED*10+4
     # The paper's schedule for a model smaller than B5 (decay every 4.8 epochs), steps shrunk.
     assert (flags["iter3/student"]["lr_decay_epochs"], flags["iter3/student"]["randaug_mag"],
             flags["iter3/student"]["final_base_learning_rate"]) == (4.8, 27, 0)
