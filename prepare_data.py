@@ -10,16 +10,13 @@ it runs once per data set; a rerun with the same arguments does nothing.
          DIR/prepared.json  arguments and counts (written last)
   python prepare_data.py --dataset=folder --labeled_dir=L --unlabeled_dir=U --test_dir=T \
       --output_dir=DIR [--skip_bad_images]
-      -> DIR/labeled/    one record per image of L/<class>/..., labels 0..K-1 in sorted
-                         class folder order (at least 2 classes), image bytes unchanged; every
-                         image is decoded first: one that does not stops the conversion naming
-                         the file, or (--skip_bad_images) is left out, logged and counted in
-                         prepared.json's "skipped_bad_images"
+      -> DIR/labeled/    one record per image of L/<class>/..., labels 0..K-1 in sorted class
+                         folder order, image bytes unchanged; an image that does not decode
+                         stops the conversion naming it (--skip_bad_images: left out, counted)
          DIR/unlabeled/  every image under U (a flat or nested pile; no labels)
          DIR/test/       T/<class>/... with the labeled classes' labels
-         DIR/class_names.json, DIR/dataset.json (settings measured on the labeled images:
-         resolution, channels, small-image or ImageNet preprocessing, flips, mean/std; every
-         stage reads them through data.dataset_info("folder", data_dir=...)), DIR/prepared.json
+         DIR/class_names.json, DIR/dataset.json (settings measured on the labeled images, read
+         by data.dataset_info("folder", data_dir=...)), DIR/prepared.json
 
 The output directory is written under a temporary name and renamed into place, so an interrupted
 run leaves nothing behind. ImageNet records of the standard converter need no preparation.

@@ -238,10 +238,9 @@ preset() {  # the schedule, sizes and data of --preset (every knob a variable; f
       UNLABELED_SHARDS=1; PER_CLASS=600; ROBUST_EXAMPLES=0
       ABLATION_STEPS=(--train_steps=60) ;;  # --ablation here only checks the plumbing
     # quick: the README's first command. Sec. 2 and 3.1 at demo scale: a 25-epoch teacher, students
-    #   of 30, 30, 40 epochs at unlabeled ratios 1, 2, 3 (the full preset's shape), all 56k unlabeled
-    #   images, K = 4,000; robustness (Sec. 3.3-3.4) on 500 test images. Prints each student better
-    #   than the one before (seeds 0 / 1: 79.49 -> 80.78 -> 82.23 -> 83.17, 78.47 -> 80.62 -> 82.00
-    #   -> 83.21, bench/noisy_student_quick.md). ~27 minutes.
+    #   of 30, 30, 40 epochs at unlabeled ratios 1, 2, 3, all 56k unlabeled images, K = 4,000;
+    #   robustness on 500 test images. Prints each student better than the one before (seed 0:
+    #   79.49 -> 83.17, bench/noisy_student_quick.md). ~27 minutes.
     # NOTE: 2-core schedules: peak lr 0.032 per 256 (reference 0.016), final lr 1/20, M=5 (its SVHN run).
     quick)
       FOR="Fashion-MNIST with 4,000 labels on 2 CPU cores (~27 min)"
@@ -250,9 +249,8 @@ preset() {  # the schedule, sizes and data of --preset (every knob a variable; f
       UNLABELED_SHARDS=8; PER_CLASS=4000; EVAL_ROBUSTNESS=1; ROBUST_EXAMPLES=500 ;;
     # full: the reproduction of Sec. 3.1 and 3.3-3.4: a 50-epoch teacher, students of 75, 75, 100
     #   epochs at unlabeled ratios 1, 2, 3, K = 5,000; robustness on 1,000 test images.
-    #   Prints every iteration above the previous, student 3 +3.6-3.8 over the teacher (seeds 0 / 1
-    #   after issue 17's fixes: 83.79 -> 85.86 -> 86.32 -> 87.43, 83.58 -> 85.63 -> 86.12 -> 87.38;
-    #   bench/noisy_student_full.md). ~44 minutes alone on a fast CPU, ~3 h on AMD Zen 3.
+    #   Prints every iteration above the previous, student 3 +3.6-3.8 over the teacher (seed 0:
+    #   83.79 -> 87.43, bench/noisy_student_full.md). ~44 minutes on a fast CPU, ~3 h on Zen 3.
     full)
       FOR="Fashion-MNIST with 4,000 labels on 2 CPU cores (~3 h on AMD Zen 3)"
       TEACHER_EPOCHS=50; BATCH=128; LR=0.032; FINAL_LR=0.0016; WARMUP=5; MAG=5
@@ -306,10 +304,8 @@ preset() {  # the schedule, sizes and data of --preset (every knob a variable; f
   [ "$DATASET" = "$MADE_FOR" ] || SCHEDULE_NOTE+="; not tuned for --dataset=$DATASET"
 }
 
-# model_settings I MODEL: EP (epochs), SCHED (schedule flags), IMG_FLAG and FT_FLAG (training and
-# fine-tuning resolution), FT of model I (0: the teacher; 1-3: student I) of the preset, then the
-# flags' overrides. The paper's rule (RULE=paper, Sec. 3.1): epochs and decay by size, L2 at 475 px
-# fine-tuned at 800.
+# model_settings I MODEL: EP, SCHED, IMG_FLAG, FT_FLAG and FT of model I (0: the teacher) by the
+# preset, then the flags. RULE=paper (Sec. 3.1): epochs and decay by size, L2 at 475 px, then 800.
 model_settings() {
   local m=$1 model=$2 img=0 decay=$DECAY
   FT=0
