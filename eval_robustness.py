@@ -904,10 +904,8 @@ class RobustnessConfig:
     eval_data_dir: str = common.setting("", "Eval records (a dir or a glob) for clean, generated C/P and the "
                                  "attacks. Default: <data_dir>/test.")
     output_dir: str = common.setting("", "Where robustness.md and the plots go. Default: the first model dir.")
-    baseline_results: str = common.setting("", "A baseline's robustness.json for mCE / mFR normalised by it "
-                                    "(e.g. the teacher's). Default: the first --model_dir when several "
-                                    "are given; 'none' disables. A model dir of this run may be named: "
-                                    "its fresh results are used.")
+    baseline_results: str = common.setting("", "A baseline's robustness.json (or model dir of this "
+        "run) for normalised mCE / mFR. Default: the first of several --model_dir; 'none': off.")
     num_examples: int = common.setting(0, "Cap on images for clean, C (per corruption and severity) and A; "
                                 "0 = all.")
     p_num_examples: int = common.setting(0, "Cap on P sequences (16-41 frames each); 0 = --num_examples.")

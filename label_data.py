@@ -131,12 +131,8 @@ def load_teacher(model_dir, strategy):
 def make_predictor(model, strategy):
     """images (host batch) -> softmax probabilities, float32 numpy [n, num_classes], in order, in
     inference mode (no dropout or stochastic depth, BN moving averages) on every replica."""
-
-    def forward(images):
-        logits = model(images, training=False)
-        return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)  # T = 1
-
-    return common.on_replicas(strategy, forward)
+    return common.on_replicas(strategy, lambda images: tf.nn.softmax(  # T = 1
+        tf.cast(model(images, training=False), tf.float32), axis=-1))
 
 
 # ----------------------------------------------------------------------------- one file

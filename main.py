@@ -721,19 +721,16 @@ class TrainConfig:
     lr_decay_epochs: float = common.setting(2.4, "Staircase decay period in epochs (4.8 for 700 epochs).")
     lr_decay_factor: float = common.setting(0.97, "Staircase decay factor.")
     optimizer: str = common.setting("rmsprop", "rmsprop: the reference's (decay 0.9, momentum 0.9, eps "
-        "1e-3, TF1 semantics); momentum: SGD with momentum 0.9 (fits an un-noised full-width B0 on "
-        "4,000 labels faster: bench/b0_optimizer_diag.md); sgd: plain gradient descent. The "
-        "reference's names.", ["rmsprop", "momentum", "sgd"])
+        "1e-3, TF1 semantics); momentum: SGD with momentum 0.9 (bench/b0_optimizer_diag.md); sgd: "
+        "plain gradient descent.", ["rmsprop", "momentum", "sgd"])
     weight_decay: float = common.setting(1e-05, "L2 weight decay on non-BN weights (SVHN: 1e-4).")
     label_smoothing: float = common.setting(0.1, "Label smoothing for labeled and hard pseudo-labels.")
     moving_average_decay: float = common.setting(0.9999, "EMA decay over weights and BN statistics; 0 "
         "off.")
     seed: int = common.setting(0, "Seed for weights, shuffling and augmentation.")
     init_checkpoint: str = common.setting("", "Start the model (and its EMA twin) from these "
-        "pretrained weights: a Keras .h5/.keras file or an official EfficientNet checkpoint "
-        "(prefix or directory; pretrained.py); only when --model_dir has no checkpoint yet. With "
-        "--train_steps=0 --train_epochs=0: the teacher as it is, no training (the data's "
-        "classes).")
+        "weights (a Keras .h5/.keras file or an official checkpoint: pretrained.py) unless "
+        "--model_dir has a checkpoint; --train_steps=0 --train_epochs=0: the teacher as it is.")
 
     # Fine-tuning at a larger resolution after training (paper Sec. 3.1, after Touvron et al. FixRes).
     finetune_image_size: int = common.setting(0, "If > 0, after training fine-tune the EMA model at this "
@@ -755,15 +752,12 @@ class TrainConfig:
         "SavedModel into <model_dir>/saved_model.")
 
     # Numerics.
-    precision: str = common.setting("float32", "float32, or bfloat16: Keras mixed precision (bf16 "
-        "compute, float32 variables, losses, softmax, EMA and logits; the layer kinds "
-        "efficientnet_builder.FLOAT32_KINDS names compute in float32: bench/bf16_step.md).",
-        list(common.PRECISIONS))
-    deterministic: bool = common.setting(False, "Same command, same weights (on one CPU type: "
-        "oneDNN rounds differently per instruction set): op determinism "
-        "(tf.config.experimental.enable_op_determinism) and the input pipeline's position in "
-        "the checkpoints, so that a resumed run reads on where its checkpoint stopped and ends "
-        "with the uninterrupted run's weights (bench/determinism.md).")
+    precision: str = common.setting("float32", "float32, or bfloat16: Keras mixed precision "
+        "(float32 variables, losses, EMA, logits and efficientnet_builder.FLOAT32_KINDS; "
+        "bench/bf16_step.md).", list(common.PRECISIONS))
+    deterministic: bool = common.setting(False, "Same command, same weights (on one CPU type): op "
+        "determinism and the input position in the checkpoints, so that a resumed run ends with "
+        "the uninterrupted run's weights (bench/determinism.md).")
 
     student: StudentConfig | None = None
 
