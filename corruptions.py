@@ -296,12 +296,6 @@ def _hsv_channel(x, fn, channel):
     return matplotlib.colors.hsv_to_rgb(hsv).astype(np.float32)
 
 
-def _brighten(x, c):
-    if x.shape[-1] == 1:  # V of a gray pixel is the pixel
-        return np.clip(x + c, 0, 1)
-    return _hsv_channel(x, lambda v: np.clip(v + c, 0, 1), 2)
-
-
 def _snow_layer(h, w, loc, scale, zoom, threshold, rng):
     layer = rng.normal(size=(h, w), loc=loc, scale=scale).astype(np.float32)
     layer = _clipped_zoom(layer[..., None], zoom)
@@ -435,7 +429,9 @@ def fog(x, c, rng, k):
 
 
 def brightness(x, c, rng, k):
-    return _brighten(x, c)
+    if x.shape[-1] == 1:  # V of a gray pixel is the pixel
+        return np.clip(x + c, 0, 1)
+    return _hsv_channel(x, lambda v: np.clip(v + c, 0, 1), 2)
 
 
 def contrast(x, c, rng, k):
@@ -563,10 +559,8 @@ def perturbation_sequence(image, name, rng, scale):
     # ImageNet-P instead warps the 256 px image and centre-crops 224, so it has no empty borders.
     p, k = P_CONSTANTS[scale.kind][name], scale.factor
     x = image.astype(np.float32) / 255.0
-    if name == "gaussian_noise":
-        frames = [x] + [gaussian_noise(x, p, rng, k) for _ in range(30)]
-    elif name == "shot_noise":
-        frames = [x] + [shot_noise(x, p, rng, k) for _ in range(30)]
+    if name in ("gaussian_noise", "shot_noise"):
+        frames = [x] + [_CORRUPTION_FNS[name](x, p, rng, k) for _ in range(30)]
     elif name == "motion_blur":
         n, radius, sigma, step, centre = p
         frames = [_motion_blur(x, radius * k, sigma * k, (i - centre) * step) for i in range(n)]
@@ -581,7 +575,7 @@ def perturbation_sequence(image, name, rng, scale):
         frames = [_add_snow(x, np.floor(_motion_blur(layer, radius * k, sigma * k, i * 4 - 150) * 255) / 255,
                             0.85) for i in range(31)]
     elif name == "brightness":
-        frames = [_brighten(x, (i - 15) * p) for i in range(31)]
+        frames = [brightness(x, (i - 15) * p, rng, k) for i in range(31)]
     elif name == "translate":
         n, half = p
         frames = [_translate(x, round((i - half) * k)) for i in range(n)]
