@@ -180,8 +180,7 @@ def block_specs(width, depth, small_image=False, stochastic_depth_rate=0.2,
             input_filters = args.input_filters if j == 0 else args.output_filters
             strides = args.strides if j == 0 else 1
             residual = (args.id_skip and strides == 1 and input_filters == args.output_filters)
-            se_filters = (max(1, int(input_filters * args.se_ratio))
-                          if 0 < args.se_ratio <= 1 else 0)
+            se_filters = max(1, int(input_filters * args.se_ratio)) if 0 < args.se_ratio <= 1 else 0
             suffix = chr(ord("a") + j) if j < 26 else f"_{j}"
             blocks.append(Block(
                 name=f"block{stage + 1}{suffix}", input_filters=input_filters,

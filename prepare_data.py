@@ -163,11 +163,9 @@ def prepare_fashion_mnist(output_dir, num_labeled_per_class=400, seed=0,
     def records(images, labels, indices, name, with_label):
         pngs = encode_png_batch(pad_fashion_mnist(images[indices]))
         for png, i in zip(pngs, indices):
-            image_id = f"fashion_mnist/{name}/{i:05d}"
-            if with_label:
-                example = data.image_example(png, int(labels[i]), image_id)
-            else:  # the true label only under diagnostic/true_label, for reports
-                example = data.image_example(png, None, image_id, true_label=int(labels[i]))
+            image_id, label = f"fashion_mnist/{name}/{i:05d}", int(labels[i])
+            example = (data.image_example(png, label, image_id) if with_label  # else: for reports
+                       else data.image_example(png, None, image_id, true_label=label))
             # deterministic: the feature map in one order, so two runs write the same bytes
             yield example.SerializeToString(deterministic=True)
 

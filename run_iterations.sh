@@ -42,8 +42,7 @@
 #   --jobs=N                   label with N parallel label_data.py jobs (same bytes as one job);
 #       train --ablation's students N at a time beside student 1 (same numbers as one at a time);
 #       with --plan: N tasks per labeling and filtering pass
-#   --precision=bfloat16       train, label and evaluate with bf16 in the 1x1 convolutions
-#       (bench/bf16_step.md; default float32)
+#   --precision=bfloat16       train, label, evaluate with bf16 in 1x1 convs (bench/bf16_step.md)
 #   --num_images_per_class=K   K after balancing; default: the preset's on the data it was made
 #       for, else unlabeled images / classes (a uniform pile's share; paper: 130K for ImageNet)
 #   --num_labeled_per_class=N --unlabeled_shards=S  Fashion-MNIST's split: N labels per class
@@ -51,8 +50,7 @@
 #   --train_flags='--train_steps=20 ...'  appended to every main.py command (overrides)
 #   Relative paths in the flags are read from the directory the command is run in.
 #   --teacher_only             train and evaluate the teacher, then stop (does my data train?)
-#   --allow_weak_teacher       label with a teacher near chance (by default the run stops there,
-#       naming its top-1, chance and what to change)
+#   --allow_weak_teacher       label even with a teacher near chance (by default the run stops)
 # Small data: quick and full count an epoch as at least 24 steps; a labeled set smaller than the
 #   preset's batch trains with a batch of its size (the lr, per 256, scales with it); folders of
 #   small images (<= 64 px) get B0 at width/depth 0.25, larger ones B0. The first lines (and
