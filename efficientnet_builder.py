@@ -450,12 +450,19 @@ def build_from_config(config):
     return build_model(**{k: v for k, v in config.items() if k in arguments})
 
 
+def _all_layers(model):
+    """Every layer of `model`, nested ones included (Keras' own walker is private)."""
+    for layer in model.layers:
+        yield layer
+        yield from _all_layers(layer) if hasattr(layer, "layers") else ()
+
+
 def set_noise(model, enabled, noised_rows=None):
     """Switches dropout and stochastic depth on (all rows, or the first `noised_rows`) or off; BN
     untouched; returns the layers switched. A Python attribute read in call(): set it inside the
     traced function (a tf.function traced before the switch keeps the old behaviour)."""
     switched = 0
-    for layer in model._flatten_layers():
+    for layer in _all_layers(model):
         if isinstance(layer, (StochasticDepth, NoiseDropout)):
             layer.noised_rows = noised_rows if enabled else 0
             switched += 1
@@ -465,7 +472,7 @@ def set_noise(model, enabled, noised_rows=None):
 def noise_states(model):
     """The seed-generator states of the model noise (stochastic depth, dropout): Keras keeps them
     out of model.weights and checkpoints; main.py saves them so a resumed run draws on."""
-    return [layer.seed_generator.state for layer in model._flatten_layers()
+    return [layer.seed_generator.state for layer in _all_layers(model)
             if isinstance(layer, (StochasticDepth, NoiseDropout))
             and getattr(layer, "seed_generator", None)]  # Keras' Dropout(0) has none
 
@@ -474,7 +481,7 @@ def count_flops(model):
     """Multiply-adds of one image in the convolutions and dense layers (kernel size x output
     pixels; the convention behind the published 0.39B for B0)."""
     total = 0
-    for layer in model._flatten_layers():
+    for layer in _all_layers(model):
         if isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D, layers.Dense)):
             pixels = 1 if isinstance(layer, layers.Dense) else math.prod(layer.output.shape[1:3])
             total += pixels * math.prod(layer.kernel.shape)
