@@ -317,9 +317,12 @@ def finetune(config, model_dir, strategy, spec, info, label_files, num_train, ch
 
 
 # --- Evaluation. ---------------------------------------------------------------------------------
-def evaluate(strategy, model, dataset, num_classes):
-    """Top-1, top-5 and mean cross-entropy of `model` in inference mode over one pass of `dataset`."""
-    @tf.function(autograph=False)
+def evaluate(strategy, model, dataset, num_classes, element_spec=None):
+    """Top-1, top-5 and mean cross-entropy of `model` in inference mode over one pass of `dataset`
+    (element_spec: the batches' shapes, any batch size: one trace, the last partial batch too;
+    used on one replica only, as several pass distributed values)."""
+    one = strategy.num_replicas_in_sync == 1
+    @tf.function(autograph=False, input_signature=element_spec if one else None)
     def eval_step(images, labels):
         logits = tf.cast(model(images, training=False), tf.float32)
         labels = tf.cast(labels, tf.int32)
@@ -349,7 +352,7 @@ def evaluate_model_dir(strategy, model_dir, eval_pattern, batch_size, chief):
     eval_ds = data.labeled_dataset(files, info, info.image_size, batch_size, is_training=False)
     with data.translate_data_errors(files):  # names the file and record of a bad image
         results = evaluate(strategy, model, strategy.experimental_distribute_dataset(eval_ds),
-                           info.num_classes)
+                           info.num_classes, eval_ds.element_spec)
     results["global_step"] = step
     if not math.isfinite(results["loss"]):
         raise common.UserError(f"the model in {model_dir} evaluates to loss {results['loss']}: "

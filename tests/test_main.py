@@ -161,6 +161,27 @@ def test_momentum_optimizer_is_tf1_momentum_at_constant_lr():
         main.build_optimizer("adam", lr)
 
 
+def test_evaluation_traces_its_step_once_with_a_partial_last_batch():
+    """10 examples in batches of 4, 4 and 2: the step is traced once (issue 31: no retrace for the
+    last batch), and top-1, top-5 and the loss count all 10."""
+    images = np.arange(10, dtype=np.float32)[:, None]
+    labels = np.array([0, 1, 2] * 3 + [0], np.int32)
+    ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
+    traces = []
+
+    def model(x, training):  # logits favour class 0
+        traces.append(x.shape)
+        return tf.concat([x * 0 + 1.0, x * 0, x * 0 - 1.0], axis=1)
+
+    results = main.evaluate(tf.distribute.get_strategy(), model, ds, 3, ds.element_spec)
+    assert len(traces) == 1
+    assert results["num_examples"] == 10 and results["top_1"] == pytest.approx(0.4)
+    assert results["top_5"] == 1.0 and results["loss"] == pytest.approx(
+        (4 * -np.log(np.exp(1) / (np.exp(1) + 1 + np.exp(-1)))
+         + 3 * -np.log(1 / (np.exp(1) + 1 + np.exp(-1)))
+         + 3 * -np.log(np.exp(-1) / (np.exp(1) + 1 + np.exp(-1)))) / 10, rel=1e-5)
+
+
 def test_ema_update_moves_toward_the_weights():
     ema, w = tf.Variable([1.0, 3.0]), tf.Variable([2.0, -1.0])
     main.ema_update([ema], [w], 0.75)
