@@ -354,10 +354,14 @@ def on_replicas(strategy, fn):
     step = tf.function(lambda *args: strategy.run(fn, args=args), reduce_retracing=True,
                        autograph=False)  # (plain TF ops: AutoGraph's conversion is start-up cost)
     replicas = strategy.num_replicas_in_sync
+    traced = []  # one replica: one trace for every batch size (the last, partial batch too)
 
     def call(*batch):
         if replicas == 1:
-            return tf.nest.map_structure(lambda t: t.numpy(), step(*batch))
+            if not traced:
+                traced.append(step.get_concrete_function(
+                    *[tf.TensorSpec([None, *b.shape[1:]], b.dtype) for b in batch]))
+            return tf.nest.map_structure(lambda t: t.numpy(), traced[0](*batch))
         n = len(batch[0])
         per = -(-n // replicas)
         padded = [np.concatenate([b, np.repeat(b[-1:], per * replicas - n, 0)])

@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 import common  # first: it silences TensorFlow's start-up lines
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -92,6 +93,24 @@ for n in (7, 1, 6):  # odd: the last slice padded
     np.testing.assert_allclose(a[0], b[0], rtol=1e-6), np.testing.assert_allclose(a[1], b[1], rtol=1e-6)
 print("ok")
 """
+
+
+def test_on_replicas_traces_once_for_every_batch_size():
+    """One replica (labeling, robustness): a batch of 4 then the last, partial one of 2 run on one
+    trace (issue 31), with the results of the function itself."""
+    traces = []
+
+    def fn(x, y):
+        traces.append(x.shape)
+        return x * 2, y + 1
+
+    predict = common.on_replicas(tf.distribute.get_strategy(), fn)
+    x, y = np.arange(6, dtype=np.float32).reshape(6, 1), np.arange(6)
+    for part in (slice(0, 4), slice(4, 6)):
+        doubled, plus_one = predict(x[part], y[part])
+        np.testing.assert_array_equal(doubled, x[part] * 2)
+        np.testing.assert_array_equal(plus_one, y[part] + 1)
+    assert len(traces) == 1
 
 
 def test_on_replicas_two_replicas_give_one_device_results_in_order():
