@@ -385,6 +385,8 @@ def claims_table(results, seeds, root):
     lines += ["", f"Gap closed, (student 3 - teacher) / (ceiling - teacher) per seed: "
               f"{fmt(n, mean, std).lstrip('+')}{'%' * bool(n)} (n = {n}; public tables, CIFAR-10 "
               "with 4,000 labels: Pseudo-Label 6%, MixMatch 74%, UDA / FixMatch over 100%).", "",
+              "Robustness: why gaussian noise hurts the students more than the teacher (one seed, "
+              "no training): [gaussian_noise.md](gaussian_noise.md).", "",
               "## The arms", "",
               "Cost per finished seed: wall and CPU minutes of its commands (the CPU time counts "
               "the work even when the cores are shared), the CPU, the date, the commit.",
