@@ -230,6 +230,11 @@ def save_checkpoint(manager, step):
         raise
 
 
+# Training iterators live until the process exits: tf.data (TF 2.21) destroys one only after its
+# autotuning thread's current sleep, which kept a stage idle for up to ~20 s after training.
+LIVE_ITERATORS = []
+
+
 def train(trainer, dataset, config, *, train_steps, model_dir, chief, images_per_step):
     """The training loop: resumes from the latest checkpoint in model_dir, stops at train_steps."""
     ckpt_dir = model_dir if chief else os.path.join(model_dir, f".worker-{os.getpid()}")
@@ -237,6 +242,7 @@ def train(trainer, dataset, config, *, train_steps, model_dir, chief, images_per
                                          max_to_keep=config.keep_checkpoint_max,
                                          checkpoint_name="ckpt", step_counter=trainer.step)
     iterator = iter(trainer.strategy.experimental_distribute_dataset(dataset))
+    LIVE_ITERATORS.append(iterator)
     if config.deterministic:
         # The input position is checkpointed: a resumed run reads on where its checkpoint stopped.
         # NOTE: by default it is not (as TPUEstimator, which restarted its input_fn): a resumed
