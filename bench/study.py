@@ -411,7 +411,8 @@ def claims_table(results, seeds, root):
         states = ", ".join(f"seed {s} {status(arm, s, results, root)}"
                            for s in sorted(set(seeds) | set(done)))
         lines.append(f"| `{arm}` | {what} | {tops or '-'} | {cost or '-'} | {states} |")
-    lines += ["", "Not yet arms (issue 32): " + "; ".join(NOT_YET) + ".", "",
+    lines += ["", remaining_cost(results, seeds), "",
+              "Not yet arms (issue 32): " + "; ".join(NOT_YET) + ".", "",
               "## The commands", "", "Seed 0's, in ROOT (`python3 bench/study.py --plan` prints "
               "every seed's); the driver and main.py run from the repository's root.", ""]
     for arm in ARMS:
@@ -419,6 +420,26 @@ def claims_table(results, seeds, root):
         lines += [f"`{arm}`:", "```", commands_text(seed0) + "```"]
     lines.append("")
     return "\n".join(lines)
+
+
+def remaining_cost(results, seeds):
+    """What the unfinished (arm, seed)s need, each at the mean CPU minutes of its kind's done runs
+    (a driver run, or one supervised main.py)."""
+    def kind(arm):
+        return "driver" if "run_iterations.sh" in ARMS[arm][1](0, "ROOT")[-1] else "supervised"
+    done = collections.defaultdict(list)
+    for (arm, _), r in results.items():
+        done[kind(arm)].append(r["cpu_minutes"])
+    left = collections.Counter(kind(a) for a in ARMS for s in seeds if (a, s) not in results)
+    parts, total = [], 0.0
+    for k, n in sorted(left.items()):
+        each = sum(done[k]) / len(done[k]) if done[k] else math.nan
+        total += n * each
+        parts.append(f"{n} {k} runs (about {each:.0f} CPU min each)")
+    if not parts:
+        return "Every arm has its seeds."
+    return (f"Left for seeds {', '.join(map(str, seeds))}: {' and '.join(parts)}, by the done "
+            f"runs' means: about {total / 60:.0f} CPU hours, {total / 120:.0f} h on 2 cores.")
 
 
 def write_claims(path, text):

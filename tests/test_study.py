@@ -172,6 +172,11 @@ def test_claims_table_rows_follow_the_results(tmp_path):
     assert arm_row[-1] == ("seed 0 done, seed 1 unfinished (last logged: step 200/1250), "
                            "seed 2 not started |")
     assert "3.0 min wall, 5.0 CPU min" in arm_row[3]
+    # What is left, at the done runs' CPU minutes (5.0 each): 9 driver arms x 3 seeds - 3 done,
+    # 6 supervised arms x 3 - 4 done.
+    assert ("Left for seeds 0, 1, 2: 24 driver runs (about 5 CPU min each) and 14 supervised runs "
+            "(about 5 CPU min each), by the done runs' means: about 3 CPU hours, 2 h on 2 cores."
+            ) in text
     study.write_claims(str(tmp_path / "claims.md"), text)
     assert (tmp_path / "claims.md").read_text() == text
     assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
