@@ -128,6 +128,25 @@ def test_plan_lists_every_arm_and_seed_and_the_controls_match_the_students(tmp_p
     assert plan.count("--num_images_per_class=1000") == 3 and "--num_images_per_class=4000" not in plan
 
 
+QUICK_DRIVER = study.QUICK + ["--seed=0"]
+
+
+def test_the_robustness_arm_reads_its_models_suites_against_the_teacher(tmp_path):
+    """chain_robustness: supervised_chain's model of the same seed through the driver's C and P
+    suites, normalised by noisy_student's teacher; its metrics are that model's mCE and mFR."""
+    root = str(tmp_path)
+    [cmd] = study.ARMS["chain_robustness"][1](1, os.path.join(root, "chain_robustness", "seed1"))
+    model = os.path.join(root, "supervised_chain", "seed1", "model")
+    assert cmd[1] == "eval_robustness.py" and study.flag(cmd, "model_dir") == model
+    assert study.flag(cmd, "baseline_results") == os.path.join(
+        root, "noisy_student", "seed1", "teacher", "robustness.json")
+    assert (study.flag(cmd, "suite"), study.flag(cmd, "num_examples")) == ("clean,c,p", "500")
+    common.write_json(os.path.join(model, "robustness.json"), {"summary": {
+        "c_mce_baseline": 80.6, "p_mfr_baseline": 205.2, "c_mce_unnormalized": 19.2}})
+    assert study.metrics(os.path.join(root, "chain_robustness", "seed1"), [cmd]) == {
+        "supervised mCE vs teacher": 80.6, "supervised mFR vs teacher": 205.2}
+
+
 def test_metrics_of_a_driver_report(tmp_path):
     robust = lambda mce, mfr: {"c_mce_baseline": mce, "p_mfr_baseline": mfr,
                                "c_mce_unnormalized": 20.0}
@@ -137,7 +156,7 @@ def test_metrics_of_a_driver_report(tmp_path):
                    {"name": "student 3", "top_1": 0.8312, "robustness": robust(88.6, 94.7)}],
         "ablation": [{"name": "student w/o Aug", "top_1": 0.81}],
         "supervised_baseline": {"name": "supervised, student 3's size", "top_1": 0.79}})
-    assert study.metrics(str(tmp_path)) == pytest.approx({
+    assert study.metrics(str(tmp_path), [QUICK_DRIVER]) == pytest.approx({
         "teacher": 80.0, "student 3": 83.12, "student w/o Aug": 81.0, "supervised baseline": 79.0,
         "teacher mCE vs teacher": 100.0, "teacher mFR vs teacher": 100.0,
         "student 3 mCE vs teacher": 88.6, "student 3 mFR vs teacher": 94.7})
@@ -173,10 +192,10 @@ def test_claims_table_rows_follow_the_results(tmp_path):
                            "seed 2 not started |")
     assert "3.0 min wall, 5.0 CPU min" in arm_row[3]
     # What is left, at the done runs' CPU minutes (5.0 each): 9 driver arms x 3 seeds - 3 done,
-    # 6 supervised arms x 3 - 4 done.
-    assert ("Left for seeds 0, 1, 2: 24 driver runs (about 5 CPU min each) and 14 supervised runs "
-            "(about 5 CPU min each), by the done runs' means: about 3 CPU hours, 2 h on 2 cores."
-            ) in text
+    # 3 robustness runs (none done), 6 supervised arms x 3 - 4 done.
+    assert ("Left for seeds 0, 1, 2: 24 driver runs (about 5 CPU min each), 3 robustness runs (not "
+            "measured yet), 14 supervised runs (about 5 CPU min each), by the done runs' means: "
+            "about 3 CPU hours, 2 h on 2 cores.") in text
     study.write_claims(str(tmp_path / "claims.md"), text)
     assert (tmp_path / "claims.md").read_text() == text
     assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
