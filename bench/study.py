@@ -197,12 +197,12 @@ CLAIMS = [
           ("noisy_student", "student 3 mFR vs teacher"), 100.0, -1),
     Claim("student 3's corruption error is below a supervised model's of its architecture trained "
           "as long as the chain (mCE, the teacher's = 100)",
-          "Sec. 3.3, Table 4 (supervised L2 42.5 -> NoisyStudent L2 28.3, 299 px)", "x0.67",
+          "Sec. 3.3, Table 4 (supervised L2 -> NoisyStudent L2, 299 px)", "42.5 -> 28.3 (x0.67)",
           ("noisy_student", "student 3 mCE vs teacher"),
           ("chain_robustness", "supervised mCE vs teacher"), -1),
     Claim("student 3 flips less than a supervised model of its architecture trained as long as the "
           "chain (mFR, the teacher's = 100)",
-          "Sec. 3.3, Table 5 (supervised L2 23.7 -> NoisyStudent L2 12.2, 299 px)", "x0.51",
+          "Sec. 3.3, Table 5 (supervised L2 -> NoisyStudent L2, 299 px)", "23.7 -> 12.2 (x0.51)",
           ("noisy_student", "student 3 mFR vs teacher"),
           ("chain_robustness", "supervised mFR vs teacher"), -1),
     Claim("a larger student helps: the growing chain's student 3 (0.5) beats a same-size one",
