@@ -1,4 +1,4 @@
-"""The CPU time of the three end-to-end driver tests (issue 31), per test and per stage.
+"""The CPU time of the end-to-end driver tests (issue 31), per test and per stage.
 
 Runs them in one pytest process (-n 0) with the driver's PYTHON set to a wrapper that logs each
 stage's wall, user and sys seconds (/usr/bin/time), then sums the log per test and per script.
@@ -15,9 +15,13 @@ import subprocess
 import sys
 import tempfile
 
+# Test -> a part of its stage commands' paths (pytest's tmp dirs): before and after 2026-12-07's
+# restructuring (the smoke run and the folder test -> one tiny folder run and the smoke teacher).
 TESTS = {"smoke fixture + rerun": "smoke0", "folder driver": "test_driver_on_image_folders",
+         "folder run + its 3 tests": "folders0", "smoke data + teacher": "test_smoke_preset_prep",
          "paper-shape driver": "test_driver_paper_shape"}
-SELECT = "smoke or driver_on_image or paper_shape"
+SELECT = ("smoke or driver_on_image or paper_shape or report_has_every or labeling_jobs "
+          "or rerun_skips")
 
 
 def run(repo, log):

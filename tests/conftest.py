@@ -38,9 +38,9 @@ def fashion_mnist_dir():
 
 # Parallel runs (pytest.ini: -n 2 --dist loadgroup --no-loadscope-reorder): a test file is one
 # unit of work, so its module fixtures are built once; the driver's end-to-end tests are units of
-# their own and go first (each worker starts with two units: the folder and ImageNet drivers on
-# one, the smoke run on the other), so that the longest do not start last and run alone.
-FIRST = ("driver folder", "test_run_iterations", "driver imagenet")
+# their own and go first (each worker starts with one: this file's, with the folder run, on one,
+# the ImageNet driver on the other), so that the longest do not start last and run alone.
+FIRST = ("test_run_iterations", "driver imagenet")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the marks
