@@ -6,7 +6,7 @@
 #
 #   bash run_iterations.sh                         # preset quick, workdir runs/quick-seed0
 #   bash run_iterations.sh --preset=full --seed=1 --workdir=runs/full-s1
-#   bash run_iterations.sh --preset=smoke          # the whole pipeline on a tiny budget (tests)
+#   bash run_iterations.sh --preset=smoke          # the whole pipeline on a tiny budget (~5 min)
 #   bash run_iterations.sh --student_widths=0.25,0.35,0.5 --student_depths=0.25,0.35,0.5  # growing
 #   bash run_iterations.sh --unlabel_ratios=1,2,4  # unlabeled batch per labeled batch, per iteration
 #   bash run_iterations.sh --preset=full --student_epochs=50  # students' epochs (or 50,50,75)
@@ -225,10 +225,9 @@ preset() {  # the schedule, sizes and data of --preset (every knob a variable; f
   NET=(--model_name=efficientnet-b0 --width_coefficient=0.25 --depth_coefficient=0.25)  # 131k params
   [ "$DATASET" = fashion_mnist ] || NET=(--model_name=efficientnet-b0)
   case "$PRESET" in
-    # smoke: the plumbing, not the paper (tests/test_run_iterations.py). Algorithm 1 end to end with
-    #   300-step models (BN's moving statistics need that many) on 1 of 8 unlabeled shards, K = 600.
-    #   Prints the report table, every model well above chance (10%); no gain expected.
-    #   15-20 minutes on 2 busy cores (bench/presets_history.md).
+    # smoke: the plumbing, not the paper. Algorithm 1 end to end with 300-step models (BN's moving
+    #   statistics need that many) on 1 of 8 unlabeled shards, K = 600. Prints the report table,
+    #   every model well above chance (10%); no gain expected. ~5 min (bench/smoke_preset.md).
     smoke)
       FOR="checking the plumbing in minutes (300 steps per model), not accuracy"
       STEPS=(--train_steps=300); BATCH=32; WARMUP=0.5; MAG=5
