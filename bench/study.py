@@ -470,11 +470,11 @@ def remaining_cost(results, seeds):
     parts, total = [], 0.0
     for k, n in sorted(left.items()):
         if not done[k]:
-            parts.append(f"{n} {k} runs (not measured yet)")
+            parts.append(f"{n} {k} run{'s' * (n != 1)} (not measured yet)")
             continue
         each = sum(done[k]) / len(done[k])
         total += n * each
-        parts.append(f"{n} {k} runs (about {each:.0f} CPU min each)")
+        parts.append(f"{n} {k} run{'s' * (n != 1)} (about {each:.0f} CPU min each)")
     if not parts:
         return "Every arm has its seeds."
     return (f"Left for seeds {', '.join(map(str, seeds))}: {', '.join(parts)}, by the done "
