@@ -58,3 +58,24 @@ def test_deviations_list_one_bullet_per_note_in_the_code():
         bullets[name] += int(count or 1)  # "- `file.py` (3): a; b; c." lists three notes
     assert bullets == notes, (
         f"README deviations (bullets per file) {dict(bullets)} != NOTE: lines per file {dict(notes)}")
+
+
+def table_rows(text):
+    """The cells of every markdown table row in text (header and separator rows left out)."""
+    rows = [[c.strip() for c in l.strip().strip("|").split("|")] for l in text.splitlines()
+            if l.startswith("| ")]
+    return [r for r in rows if not set("".join(r)) <= set("-: ")]
+
+
+def test_readme_claims_table_is_bench_claims_md():
+    """Each row of the README's "Which claims hold" table is bench/claims.md's row of the same
+    claim: its paper's number, our mean +- std and the verdict (issue 32)."""
+    readme = read("README.md")
+    start = readme.index("| claim |", readme.index("### Which claims hold"))
+    table = readme[start:readme.index("\n\n", start)]
+    claims = {r[0]: r for r in table_rows(read("bench", "claims.md")) if len(r) == 7}
+    rows = table_rows(table)[1:]   # (the first: the header)
+    assert rows
+    for claim, paper, ours, verdict in rows:
+        assert claim in claims, f"README's claim {claim!r} is not a row of bench/claims.md"
+        assert [paper, ours, verdict] == [claims[claim][i] for i in (2, 4, 6)], claim
