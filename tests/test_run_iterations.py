@@ -43,13 +43,9 @@ FOLDER_FLAGS = ("--jobs=2", "--student_epochs=7,8,9", "--unlabel_ratios=1,2,1",
 @pytest.fixture(scope="module")
 def folder_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("folders")
-    for split, count in (("labeled", 24), ("test", 12)):
-        write_images(str(tmp_path / split), count, 32, seed=len(split), classes=True)
-    write_images(str(tmp_path / "pile" / "a"), 18, 32, seed=5)   # nested, meaningless folders
-    write_images(str(tmp_path / "pile"), 12, 32, seed=6)
-    flags = ("--dataset=folder", f"--labeled_dir={tmp_path}/labeled",
-             f"--unlabeled_dir={tmp_path}/pile", f"--test_dir={tmp_path}/test", *FOLDER_FLAGS,
-             TINY)
+    folders = own_folders(tmp_path, 8, 32, 3, 3, test_per_class=4)   # a pile of 12 ...
+    write_images(str(tmp_path / "pile" / "a"), 18, 32, seed=5)   # ... + 18 in a meaningless folder
+    flags = (*folders, *FOLDER_FLAGS, TINY)
     workdir = tmp_path / "run"
     proc = run(workdir, *flags)
     assert proc.returncode == 0, proc.stderr[-4000:]
