@@ -138,13 +138,13 @@ ARMS = collections.OrderedDict([
                        control("iter1/student"))),
     ("supervised_chain", ("supervised control: the teacher's recipe for the chain's labeled epochs "
                           "(teacher + students 1-3)", control("iter3/student", "chain"))),
-    ("chain_robustness", ("supervised_chain's model through the driver's C and P suites (500 / 100 "
-                          "test images), noisy_student's teacher as 100 (after both)",
-                          robustness_of("supervised_chain", "noisy_student"))),
     ("ceiling_60k", ("the ceiling: all 60,000 labels, student 3's steps, images per step, "
                      "learning rate and noise", control("iter3/student", labels_per_class=6000))),
     ("noisy_student", ("the quick preset: teacher, three same-size students, robustness",
                        driver())),
+    ("chain_robustness", ("supervised_chain's model through the driver's C and P suites (500 / 100 "
+                          "test images), noisy_student's teacher as 100 (runs after both)",
+                          robustness_of("supervised_chain", "noisy_student"))),
     ("size_growing", ("a growing chain, width/depth 0.25 -> 0.35 -> 0.5 (+ the driver's "
                       "supervised baseline of student 3's size)", driver(*GROWING))),
     ("supervised_chain_w05", ("supervised control of the growing chain's student 3 (0.5): the "
