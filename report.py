@@ -41,6 +41,14 @@ def model_entry(name, model_dir):
     return entry
 
 
+# The fields the report counts; the image is never decoded. (image/id: every pseudo-labeled record
+# has one; filter_balance writes a duplicated image once per copy round, under the same id.)
+_COUNTED = {"label": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+            "copies": tf.io.FixedLenFeature([], tf.int64, default_value=1),
+            "diagnostic/true_label": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+            "image/id": tf.io.FixedLenFeature([], tf.string, default_value="")}
+
+
 def pseudo_label_stats(pattern, num_classes):
     """Counts (weighted by `copies`) of pseudo-labels per class and their agreement with the
     diagnostic true labels kept in the unlabeled records (never used for training)."""
@@ -48,22 +56,18 @@ def pseudo_label_stats(pattern, num_classes):
     if not files:
         return None
     per_class = np.zeros(num_classes, np.int64)
-    correct = total = with_truth = 0
-    ids = set()  # filter_balance writes a duplicated image once per copy round
-    for f in files:
-        for raw in tf.data.TFRecordDataset(f).as_numpy_iterator():
-            ex = tf.train.Example.FromString(raw).features.feature
-            label = ex["label"].int64_list.value[0]
-            copies = ex["copies"].int64_list.value[0] if "copies" in ex else 1
-            true = (ex["diagnostic/true_label"].int64_list.value[0]
-                    if "diagnostic/true_label" in ex else -1)
-            per_class[label] += copies
-            total += copies
-            ids.add(ex["image/id"].bytes_list.value[0] if "image/id" in ex else raw)
-            correct += copies * int(true == label)
-            with_truth += copies * int(true >= 0)
+    correct = with_truth = 0
+    ids = set()
+    records = tf.data.TFRecordDataset(files).batch(4096).map(
+        lambda raw: tf.io.parse_example(raw, _COUNTED))
+    for batch in records.as_numpy_iterator():
+        label, copies, true = batch["label"], batch["copies"], batch["diagnostic/true_label"]
+        per_class += np.bincount(label, weights=copies, minlength=num_classes).astype(np.int64)
+        correct += int(copies[(true == label) & (true >= 0)].sum())
+        with_truth += int(copies[true >= 0].sum())
+        ids.update(batch["image/id"].tolist())
     # None without true labels (image folders, real unlabeled data): unknown, not 0%.
-    return {"images": int(total), "unique": len(ids), "per_class": per_class.tolist(),
+    return {"images": int(per_class.sum()), "unique": len(ids), "per_class": per_class.tolist(),
             "accuracy": correct / with_truth if with_truth else None}
 
 
