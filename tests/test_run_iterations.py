@@ -474,8 +474,9 @@ def test_plan_on_own_folders_states_the_model_and_batch_of_the_images(tmp_path):
     b0 = "--model_name=efficientnet-b0"
     quarter = f"{b0} --width_coefficient=0.25 --depth_coefficient=0.25"
     folders = {size: own_folders(tmp_path / f"own{size}", per_class, size, channels, num_classes)
-               for size, channels, per_class, num_classes in [(28, 1, 5, 4), (96, 3, 4, 3)]}
-    for size, n, net in [(28, 20, quarter), (96, 12, b0)]:
+               for size, channels, per_class, num_classes in [(28, 1, 5, 4), (64, 3, 4, 3),
+                                                              (96, 3, 4, 3)]}
+    for size, n, net in [(28, 20, quarter), (64, 12, quarter), (96, 12, b0)]:
         said, models = first_lines_and_models("--num_images_per_class=5", *folders[size])
         assert said["model"] == (f"{net}; {n} labeled images, batch {n} (the preset's 128 cut to "
                                  "the labeled images): 1 steps per epoch (at least 24, "
@@ -510,13 +511,14 @@ def test_plan_on_own_folders_states_the_model_and_batch_of_the_images(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("size,channels,num_classes,per_class", [(28, 1, 4, 5), (64, 3, 3, 4)])
+@pytest.mark.parametrize("size,channels,num_classes,per_class", [(28, 1, 4, 5), (32, 3, 3, 4)])
 def test_own_small_data_trains_a_teacher_far_above_chance(tmp_path, size, channels, num_classes,
                                                           per_class):
     """Issue 34, by default (the quick preset, the three folders, no schedule flag): B0 at
     width/depth 0.25 for small images, a batch of the labeled set (smaller than the preset's 128),
     25 epochs of at least 24 steps (600), all stated in the run's first lines with the time its
-    teacher's first steps predict; the teacher ends far above chance. (--teacher_only)"""
+    teacher's first steps predict; the teacher ends far above chance. (--teacher_only; gray and
+    color images; the size rule's 64-px edge: the --plan test)"""
     workdir = tmp_path / "run"
     proc = run(workdir, "--preset=quick", *own_folders(tmp_path, per_class, size, channels,
                                                         num_classes), "--teacher_only")
