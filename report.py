@@ -103,6 +103,7 @@ ABLATION_ROWS = [  # (name, model dir relative to the workdir, paper top-1 or No
     ("NoisyStudent, on-the-fly teacher (no filter/balance)", "ablation/on_the_fly", None),
     ("teacher w. Aug, SD, Dropout (on the fly)", "ablation/noised_teacher", 84.4),
     ("NoisyStudent, hard pseudo-labels", "ablation/hard_labels", None),
+    ("NoisyStudent, no filter/balance", "ablation/no_filter", None),
 ]
 
 

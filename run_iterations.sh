@@ -10,7 +10,7 @@
 #   bash run_iterations.sh --student_widths=0.25,0.35,0.5 --student_depths=0.25,0.35,0.5  # growing
 #   bash run_iterations.sh --unlabel_ratios=1,2,4  # unlabeled batch per labeled batch, per iteration
 #   bash run_iterations.sh --preset=full --student_epochs=50  # students' epochs (or 50,50,75)
-#   bash run_iterations.sh --preset=full --ablation --jobs=2  # + Table 6 ablation, soft vs hard labels
+#   bash run_iterations.sh --preset=full --ablation --jobs=2  # + Table 6, hard labels, no filtering
 #   bash run_iterations.sh --preset=paper --label_data_dir='train-*' --eval_data_dir='validation-*' \
 #       --unlabel_data_dir='jft-*' --plan  # the paper's run (Sec. 3.1), printed as a cluster's jobs
 #   bash run_iterations.sh --preset=svhn --label_data_dir=... --eval_data_dir=... \
@@ -50,6 +50,8 @@
 #   --train_flags='--train_steps=20 ...'  appended to every main.py command (overrides)
 #   Relative paths in the flags are read from the directory the command is run in.
 #   --teacher_only             train and evaluate the teacher, then stop (does my data train?)
+#   --iterations=N             1 to 3 students (default: the preset's, 3; svhn: 1), e.g. 1 with
+#       --ablation: Table 6's one iteration
 #   --allow_weak_teacher       label even with a teacher near chance (by default the run stops)
 # Small data: quick and full count an epoch as at least 24 steps; a labeled set smaller than the
 #   preset's batch trains with a batch of its size (the lr, per 256, scales with it); folders of
@@ -180,6 +182,7 @@ parse_flags() {
       --ablation) ABLATION=1 ;;
       --allow_weak_teacher) WEAK=1 ;;
       --teacher_only) TEACHER_ONLY=1 ;;
+      --iterations=*) ITERATIONS_FLAG=${arg#*=} ;;
       --plan) PLAN=1 ;;
       --teacher_checkpoint=*) TEACHER_CHECKPOINT=$(abs_path "${arg#*=}") ;;
       --teacher_finetune_epochs=*) TEACHER_FINETUNE_EPOCHS=${arg#*=} ;;
@@ -337,6 +340,8 @@ schedule() {  # schedule DECAY_EPOCHS: SCHED, main.py's flags for the schedule a
 field() { echo "$1" | cut -d, -f"$2"; }  # field LIST I: the I-th of a comma-separated list
 
 check_flags() {  # every flag checked before any work: one line naming the bad one
+  ITERATIONS=${ITERATIONS_FLAG:-$ITERATIONS}
+  [[ "$ITERATIONS" =~ ^[1-3]$ ]] || fail "--iterations=$ITERATIONS must be 1, 2 or 3 (students)"
   RATIOS=${RATIOS_FLAG:-$RATIOS}; STUDENT_WIDTHS=${WIDTHS_FLAG:-$WIDTHS}; STUDENT_DEPTHS=${DEPTHS_FLAG:-$DEPTHS}
   [[ "$RATIOS" =~ ^[0-9.]+,[0-9.]+,[0-9.]+$ ]] ||
     fail "--unlabel_ratios=$RATIOS must be three numbers, one per iteration (e.g. 1,2,3)"
@@ -678,7 +683,9 @@ print(max(1, n // json.load(open(sys.argv[2] + "/model.json"))["num_classes"]))'
 ablation() {  # --ablation, beside student 1 (they share its teacher and pseudo-labels)
   # Paper Table 6 and soft vs hard (Sec. 2) beside iter1/student, noise removed for the unlabeled
   # images only; the noised teacher labels the student's augmented view on the fly (dropout and SD
-  # on), on_the_fly is its unnoised control (also unfiltered, unbalanced).
+  # on), on_the_fly is its unnoised control (also unfiltered, unbalanced); no_filter: the teacher's
+  # labels of every unlabeled image, not filtered or balanced (Sec. 2's "other techniques" off).
+  # (hard_labels and no_filter: not rows of Table 6, but Sec. 2 and App. A.3 study 5.)
   local s1=$(( SEED * 10 + 1 )) f1="$WORKDIR/iter1/filtered"
   local abl=("${STUDENT[@]}" ${EP:+--train_epochs="$EP"} ${ABLATION_STEPS[@]+"${ABLATION_STEPS[@]}"}
              ${TEACHER_SIZE[@]+"${TEACHER_SIZE[@]}"} --unlabel_ratio="$(field "$RATIOS" 1)"
@@ -689,13 +696,15 @@ ablation() {  # --ablation, beside student 1 (they share its teacher and pseudo-
   one no_aug --unlabel_data_dir="$f1" --unlabeled_noise=no_aug
   one no_noise --unlabel_data_dir="$f1" --unlabeled_noise=none
   one hard_labels --unlabel_data_dir="$f1" --label_type=hard
+  one no_filter --unlabel_data_dir="$WORKDIR/iter1/labels"
   one on_the_fly ${source[@]+"${source[@]}"} ${WEAK:+--allow_weak_teacher}
   one noised_teacher --noised_teacher ${source[@]+"${source[@]}"} ${WEAK:+--allow_weak_teacher}
 }
 
 robustness() {  # Sec. 3.3-3.4 on generated C/P sets, FGSM and PGD: the teacher vs the students
+  local LAST=",$WORKDIR/iter$ITERATIONS/student"; (( ITERATIONS > 1 )) || LAST=""
   done_or_run "$WORKDIR/robustness.md" "robustness (teacher vs students)" \
-    $PY eval_robustness.py --model_dir="$WORKDIR/teacher,$WORKDIR/iter1/student,$WORKDIR/iter3/student" \
+    $PY eval_robustness.py --model_dir="$WORKDIR/teacher,$WORKDIR/iter1/student$LAST" \
       --eval_data_dir="$DATA/test" --output_dir="$WORKDIR" --suite=clean,c,p,fgsm,pgd \
       --num_examples=$ROBUST_EXAMPLES --p_num_examples=$(( ROBUST_EXAMPLES / 5 )) \
       --attack_num_examples=$(( ROBUST_EXAMPLES / 2 )) --precision="$PRECISION" \

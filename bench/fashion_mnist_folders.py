@@ -8,19 +8,27 @@ Writes the embedded run's split of --seed (400 labeled images per class, or
 so that `run_iterations.sh --dataset=folder` sees what `--dataset=fashion_mnist` sees and the two
 runs can be compared (bench/noisy_student_folders.md). The PNGs hold the 32 px zero-padded images
 the embedded records hold, so the comparison tests the folder path, not another resolution.
+--out_of_domain=N adds N images from outside Fashion-MNIST's domain to the pile (issue 32's
+out-of-domain arm, paper Sec. 2: soft labels and filtering on out-of-domain data):
+    OUT/unlabeled/ood<index>.png          28 px gray patches of the real images matplotlib ships
+                                          (a photograph, an MRI slice, two elevation maps)
 
     python bench/fashion_mnist_folders.py --output_dir=/tmp/fmnist-folders [--seed=0] \
         [--num_labeled_per_class=30]   # a small labeled set (bench/own_small_data.md)
+    python bench/fashion_mnist_folders.py --output_dir=DIR --out_of_domain=56000   # + patches
     python bench/fashion_mnist_folders.py --score=WORKDIR   # pseudo-label accuracy of the run
 """
 
+import gzip
 import os
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
+import matplotlib.cbook
 import numpy as np
+from PIL import Image
 import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -32,8 +40,46 @@ CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
            "ankle-boot")
 
 
-def export(output_dir, seed, num_labeled_per_class=400, source_dir=prepare_data.FASHION_MNIST_DIR):
-    """Writes the three folders (under a temporary name, renamed when complete); returns counts."""
+def sample_images():
+    """The real images matplotlib ships as sample data, gray float arrays: a photograph, an MRI
+    slice (256 x 256, 16 bit) and two digital elevation maps."""
+    def sample(name):
+        return matplotlib.cbook.get_sample_data(name, asfileobj=False)
+    photo = np.asarray(Image.open(sample("grace_hopper.jpg")).convert("L"), np.float32)
+    with open(sample("s1045.ima.gz"), "rb") as f:   # (read as matplotlib's MRI example does)
+        mri = np.frombuffer(gzip.decompress(f.read()), np.uint16).reshape(256, 256)
+    return [photo, mri.astype(np.float32),
+            np.load(sample("jacksboro_fault_dem.npz"))["elevation"].astype(np.float32),
+            np.load(sample("topobathy.npz"))["topo"].astype(np.float32)]
+
+
+def out_of_domain_patches(count, seed):
+    """uint8 [count, 28, 28]: squares of 12 px to half the source's side, cut at random places of
+    the sample images (in turn), randomly flipped, resized to 28 px, stretched to 0-255."""
+    rng = np.random.default_rng([seed, 32])
+    sources, out = sample_images(), np.empty((count, 28, 28), np.uint8)
+    for i in range(count):
+        image = sources[i % len(sources)]
+        side = int(rng.integers(12, min(image.shape) // 2 + 1))
+        y, x = (int(rng.integers(0, n - side + 1)) for n in image.shape)
+        patch = image[y:y + side, x:x + side]
+        patch = patch[:, ::-1] if rng.random() < 0.5 else patch
+        patch = np.asarray(Image.fromarray(patch).resize((28, 28), Image.BILINEAR))
+        low, high = patch.min(), patch.max()
+        out[i] = np.round(255 * (patch - low) / max(high - low, 1e-6))
+    return out
+
+
+def export(output_dir, seed, num_labeled_per_class=400, source_dir=prepare_data.FASHION_MNIST_DIR,
+           out_of_domain=0):
+    """Writes the three folders (under a temporary name, renamed when complete), with
+    out_of_domain patches in the pile, and export.json (these arguments: the same export is
+    skipped, another replaces it); returns counts."""
+    args = dict(seed=seed, num_labeled_per_class=num_labeled_per_class, out_of_domain=out_of_domain)
+    done = common.read_json(os.path.join(output_dir, "export.json"), default={})
+    if done.get("args") == args:
+        logging.info("%s: done, skipped (%s)", output_dir, done["counts"])
+        return done["counts"]
     train_images, train_labels = prepare_data.read_fashion_mnist(source_dir, "train")
     test_images, test_labels = prepare_data.read_fashion_mnist(source_dir, "test")
     labeled = prepare_data.select_labeled(train_labels, num_labeled_per_class, seed)
@@ -52,30 +98,44 @@ def export(output_dir, seed, num_labeled_per_class=400, source_dir=prepare_data.
                 with open(os.path.join(folder, f"{i:05d}.png"), "wb") as f:
                     f.write(png)
             logging.info("%s: %d PNGs", split, len(indices))
-    return {split: len(indices) for split, (_, _, indices) in splits.items()}
+        patches = prepare_data.pad_fashion_mnist(out_of_domain_patches(out_of_domain, seed))
+        for i, png in enumerate(prepare_data.encode_png_batch(patches) if out_of_domain else []):
+            with open(os.path.join(tmp, "unlabeled", f"ood{i:05d}.png"), "wb") as f:
+                f.write(png)
+        counts = {**{split: len(indices) for split, (_, _, indices) in splits.items()},
+                  "out_of_domain": out_of_domain}
+        common.write_json(os.path.join(tmp, "export.json"), {"args": args, "counts": counts})
+    return counts
 
 
 def score(workdir, source_dir=prepare_data.FASHION_MNIST_DIR):
     """Pseudo-label accuracy of a folder run's iterations, all images and after filter+balance
     (weighted by copies), from the PNG names (train indices): what report.py shows for the
-    embedded run, whose records carry the true label, and cannot for a folder."""
+    embedded run, whose records carry the true label, and cannot for a folder. With out-of-domain
+    images (ood*.png): the accuracy on the Fashion-MNIST images, and the out-of-domain share."""
     _, labels = prepare_data.read_fashion_mnist(source_dir, "train")
     rows = []
-    for i in (1, 2, 3):
+    for i in range(1, 4):
         row = [i]
         for part in ("labels", "filtered"):
-            correct = total = 0
+            correct = total = ood = 0
             for path in sorted(tf.io.gfile.glob(f"{workdir}/iter{i}/{part}/*.tfrecord")):
                 for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
                     f = tf.train.Example.FromString(raw).features.feature
-                    index = int(os.path.basename(f["image/id"].bytes_list.value[0]).split(b".")[0])
+                    name = os.path.basename(f["image/id"].bytes_list.value[0]).split(b".")[0]
                     copies = f["copies"].int64_list.value[0] if "copies" in f else 1
-                    correct += copies * int(labels[index] == f["label"].int64_list.value[0])
+                    if name.startswith(b"ood"):
+                        ood += copies
+                        continue
+                    correct += copies * int(labels[int(name)] == f["label"].int64_list.value[0])
                     total += copies
-            row.append(100 * correct / total)
-        rows.append(row)
-    return "\n".join(["| iteration | pseudo-label accuracy (all) | after filter+balance |",
-                      "|---|---|---|"] + [f"| {i} | {a:.2f} | {b:.2f} |" for i, a, b in rows])
+            row += [100 * correct / max(total, 1), 100 * ood / max(total + ood, 1)]
+        if any(row[1:]):
+            rows.append(row)
+    return "\n".join(["| iteration | pseudo-label accuracy (all) | after filter+balance | "
+                      "out-of-domain share (all) | after filter+balance |", "|---|---|---|---|---|"]
+                     + [f"| {i} | {a:.2f} | {b:.2f} | {c:.1f}% | {d:.1f}% |"
+                        for i, a, c, b, d in rows])
 
 
 def main(argv):
@@ -83,7 +143,8 @@ def main(argv):
     if flags.FLAGS.score:
         print(score(flags.FLAGS.score))
     else:
-        print(export(flags.FLAGS.output_dir, flags.FLAGS.seed, flags.FLAGS.num_labeled_per_class))
+        print(export(flags.FLAGS.output_dir, flags.FLAGS.seed, flags.FLAGS.num_labeled_per_class,
+                     out_of_domain=flags.FLAGS.out_of_domain))
 
 
 if __name__ == "__main__":
@@ -92,6 +153,8 @@ if __name__ == "__main__":
                          "labeled.")
     flags.DEFINE_integer("num_labeled_per_class", 400, "Labeled images per class (the rest of the "
                          "train set is the unlabeled pile).")
+    flags.DEFINE_integer("out_of_domain", 0, "Out-of-domain images added to the pile (ood*.png): "
+                         "patches of matplotlib's sample images.")
     flags.DEFINE_string("score", "", "Instead: a finished folder run's workdir, whose pseudo-labels "
                         "are scored against the true labels (a markdown table).")
     app.run(main)

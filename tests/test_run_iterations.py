@@ -151,7 +151,8 @@ EPOCHS_ERROR = "must be one number of epochs or three, one per iteration (e.g. 5
     ("--unlabel_ratios=1,2", "must be three numbers, one per iteration (e.g. 1,2,3)"),
     ("--student_widths=0.3,wide,0.4",
      "must be three multipliers, one per iteration (e.g. 0.3,0.35,0.4)"),
-    ("--student_epochs=many", EPOCHS_ERROR), ("--student_epochs=50,75", EPOCHS_ERROR)])
+    ("--student_epochs=many", EPOCHS_ERROR), ("--student_epochs=50,75", EPOCHS_ERROR),
+    ("--iterations=4", "must be 1, 2 or 3 (students)")])
 def test_bad_flag_is_one_line_before_any_work(tmp_path, flag, error):
     proc = subprocess.run(["bash", "run_iterations.sh", flag, "--skip_setup",
                            f"--workdir={tmp_path}/run"], cwd=ROOT, capture_output=True, text=True)
@@ -442,6 +443,22 @@ def test_a_supervised_baseline_is_planned_on_request_or_for_grown_students(tmp_p
         ("efficientnet-b2", "24")]
 
 
+def test_one_iteration_with_the_ablation_is_table_6s_run(tmp_path):
+    """--iterations=1: one student (Table 6 has one iteration), its --ablation students beside
+    it, robustness of the teacher and that student; no second iteration."""
+    out, stages = plan(tmp_path, "--iterations=1", "--ablation", "--jobs=2")
+    run = f"{tmp_path}/run"
+    trained = [s[0].removeprefix(f"train+eval {run}/") for s in stages if s[3] == "main.py"]
+    assert trained == ["teacher", "iter1/student", "ablation/no_aug", "ablation/no_noise",
+                       "ablation/hard_labels", "ablation/no_filter", "ablation/on_the_fly",
+                       "ablation/noised_teacher"]
+    no_filter = next(s for s in stages if s[0].endswith("ablation/no_filter"))[4]
+    assert no_filter["unlabel_data_dir"] == f"{run}/iter1/labels"   # every record, unfiltered
+    assert "iter2" not in out and "1 iteration(s)" in out
+    robustness = next(s for s in stages if s[3] == "eval_robustness.py")
+    assert robustness[4]["model_dir"] == f"{run}/teacher,{run}/iter1/student"
+
+
 # Tiny steps on any data: --preset=smoke with every model shrunk and shortened.
 # (depth 0.1: one block per stage, so each model builds and traces in seconds)
 TINY = ("--train_flags=--train_steps=8 --train_batch_size=8 --width_coefficient=0.1"
@@ -633,9 +650,10 @@ def test_driver_paper_shape_on_imagenet_records(tmp_path):
     # --ablation: Table 6's students (the teacher's size) next to the paper's numbers, iteration
     # 1's epochs (the paper's 700 for a B1, --train_steps winning) and seed, two at a time.
     rows = {r["name"]: r for r in report["ablation"]}
-    assert len(rows) == 7 and rows["NoisyStudent"]["paper_top_1"] == 84.9
+    assert len(rows) == 8 and rows["NoisyStudent"]["paper_top_1"] == 84.9
     for name in ("student w/o Aug", "student w/o Aug, SD, Dropout",
-                 "teacher w. Aug, SD, Dropout (on the fly)", "NoisyStudent, hard pseudo-labels"):
+                 "teacher w. Aug, SD, Dropout (on the fly)", "NoisyStudent, hard pseudo-labels",
+                 "NoisyStudent, no filter/balance"):
         assert rows[name]["global_step"] == 4 and 0.0 <= rows[name]["top_1"] <= 1.0
         assert rows[name]["architecture"]["model_name"] == "efficientnet-b0"
     assert (flags["ablation/no_aug"]["train_epochs"], flags["ablation/no_aug"]["seed"],

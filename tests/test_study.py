@@ -191,11 +191,24 @@ def test_claims_table_rows_follow_the_results(tmp_path):
     assert arm_row[-1] == ("seed 0 done, seed 1 unfinished (last logged: step 200/1250), "
                            "seed 2 not started |")
     assert "3.0 min wall, 5.0 CPU min" in arm_row[3]
-    # What is left, at the done runs' CPU minutes (5.0 each): 9 driver arms x 3 seeds - 3 done,
+    # What is left, at the done runs' CPU minutes (5.0 each): 10 driver arms x 3 seeds - 3 done,
     # 3 robustness runs (none done), 6 supervised arms x 3 - 4 done.
-    assert ("Left for seeds 0, 1, 2: 24 driver runs (about 5 CPU min each), 3 robustness runs (not "
+    assert ("Left for seeds 0, 1, 2: 27 driver runs (about 5 CPU min each), 3 robustness runs (not "
             "measured yet), 14 supervised runs (about 5 CPU min each), by the done runs' means: "
             "about 3 CPU hours, 2 h on 2 cores.") in text
     study.write_claims(str(tmp_path / "claims.md"), text)
     assert (tmp_path / "claims.md").read_text() == text
     assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
+
+
+def test_out_of_domain_patches_are_real_images_from_outside_fashion_mnist():
+    """The out_of_domain arm's pile: 28 px gray patches of matplotlib's sample images (the four
+    sources in turn), the same for a seed, others for another; stretched to the full range, and
+    unlike Fashion-MNIST's black background most fill the frame."""
+    import fashion_mnist_folders
+    a, b = (fashion_mnist_folders.out_of_domain_patches(40, s) for s in (0, 1))
+    assert a.shape == (40, 28, 28) and a.dtype == "uint8"
+    assert (a == fashion_mnist_folders.out_of_domain_patches(40, 0)).all() and (a != b).any()
+    assert sorted({int(p.max()) for p in a if p.any()}) == [255]
+    assert sum((p > 20).mean() > 0.5 for p in a) > 20
+    assert len(fashion_mnist_folders.sample_images()) == 4
