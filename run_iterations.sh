@@ -11,6 +11,8 @@
 #   bash run_iterations.sh --unlabel_ratios=1,2,4  # unlabeled batch per labeled batch, per iteration
 #   bash run_iterations.sh --preset=full --student_epochs=50  # students' epochs (or 50,50,75)
 #   bash run_iterations.sh --preset=full --ablation --jobs=2  # + Table 6, hard labels, no filtering
+#       (--ablation=hard_labels,no_filter: only those of no_aug, no_noise, hard_labels, no_filter,
+#       on_the_fly, noised_teacher)
 #   bash run_iterations.sh --preset=paper --label_data_dir='train-*' --eval_data_dir='validation-*' \
 #       --unlabel_data_dir='jft-*' --plan  # the paper's run (Sec. 3.1), printed as a cluster's jobs
 #   bash run_iterations.sh --preset=svhn --label_data_dir=... --eval_data_dir=... \
@@ -151,6 +153,7 @@ parse_flags() {
   local arg
   PRESET=quick; WORKDIR=""; SEED=0; PY=${PYTHON:-python3}; DATASET=""; JOBS=1; TRAIN_FLAGS=""
   PRECISION=float32; PLAN=""; STRATEGY=()
+  ABLATION_STUDENTS=no_aug,no_noise,hard_labels,no_filter,on_the_fly,noised_teacher
   export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
   for arg in "$@"; do
     case "$arg" in
@@ -179,7 +182,8 @@ parse_flags() {
       --unlabeled_shards=*) UNLABELED_SHARDS_FLAG=${arg#*=} ;;
       --train_flags=*) TRAIN_FLAGS=${arg#*=} ;;
       --skip_setup) SKIP_SETUP=1 ;;
-      --ablation) ABLATION=1 ;;
+      --ablation) ABLATION=$ABLATION_STUDENTS ;;
+      --ablation=*) ABLATION=${arg#*=} ;;
       --allow_weak_teacher) WEAK=1 ;;
       --teacher_only) TEACHER_ONLY=1 ;;
       --iterations=*) ITERATIONS_FLAG=${arg#*=} ;;
@@ -341,6 +345,11 @@ field() { echo "$1" | cut -d, -f"$2"; }  # field LIST I: the I-th of a comma-sep
 
 check_flags() {  # every flag checked before any work: one line naming the bad one
   ITERATIONS=${ITERATIONS_FLAG:-$ITERATIONS}
+  local a
+  for a in $(echo "${ABLATION:-}" | tr , " "); do
+    [[ ",$ABLATION_STUDENTS," == *",$a,"* ]] ||
+      fail "--ablation=$ABLATION names $a, not one of $ABLATION_STUDENTS"
+  done
   [[ "$ITERATIONS" =~ ^[1-3]$ ]] || fail "--iterations=$ITERATIONS must be 1, 2 or 3 (students)"
   RATIOS=${RATIOS_FLAG:-$RATIOS}; STUDENT_WIDTHS=${WIDTHS_FLAG:-$WIDTHS}; STUDENT_DEPTHS=${DEPTHS_FLAG:-$DEPTHS}
   [[ "$RATIOS" =~ ^[0-9.]+,[0-9.]+,[0-9.]+$ ]] ||
@@ -692,7 +701,9 @@ ablation() {  # --ablation, beside student 1 (they share its teacher and pseudo-
              --teacher_model_dir="$WORKDIR/teacher")
   # The on-the-fly teachers read the unlabeled images (records: --unlabel_data_dir).
   local source=(); case "$DATASET" in imagenet|svhn) source=(--unlabel_source_dir="$UNLABELED") ;; esac
-  one() { start "ablation/$1" train "$WORKDIR/ablation/$1" "$s1" "${abl[@]}" "${@:2}"; }
+  one() {  # (--ablation=a,b: only those)
+    [[ ",$ABLATION," != *",$1,"* ]] || start "ablation/$1" train "$WORKDIR/ablation/$1" "$s1" "${abl[@]}" "${@:2}"
+  }
   one no_aug --unlabel_data_dir="$f1" --unlabeled_noise=no_aug
   one no_noise --unlabel_data_dir="$f1" --unlabeled_noise=none
   one hard_labels --unlabel_data_dir="$f1" --label_type=hard

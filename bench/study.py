@@ -134,15 +134,16 @@ def robustness_of(arm, baseline_arm):
 
 def out_of_domain(count):
     """Fashion-MNIST as folders with count out-of-domain images in the pile (ood*.png), then the
-    table6 arm's driver on them, K as the quick preset's (4,000)."""
+    quick preset's teacher and student 1 on them (K as on Fashion-MNIST, 4,000) beside the
+    students of hard labels and of unfiltered, unbalanced labels."""
     def commands(seed, workdir):
         folders = os.path.join(workdir, "folders")
         return [["python3", "bench/fashion_mnist_folders.py", f"--output_dir={folders}",
                  f"--seed={seed}", f"--out_of_domain={count}"],
                 *driver("--dataset=folder", f"--labeled_dir={folders}/labeled",
                         f"--unlabeled_dir={folders}/unlabeled", f"--test_dir={folders}/test",
-                        "--num_images_per_class=4000", "--ablation", "--jobs=2",
-                        "--iterations=1")(seed, workdir)]
+                        "--num_images_per_class=4000", "--ablation=hard_labels,no_filter",
+                        "--jobs=2", "--iterations=1")(seed, workdir)]
     return commands
 
 
@@ -170,8 +171,9 @@ ARMS = collections.OrderedDict([
     ("table6", ("the quick preset's teacher and student 1 (--iterations=1) + Table 6's students "
                 "beside it, hard labels and no filter/balance (--ablation)",
                 driver("--ablation", "--jobs=2", "--iterations=1"))),
-    ("out_of_domain", (f"table6 on image folders: Fashion-MNIST's split, {OOD:,} out-of-domain "
-                       "patches of real images added to the pile (bench/fashion_mnist_folders.py)",
+    ("out_of_domain", (f"Fashion-MNIST's split as image folders, {OOD:,} out-of-domain patches "
+                       "of real images added to the pile (bench/fashion_mnist_folders.py): "
+                       "teacher, student 1 and --ablation=hard_labels,no_filter",
                        out_of_domain(OOD))),
 ])
 # Fewer labels (the same unlabeled pile: the other train images), each with the chain's control.

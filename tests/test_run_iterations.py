@@ -152,7 +152,9 @@ EPOCHS_ERROR = "must be one number of epochs or three, one per iteration (e.g. 5
     ("--student_widths=0.3,wide,0.4",
      "must be three multipliers, one per iteration (e.g. 0.3,0.35,0.4)"),
     ("--student_epochs=many", EPOCHS_ERROR), ("--student_epochs=50,75", EPOCHS_ERROR),
-    ("--iterations=4", "must be 1, 2 or 3 (students)")])
+    ("--iterations=4", "must be 1, 2 or 3 (students)"),
+    ("--ablation=no_aug,hard", "names hard, not one of no_aug,no_noise,hard_labels,no_filter,"
+                               "on_the_fly,noised_teacher")])
 def test_bad_flag_is_one_line_before_any_work(tmp_path, flag, error):
     proc = subprocess.run(["bash", "run_iterations.sh", flag, "--skip_setup",
                            f"--workdir={tmp_path}/run"], cwd=ROOT, capture_output=True, text=True)
@@ -445,7 +447,8 @@ def test_a_supervised_baseline_is_planned_on_request_or_for_grown_students(tmp_p
 
 def test_one_iteration_with_the_ablation_is_table_6s_run(tmp_path):
     """--iterations=1: one student (Table 6 has one iteration), its --ablation students beside
-    it, robustness of the teacher and that student; no second iteration."""
+    it (or those --ablation=a,b names), robustness of the teacher and that student; no second
+    iteration."""
     out, stages = plan(tmp_path, "--iterations=1", "--ablation", "--jobs=2")
     run = f"{tmp_path}/run"
     trained = [s[0].removeprefix(f"train+eval {run}/") for s in stages if s[3] == "main.py"]
@@ -457,6 +460,10 @@ def test_one_iteration_with_the_ablation_is_table_6s_run(tmp_path):
     assert "iter2" not in out and "1 iteration(s)" in out
     robustness = next(s for s in stages if s[3] == "eval_robustness.py")
     assert robustness[4]["model_dir"] == f"{run}/teacher,{run}/iter1/student"
+    # --ablation=a,b: only those students
+    _, stages = plan(tmp_path, "--iterations=1", "--ablation=no_filter,hard_labels")
+    assert [s[0].removeprefix(f"train+eval {run}/") for s in stages if s[3] == "main.py"] == [
+        "teacher", "iter1/student", "ablation/hard_labels", "ablation/no_filter"]
 
 
 # Tiny steps on any data: --preset=smoke with every model shrunk and shortened.
