@@ -1,5 +1,5 @@
 """run_iterations.sh: flag errors are one line before any work (fast); the whole pipeline (teacher,
-three label/filter/student iterations with --jobs=2 labeling, byte-identical to one job, and the
+two label/filter/student iterations with --jobs=2 labeling, byte-identical to one job, and the
 report) on generated image folders, then a rerun that skips every finished stage and refuses one
 that another command made; --preset=smoke's Fashion-MNIST data and teacher; ImageNet-schema JPEG
 records in the paper preset's shape (a checkpoint teacher, two B1 students, the first fine-tuned
@@ -33,10 +33,11 @@ def run(workdir, *extra):
                           text=True, timeout=3600)  # (a shared 2-core machine)
 
 
-# Algorithm 1 end to end on generated folders: tiny models (TINY, below), --jobs=2 labeling, one
-# number of epochs and one unlabeled ratio per student. (Growing students, the supervised baseline
-# and --ablation: the ImageNet-records test below.) Shared by the tests that read or rerun it.
-FOLDER_FLAGS = ("--jobs=2", "--student_epochs=7,8,9", "--unlabel_ratios=1,2,1",
+# Algorithm 1 end to end on generated folders: tiny models (TINY, below), two iterations (student
+# 1 labels for student 2: every path of the loop), --jobs=2 labeling, one number of epochs and one
+# unlabeled ratio per student. (Growing students, the supervised baseline and --ablation: the
+# ImageNet-records test below.) Shared by the tests that read or rerun it.
+FOLDER_FLAGS = ("--iterations=2", "--jobs=2", "--student_epochs=7,8,9", "--unlabel_ratios=1,2,1",
                 "--allow_weak_teacher")
 
 
@@ -56,13 +57,12 @@ def folder_run(tmp_path_factory):
 def test_driver_report_has_every_model_and_iteration(folder_run):
     workdir, _, proc = folder_run
     report = json.load(open(workdir / "report.json"))
-    assert [m["name"] for m in report["models"]] == ["teacher", "student 1", "student 2",
-                                                     "student 3"]
+    assert [m["name"] for m in report["models"]] == ["teacher", "student 1", "student 2"]
     assert all(0.0 <= m["top_1"] <= m["top_5"] <= 1.0 and m["global_step"] == 8
                for m in report["models"])
     assert report["models"][0]["architecture"]["image_size"] == 32   # small-image data
     # --unlabel_ratios: one per iteration, recorded in the report (the teacher has none).
-    assert [m["unlabel_ratio"] for m in report["models"]] == [None, 1, 2, 1]
+    assert [m["unlabel_ratio"] for m in report["models"]] == [None, 1, 2]
     table = (workdir / "report.md").read_text()
     # (a tiny student may be marked below its teacher: 8 steps promise no gain)
     assert re.search(r"^\| student 2( \(below its teacher\))? \| efficientnet-b0 w0.1 d0.1 @32 \| 2 \|",
@@ -73,14 +73,16 @@ def test_driver_report_has_every_model_and_iteration(folder_run):
         assert set(it["filtered"]["per_class"]) <= {0, 10} and it["filtered"]["images"] >= 10
     for name in ("report.md", "top1_per_iteration.png", "class_balance.png"):
         assert (workdir / name).stat().st_size > 0   # (pseudo-label quality: no true labels here)
-    assert "student 3" in proc.stdout               # the final table is printed
+    assert "student 2" in proc.stdout               # the final table is printed
     # --student_epochs reaches each student's main.py (--train_steps, from --train_flags, wins);
     # each model its own --seed (teacher SEED, student i SEED*10+i).
     flags = {d: json.load(open(workdir / d / "flags.json"))
-             for d in ("teacher", "iter1/student", "iter2/student", "iter3/student")}
+             for d in ("teacher", "iter1/student", "iter2/student")}
     assert flags["teacher"]["train_epochs"] != 7
-    assert [flags[f"iter{i}/student"]["train_epochs"] for i in (1, 2, 3)] == [7, 8, 9]
-    assert [f["seed"] for f in flags.values()] == [0, 1, 2, 3]
+    assert [flags[f"iter{i}/student"]["train_epochs"] for i in (1, 2)] == [7, 8]
+    assert [f["seed"] for f in flags.values()] == [0, 1, 2]
+    assert flags["iter2/student"]["teacher_model_dir"] == f"{workdir}/iter1/student"
+    assert not (workdir / "iter3").exists()   # --iterations=2
     assert report["supervised_baseline"] is None   # students of the teacher's size: no baseline
 
 
@@ -104,19 +106,19 @@ def test_rerun_skips_finished_stages_and_refuses_another_commands(folder_run):
     proc = run(workdir, *flags)
     assert proc.returncode == 0, proc.stderr[-4000:]
     # data, teacher, 3 x (label, filter, student)
-    assert proc.stderr.count("done, skipped") == 1 + 1 + 3 * 3
+    assert proc.stderr.count("done, skipped") == 1 + 1 + 2 * 3
     assert "running" not in proc.stderr
-    # A finished stage that another command made is refused, not reused: student 3's epochs
-    # changed, so everything before it is skipped and student 3 is named.
-    proc = run(workdir, *flags, "--student_epochs=7,8,10")
+    # A finished stage that another command made is refused, not reused: student 2's epochs
+    # changed, so everything before it is skipped and student 2 is named.
+    proc = run(workdir, *flags, "--student_epochs=7,10,9")
     # (--jobs=2: the student ran as a job, its line prefixed with its name; then the driver's)
     error = next(l for l in proc.stderr.splitlines() if "error: train+eval" in l)
-    assert proc.returncode == 2 and proc.stderr.count("done, skipped") == 1 + 1 + 3 * 2 + 2
-    assert error.startswith(f"[iter3/student] error: train+eval {workdir}/iter3/student: {workdir}/iter3/student "
+    assert proc.returncode == 2 and proc.stderr.count("done, skipped") == 1 + 1 + 3 + 2
+    assert error.startswith(f"[iter2/student] error: train+eval {workdir}/iter2/student: {workdir}/iter2/student "
                             "was made by another command; remove it or use another --workdir")
-    assert "--train_epochs=9" in error and "--train_epochs=10" in error
-    record = (workdir / "iter3/student/eval_results.json.command").read_text()
-    assert record.startswith("main.py ") and "--train_epochs=9 " in record
+    assert "--train_epochs=8" in error and "--train_epochs=10" in error
+    record = (workdir / "iter2/student/eval_results.json.command").read_text()
+    assert record.startswith("main.py ") and "--train_epochs=8 " in record
 
 
 @pytest.mark.slow
