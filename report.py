@@ -49,6 +49,13 @@ _COUNTED = {"label": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
             "image/id": tf.io.FixedLenFeature([], tf.string, default_value="")}
 
 
+def counted_fields(files):
+    """Batches of the records' label, copies, diagnostic/true_label and image/id (numpy)."""
+    records = tf.data.TFRecordDataset(files).batch(4096).map(
+        lambda raw: tf.io.parse_example(raw, _COUNTED))
+    return records.as_numpy_iterator()
+
+
 def pseudo_label_stats(pattern, num_classes):
     """Counts (weighted by `copies`) of pseudo-labels per class and their agreement with the
     diagnostic true labels kept in the unlabeled records (never used for training)."""
@@ -58,9 +65,7 @@ def pseudo_label_stats(pattern, num_classes):
     per_class = np.zeros(num_classes, np.int64)
     correct = with_truth = 0
     ids = set()
-    records = tf.data.TFRecordDataset(files).batch(4096).map(
-        lambda raw: tf.io.parse_example(raw, _COUNTED))
-    for batch in records.as_numpy_iterator():
+    for batch in counted_fields(files):
         label, copies, true = batch["label"], batch["copies"], batch["diagnostic/true_label"]
         per_class += np.bincount(label, weights=copies, minlength=num_classes).astype(np.int64)
         correct += int(copies[(true == label) & (true >= 0)].sum())

@@ -19,6 +19,7 @@ out-of-domain arm, paper Sec. 2: soft labels and filtering on out-of-domain data
     python bench/fashion_mnist_folders.py --score=WORKDIR   # pseudo-label accuracy of the run
 """
 
+import glob
 import gzip
 import os
 import sys
@@ -35,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 import data  # noqa: E402
 import prepare_data  # noqa: E402
+import report  # noqa: E402
 
 CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
            "ankle-boot")
@@ -119,16 +121,15 @@ def score(workdir, source_dir=prepare_data.FASHION_MNIST_DIR):
         row = [i]
         for part in ("labels", "filtered"):
             correct = total = ood = 0
-            for path in sorted(tf.io.gfile.glob(f"{workdir}/iter{i}/{part}/*.tfrecord")):
-                for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
-                    f = tf.train.Example.FromString(raw).features.feature
-                    name = os.path.basename(f["image/id"].bytes_list.value[0]).split(b".")[0]
-                    copies = f["copies"].int64_list.value[0] if "copies" in f else 1
-                    if name.startswith(b"ood"):
-                        ood += copies
-                        continue
-                    correct += copies * int(labels[int(name)] == f["label"].int64_list.value[0])
-                    total += copies
+            files = sorted(glob.glob(f"{workdir}/iter{i}/{part}/*.tfrecord"))
+            for batch in report.counted_fields(files) if files else []:
+                names = [os.path.basename(n).split(b".")[0] for n in batch["image/id"]]
+                out = np.array([n.startswith(b"ood") for n in names], bool)
+                index = np.array([0 if o else int(n) for n, o in zip(names, out)])
+                copies = batch["copies"]
+                ood += int(copies[out].sum())
+                total += int(copies[~out].sum())
+                correct += int(copies[~out & (labels[index] == batch["label"])].sum())
             row += [100 * correct / max(total, 1), 100 * ood / max(total + ood, 1)]
         if any(row[1:]):
             rows.append(row)
