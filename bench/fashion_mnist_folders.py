@@ -17,6 +17,7 @@ out-of-domain arm, paper Sec. 2: soft labels and filtering on out-of-domain data
         [--num_labeled_per_class=30]   # a small labeled set (bench/own_small_data.md)
     python bench/fashion_mnist_folders.py --output_dir=DIR --out_of_domain=56000   # + patches
     python bench/fashion_mnist_folders.py --score=WORKDIR   # pseudo-label accuracy of the run
+    python bench/fashion_mnist_folders.py --grid=bench/out_of_domain_patches.png   # a look
 """
 
 import glob
@@ -114,35 +115,46 @@ def score(workdir, source_dir=prepare_data.FASHION_MNIST_DIR):
     """Pseudo-label accuracy of a folder run's iterations, all images and after filter+balance
     (weighted by copies), from the PNG names (train indices): what report.py shows for the
     embedded run, whose records carry the true label, and cannot for a folder. With out-of-domain
-    images (ood*.png): the accuracy on the Fashion-MNIST images, and the out-of-domain share."""
+    images (ood*.png): the accuracy on the Fashion-MNIST images, the out-of-domain share, and
+    that share per pseudo-label class after filter+balance."""
     _, labels = prepare_data.read_fashion_mnist(source_dir, "train")
-    rows = []
+    rows, per_class = [], []
     for i in range(1, 4):
         row = [i]
         for part in ("labels", "filtered"):
-            correct = total = ood = 0
+            correct, kept = 0, np.zeros((2, len(CLASSES)), np.int64)   # (in domain, out) x class
             files = sorted(glob.glob(f"{workdir}/iter{i}/{part}/*.tfrecord"))
             for batch in report.counted_fields(files) if files else []:
                 names = [os.path.basename(n).split(b".")[0] for n in batch["image/id"]]
                 out = np.array([n.startswith(b"ood") for n in names], bool)
                 index = np.array([0 if o else int(n) for n, o in zip(names, out)])
-                copies = batch["copies"]
-                ood += int(copies[out].sum())
-                total += int(copies[~out].sum())
-                correct += int(copies[~out & (labels[index] == batch["label"])].sum())
-            row += [100 * correct / max(total, 1), 100 * ood / max(total + ood, 1)]
+                copies, label = batch["copies"], batch["label"]
+                for k, rows_k in enumerate((~out, out)):
+                    kept[k] += np.bincount(label[rows_k], copies[rows_k], len(CLASSES)).astype(np.int64)
+                correct += int(copies[~out & (labels[index] == label)].sum())
+            row += [100 * correct / max(kept[0].sum(), 1), 100 * kept[1].sum() / max(kept.sum(), 1)]
         if any(row[1:]):
             rows.append(row)
-    return "\n".join(["| iteration | pseudo-label accuracy (all) | after filter+balance | "
-                      "out-of-domain share (all) | after filter+balance |", "|---|---|---|---|---|"]
-                     + [f"| {i} | {a:.2f} | {b:.2f} | {c:.1f}% | {d:.1f}% |"
-                        for i, a, c, b, d in rows])
-
+            if kept[1].any():   # the filtered set's out-of-domain share per class
+                per_class.append((i, 100 * kept[1] / np.maximum(kept.sum(0), 1)))
+    lines = ["| iteration | pseudo-label accuracy (all) | after filter+balance | out-of-domain "
+             "share (all) | after filter+balance |", "|---|---|---|---|---|"]
+    lines += [f"| {i} | {a:.2f} | {b:.2f} | {c:.1f}% | {d:.1f}% |" for i, a, c, b, d in rows]
+    if per_class:
+        lines += ["", "| iteration | " + " | ".join(CLASSES) + " |", "|---" * (len(CLASSES) + 1) + "|"]
+        lines += [f"| {i} | " + " | ".join(f"{x:.1f}%" for x in share) + " |"
+                  for i, share in per_class]
+    return "\n".join(lines)
 
 def main(argv):
     del argv
     if flags.FLAGS.score:
         print(score(flags.FLAGS.score))
+    elif flags.FLAGS.grid:   # 8 rows of 16 patches, shown at 2x
+        patches = out_of_domain_patches(128, flags.FLAGS.seed)
+        grid = np.vstack([np.hstack(list(patches[r * 16:(r + 1) * 16])) for r in range(8)])
+        Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(
+            flags.FLAGS.grid)
     else:
         print(export(flags.FLAGS.output_dir, flags.FLAGS.seed, flags.FLAGS.num_labeled_per_class,
                      out_of_domain=flags.FLAGS.out_of_domain))
@@ -156,6 +168,7 @@ if __name__ == "__main__":
                          "train set is the unlabeled pile).")
     flags.DEFINE_integer("out_of_domain", 0, "Out-of-domain images added to the pile (ood*.png): "
                          "patches of matplotlib's sample images.")
+    flags.DEFINE_string("grid", "", "Instead: a PNG of 128 out-of-domain patches of --seed.")
     flags.DEFINE_string("score", "", "Instead: a finished folder run's workdir, whose pseudo-labels "
                         "are scored against the true labels (a markdown table).")
     app.run(main)

@@ -456,6 +456,8 @@ def claims_table(results, seeds, root):
               "Robustness: why gaussian noise hurts the students more than the teacher: longer "
               "training does it, not the pseudo-labels (supervised_chain's 3 seeds lose as much "
               "without an unlabeled image): [gaussian_noise.md](gaussian_noise.md).", "",
+              "Out of domain: how many of the out_of_domain arm's patches the filter keeps, and "
+              "in which classes: [out_of_domain.md](out_of_domain.md).", "",
               "## The arms", "",
               "Cost per finished seed: wall and CPU minutes of its commands (the CPU time counts "
               "the work even when the cores are shared), the CPU, the date, the commit.",
