@@ -467,6 +467,7 @@ def claims_table(results, seeds, root):
         done = {s: r for (a, s), r in results.items() if a == arm}
         names = sorted({side[1] for c in CLAIMS for side in (c.a, c.b)
                         if not isinstance(side, float) and side[0] == arm})
+        names = names or sorted({k for r in done.values() for k in r["metrics"]})  # the ceiling
         tops = "; ".join(f"[seed {s}](claims/{arm}-seed{s}.json): " + ", ".join(f"{k} {r['metrics'][k]:.2f}" for k in names
                                                     if k in r["metrics"])
                          for s, r in sorted(done.items()))

@@ -188,6 +188,7 @@ def test_claims_table_rows_follow_the_results(tmp_path):
     assert "Gap closed" in text and "33.33% (n = 1" in text  # (83 - 79) / (91 - 79)
     assert rows["`supervised_s1`"][2].endswith("; mean supervised 80.37 +- 0.47 (n = 3)")
     arm_row = rows["`ceiling_60k`"]
+    assert arm_row[2] == "[seed 0](claims/ceiling_60k-seed0.json): supervised 91.00"  # in no claim
     assert arm_row[-1] == ("seed 0 done, seed 1 unfinished (last logged: step 200/1250), "
                            "seed 2 not started |")
     assert "3.0 min wall, 5.0 CPU min" in arm_row[3]
