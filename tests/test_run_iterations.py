@@ -252,7 +252,8 @@ def plan(tmp_path, *flags):
             if command.startswith("for TASK in"):
                 command = command.split("; do ", 1)[1].rsplit("; done", 1)[0]
             argv = shlex.split(command)
-            values = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
+            values = dict((a[2:] if "=" in a else a[2:] + "=true").split("=", 1)  # --x: true
+                          for a in argv if a.startswith("--"))
             stages.append((name, tasks, waits.removeprefix("waits for: "), argv[1], values))
     return proc.stdout, stages
 
@@ -457,8 +458,17 @@ def test_one_iteration_with_the_ablation_is_table_6s_run(tmp_path):
     assert trained == ["teacher", "iter1/student", "ablation/no_aug", "ablation/no_noise",
                        "ablation/hard_labels", "ablation/no_filter", "ablation/on_the_fly",
                        "ablation/noised_teacher"]
-    no_filter = next(s for s in stages if s[0].endswith("ablation/no_filter"))[4]
-    assert no_filter["unlabel_data_dir"] == f"{run}/iter1/labels"   # every record, unfiltered
+    flags = {s[0].removeprefix(f"train+eval {run}/"): s[4] for s in stages if s[3] == "main.py"}
+    assert flags["ablation/no_filter"]["unlabel_data_dir"] == f"{run}/iter1/labels"  # unfiltered
+    # What tells each student apart (the end-to-end run trains no_aug, no_filter and on_the_fly).
+    assert [(flags[f"ablation/{a}"].get("unlabeled_noise"), flags[f"ablation/{a}"].get("label_type"),
+             flags[f"ablation/{a}"].get("noised_teacher"))
+            for a in ("no_aug", "no_noise", "hard_labels", "on_the_fly", "noised_teacher")] == [
+        ("no_aug", None, None), ("none", None, None), (None, "hard", None), (None, None, None),
+        (None, None, "true")]
+    for a in ("on_the_fly", "noised_teacher"):   # the teacher labels the pile as it trains
+        assert "unlabel_data_dir" not in flags[f"ablation/{a}"]
+        assert flags[f"ablation/{a}"]["teacher_model_dir"] == f"{run}/teacher"
     assert "iter2" not in out and "1 iteration(s)" in out
     robustness = next(s for s in stages if s[3] == "eval_robustness.py")
     assert robustness[4]["model_dir"] == f"{run}/teacher,{run}/iter1/student"
@@ -602,9 +612,10 @@ def test_driver_paper_shape_on_imagenet_records(tmp_path):
     """--preset=paper's shape, scaled down, on ImageNet-schema JPEG records: a B0 teacher that is
     an official checkpoint as it is (no training) -> two B1 students (--iterations=2; the paper's
     ratio 14), the first fine-tuned at a larger resolution and, so, the second's teacher, with
-    --ablation; --train_flags shrinks every model to 4 steps of a tiny net at 32 px; --jobs=2
-    trains the ablation's students two at a time beside student 1. (The third iteration's ratio
-    28: the paper's --plan test.)"""
+    the ablation students of their own paths (no_noise, hard_labels and noised_teacher differ from
+    no_aug or on_the_fly by one main.py flag: the --plan test and main.py's tests); --train_flags shrinks every model to 4
+    steps of a tiny net at 32 px; --jobs=2 trains the ablation's students two at a time beside
+    student 1. (The third iteration's ratio 28: the paper's --plan test.)"""
     rng = np.random.default_rng(0)
     for name, count, labeled in (("train", 12, True), ("validation", 6, True),
                                  ("unlabeled", 12, False)):
@@ -625,7 +636,8 @@ def test_driver_paper_shape_on_imagenet_records(tmp_path):
                "--student_models=efficientnet-b1,efficientnet-b1,efficientnet-b1",
                "--image_sizes=32,32,32,32", "--finetune_sizes=48,0,0", "--iterations=2",
                "--num_images_per_class=4",
-               f"--teacher_checkpoint={prefix}", "--ablation", "--jobs=2", "--allow_weak_teacher",
+               f"--teacher_checkpoint={prefix}", "--jobs=2",
+               "--ablation=no_aug,no_filter,on_the_fly", "--allow_weak_teacher",
                "--train_flags=--train_steps=4 --train_batch_size=4 --width_coefficient=0.1"
                " --depth_coefficient=0.1 --num_classes=3")
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -645,7 +657,7 @@ def test_driver_paper_shape_on_imagenet_records(tmp_path):
         assert set(it["filtered"]["per_class"]) <= {0, 4} and it["filtered"]["images"] >= 4
     flags = {d: json.load(open(workdir / d / "flags.json"))
              for d in ("teacher", "iter2/student", "ablation/no_aug", "ablation/on_the_fly",
-                       "ablation/noised_teacher", "supervised_baseline")}
+                       "supervised_baseline")}
     assert flags["teacher"]["init_checkpoint"] == prefix
     # Student 2's teacher is the fine-tuned student 1 (Sec. 3.1's L2 at 800 px), at its 48 px.
     assert flags["iter2/student"]["teacher_model_dir"] == f"{workdir}/iter1/student/finetune_48"
@@ -657,15 +669,13 @@ def test_driver_paper_shape_on_imagenet_records(tmp_path):
     # The paper's schedule for a model smaller than B5 (decay every 4.8 epochs), steps shrunk.
     assert (flags["iter2/student"]["lr_decay_epochs"], flags["iter2/student"]["randaug_mag"],
             flags["iter2/student"]["final_base_learning_rate"]) == (4.8, 27, 0)
-    # The ablation's on-the-fly teachers read the ImageNet unlabeled records.
-    for d in ("ablation/on_the_fly", "ablation/noised_teacher"):
-        assert flags[d]["unlabel_source_dir"] == f"{tmp_path}/unlabeled-*"
+    # The ablation's on-the-fly teacher reads the ImageNet unlabeled records.
+    assert flags["ablation/on_the_fly"]["unlabel_source_dir"] == f"{tmp_path}/unlabeled-*"
     # --ablation: Table 6's students (the teacher's size) next to the paper's numbers, iteration
     # 1's epochs (the paper's 700 for a B1, --train_steps winning) and seed, two at a time.
     rows = {r["name"]: r for r in report["ablation"]}
-    assert len(rows) == 8 and rows["NoisyStudent"]["paper_top_1"] == 84.9
-    for name in ("student w/o Aug", "student w/o Aug, SD, Dropout",
-                 "teacher w. Aug, SD, Dropout (on the fly)", "NoisyStudent, hard pseudo-labels",
+    assert len(rows) == 5 and rows["NoisyStudent"]["paper_top_1"] == 84.9
+    for name in ("student w/o Aug", "NoisyStudent, on-the-fly teacher (no filter/balance)",
                  "NoisyStudent, no filter/balance"):
         assert rows[name]["global_step"] == 4 and 0.0 <= rows[name]["top_1"] <= 1.0
         assert rows[name]["architecture"]["model_name"] == "efficientnet-b0"
