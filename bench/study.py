@@ -430,6 +430,7 @@ def claims_table(results, seeds, root):
              "over the seeds where both are done. Verdict: *holds* / *does not hold* when |mean| >= 2 "
              "standard errors (the paper's sign or not), *not resolved at this scale* below that, "
              f"*needs N more seeds* below {MIN_SEEDS} seeds.", "",
+             "![The claims' effects per seed, mean +- 2 standard errors](claims.png)", "",
              "| claim | paper | paper's number | a - b | ours: mean +- std | n | verdict |",
              "|---|---|---|---|---|---|---|"]
     for c in CLAIMS:
@@ -522,6 +523,43 @@ def write_claims(path, text):
         f.write(text)
 
 
+def claims_plot(results):
+    """The claims with a done seed: each seed's effect (dots), mean +- 2 standard errors (the
+    verdict's interval; green holds, red does not hold, grey not resolved or too few seeds) and
+    the paper's number (star) where it is one; top-1 claims above, mCE / mFR below."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [(c, e) for c in CLAIMS for e in [effects(c, results)] if e]
+    panels = [[(c, e) for c, e in rows if ("vs teacher" in str(c.a)) == robust] for robust in (0, 1)]
+    fig, axes = plt.subplots(2, 1, figsize=(9, 1.5 + 0.4 * len(rows)), squeeze=True,
+                             gridspec_kw={"height_ratios": [max(len(p), 1) for p in panels]})
+    colors = {"holds": "tab:green", "does not hold": "tab:red"}
+    for ax, panel, unit in zip(axes, panels, ("top-1 points: seeds (dots), mean +- 2 SE, the paper "
+                                              "(star)", "mCE / mFR points, the teacher's = 100")):
+        for y, (c, e) in enumerate(reversed(panel)):
+            n, mean, _, stderr = summary(e)
+            ax.plot(e, [y] * n, "o", color="0.65", ms=4)
+            if n > 1:
+                ax.errorbar(mean, y, xerr=2 * stderr, fmt="D", capsize=3,
+                            color=colors.get(verdict(e, c.sign), "0.3"))
+            paper = re.fullmatch(r"(?:about )?([+-][\d.]+)", c.paper)
+            if paper:
+                ax.plot(float(paper.group(1)), y, "*", color="tab:blue", ms=10)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_yticks(range(len(panel)), [c.claim[:75] + "..." * (len(c.claim) > 75)
+                                          for c, _ in reversed(panel)], fontsize=7)
+        ax.set_xlabel(f"a - b, {unit}", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def publish_claims(path, results, seeds, root):
+    """claims.md and its picture, claims.png, beside it."""
+    write_claims(path, claims_table(results, seeds, root))
+    common.write_png(claims_plot(results), os.path.splitext(path)[0] + ".png", dpi=100)
+
+
 def plan_text(runs, root, results_dir):
     """Every (arm, seed)'s status and commands, as --plan prints them."""
     results, out = load_results(results_dir), ""
@@ -551,9 +589,8 @@ def main(_):
                 except common.UserError as e:
                     failed.append(str(e))
                     log(f"error: {e}")
-                write_claims(FLAGS.claims, claims_table(load_results(FLAGS.results_dir), seeds,
-                                                        FLAGS.root))
-    write_claims(FLAGS.claims, claims_table(load_results(FLAGS.results_dir), seeds, FLAGS.root))
+                publish_claims(FLAGS.claims, load_results(FLAGS.results_dir), seeds, FLAGS.root)
+    publish_claims(FLAGS.claims, load_results(FLAGS.results_dir), seeds, FLAGS.root)
     if failed:
         raise common.UserError(f"{len(failed)} run(s) failed: " + " | ".join(failed))
 

@@ -197,8 +197,14 @@ def test_claims_table_rows_follow_the_results(tmp_path):
     assert ("Left for seeds 0, 1, 2: 27 driver runs (about 5 CPU min each), 3 robustness runs (not "
             "measured yet), 14 supervised runs (about 5 CPU min each), by the done runs' means: "
             "about 3 CPU hours, 2 h on 2 cores.") in text
-    study.write_claims(str(tmp_path / "claims.md"), text)
-    assert (tmp_path / "claims.md").read_text() == text
+    study.publish_claims(str(tmp_path / "claims.md"), results, [0, 1, 2], str(tmp_path))
+    assert (tmp_path / "claims.md").read_text() == text and "](claims.png)" in text
+    assert (tmp_path / "claims.png").read_bytes()[:4] == b"\x89PNG"
+    # The picture: the three top-1 claims with seeds (top first), no mCE / mFR claim yet.
+    top, robust = study.claims_plot(results).axes
+    assert [t.get_text()[:20] for t in top.get_yticklabels()][::-1] == [
+        "student 1 beats a su", "student 3 beats the ", "iterating helps: stu"]
+    assert not robust.get_yticklabels()
     assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
 
 
