@@ -248,7 +248,7 @@ preset() {  # the schedule, sizes and data of --preset (every knob a variable; f
     #   28 minutes on a Xeon or Zen 5 (2 cores); 64 on a Zen 3 before the swish change.
     # NOTE: 2-core schedules: peak lr 0.032 per 256 (reference 0.016), final lr 1/20, M=5 (its SVHN run).
     quick)
-      FOR="Fashion-MNIST with 4,000 labels on 2 CPU cores (~28 min; ~an hour on a Zen 3)"
+      FOR="Fashion-MNIST with 4,000 labels on 2 CPU cores (~28 min, about an hour on a Zen 3)"
       TEACHER_EPOCHS=25; BATCH=128; LR=0.032; FINAL_LR=0.0016; WARMUP=5; MAG=5
       EPOCHS=30,30,40; RATIOS=1,2,3; MIN_EPOCH_STEPS=24
       UNLABELED_SHARDS=8; PER_CLASS=4000; EVAL_ROBUSTNESS=1; ROBUST_EXAMPLES=500 ;;
