@@ -532,7 +532,7 @@ def claims_plot(results):
     import matplotlib.pyplot as plt
     rows = [(c, e) for c in CLAIMS for e in [effects(c, results)] if e]
     panels = [[(c, e) for c, e in rows if ("vs teacher" in str(c.a)) == robust] for robust in (0, 1)]
-    fig, axes = plt.subplots(2, 1, figsize=(9, 1.5 + 0.4 * len(rows)), squeeze=True,
+    fig, axes = plt.subplots(2, 1, figsize=(9, 1.5 + 0.4 * len(rows)),
                              gridspec_kw={"height_ratios": [max(len(p), 1) for p in panels]})
     colors = {"holds": "tab:green", "does not hold": "tab:red"}
     for ax, panel, unit in zip(axes, panels, ("top-1 points: seeds (dots), mean +- 2 SE, the paper "
@@ -557,7 +557,10 @@ def claims_plot(results):
 def publish_claims(path, results, seeds, root):
     """claims.md and its picture, claims.png, beside it."""
     write_claims(path, claims_table(results, seeds, root))
-    common.write_png(claims_plot(results), os.path.splitext(path)[0] + ".png", dpi=100)
+    import matplotlib.pyplot as plt
+    fig = claims_plot(results)
+    common.write_png(fig, os.path.splitext(path)[0] + ".png", dpi=100)
+    plt.close(fig)  # the study redraws it after every run
 
 
 def plan_text(runs, root, results_dir):

@@ -3,7 +3,7 @@
 passes) against `x * tf.sigmoid(x)` differentiated as written (the forward sigmoid reused: four
 passes), interleaved in one process, for the presets' net and the full B0.
 
-    python bench/swish_grad.py --rounds=7 > bench/swish_grad.md
+    python bench/swish_grad.py --rounds=7 --steps=8 > bench/swish_grad.md
 """
 import collections
 import os

@@ -461,8 +461,8 @@ def test_one_iteration_with_the_ablation_is_table_6s_run(tmp_path):
     flags = {s[0].removeprefix(f"train+eval {run}/"): s[4] for s in stages if s[3] == "main.py"}
     assert flags["ablation/no_filter"]["unlabel_data_dir"] == f"{run}/iter1/labels"  # unfiltered
     # What tells each student apart (the end-to-end run trains no_aug, no_filter and on_the_fly).
-    assert [(flags[f"ablation/{a}"].get("unlabeled_noise"), flags[f"ablation/{a}"].get("label_type"),
-             flags[f"ablation/{a}"].get("noised_teacher"))
+    assert [tuple(flags[f"ablation/{a}"].get(k) for k in ("unlabeled_noise", "label_type",
+                                                           "noised_teacher"))
             for a in ("no_aug", "no_noise", "hard_labels", "on_the_fly", "noised_teacher")] == [
         ("no_aug", None, None), ("none", None, None), (None, "hard", None), (None, None, None),
         (None, None, "true")]
@@ -547,17 +547,17 @@ def test_plan_on_own_folders_states_the_model_and_batch_of_the_images(tmp_path):
 
 
 @pytest.mark.slow
-def test_own_small_data_trains_a_teacher_far_above_chance(tmp_path, size=28, channels=1,
-                                                          num_classes=4, per_class=5):
+def test_own_small_data_trains_a_teacher_far_above_chance(tmp_path):
     """Issue 34, by default (the quick preset, the three folders, no schedule flag): B0 at
     width/depth 0.25 for small images, a batch of the labeled set (smaller than the preset's 128),
     25 epochs of at least 24 steps (600), all stated in the run's first lines with the time its
     teacher's first steps predict; the teacher ends far above chance. (--teacher_only; 28-px gray
     images resized to 32; color images: the folder run; the size rule's 64-px edge: the --plan
     test)"""
+    per_class, num_classes = 5, 4
     workdir = tmp_path / "run"
-    proc = run(workdir, "--preset=quick", *own_folders(tmp_path, per_class, size, channels,
-                                                        num_classes), "--teacher_only")
+    proc = run(workdir, "--preset=quick", *own_folders(tmp_path, per_class, 28, 1, num_classes),
+               "--teacher_only")
     assert proc.returncode == 0, proc.stderr[-4000:]
     said = {line.split(": ")[1]: line.split(": ", 2)[2] for line in proc.stderr.splitlines()
             if re.match(r"\[[0-9:]+\] run_iterations \(quick\): (model|steps|time): ", line)}
@@ -613,9 +613,10 @@ def test_driver_paper_shape_on_imagenet_records(tmp_path):
     an official checkpoint as it is (no training) -> two B1 students (--iterations=2; the paper's
     ratio 14), the first fine-tuned at a larger resolution and, so, the second's teacher, with
     the ablation students of their own paths (no_noise, hard_labels and noised_teacher differ from
-    no_aug or on_the_fly by one main.py flag: the --plan test and main.py's tests); --train_flags shrinks every model to 4
-    steps of a tiny net at 32 px; --jobs=2 trains the ablation's students two at a time beside
-    student 1. (The third iteration's ratio 28: the paper's --plan test.)"""
+    no_aug or on_the_fly by one main.py flag: the --plan test and main.py's tests); --train_flags
+    shrinks every model to 4 steps of a tiny net at 32 px; --jobs=2 trains the ablation's
+    students two at a time beside student 1. (The third iteration's ratio 28: the paper's --plan
+    test.)"""
     rng = np.random.default_rng(0)
     for name, count, labeled in (("train", 12, True), ("validation", 6, True),
                                  ("unlabeled", 12, False)):
