@@ -148,7 +148,6 @@ def out_of_domain(count):
 
 
 OOD = 56000  # as many as the pile's Fashion-MNIST images: half of the pile out of domain
-GROWING = ("--student_widths=0.25,0.35,0.5", "--student_depths=0.25,0.35,0.5")
 ARMS = collections.OrderedDict([
     ("supervised_s1", ("supervised control: the teacher's recipe for student 1's labeled epochs",
                        control("iter1/student"))),
@@ -161,13 +160,6 @@ ARMS = collections.OrderedDict([
     ("chain_robustness", ("supervised_chain's model through the driver's C and P suites (500 / 100 "
                           "test images), noisy_student's teacher as 100 (runs after both)",
                           robustness_of("supervised_chain", "noisy_student"))),
-    ("size_growing", ("a growing chain, width/depth 0.25 -> 0.35 -> 0.5 (+ the driver's "
-                      "supervised baseline of student 3's size)", driver(*GROWING))),
-    ("supervised_chain_w05", ("supervised control of the growing chain's student 3 (0.5): the "
-                              "chain's labeled epochs",
-                              control("iter3/student", "chain", extra=GROWING))),
-    ("ratio_1", ("the quick preset with the unlabeled batch 1, 1, 1 labeled batches (not 1, 2, 3)",
-                 driver("--unlabel_ratios=1,1,1"))),
     ("table6", ("the quick preset's teacher and student 1 (--iterations=1) + Table 6's students "
                 "beside it, hard labels and no filter/balance (--ablation)",
                 driver("--ablation", "--jobs=2", "--iterations=1"))),
@@ -176,17 +168,31 @@ ARMS = collections.OrderedDict([
                        "teacher, student 1 and --ablation=hard_labels,no_filter",
                        out_of_domain(OOD))),
 ])
-# Fewer labels (the same unlabeled pile: the other train images), each with the chain's control.
+# One iteration, as the paper's own size study (Sec. 3.2, Fig. 2: "we skip [iterative training] as it
+# is difficult to use iterative training for many experiments"): each arm's student 1 against
+# noisy_student's student 1 of the same seed. A seed costs ~15 CPU min, a third of a chain's (its
+# three students): ~7 CPU hours for these arms' 3 seeds against ~20 (bench/claims.md).
+LARGER = ("--student_widths=0.5,0.5,0.5", "--student_depths=0.5,0.5,0.5")
+ARMS["student_05"] = ("the quick preset's teacher (0.25) and one student at width/depth 0.5",
+                      driver(*LARGER, "--iterations=1"))
+ARMS["supervised_s1_05"] = ("supervised control of student_05's student: its size, the teacher's "
+                            "recipe, its labeled epochs", control("iter1/student", extra=LARGER))
+# Fewer labels (the same unlabeled pile: the other train images), each with its control.
 for n in (40, 100):
     labels = f"--num_labeled_per_class={n}"
-    ARMS[f"labels_{n}"] = (f"the quick preset with {n} labels per class", driver(labels))
-    ARMS[f"supervised_chain_{n}"] = (f"supervised control of labels_{n}: the chain's labeled "
-                                     "epochs", control("iter3/student", "chain", extra=(labels,)))
+    ARMS[f"labels_{n}"] = (f"the quick preset's teacher and student 1 with {n} labels per class",
+                           driver(labels, "--iterations=1"))
+    ARMS[f"supervised_s1_{n}"] = (f"supervised control of labels_{n}: student 1's labeled epochs",
+                                  control("iter1/student", extra=(labels,)))
 # Less unlabeled data: the first S of the 8 shards, K scaled with them (the same copies per image).
 for shards in (1, 2, 4):
     ARMS[f"unlabeled_{shards}of8"] = (
-        f"the quick preset on {shards}/8 of the unlabeled images, K = {500 * shards:,}",
-        driver(f"--unlabeled_shards={shards}", f"--num_images_per_class={500 * shards}"))
+        f"the quick preset's teacher and student 1 on {shards}/8 of the unlabeled images, "
+        f"K = {500 * shards:,}", driver(f"--unlabeled_shards={shards}",
+                                        f"--num_images_per_class={500 * shards}", "--iterations=1"))
+ARMS["ratio_3"] = ("the quick preset's teacher and student 1 with 3 unlabeled batches per labeled "
+                   "batch (the quick preset's student 1: 1)",
+                   driver("--unlabel_ratios=3,3,3", "--iterations=1"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,14 +229,6 @@ CLAIMS = [
           "Sec. 3.3, Table 5 (supervised L2 -> NoisyStudent L2, 299 px)", "23.7 -> 12.2 (x0.51)",
           ("noisy_student", "student 3 mFR vs teacher"),
           ("chain_robustness", "supervised mFR vs teacher"), -1),
-    Claim("a larger student helps: the growing chain's student 3 (0.5) beats a same-size one",
-          "Sec. 3.1, App. A.3", "> 0",
-          ("size_growing", "student 3"), ("noisy_student", "student 3"), +1),
-    Claim("the growing chain's student 3 beats its supervised control of the same size",
-          "Sec. 3.2, Table 2", "+2.9", ("size_growing", "student 3"),
-          ("supervised_chain_w05", "supervised"), +1),
-    Claim("a larger unlabeled batch helps: ratios 1, 2, 3 beat 1, 1, 1", "Sec. 3.1, App. A.3", "> 0",
-          ("noisy_student", "student 3"), ("ratio_1", "student 3"), +1),
     Claim("noise on the unlabeled images helps: NoisyStudent beats the student w/o Aug, SD, Dropout",
           T6, "+0.6", ("table6", "NoisyStudent"), ("table6", "student w/o Aug, SD, Dropout"), +1),
     Claim("augmentation of the unlabeled images helps: NoisyStudent beats the student w/o Aug",
@@ -249,13 +247,23 @@ CLAIMS = [
           "Sec. 2 'Other techniques' (low confidence: 'usually out-of-domain images')", "> 0",
           ("out_of_domain", "NoisyStudent"), ("out_of_domain", "NoisyStudent, no filter/balance"),
           +1),
-    *[Claim(f"with {n} labels per class, student 3 beats a supervised model trained as long as the "
-            "chain", "Sec. 1, App. A.3 (self-training helps most with few labels)", "> 0",
-            (f"labels_{n}", "student 3"), (f"supervised_chain_{n}", "supervised"), +1)
-      for n in (40, 100)],
-    *[Claim(f"more unlabeled data helps: all of it beats {s}/8", "Sec. 3.1, App. A.3", "> 0",
-            ("noisy_student", "student 3"), (f"unlabeled_{s}of8", "student 3"), +1)
+    Claim("a larger student helps: student 1 at width/depth 0.5 beats one of the teacher's 0.25",
+          "Sec. 3.1 'a larger student', App. A.3", "> 0",
+          ("student_05", "student 1"), ("noisy_student", "student 1"), +1),
+    Claim("student 1 at width/depth 0.5 beats a supervised model of its size, noise and labeled "
+          "epochs", "Sec. 3.2, Fig. 2 (same size, one iteration)", "about +0.8",
+          ("student_05", "student 1"), ("supervised_s1_05", "supervised"), +1),
+    *[Claim(f"with {n} labels per class, student 1 beats a supervised model of its architecture, "
+            "noise and labeled epochs", "Sec. 1, App. A.3 (self-training helps most with few "
+            "labels)", "> 0", (f"labels_{n}", "student 1"), (f"supervised_s1_{n}", "supervised"),
+            +1) for n in (40, 100)],
+    *[Claim(f"more unlabeled data helps: student 1 on all of it beats student 1 on {s}/8",
+            "Sec. 3.1, App. A.3", "> 0",
+            ("noisy_student", "student 1"), (f"unlabeled_{s}of8", "student 1"), +1)
       for s in (1, 2, 4)],
+    Claim("a larger unlabeled batch helps: student 1 with 3 unlabeled batches per labeled one beats "
+          "the quick preset's 1", "Sec. 3.2 (B0: 1, larger nets: 3), App. A.3", "> 0",
+          ("ratio_3", "student 1"), ("noisy_student", "student 1"), +1),
 ]
 
 
@@ -495,27 +503,41 @@ def claims_table(results, seeds, root):
 
 
 def remaining_cost(results, seeds):
-    """What the unfinished (arm, seed)s need, each at the mean CPU minutes of its kind's done runs
-    (a driver run, a supervised main.py or a robustness evaluation)."""
+    """What the unfinished (arm, seed)s need, each at the mean CPU minutes of its arm's done seeds,
+    else of its kind's: a driver run of as many students and no --ablation, a supervised main.py
+    of as many epochs, or a robustness evaluation."""
     def kind(arm):
-        return {"run_iterations.sh": "driver", "main.py": "supervised",
-                "eval_robustness.py": "robustness"}[ARMS[arm][1](0, "ROOT")[-1][1]]
+        cmd = ARMS[arm][1](0, "ROOT")[-1]
+        if cmd[1] == "run_iterations.sh":
+            ablation = any(a.startswith("--ablation") for a in cmd)
+            n = int(flag(cmd, "iterations") or 3)
+            return f"driver ({n} student{'s' * (n > 1)}{', --ablation' * ablation})"
+        if cmd[1] == "main.py":
+            return f"supervised ({flag(cmd, 'train_epochs')} epochs)"
+        return "robustness"
     done = collections.defaultdict(list)
     for (arm, _), r in results.items():
+        done[arm].append(r["cpu_minutes"])
         done[kind(arm)].append(r["cpu_minutes"])
-    left = collections.Counter(kind(a) for a in ARMS for s in seeds if (a, s) not in results)
-    parts, total = [], 0.0
-    for k, n in sorted(left.items()):
-        if not done[k]:
-            parts.append(f"{n} {k} run{'s' * (n != 1)} (not measured yet)")
-            continue
-        each = sum(done[k]) / len(done[k])
-        total += n * each
-        parts.append(f"{n} {k} run{'s' * (n != 1)} (about {each:.0f} CPU min each)")
-    if not parts:
-        return "Every arm has its seeds."
-    return (f"Left for seeds {', '.join(map(str, seeds))}: {', '.join(parts)}, by the done "
-            f"runs' means: about {total / 60:.0f} CPU hours, {total / 120:.0f} h on 2 cores.")
+    left = collections.Counter((a, kind(a)) for a in ARMS for s in seeds if (a, s) not in results)
+    unmeasured, total = collections.Counter(), 0.0
+    for (arm, k), n in left.items():
+        minutes = done[arm] or done[k]
+        if minutes:
+            total += n * sum(minutes) / len(minutes)
+        else:
+            unmeasured[k] += n
+    one, chain = [a for a in ARMS if kind(a) == "driver (1 student)"], ""
+    if one and done["noisy_student"]:  # what the one-student arms would cost as whole chains
+        each = sum(done["noisy_student"]) / len(done["noisy_student"])
+        chain = (f" The {len(one)} one-student arms' chain versions (three students, as "
+                 f"noisy_student: {each:.0f} CPU min a seed) would need "
+                 f"{len(one) * len(seeds) * each / 60:.0f} CPU hours.")
+    if not left:
+        return "Every arm has its seeds." + chain
+    return (f"Left for seeds {', '.join(map(str, seeds))}: {sum(left.values())} runs, about "
+            f"{total / 60:.1f} CPU hours ({total / 120:.1f} h on 2 cores) by the done runs' means"
+            + "".join(f"; {n} {k} not measured yet" for k, n in sorted(unmeasured.items())) + "." + chain)
 
 
 def write_claims(path, text):
