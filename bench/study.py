@@ -437,7 +437,9 @@ def claims_table(results, seeds, root):
              "top-1 points (mCE, mFR: against the teacher's 100), per seed, then mean +- std "
              "over the seeds where both are done. Verdict: *holds* / *does not hold* when |mean| >= 2 "
              "standard errors (the paper's sign or not), *not resolved at this scale* below that, "
-             f"*needs N more seeds* below {MIN_SEEDS} seeds.", "",
+             f"*needs N more seeds* below {MIN_SEEDS} seeds. Arms run at different commits "
+             "(each seed's is in its cost) are draws of the same recipe: only a run of the same "
+             "commit and CPU type is a bit-identical twin.", "",
              "![The claims' effects per seed, mean +- 2 standard errors](claims.png)", "",
              "| claim | paper | paper's number | a - b | ours: mean +- std | n | verdict |",
              "|---|---|---|---|---|---|---|"]
