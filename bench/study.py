@@ -170,8 +170,8 @@ ARMS = collections.OrderedDict([
 ])
 # One iteration, as the paper's own size study (Sec. 3.2, Fig. 2: "we skip [iterative training] as it
 # is difficult to use iterative training for many experiments"): each arm's student 1 against
-# noisy_student's student 1 of the same seed. A seed costs ~15 CPU min, a third of a chain's (its
-# three students): ~7 CPU hours for these arms' 3 seeds against ~20 (bench/claims.md).
+# noisy_student's student 1 of the same seed. A seed costs 12-15 CPU min (measured), under a third
+# of a chain's three students; bench/claims.md states what is left and what the chains would need.
 LARGER = ("--student_widths=0.5,0.5,0.5", "--student_depths=0.5,0.5,0.5")
 ARMS["student_05"] = ("the quick preset's teacher (0.25) and one student at width/depth 0.5",
                       driver(*LARGER, "--iterations=1"))

@@ -127,6 +127,8 @@ def test_plan_lists_every_arm_and_seed_and_the_controls_match_the_students(tmp_p
     labels = [l for l in plan.splitlines() if "label_data.py" in l]
     assert len(labels) == 1 and "/data/unlabeled/unlabeled-0000[0-1]-*" in labels[0]
     assert "iter2" not in plan and plan.count("--num_images_per_class=1000") == 1
+    assert "--num_images_per_class=4000" not in plan
+
 
 QUICK_DRIVER = study.QUICK + ["--seed=0"]
 
