@@ -554,7 +554,7 @@ def test_own_small_data_trains_a_teacher_far_above_chance(tmp_path):
     teacher's first steps predict; the teacher ends far above chance. (--teacher_only; 28-px gray
     images resized to 32; color images: the folder run; the size rule's 64-px edge: the --plan
     test)"""
-    per_class, num_classes = 5, 4
+    per_class, num_classes = 2, 4
     workdir = tmp_path / "run"
     proc = run(workdir, "--preset=quick", *own_folders(tmp_path, per_class, 28, 1, num_classes),
                "--teacher_only")
