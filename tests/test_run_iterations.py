@@ -460,7 +460,7 @@ def test_one_iteration_with_the_ablation_is_table_6s_run(tmp_path):
                        "ablation/noised_teacher"]
     flags = {s[0].removeprefix(f"train+eval {run}/"): s[4] for s in stages if s[3] == "main.py"}
     assert flags["ablation/no_filter"]["unlabel_data_dir"] == f"{run}/iter1/labels"  # unfiltered
-    # What tells each student apart (the end-to-end run trains no_aug, no_filter and on_the_fly).
+    # What tells each student apart (the end-to-end run trains no_filter).
     assert [tuple(flags[f"ablation/{a}"].get(k) for k in ("unlabeled_noise", "label_type",
                                                            "noised_teacher"))
             for a in ("no_aug", "no_noise", "hard_labels", "on_the_fly", "noised_teacher")] == [
@@ -476,6 +476,11 @@ def test_one_iteration_with_the_ablation_is_table_6s_run(tmp_path):
     _, stages = plan(tmp_path, "--iterations=1", "--ablation=no_filter,hard_labels")
     assert [s[0].removeprefix(f"train+eval {run}/") for s in stages if s[3] == "main.py"] == [
         "teacher", "iter1/student", "ablation/hard_labels", "ablation/no_filter"]
+    # On ImageNet records the on-the-fly teacher labels the --unlabel_data_dir shards as it trains.
+    _, stages = plan(tmp_path, "--iterations=1", "--ablation=on_the_fly", "--dataset=imagenet",
+                     *RECORDS, "--num_images_per_class=5")
+    assert next(s[4] for s in stages if s[0] == f"train+eval {run}/ablation/on_the_fly")[
+        "unlabel_source_dir"] == "/data/unlabeled-*"
 
 
 # Tiny steps on any data: --preset=smoke with every model shrunk and shortened.
@@ -612,10 +617,10 @@ def test_driver_paper_shape_on_imagenet_records(tmp_path):
     """--preset=paper's shape, scaled down, on ImageNet-schema JPEG records: a B0 teacher that is
     an official checkpoint as it is (no training) -> two B1 students (--iterations=2; the paper's
     ratio 14), the first fine-tuned at a larger resolution and, so, the second's teacher, with
-    the ablation students of their own paths (no_noise, hard_labels and noised_teacher differ from
-    no_aug or on_the_fly by one main.py flag: the --plan test and main.py's tests); --train_flags
+    the ablation student whose input is its own (no_filter: the unfiltered labels; the others
+    differ from a student by main.py flags: the --plan test and main.py's tests); --train_flags
     shrinks every model to 4 steps of a tiny net at 32 px; --jobs=2 trains the ablation's
-    students two at a time beside student 1. (The third iteration's ratio 28: the paper's --plan
+    student beside student 1. (The third iteration's ratio 28: the paper's --plan
     test.)"""
     rng = np.random.default_rng(0)
     for name, count, labeled in (("train", 12, True), ("validation", 6, True),
@@ -638,7 +643,7 @@ def test_driver_paper_shape_on_imagenet_records(tmp_path):
                "--image_sizes=32,32,32,32", "--finetune_sizes=48,0,0", "--iterations=2",
                "--num_images_per_class=4",
                f"--teacher_checkpoint={prefix}", "--jobs=2",
-               "--ablation=no_aug,no_filter,on_the_fly", "--allow_weak_teacher",
+               "--ablation=no_filter", "--allow_weak_teacher",
                "--train_flags=--train_steps=4 --train_batch_size=4 --width_coefficient=0.1"
                " --depth_coefficient=0.1 --num_classes=3")
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -657,8 +662,7 @@ def test_driver_paper_shape_on_imagenet_records(tmp_path):
     for it in report["iterations"]:   # K = 4 per class the teacher predicted confidently
         assert set(it["filtered"]["per_class"]) <= {0, 4} and it["filtered"]["images"] >= 4
     flags = {d: json.load(open(workdir / d / "flags.json"))
-             for d in ("teacher", "iter2/student", "ablation/no_aug", "ablation/on_the_fly",
-                       "supervised_baseline")}
+             for d in ("teacher", "iter2/student", "ablation/no_filter", "supervised_baseline")}
     assert flags["teacher"]["init_checkpoint"] == prefix
     # Student 2's teacher is the fine-tuned student 1 (Sec. 3.1's L2 at 800 px), at its 48 px.
     assert flags["iter2/student"]["teacher_model_dir"] == f"{workdir}/iter1/student/finetune_48"
@@ -670,23 +674,21 @@ def test_driver_paper_shape_on_imagenet_records(tmp_path):
     # The paper's schedule for a model smaller than B5 (decay every 4.8 epochs), steps shrunk.
     assert (flags["iter2/student"]["lr_decay_epochs"], flags["iter2/student"]["randaug_mag"],
             flags["iter2/student"]["final_base_learning_rate"]) == (4.8, 27, 0)
-    # The ablation's on-the-fly teacher reads the ImageNet unlabeled records.
-    assert flags["ablation/on_the_fly"]["unlabel_source_dir"] == f"{tmp_path}/unlabeled-*"
     # --ablation: Table 6's students (the teacher's size) next to the paper's numbers, iteration
     # 1's epochs (the paper's 700 for a B1, --train_steps winning) and seed, two at a time.
     rows = {r["name"]: r for r in report["ablation"]}
-    assert len(rows) == 5 and rows["NoisyStudent"]["paper_top_1"] == 84.9
-    for name in ("student w/o Aug", "NoisyStudent, on-the-fly teacher (no filter/balance)",
-                 "NoisyStudent, no filter/balance"):
-        assert rows[name]["global_step"] == 4 and 0.0 <= rows[name]["top_1"] <= 1.0
-        assert rows[name]["architecture"]["model_name"] == "efficientnet-b0"
-    assert (flags["ablation/no_aug"]["train_epochs"], flags["ablation/no_aug"]["seed"],
-            flags["ablation/no_aug"]["unlabeled_noise"]) == (700, 1, "no_aug")
+    assert len(rows) == 3 and rows["NoisyStudent"]["paper_top_1"] == 84.9
+    row = rows["NoisyStudent, no filter/balance"]
+    assert row["global_step"] == 4 and 0.0 <= row["top_1"] <= 1.0
+    assert row["architecture"]["model_name"] == "efficientnet-b0"
+    assert (flags["ablation/no_filter"]["train_epochs"], flags["ablation/no_filter"]["seed"],
+            flags["ablation/no_filter"]["unlabel_data_dir"]) == (700, 1, f"{workdir}/iter1/labels")
     span = lambda d: ((workdir / d / "flags.json").stat().st_mtime,
                       (workdir / d / "eval_results.json").stat().st_mtime)
-    (s1_start, s1_end), (abl_start, abl_end) = span("iter1/student"), span("ablation/no_aug")
+    (s1_start, s1_end), (abl_start, abl_end) = span("iter1/student"), span("ablation/no_filter")
     assert abl_start < s1_end and s1_start < abl_end
-    assert "[ablation/no_aug] " in proc.stderr and "[iter1/student] " in proc.stderr
+    assert "[ablation/no_filter] " in proc.stderr and "[iter1/student] " in proc.stderr
     md = open(workdir / "report.md").read()
-    assert "Schedule: preset paper's, made for ImageNet" in md and "| student w/o Aug |" in md
+    assert "Schedule: preset paper's, made for ImageNet" in md
+    assert "| NoisyStudent, no filter/balance |" in md
     assert (workdir / "ablation.png").stat().st_size > 0
