@@ -51,6 +51,7 @@ QUICK = ["bash", "run_iterations.sh", "--preset=quick", "--skip_setup"]
 STUDENTS = ("iter1/student", "iter2/student", "iter3/student")
 NUM_CLASSES = 10  # Fashion-MNIST, the data of every arm here
 MIN_SEEDS = 3
+SMALL_EFFECT, SMALL_SEEDS = 0.5, 5  # a top-1 effect under 0.5 points needs 5 seeds
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,14 +279,26 @@ def summary(values):
     return n, mean, std, std / math.sqrt(n) if n > 1 else math.nan
 
 
-def verdict(effects, sign):
-    """holds / does not hold / not resolved at this scale (|mean| < 2 stderr) / needs N more seeds."""
+def verdict(effects, sign, small=0.0):
+    """holds / does not hold / not resolved at this scale (|mean| < 2 stderr) / needs N more seeds;
+    an effect under `small` (top-1 points) is marked until it has SMALL_SEEDS seeds."""
     n, mean, _, stderr = summary(effects)
     if n < MIN_SEEDS:
         return f"needs {MIN_SEEDS - n} more seed{'s' * (MIN_SEEDS - n > 1)}"
-    if abs(mean) < 2 * stderr:
-        return "not resolved at this scale"
-    return "holds" if mean * sign > 0 else "does not hold"
+    found = ("not resolved at this scale" if abs(mean) < 2 * stderr else
+             "holds" if mean * sign > 0 else "does not hold")
+    if abs(mean) < small and n < SMALL_SEEDS:
+        return f"{found} (n = {n}; an effect under {small} points needs {SMALL_SEEDS})"
+    return found
+
+
+def claim_verdict(claim, effects):
+    """The verdict of a claim: the small-effect rule for top-1 claims (not mCE / mFR's units)."""
+    return verdict(effects, claim.sign, 0.0 if is_robustness(claim) else SMALL_EFFECT)
+
+
+def is_robustness(claim):
+    return "vs teacher" in str(claim.a)   # mCE / mFR, the teacher's = 100
 
 
 def effects(claim, results):
@@ -440,7 +453,9 @@ def claims_table(results, seeds, root):
              "top-1 points (mCE, mFR: against the teacher's 100), per seed, then mean +- std "
              "over the seeds where both are done. Verdict: *holds* / *does not hold* when |mean| >= 2 "
              "standard errors (the paper's sign or not), *not resolved at this scale* below that, "
-             f"*needs N more seeds* below {MIN_SEEDS} seeds. Arms run at different commits "
+             f"*needs N more seeds* below {MIN_SEEDS} seeds; a top-1 effect under "
+             f"{SMALL_EFFECT} points is marked until it has {SMALL_SEEDS} seeds (its verdict so far, "
+             "then the seeds it needs). Arms run at different commits "
              "(each seed's is in its cost) are draws of the same recipe: only a run of the same "
              "commit and CPU type is a bit-identical twin.", "",
              "![The claims' effects per seed, mean +- 2 standard errors](claims.png)", "",
@@ -450,7 +465,7 @@ def claims_table(results, seeds, root):
         e = effects(c, results)
         n, mean, std, _ = summary(e)
         lines.append(f"| {c.claim} | {c.section} | {c.paper} | {side(c.a)} - {side(c.b)} | "
-                     f"{fmt(n, mean, std)} | {n} | {verdict(e, c.sign)} |")
+                     f"{fmt(n, mean, std)} | {n} | {claim_verdict(c, e)} |")
     gaps = []  # the fraction of the gap to the ceiling that self-training closes, per seed
     for seed in sorted({s for _, s in results}):
         ns, ceiling = results.get(("noisy_student", seed)), results.get(("ceiling_60k", seed))
@@ -497,7 +512,7 @@ def claims_table(results, seeds, root):
         states = ", ".join(f"seed {s} {status(arm, s, results, root)}"
                            for s in sorted(set(seeds) | set(done)))
         lines.append(f"| `{arm}` | {what} | {tops or '-'} | {cost or '-'} | {states} |")
-    lines += ["", remaining_cost(results, seeds), "",
+    lines += ["", remaining_cost(results, seeds), small_effect_runs(results), "",
               "## The commands", "", "Seed 0's, in ROOT (`python3 bench/study.py --plan` prints "
               "every seed's); the driver and main.py run from the repository's root.", ""]
     for arm in ARMS:
@@ -545,6 +560,22 @@ def remaining_cost(results, seeds):
             + "".join(f"; {n} {k} not measured yet" for k, n in sorted(unmeasured.items())) + "." + chain)
 
 
+def small_effect_runs(results):
+    """What the marked small effects still need: seeds MIN_SEEDS..SMALL_SEEDS-1 of the arms on
+    both sides of each, at each arm's mean CPU minutes; "" if nothing."""
+    marked = [c for c in CLAIMS if f"needs {SMALL_SEEDS})" in claim_verdict(c, effects(c, results))]
+    arms = [a for a in ARMS if any(a in (c.a[0], c.b[0]) for c in marked)]
+    seeds = range(MIN_SEEDS, SMALL_SEEDS)
+    runs = [(a, s) for a in arms for s in seeds if (a, s) not in results]
+    if not runs:
+        return ""
+    cpu = {a: [r["cpu_minutes"] for (arm, _), r in results.items() if arm == a] for a in arms}
+    hours = sum(sum(cpu[a]) / len(cpu[a]) for a, _ in runs) / 60
+    return (f"The small effects' seeds {MIN_SEEDS}-{SMALL_SEEDS - 1}: {len(runs)} runs, about "
+            f"{hours:.1f} CPU hours: `python3 bench/study.py --arms={','.join(arms)} "
+            f"--seeds={','.join(map(str, seeds))}`.")
+
+
 def write_claims(path, text):
     with common.atomic_output(path) as tmp, open(tmp, "w") as f:
         f.write(text)
@@ -558,7 +589,7 @@ def claims_plot(results):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     rows = [(c, e) for c in CLAIMS for e in [effects(c, results)] if e]
-    panels = [[(c, e) for c, e in rows if ("vs teacher" in str(c.a)) == robust] for robust in (0, 1)]
+    panels = [[(c, e) for c, e in rows if is_robustness(c) == robust] for robust in (0, 1)]
     fig, axes = plt.subplots(2, 1, figsize=(9, 1.5 + 0.4 * len(rows)),
                              gridspec_kw={"height_ratios": [max(len(p), 1) for p in panels]})
     colors = {"holds": "tab:green", "does not hold": "tab:red"}
@@ -569,7 +600,7 @@ def claims_plot(results):
             ax.plot(e, [y] * n, "o", color="0.65", ms=4)
             if n > 1:
                 ax.errorbar(mean, y, xerr=2 * stderr, fmt="D", capsize=3,
-                            color=colors.get(verdict(e, c.sign), "0.3"))
+                            color=colors.get(claim_verdict(c, e), "0.3"))
             paper = re.fullmatch(r"(?:about )?([+-][\d.]+)", c.paper)
             if paper:
                 ax.plot(float(paper.group(1)), y, "*", color="tab:blue", ms=10)

@@ -29,6 +29,11 @@ def test_verdict_follows_the_numbers():
     assert study.verdict([0.5, 1.5, 0.1], +1) == "not resolved at this scale"  # 0.70 < 2 x 0.42
     assert study.verdict([3.0, 3.1], +1) == "needs 1 more seed"
     assert study.verdict([], +1) == "needs 3 more seeds"
+    # An effect under `small` points is marked until it has 5 seeds.
+    assert study.verdict([0.3, 0.4, 0.2], +1, small=0.5) == (
+        "holds (n = 3; an effect under 0.5 points needs 5)")
+    assert study.verdict([0.3, 0.4, 0.2, 0.3, 0.3], +1, small=0.5) == "holds"
+    assert study.verdict([1.0, 1.2, 0.9], +1, small=0.5) == "holds"
 
 
 def fake_arm(tmp_path, top_1=0.5):
