@@ -171,7 +171,8 @@ ARMS = collections.OrderedDict([
 ])
 # One iteration, as the paper's own size study (Sec. 3.2, Fig. 2: "we skip [iterative training] as it
 # is difficult to use iterative training for many experiments"): each arm's student 1 against
-# noisy_student's student 1 of the same seed. A seed costs 12-15 CPU min (measured), under a third
+# the quick preset's student 1 of the same seed (noisy_student's, or table6's NoisyStudent: the same
+# bits). A seed costs 12-15 CPU min (measured), under a third
 # of a chain's three students; bench/claims.md states what is left and what the chains would need.
 LARGER = ("--student_widths=0.5,0.5,0.5", "--student_depths=0.5,0.5,0.5")
 ARMS["student_05"] = ("the quick preset's teacher (0.25) and one student at width/depth 0.5",
@@ -565,7 +566,8 @@ def remaining_cost(results, seeds):
 def small_effect_runs(results):
     """What the marked small effects still need: seeds MIN_SEEDS..SMALL_SEEDS-1 of the arms on
     both sides of each, at each arm's mean CPU minutes; "" if nothing."""
-    marked = [c for c in CLAIMS if f"needs {SMALL_SEEDS})" in claim_verdict(c, effects(c, results))]
+    marked = [c for c in CLAIMS for e in [effects(c, results)]
+              if claim_verdict(c, e) != verdict(e, c.sign)]   # the small-effect rule applied
     arms = [a for a in ARMS if any(a in (c.a[0], c.b[0]) for c in marked)]
     seeds = range(MIN_SEEDS, SMALL_SEEDS)
     runs = [(a, s) for a in arms for s in seeds if (a, s) not in results]

@@ -207,6 +207,17 @@ def test_claims_table_rows_follow_the_results(tmp_path):
             "not measured yet; 3 robustness not measured yet; 3 supervised (125 epochs) not "
             "measured yet. The 7 one-student arms' chain versions (three students, as "
             "noisy_student: 5 CPU min a seed) would need 2 CPU hours.") in text
+    # No effect under 0.5 points here; student 1 0.3, 0.4, 0.2 above its control is one: the
+    # seeds 3-4 of both arms, at their 5.0 CPU min, and the command that runs them.
+    assert "The small effects' seeds" not in text
+    small = {}
+    for seed, gain in enumerate([0.3, 0.4, 0.2]):
+        small[("noisy_student", seed)] = result("noisy_student", seed, **{"student 1": 80 + gain})
+        small[("supervised_s1", seed)] = result("supervised_s1", seed, supervised=80.0)
+    small_text = study.claims_table(small, [0, 1, 2], str(tmp_path))
+    assert "| holds (n = 3; an effect under 0.5 points needs 5) |" in small_text
+    assert ("The small effects' seeds 3-4: 4 runs, about 0.3 CPU hours: `python3 bench/study.py "
+            "--arms=supervised_s1,noisy_student --seeds=3,4`.") in small_text
     study.publish_claims(str(tmp_path / "claims.md"), results, [0, 1, 2], str(tmp_path))
     assert (tmp_path / "claims.md").read_text() == text and "](claims.png)" in text
     assert (tmp_path / "claims.png").read_bytes()[:4] == b"\x89PNG"
