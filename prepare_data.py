@@ -131,7 +131,8 @@ def select_labeled(labels, num_per_class, seed):
 
 def encode_png_batch(images):
     """uint8 [N, H, W, C] (C: 1 or 3) -> list of PNG bytes: 8-bit rows, no row filter, zlib.
-    A fifth of tf.io.encode_png's CPU on 32 px images (70K in ~3 s); the same pixels decode."""
+    A fifth of tf.io.encode_png's CPU on 32 px images, half of Pillow's (70K in ~3 s); the same
+    pixels decode."""
     n, h, w, c = images.shape
     header = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, {1: 0, 3: 2}[c], 0, 0, 0))
     rows = np.concatenate([np.zeros((n, h, 1), np.uint8), images.reshape(n, h, w * c)], axis=2)

@@ -172,8 +172,9 @@ ARMS = collections.OrderedDict([
 # One iteration, as the paper's own size study (Sec. 3.2, Fig. 2: "we skip [iterative training] as it
 # is difficult to use iterative training for many experiments"): each arm's student 1 against
 # the quick preset's student 1 of the same seed (noisy_student's, or table6's NoisyStudent: the same
-# bits). A seed costs 12-15 CPU min (measured), under a third
-# of a chain's three students; bench/claims.md states what is left and what the chains would need.
+# bits at one commit; these arms ran after the swish change, those before it, so the pairs are
+# unpaired draws). A seed costs 12-15 CPU min (measured), under a third of a chain's three
+# students; bench/claims.md states what is left and what the chains would need.
 LARGER = ("--student_widths=0.5,0.5,0.5", "--student_depths=0.5,0.5,0.5")
 ARMS["student_05"] = ("the quick preset's teacher (0.25) and one student at width/depth 0.5",
                       driver(*LARGER, "--iterations=1"))
