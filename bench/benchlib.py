@@ -1,5 +1,6 @@
 """Helpers the benchmark scripts share (no flags, so any script can import them): the machine
 line every reading starts with, the quick preset's teacher recipe, checkpoint digests, img/s."""
+import collections
 import hashlib
 import os
 import platform
@@ -82,6 +83,16 @@ def keras_b0_step():
         opt.apply_gradients(zip(grads, model.trainable_variables))
         return {"loss": loss}
     return step
+
+
+def interleave(fns, rounds):
+    """{name: [result of each round]}: each round calls every fn once, in order, so that a slow
+    spell of the machine hits all contenders alike instead of one of them."""
+    runs = collections.defaultdict(list)
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            runs[name].append(fn())
+    return runs
 
 
 def step_timer(step, it, steps, warmup=10):

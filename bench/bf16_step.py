@@ -31,7 +31,7 @@ import tensorflow as tf  # noqa: E402
 import common  # noqa: E402
 import efficientnet_builder as eb  # noqa: E402
 import main as main_lib  # noqa: E402
-from benchlib import machine  # noqa: E402  (bench/ is on sys.path as the script's dir)
+from benchlib import interleave, machine  # noqa: E402  (bench/ is on sys.path as the script's dir)
 
 flags.DEFINE_integer("steps", 10, "Timed steps per round (after 3 untimed steps).")
 flags.DEFINE_integer("repeats", 3, "Rounds; each figure is the median over them.")
@@ -114,58 +114,50 @@ def train_step(split, model):
     return (lambda: step(it)["loss"]), batch_l + batch_u
 
 
-def infer_step(split, model):
+def infer_step(split, model, batch):
     """Labeling's forward pass (label_data.make_predictor's: inference mode, float32 softmax)."""
     config = MODELS[model][0]
     net = under(split, lambda: eb.build_from_config(config))
     rng = np.random.RandomState(0)
-    shape = (FLAGS.infer_batch, config["image_size"], config["image_size"],
+    shape = (batch, config["image_size"], config["image_size"],
              config["num_channels"])
     x = tf.constant(rng.uniform(0, 255, shape).astype("float32"))
 
     @tf.function
     def forward(images):
         return tf.nn.softmax(tf.cast(net(images, training=False), tf.float32), -1)
-    return (lambda: forward(x)), FLAGS.infer_batch
+    return (lambda: forward(x)), batch
 
 
-def timer(fn, images):
+def timer(fn, images, steps):
     def timed():
         for _ in range(3):
             np.asarray(fn())
         t = time.perf_counter()
-        for _ in range(FLAGS.steps):
+        for _ in range(steps):
             out = fn()
         np.asarray(out)
-        return FLAGS.steps * images / (time.perf_counter() - t)
+        return steps * images / (time.perf_counter() - t)
     return timed
 
 
-def interleaved(timers):
-    runs = collections.defaultdict(list)
-    for _ in range(FLAGS.repeats):
-        for name, timed in timers.items():
-            runs[name].append(timed())
-    return {name: float(np.median(v)) for name, v in runs.items()}
-
-
-def table(title, make):
-    """One table: a row per model, a column per split, img/s and the speed-up over fp32."""
+def table(title, make, models, splits, steps, repeats, infer_batch=None):
+    """One table: a row per model, a column per split, img/s and the speed-up over fp32;
+    make(split, model) -> (fn, images per call); infer_batch: the batch of infer_step's rows."""
     print(f"\n## {title}\n")
-    print("| model | " + " | ".join(FLAGS.splits) + " |")
-    print("|---|" + "---|" * len(FLAGS.splits))
-    for model in FLAGS.models:
+    print("| model | " + " | ".join(splits) + " |")
+    print("|---|" + "---|" * len(splits))
+    for model in models:
         timers = {}
-        for split in FLAGS.splits:
+        for split in splits:
             fn, images = make(split, model)
-            timers[split] = timer(fn, images)
-        ips = interleaved(timers)
+            timers[split] = timer(fn, images, steps)
+        ips = {name: float(np.median(v)) for name, v in interleave(timers, repeats).items()}
         base = ips.get("fp32")
         cells = [f"{ips[s]:.0f}" + (f" ({ips[s] / base:.2f}x)" if base and s != "fp32" else "")
-                 for s in FLAGS.splits]
+                 for s in splits]
         _, batch_l, batch_u = MODELS[model]
-        batch = (FLAGS.infer_batch if make is infer_step
-                 else f"{batch_l}{f' + {batch_u}' if batch_u else ''}")
+        batch = infer_batch or f"{batch_l}{f' + {batch_u}' if batch_u else ''}"
         print(f"| {model} (batch {batch}) | " + " | ".join(cells) + " |", flush=True)
         keras.backend.clear_session()
 
@@ -202,9 +194,9 @@ def op_times(fn, steps=3):
     return totals
 
 
-def profile(model):
-    """Op time per op type for each of FLAGS.profile_splits (the first is the reference)."""
-    splits = FLAGS.profile_splits
+def profile(model, splits, shown):
+    """Op time per op type for each of `splits` (the first is the reference): the `shown`
+    largest op types."""
     rows = {}
     for split in splits:
         fn, _ = train_step(split, model)
@@ -217,7 +209,7 @@ def profile(model):
           + "---|" * len(splits))
     print("| **all ops** | " + " | ".join(f"**{sum(rows[s].values()):.0f}**" for s in splits)
           + " |")
-    for op in ops[:FLAGS.profile_rows]:
+    for op in ops[:shown]:
         print(f"| {op} | " + " | ".join(f"{rows[s][op]:.1f}" for s in splits) + " |")
 
 
@@ -227,12 +219,14 @@ def main(_):
     print(f"Command: `python bench/bf16_step.py {' '.join(sys.argv[1:])}`; img/s, the median of "
           f"{FLAGS.repeats} interleaved rounds of {FLAGS.steps} steps (after 3 untimed).")
     if "train" in FLAGS.tables:
-        table("Train step (main.Trainer: RMSProp, EMA, weight decay), img/s", train_step)
+        table("Train step (main.Trainer: RMSProp, EMA, weight decay), img/s", train_step,
+              FLAGS.models, FLAGS.splits, FLAGS.steps, FLAGS.repeats)
     if "infer" in FLAGS.tables:
         table(f"Labeling inference (batch {FLAGS.infer_batch}, training=False, softmax), img/s",
-              infer_step)
+              lambda split, model: infer_step(split, model, FLAGS.infer_batch), FLAGS.models,
+              FLAGS.splits, FLAGS.steps, FLAGS.repeats, FLAGS.infer_batch)
     for model in FLAGS.profile_models if "profile" in FLAGS.tables else ():
-        profile(model)
+        profile(model, FLAGS.profile_splits, FLAGS.profile_rows)
 
 
 if __name__ == "__main__":

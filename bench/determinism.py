@@ -43,9 +43,9 @@ def command(model_dir, data_dir, deterministic, steps):
             + RECIPE)
 
 
-def run(model_dir, data_dir, deterministic, kill_at=None):
+def run(model_dir, data_dir, deterministic, steps, kill_at=None):
     """One main.py process; kill_at: SIGKILL it once ckpt-<kill_at> is written."""
-    cmd = command(model_dir, data_dir, deterministic, FLAGS.train_steps)
+    cmd = command(model_dir, data_dir, deterministic, steps)
     log = open(os.path.join(os.path.dirname(model_dir), os.path.basename(model_dir) + ".log"),
                "a")
     t0 = time.time()
@@ -82,7 +82,7 @@ def main(_):
     for i in range(FLAGS.runs):
         for det in ("false", "true"):
             model_dir = os.path.join(work, f"run{i}-det{det}")
-            secs, rc = run(model_dir, data_dir, det)
+            secs, rc = run(model_dir, data_dir, det, FLAGS.train_steps)
             assert rc == 0, f"run failed: see {model_dir}.log"
             top1 = json.load(open(os.path.join(model_dir, "eval_results.json")))["top_1"]
             d, tensors = digest(model_dir)
@@ -105,8 +105,8 @@ def main(_):
           "\n|---|---|---|---|---|")
     for det in ("false", "true"):
         model_dir = os.path.join(work, f"resume-det{det}")
-        run(model_dir, data_dir, det, kill_at=FLAGS.train_steps // 2)
-        secs, rc = run(model_dir, data_dir, det)
+        run(model_dir, data_dir, det, FLAGS.train_steps, kill_at=FLAGS.train_steps // 2)
+        secs, rc = run(model_dir, data_dir, det, FLAGS.train_steps)
         assert rc == 0, f"resumed run failed: see {model_dir}.log"
         d, tensors = digest(model_dir)
         diff = max(float(np.max(np.abs(tensors[k].astype(np.float64)

@@ -36,16 +36,16 @@ def determinism(on):
     (tf.config.experimental.enable_op_determinism if on else tf_config.disable_op_determinism)()
 
 
-def contender(on):
+def contender(on, data_dir):
     """(trainer, iterator, step) built, traced and run once with op determinism `on` (the label
     check is in the step, so the input maps hold no stateful op that would run serially)."""
     determinism(on)
     config = main_lib.TrainConfig(
-        data_dir=FLAGS.data_dir, train_batch_size=128, base_learning_rate=0.032,
+        data_dir=data_dir, train_batch_size=128, base_learning_rate=0.032,
         final_base_learning_rate=0.0016, randaug_mag=5, width_coefficient=0.25,
         depth_coefficient=0.25, deterministic=on)
-    info = main_lib.dataset_info(config, os.path.join(FLAGS.data_dir, "labeled"))
-    files = common.list_files(os.path.join(FLAGS.data_dir, "labeled"), "labeled")
+    info = main_lib.dataset_info(config, os.path.join(data_dir, "labeled"))
+    files = common.list_files(os.path.join(data_dir, "labeled"), "labeled")
     trainer = main_lib.Trainer(config, main_lib.model_spec(config, info), dict(
         peak_lr=0.016, warmup_steps=0, decay_steps=100, decay_factor=0.97))
     iterator = iter(main_lib.build_train_dataset(config, info, files, 0))
@@ -55,13 +55,13 @@ def contender(on):
     return trainer, iterator, step
 
 
-def timed(on, step, iterator):
+def timed(on, step, iterator, steps):
     determinism(on)
     t = time.perf_counter()
-    for _ in range(FLAGS.timed_steps):
+    for _ in range(steps):
         out = step(iterator)
     float(out["loss"])
-    return FLAGS.timed_steps * 128 / (time.perf_counter() - t)
+    return steps * 128 / (time.perf_counter() - t)
 
 
 def save_cost(trainer, iterator, with_input):
@@ -80,11 +80,11 @@ def save_cost(trainer, iterator, with_input):
 
 def main(_):
     prepare_data.prepare_fashion_mnist(FLAGS.data_dir, num_labeled_per_class=400, seed=0)
-    contenders = {"off": contender(False), "on": contender(True)}
+    contenders = {"off": contender(False, FLAGS.data_dir), "on": contender(True, FLAGS.data_dir)}
     runs = {name: [] for name in contenders}
     for _ in range(FLAGS.rounds):
         for name, (_, iterator, step) in contenders.items():
-            runs[name].append(timed(name != "off", step, iterator))
+            runs[name].append(timed(name != "off", step, iterator, FLAGS.timed_steps))
     print("# --deterministic: cost in one process\n")
     print(f"Machine: {machine()}\n")
     print(f"Command: `python bench/determinism_cost.py {' '.join(sys.argv[1:])}`: the quick "

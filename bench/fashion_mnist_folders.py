@@ -31,11 +31,9 @@ from absl import logging
 import matplotlib.cbook
 import numpy as np
 from PIL import Image
-import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
-import data  # noqa: E402
 import prepare_data  # noqa: E402
 import report  # noqa: E402
 

@@ -31,17 +31,17 @@ flags.DEFINE_string("work_dir", "", "Scratch dir (default: a temp dir, removed a
 FLAGS = flags.FLAGS
 
 
-def start(model_dir, data_dir):
+def start(model_dir, data_dir, steps):
     cmd = [sys.executable, "main.py", f"--model_dir={model_dir}", f"--data_dir={data_dir}",
-           f"--train_steps={FLAGS.train_steps}", "--log_every_steps=50", "--deterministic",
+           f"--train_steps={steps}", "--log_every_steps=50", "--deterministic",
            "--mode=train"] + RECIPE
     with open(model_dir + ".log", "w") as log:  # the child keeps its own handle
         return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
 
-def jobs(model_dirs, data_dir):
+def jobs(model_dirs, data_dir, steps):
     """Runs one job per model dir at once; returns the sum of their steady img/s."""
-    procs = [start(d, data_dir) for d in model_dirs]
+    procs = [start(d, data_dir, steps) for d in model_dirs]
     for d, p in zip(model_dirs, procs):
         assert p.wait() == 0, f"job failed: see {d}.log"
     return sum(img_per_s(d + ".log") for d in model_dirs)
@@ -62,7 +62,8 @@ def main(_):
     for r in range(FLAGS.rounds):
         alone_dir = os.path.join(work, f"r{r}-alone")
         pair = [os.path.join(work, f"r{r}-pair{k}") for k in range(2)]
-        alone, both = jobs([alone_dir], data_dir), jobs(pair, data_dir)
+        alone = jobs([alone_dir], data_dir, FLAGS.train_steps)
+        both = jobs(pair, data_dir, FLAGS.train_steps)
         speedups.append(both / alone)
         reference = digest(alone_dir)[0]
         same = all(digest(d)[0] == reference for d in pair)

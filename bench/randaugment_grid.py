@@ -19,7 +19,6 @@ import matplotlib  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import data  # noqa: E402
 import prepare_data  # noqa: E402
 import randaugment  # noqa: E402
 

@@ -33,7 +33,6 @@ from absl import logging  # noqa: E402
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import data  # noqa: E402
 import prepare_data  # noqa: E402
 import randaugment  # noqa: E402
 

@@ -27,13 +27,13 @@ flags.DEFINE_integer("batch_size", 256, "Images per corrupt_batch call (eval_rob
 FLAGS = flags.FLAGS
 
 
-def generate(C, images, what):
+def generate(C, images, what, batch_size):
     """The C sets (what='c') or the P sequences (what='p') of `images`, as eval_robustness makes
     them batch by batch; returns ({name: array}, process CPU seconds)."""
     scale, out = C.scale_for(images.shape[1]), collections.defaultdict(list)
     start = time.process_time()
-    for first in range(0, len(images), FLAGS.batch_size):
-        batch = images[first:first + FLAGS.batch_size]
+    for first in range(0, len(images), batch_size):
+        batch = images[first:first + batch_size]
         if what == "c":
             for name in C.ALL_CORRUPTIONS:
                 for s in C.SEVERITIES:
@@ -53,7 +53,7 @@ def main(_):
         for what, x in sets.items():
             arrays = {}
             for v, C in versions.items():
-                arrays[v], seconds = generate(C, x, what)
+                arrays[v], seconds = generate(C, x, what, FLAGS.batch_size)
                 cpu[what, v].append(1e3 * seconds / len(x))
             same[what] = all(np.array_equal(arrays[FLAGS.baseline][k], arrays["today"][k])
                              for k in arrays["today"])

@@ -42,7 +42,7 @@ import tensorflow as tf  # noqa: E402
 import common  # noqa: E402
 import data  # noqa: E402
 import main as main_lib  # noqa: E402
-from benchlib import RECIPE, ROOT, machine, module_at  # noqa: E402
+from benchlib import RECIPE, ROOT, interleave, machine, module_at  # noqa: E402
 
 flags.DEFINE_string("work_dir", "/tmp/step-profile", "Holds data/ and filtered/ (made if missing).")
 flags.DEFINE_string("ratios", "1,3", "Unlabeled ratios of the students profiled (quick: 1, 2, 3).")
@@ -135,15 +135,6 @@ class Contender:
         return steps * self.images / wall, 1e3 * cpu / (steps * self.images)
 
 
-def interleave(fns, rounds):
-    """{name: [result of each round]}: each round calls every fn once, in order."""
-    runs = collections.defaultdict(list)
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            runs[name].append(fn())
-    return runs
-
-
 def med(values):
     return float(np.median(values))
 
@@ -159,6 +150,7 @@ def ratio_spread(a, b):
 
 
 def contenders(work, ratios, in_memory, baseline=None):
+    """baseline: (commit, its data module) or None."""
     out = {f"teacher b{BATCH}": Contender("t", recipe_config(work, BATCH), in_memory)}
     for r in ratios:
         total = BATCH + int(np.ceil(BATCH * r))
@@ -166,13 +158,13 @@ def contenders(work, ratios, in_memory, baseline=None):
         out[f"student r{r:g} b{BATCH}+{total - BATCH}"] = Contender(
             "s", recipe_config(work, BATCH, r), in_memory)
         if baseline:
-            out[f"student r{r:g} b{BATCH}+{total - BATCH}, {FLAGS.baseline}'s reader"] = Contender(
-                "s", recipe_config(work, BATCH, r), in_memory, baseline)
+            out[f"student r{r:g} b{BATCH}+{total - BATCH}, {baseline[0]}'s reader"] = Contender(
+                "s", recipe_config(work, BATCH, r), in_memory, baseline[1])
     return out
 
 
-def step_table(title, cs, ratios):
-    runs = interleave({n: (lambda c=c: c.timed(FLAGS.steps)) for n, c in cs.items()}, FLAGS.rounds)
+def step_table(title, cs, ratios, steps, rounds):
+    runs = interleave({n: (lambda c=c: c.timed(steps)) for n, c in cs.items()}, rounds)
     ips = {n: [r[0] for r in v] for n, v in runs.items()}
     cpu = {n: [r[1] for r in v] for n, v in runs.items()}
     print(f"\n### {title}\n")
@@ -208,7 +200,7 @@ def cpu_ms_per_batch(it, calls):
     return 1e3 * (time.process_time() - c) / calls
 
 
-def input_table(work, ratios, baseline=None):
+def input_table(work, ratios, rounds, baseline=None):
     """The pipelines alone: CPU ms per batch, labeled and unlabeled, and the unlabeled one cut
     after each of its stages (records, per-record parse, copies, shuffle, batch + views)."""
     cfg = recipe_config(work, BATCH)
@@ -224,12 +216,13 @@ def input_table(work, ratios, baseline=None):
         fns[f"labeled, batch {BATCH + b} (teacher at the same batch)"] = (iter(lab), b + BATCH)
         fns[f"unlabeled, batch {b} (whole pipeline)"] = (iter(unl), b)
         if baseline:
-            old = baseline.pseudo_labeled_dataset(files, info, 32, b, 10, "randaugment", 2, 5, seed=0)
-            fns[f"unlabeled, batch {b} (whole pipeline, {FLAGS.baseline}'s reader)"] = (iter(old), b)
+            old = baseline[1].pseudo_labeled_dataset(files, info, 32, b, 10, "randaugment", 2, 5,
+                                                     seed=0)
+            fns[f"unlabeled, batch {b} (whole pipeline, {baseline[0]}'s reader)"] = (iter(old), b)
         for name, ds in stages.items():
             fns[f"unlabeled, batch {b}: {name}"] = (iter(ds), b)
     runs = interleave({n: (lambda it=it: cpu_ms_per_batch(it, 20)) for n, (it, _) in fns.items()},
-                      FLAGS.rounds)
+                      rounds)
     print("\n### The input pipelines alone (CPU ms per batch, all threads)\n")
     print("| pipeline | CPU ms per batch | CPU ms per image |\n|---|---|---|")
     for n, (_, b) in fns.items():
@@ -240,7 +233,7 @@ def input_table(work, ratios, baseline=None):
 def pseudo_labeled_stages(files, info, b):
     """data.pseudo_labeled_dataset cut after each stage, batched (b records) without the views."""
     key = data.stream_key(0, "unlabeled", 0)
-    records = data._records(files, True, data.stream_key(key, "shuffle", 0), False, 16384)
+    records = data._records(files, True, data.stream_key(key, "shuffle", 0), shuffle_buffer=16384)
     parsed = records.batch(data.PARSE_BATCH).map(
         lambda r: {k: v for k, v in data.parse_pseudo_labeled(r, 10).items()
                    if k in ("image", "probabilities", "copies")}).unbatch()
@@ -253,7 +246,7 @@ def pseudo_labeled_stages(files, info, b):
             "+ shuffle": shuffled.batch(b)}
 
 
-def components_table(work, ratios):
+def components_table(work, ratios, rounds):
     """The step's parts as separate tf.functions on one in-memory batch, teacher at the
     student's total batch and student, interleaved."""
     fns, names = {}, []
@@ -267,7 +260,7 @@ def components_table(work, ratios):
             names.append(name)
             for part, fn in parts(c, batch).items():
                 fns[(name, part)] = timed_fn(fn, c.images)
-    runs = interleave(fns, FLAGS.rounds)
+    runs = interleave(fns, rounds)
     part_names = list(dict.fromkeys(p for _, p in fns))
     print("\n### The step's parts (in-memory batch; ms per step, median (min-max))\n")
     print("| model | " + " | ".join(part_names) + " |\n|---|" + "---|" * len(part_names))
@@ -343,15 +336,15 @@ def step_fn_loss(t, batch, global_batch_l, global_batch_u):
     return loss_l + ratio * loss_u + main_lib.weight_decay_loss(t.model, t.config.weight_decay)
 
 
-def op_table(cs):
-    """Self time by op type over FLAGS.profile_steps steps of each contender (TF profiler)."""
+def op_table(cs, steps):
+    """Self time by op type over `steps` steps of each contender (TF profiler)."""
     from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as plugin
     stats = {}
     for name, c in cs.items():
         c.run(3)
         logdir = tempfile.mkdtemp()
         tf.profiler.experimental.start(logdir)
-        c.run(FLAGS.profile_steps)
+        c.run(steps)
         tf.profiler.experimental.stop()
         path = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
         table = json.loads(plugin.xspace_to_tools_data(path, "framework_op_stats", {})[0])[0]
@@ -360,7 +353,7 @@ def op_table(cs):
         for row in table["rows"]:
             r = dict(zip(cols, [cell["v"] for cell in row["c"]]))
             if r["type"] != "IDLE":
-                by_type[r["type"]] += r["total_self_time"] / 1e3 / FLAGS.profile_steps / c.images
+                by_type[r["type"]] += r["total_self_time"] / 1e3 / steps / c.images
         stats[name] = by_type
         shutil.rmtree(logdir)
     names = list(cs)
@@ -388,19 +381,19 @@ def main(_):
           f"net and recipe (RandAugment N=2 M=5, soft labels), op determinism on; "
           f"{FLAGS.rounds} interleaved rounds of {FLAGS.steps} timed steps per contender; load "
           f"average at the start: {os.getloadavg()[0]:.2f}.\n")
-    baseline = module_at(FLAGS.baseline, "data") if FLAGS.baseline else None
+    baseline = (FLAGS.baseline, module_at(FLAGS.baseline, "data")) if FLAGS.baseline else None
     if "pipeline" in parts_:
         step_table("Whole step, real input pipelines",
-                   contenders(work, ratios, False, baseline), ratios)
+                   contenders(work, ratios, False, baseline), ratios, FLAGS.steps, FLAGS.rounds)
     if "memory" in parts_:
         step_table("Whole step, one in-memory batch (the model's share)",
-                   contenders(work, ratios, True), ratios)
+                   contenders(work, ratios, True), ratios, FLAGS.steps, FLAGS.rounds)
     if "inputs" in parts_:
-        input_table(work, ratios, baseline)
+        input_table(work, ratios, FLAGS.rounds, baseline)
     if "components" in parts_:
-        components_table(work, ratios)
+        components_table(work, ratios, FLAGS.rounds)
     if "ops" in parts_:
-        op_table(contenders(work, ratios[-1:], False))
+        op_table(contenders(work, ratios[-1:], False), FLAGS.profile_steps)
     print(f"\nLoad average at the end: {os.getloadavg()[0]:.2f}.")
 
 

@@ -15,7 +15,6 @@ Two tables, one process, same machine, every figure the median of interleaved ro
      alone, process CPU time) as a share of the step's CPU time: a steadier figure of the same cost.
 """
 import os
-import platform
 import sys
 import time
 
@@ -69,26 +68,21 @@ def cpu_ms_per_call(fn, calls=200):
 
 
 def interleaved(timers, repeats):
-    """Median img/s per name over `repeats` rounds that run every timer once, so that a slow
-    spell of the machine hits all contenders alike instead of one of them."""
-    runs = {name: [] for name in timers}
-    for _ in range(repeats):
-        for name, timed in timers.items():
-            runs[name].append(timed())
-    return {name: float(np.median(v)) for name, v in runs.items()}
+    """Median img/s per name over `repeats` interleaved rounds (benchlib.interleave)."""
+    return {name: float(np.median(v)) for name, v in benchlib.interleave(timers, repeats).items()}
 
 
-def ours(cfg, datasets, batch):
+def ours(cfg, datasets, batch, steps):
     """Timers of our training step (main.Trainer), one per input dataset."""
     strategy = tf.distribute.get_strategy()
     t = main_lib.Trainer(main_lib.TrainConfig(), cfg, dict(peak_lr=0.01, warmup_steps=0,
                          decay_steps=100, decay_factor=0.97), strategy)
     step = t.make_train_step(batch, 0)
-    return {name: timer(step, iter(ds), FLAGS.steps, batch) for name, ds in datasets.items()}, step
+    return {name: timer(step, iter(ds), steps, batch) for name, ds in datasets.items()}, step
 
 
-def keras_b0(dataset, batch):
-    return timer(benchlib.keras_b0_step(), iter(dataset), FLAGS.steps, batch)
+def keras_b0(dataset, batch, steps):
+    return timer(benchlib.keras_b0_step(), iter(dataset), steps, batch)
 
 
 def main(_):
@@ -98,16 +92,14 @@ def main(_):
     y = rng.randint(0, 10, (b,)).astype("int32")
     synthetic = tf.data.Dataset.from_tensors((x, y)).repeat()
     print(f"# Train-step throughput, batch {b}, 32x32x1, {FLAGS.steps} timed steps\n")
-    print(f"Machine: {platform.machine()}, {os.cpu_count()} cores, "
-          f"{open('/proc/cpuinfo').read().split('model name')[1].split(':')[1].splitlines()[0].strip()}; "
-          f"TF {tf.__version__}, Keras {keras.__version__}; date {time.strftime('%Y-%m-%d')}\n")
+    print(f"Machine: {benchlib.machine()}\n")
     print(f"Each figure: the median of {FLAGS.repeats} rounds; a round times every contender of its "
           f"table once ({FLAGS.steps} steps each, after 10 untimed steps).\n")
     print("| model | params | img/s (step only) |\n|---|---|---|")
     specs = FLAGS.configs.split(",")
-    timers = {"keras": keras_b0(synthetic, b)}
+    timers = {"keras": keras_b0(synthetic, b, FLAGS.steps)}
     for spec in specs:
-        timers.update({spec: ours(parse(spec), {"in-memory": synthetic}, b)[0]["in-memory"]})
+        timers.update({spec: ours(parse(spec), {"in-memory": synthetic}, b, FLAGS.steps)[0]["in-memory"]})
     ips = interleaved(timers, FLAGS.repeats)
     kb0 = ips["keras"]
     print(f"| keras.applications.EfficientNetB0 (same loss/optimizer) | "
@@ -130,7 +122,7 @@ def main(_):
         pipeline_cpu = {aug: cpu_ms_per_call(iter(sources[aug]).__next__)
                         for aug in ("basic", "randaugment")}
         for spec in FLAGS.pipeline_configs.split(","):
-            timers, step = ours(parse(spec), sources, b)
+            timers, step = ours(parse(spec), sources, b, FLAGS.steps)
             in_memory = iter(synthetic)
             step_cpu = cpu_ms_per_call(lambda: step(in_memory)["loss"], 50)
             ips = interleaved(timers, FLAGS.repeats)

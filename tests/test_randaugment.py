@@ -34,7 +34,6 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 import pytest
 import tensorflow as tf
 
-import data
 import prepare_data
 import randaugment as ra
 

@@ -1,7 +1,6 @@
 """bench/study.py on generated results, no training: the statistics and the verdict rule, a run
 recorded, resumed (a finished one is not rerun) and refused when its commands change, the plan's
 arm x seed list and the controls' commands derived from the driver's, bench/claims.md's rows."""
-import json
 import math
 import os
 import subprocess
