@@ -12,7 +12,6 @@ of that process (os.wait4 -> ru_maxrss). The largest size's shards are reused fo
 """
 
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -28,6 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import common  # noqa: E402
 import data  # noqa: E402
+from benchlib import machine  # noqa: E402  (bench/ is on sys.path)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sizes", ["100000", "1000000", "5000000"], "Numbers of records.")
@@ -219,8 +219,7 @@ def main(argv):
         "",
         f"Command: `python bench/filter_balance_scale.py {' '.join(sys.argv[1:])}`".rstrip(),
         "",
-        f"- Date: {time.strftime('%Y-%m-%d %H:%M %Z')}; machine: {platform.node()}, "
-        f"{os.cpu_count()} CPU cores, TF {tf.__version__}; load average at the end "
+        f"- Machine: {machine()}; load average at the end "
         f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (shared machine: other jobs were running).",
         f"- Synthetic label_data.py outputs: {num_classes} classes, {per_shard:,} records per "
         f"shard, ~{shard_bytes / sizes[-1]:.0f} bytes per record (64-byte fake image, float32 "

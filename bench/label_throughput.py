@@ -14,7 +14,6 @@ Goal (issue 4): end-to-end >= 0.9x bare.
 
 import gzip
 import os
-import platform
 import resource
 import shutil
 import sys
@@ -32,6 +31,7 @@ import data  # noqa: E402
 import prepare_data  # noqa: E402
 import efficientnet_builder  # noqa: E402
 import label_data  # noqa: E402
+from benchlib import machine  # noqa: E402  (bench/ is on sys.path)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_name", "efficientnet-b0", "Teacher architecture (small-image variant, "
@@ -129,9 +129,7 @@ def main(argv):
         "",
         f"Command: `python bench/label_throughput.py {' '.join(sys.argv[1:])}`".rstrip(),
         "",
-        f"- Date: {time.strftime('%Y-%m-%d %H:%M %Z')}; machine: {platform.node()}, "
-        f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU; "
-        f"TF {tf.__version__}; load average at the end {load[0]:.1f} / {load[1]:.1f} / "
+        f"- Machine: {machine()}, no GPU; load average at the end {load[0]:.1f} / {load[1]:.1f} / "
         f"{load[2]:.1f} (shared machine: other jobs were running).",
         f"- Model: {FLAGS.model_name} small-image, 32x32x1, 10 classes "
         f"(width {FLAGS.width or 'table'}, depth {FLAGS.depth or 'table'}), "

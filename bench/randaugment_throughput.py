@@ -17,10 +17,8 @@ strength; 1.0, its maximum, is the nearest to M = 10 and it has nothing like M =
 writes the markdown table with the command, the machine (nproc, CPU model), versions and date.
 One run, on whatever else the machine is doing: read it as a rough comparison.
 """
-import datetime
 import os
 import platform
-import subprocess
 import sys
 import time
 
@@ -35,6 +33,7 @@ import tensorflow as tf  # noqa: E402
 
 import prepare_data  # noqa: E402
 import randaugment  # noqa: E402
+from benchlib import machine  # noqa: E402  (bench/ is on sys.path)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output", os.path.join(ROOT, "bench", "randaugment_throughput.md"),
@@ -87,16 +86,7 @@ def images_per_second(images, augment, batched, num_images, batch_size):
     return num_batches * batch_size / (time.perf_counter() - start)
 
 
-def cpu_model():
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def markdown(results, command, num_source_images, batch_size, num_images):
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=False).stdout.strip()
     keras_rate = results[-1][1]
     with open("/proc/loadavg") as f:
         load = " ".join(f.read().split()[:3])
@@ -105,9 +95,7 @@ def markdown(results, command, num_source_images, batch_size, num_images):
         "",
         f"Command: `{command}`",
         "",
-        f"Machine: `nproc` = {nproc}, CPU: {cpu_model()}; TensorFlow {tf.__version__}, "
-        f"Keras {keras.__version__}, Python {platform.python_version()}. "
-        f"Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}.",
+        f"Machine: {machine()}; Python {platform.python_version()}.",
         "",
         "One run on a SHARED machine (other engineers' jobs use the same 2 cores): the numbers "
         f"are a rough comparison, not a clean measurement. Load average (1, 5, 15 min) when the "
