@@ -21,16 +21,19 @@ share of batches holding some image twice or more.
 
   python bench/copies_spread.py   # prints the table of bench/copies_spread.md
 """
-import argparse
 import os
 import sys
 import time
 
+from absl import app, flags
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import benchlib  # noqa: E402
 import filter_balance  # noqa: E402
+
+flags.DEFINE_integer("paper_files", 72, "Simulated shards of the paper's 1,024 (each of paper size).")
+FLAGS = flags.FLAGS
 
 
 # ----------------------------------------------------------------------------- tf.data, in numpy
@@ -149,11 +152,7 @@ def kept_shards(eligible, k, num_files, per_file, rng):
     return shards
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--paper_files", type=int, default=72,
-                        help="simulated shards of the paper's 1,024 (each of paper size)")
-    args = parser.parse_args()
+def main(_):
     rng = np.random.default_rng(0)
     lines = [f"Machine: {benchlib.machine()}", ""]
     rows = []
@@ -176,7 +175,7 @@ def main():
     # Paper scale: 130M kept (81M unique) in 1,024 shards (ImageNet's train-*-of-01024 layout):
     # 79K unique per shard; `paper_files` of them are simulated.
     eligible = paper_classes()
-    measure("paper (K=130K)", kept_shards(eligible, 130000, args.paper_files, int(81e6 / 1024), rng),
+    measure("paper (K=130K)", kept_shards(eligible, 130000, FLAGS.paper_files, int(81e6 / 1024), rng),
             1024, min(filter_balance.ROUNDS_MAX, int(np.ceil(130000 / eligible.min()))),
             (512, 4096, 28672))
 
@@ -201,4 +200,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)
