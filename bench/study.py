@@ -516,7 +516,8 @@ def claims_table(results, seeds, root):
         states = ", ".join(f"seed {s} {status(arm, s, results, root)}"
                            for s in sorted(set(seeds) | set(done)))
         lines.append(f"| `{arm}` | {what} | {tops or '-'} | {cost or '-'} | {states} |")
-    lines += ["", remaining_cost(results, seeds), small_effect_runs(results), "",
+    small = small_effect_runs(results)
+    lines += ["", remaining_cost(results, seeds), *([small] if small else []), "",
               "## The commands", "", "Seed 0's, in ROOT (`python3 bench/study.py --plan` prints "
               "every seed's); the driver and main.py run from the repository's root.", ""]
     for arm in ARMS:

@@ -13,7 +13,7 @@ import re
 import subprocess
 import sys
 
-import common  # first: it silences TensorFlow's start-up lines
+import common  # noqa: F401  (first: it silences TensorFlow's start-up lines)
 import numpy as np
 from PIL import Image
 import pytest
