@@ -142,7 +142,7 @@ def test_unknown_preset_is_one_line(tmp_path):
     proc = subprocess.run(["bash", "run_iterations.sh", "--preset=huge", "--skip_setup",
                            f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == ("error: --preset=huge is not one of smoke, quick, full, paper, "
+    assert proc.stderr.strip() == ("error: --preset=huge is not one of smoke, demo, quick, full, paper, "
                                    "svhn")
 
 
@@ -535,12 +535,16 @@ def test_plan_on_own_folders_states_the_model_and_batch_of_the_images(tmp_path):
             tmp_path / f"fm{per_class}", per_class, 28, 1, 10))
         assert said["model"].startswith(f"{quarter}; {per_class * 10} labeled images, batch 128: ")
         assert {m["train_batch_size"] for m in models} == {"128"}
-    for preset, batch, labels in (("smoke", 32, 4000), ("quick", 128, 4000), ("full", 128, 4000),
-                                  ("quick", 128, 400)):   # (400: the claims study's smallest)
+    for preset, batch, labels in (("smoke", 32, 4000), ("demo", 128, 4000), ("quick", 128, 4000),
+                                  ("full", 128, 4000), ("quick", 128, 400)):  # 400: claims' least
         said, models = first_lines_and_models(f"--preset={preset}",
                                               f"--num_labeled_per_class={labels // 10}")
         assert said["model"].startswith(f"{quarter}; {labels} labeled images, batch {batch}: ")
         assert {m["train_batch_size"] for m in models} == {str(batch)}
+        if preset == "demo":  # 20 epochs, then 25, 25, 30 at unlabeled ratio 1
+            assert said["steps"] == ("teacher 625, student 1 782 (+ 128 unlabeled images a step), "
+                                     "student 2 782 (+ 128 unlabeled images a step), student 3 938 "
+                                     "(+ 128 unlabeled images a step)")
     (tmp_path / "junk" / "cat").mkdir(parents=True)
     (tmp_path / "junk" / "cat" / "a.png").write_bytes(b"not a png")
     proc = subprocess.run(["bash", "run_iterations.sh", "--plan", "--num_images_per_class=5",
