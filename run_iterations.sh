@@ -251,7 +251,7 @@ preset() {  # the schedule, sizes and data of --preset (every knob a variable; f
     # demo: the README's first command, quick cut for the slowest CPU here (issue 31): a 20-epoch
     #   teacher, students of 25, 25, 30 epochs, each at unlabeled ratio 1. Prints every student
     #   above the one before, student 3 +4.5 / +4.8 over the teacher on seeds 0 / 1 (77.04 -> 81.49,
-    #   76.51 -> 81.26; bench/noisy_student_demo.md). 38.5 CPU min: ~23 min on an Ice Lake.
+    #   76.51 -> 81.26; bench/noisy_student_demo.md). 23.3 min on an Ice Lake (~30-33 on a Zen 3).
     # NOTE: 2-core schedules: peak lr 0.032 per 256 (reference 0.016), final lr 1/20, M=5 (its SVHN run).
     demo|quick)
       FOR="Fashion-MNIST with 4,000 labels on 2 CPU cores (~28-40 min, the claims study's)"
