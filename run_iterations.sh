@@ -253,6 +253,9 @@ preset() {  # the schedule, sizes and data of --preset (every knob a variable; f
     #   above the one before, student 3 +4.5 / +4.8 over the teacher on seeds 0 / 1 (77.04 -> 81.49,
     #   76.51 -> 81.26; bench/noisy_student_demo.md). 23.3 min on an Ice Lake (~30-33 on a Zen 3).
     # NOTE: 2-core schedules: peak lr 0.032 per 256 (reference 0.016), final lr 1/20, M=5 (its SVHN run).
+    # NOTE: students train 1.2x, 1.2x, 1.6x the teacher's epochs (demo 1.25x, 1.25x, 1.5x;
+    #   full 1.5x, 1.5x, 2x; paper: 700, 2x the supervised 350).
+    # NOTE: the unlabeled batch grows 1, 2, 3 labeled batches (demo: 1, 1, 1; paper: 14, 14, 28).
     demo|quick)
       FOR="Fashion-MNIST with 4,000 labels on 2 CPU cores (~28-40 min, the claims study's)"
       TEACHER_EPOCHS=25; BATCH=128; LR=0.032; FINAL_LR=0.0016; WARMUP=5; MAG=5
@@ -267,9 +270,6 @@ preset() {  # the schedule, sizes and data of --preset (every knob a variable; f
     full)
       FOR="Fashion-MNIST with 4,000 labels on 2 CPU cores (~3 h on AMD Zen 3)"
       TEACHER_EPOCHS=50; BATCH=128; LR=0.032; FINAL_LR=0.0016; WARMUP=5; MAG=5
-      # NOTE: students train 1.5x, student 3 2x the teacher's epochs (quick 1.2x, 1.6x; demo 1.25x,
-      #   1.5x; paper: 700, 2x the supervised 350).
-      # NOTE: the unlabeled batch grows 1, 2, 3 labeled batches (demo: 1, 1, 1; paper: 14, 14, 28).
       # NOTE: students are the teacher's size (the paper's first student is larger, B7 -> L2).
       EPOCHS=75,75,100; RATIOS=1,2,3; MIN_EPOCH_STEPS=24
       UNLABELED_SHARDS=8; PER_CLASS=5000; EVAL_ROBUSTNESS=1; ROBUST_EXAMPLES=1000 ;;

@@ -142,8 +142,8 @@ def test_unknown_preset_is_one_line(tmp_path):
     proc = subprocess.run(["bash", "run_iterations.sh", "--preset=huge", "--skip_setup",
                            f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == ("error: --preset=huge is not one of smoke, demo, quick, full, paper, "
-                                   "svhn")
+    assert proc.stderr.strip() == ("error: --preset=huge is not one of smoke, demo, quick, full, "
+                                   "paper, svhn")
 
 
 EPOCHS_ERROR = "must be one number of epochs or three, one per iteration (e.g. 50 or 50,50,75)"
